@@ -1,0 +1,208 @@
+//! The agent's local API, spoken by `sluice-cni` over the agent's unix socket.
+//!
+//! One JSON request per line, one JSON response per line, one exchange per
+//! connection. Both sides use these types, so the wire format has exactly one
+//! definition.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Default path of the agent socket.
+pub const DEFAULT_SOCKET: &str = "/var/run/sluice/sluice.sock";
+
+/// One network attachment of a container, as CNI names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// What the CNI plugin tells the agent once the veth is wired.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    pub attachment: Attachment,
+    pub netns: String,
+    /// Host side of the veth.
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub host_mac: [u8; 6],
+    /// The pod's interface.
+    pub pod_mac: [u8; 6],
+    pub ip: IpAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Reserve an address for the attachment (idempotent: the same attachment
+    /// gets the same address back).
+    Allocate { attachment: Attachment },
+    /// Program the dataplane for a wired endpoint.
+    Register { endpoint: EndpointSpec },
+    /// Remove the endpoint and free its address. Succeeds when either is
+    /// already gone.
+    Release { attachment: Attachment },
+    /// Report what the agent holds for an attachment.
+    Get { attachment: Attachment },
+    /// Release every attachment not in `valid` (CNI GC).
+    Gc { valid: Vec<Attachment> },
+    /// Is the agent ready to wire pods?
+    Status,
+}
+
+/// Address configuration handed to a new pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub ip: IpAddr,
+    /// Prefix length of the node's pod CIDR (the pod itself gets a host route).
+    pub cidr_prefix_len: u8,
+    pub gateway: IpAddr,
+    pub mtu: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointState {
+    pub allocation: Allocation,
+    /// `None` while allocated but not yet registered.
+    pub endpoint: Option<EndpointSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub node_name: String,
+    pub pod_cidr: String,
+    pub endpoints: usize,
+    pub free_addresses: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself is wrong (bad name, address outside the pod CIDR...).
+    Invalid,
+    /// The pod CIDR has no free address.
+    Exhausted,
+    /// Nothing is known about the attachment.
+    NotFound,
+    /// The agent failed; retrying may help.
+    Internal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Ok,
+    Allocated { allocation: Allocation },
+    Endpoint { state: EndpointState },
+    Collected { released: Vec<Attachment> },
+    Status { status: AgentStatus },
+    Error { kind: ErrorKind, message: String },
+}
+
+impl Request {
+    pub fn to_line(&self) -> String {
+        // Serialising these plain types cannot fail.
+        let mut line = serde_json::to_string(self).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+}
+
+impl Response {
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+}
+
+/// Why a call to the agent failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// Nobody listens on the socket (missing, refused, timed out connecting):
+    /// the agent is not running or not ready; retry later.
+    Unreachable(std::io::Error),
+    /// The exchange broke off midway.
+    Io(std::io::Error),
+    /// The agent answered something that is not a response.
+    Decode(serde_json::Error),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(e) => write!(f, "agent unreachable: {e}"),
+            Self::Io(e) => write!(f, "talking to the agent: {e}"),
+            Self::Decode(e) => write!(f, "undecodable agent response: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Unreachable(e) | Self::Io(e) => Some(e),
+            Self::Decode(e) => Some(e),
+        }
+    }
+}
+
+/// One request/response exchange with the agent at `socket`, each step
+/// bounded by `timeout`.
+pub fn call(
+    socket: &std::path::Path,
+    request: &Request,
+    timeout: std::time::Duration,
+) -> Result<Response, CallError> {
+    use std::io::{BufRead as _, Write as _};
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(CallError::Unreachable)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(CallError::Io)?;
+    (&stream)
+        .write_all(request.to_line().as_bytes())
+        .map_err(CallError::Io)?;
+    let mut line = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(CallError::Io)?;
+    if line.is_empty() {
+        return Err(CallError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "agent closed the connection without answering",
+        )));
+    }
+    serde_json::from_str(line.trim_end()).map_err(CallError::Decode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_as_one_line() {
+        let req = Request::Release {
+            attachment: Attachment {
+                container_id: "abc".into(),
+                ifname: "eth0".into(),
+            },
+        };
+        let line = req.to_line();
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        let back: Request = serde_json::from_str(line.trim_end()).expect("decode");
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn error_response_is_tagged() {
+        let resp = Response::Error {
+            kind: ErrorKind::Exhausted,
+            message: "no address".into(),
+        };
+        let text = resp.to_line();
+        assert!(text.contains("\"result\":\"error\""), "{text}");
+        assert!(text.contains("\"kind\":\"exhausted\""), "{text}");
+    }
+}

@@ -1,0 +1,75 @@
+//! Per-CPU packet counters, indexed by (reason, direction).
+//!
+//! Reasons are stable numbers: user space turns them into metric labels and
+//! `sluice` output, so a number is never reused for another meaning.
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data, repr(C), no padding, no pointers.
+unsafe impl aya::Pod for Counter {}
+
+/// Traffic direction, seen from the pod.
+pub mod dir {
+    /// Leaving the pod.
+    pub const EGRESS: u32 = 0;
+    /// Entering the pod.
+    pub const INGRESS: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// Why a packet was forwarded or dropped.
+pub mod reason {
+    /// Delivered straight to a pod on this node (bpf_redirect_peer).
+    pub const FORWARD_LOCAL: u32 = 0;
+    /// Handed to the host stack (pod -> host, outside, ARP).
+    pub const TO_STACK: u32 = 1;
+    /// Dropped: source address is not the sending pod's own.
+    pub const DROP_SPOOFED_SOURCE: u32 = 2;
+    /// Dropped: truncated or malformed L2/L3/L4 header.
+    pub const DROP_MALFORMED: u32 = 3;
+    /// Dropped: L3 protocol the dataplane does not carry (yet).
+    pub const DROP_UNSUPPORTED_L3: u32 = 4;
+    /// Dropped: redirect to the destination pod failed.
+    pub const DROP_REDIRECT_FAILED: u32 = 5;
+    /// Number of reasons; sizes the counter map.
+    pub const COUNT: u32 = 6;
+
+    /// Metric label of a reason.
+    pub const fn name(reason: u32) -> &'static str {
+        match reason {
+            FORWARD_LOCAL => "forward_local",
+            TO_STACK => "to_stack",
+            DROP_SPOOFED_SOURCE => "drop_spoofed_source",
+            DROP_MALFORMED => "drop_malformed",
+            DROP_UNSUPPORTED_L3 => "drop_unsupported_l3",
+            DROP_REDIRECT_FAILED => "drop_redirect_failed",
+            _ => "unknown",
+        }
+    }
+
+    pub const fn is_drop(reason: u32) -> bool {
+        matches!(
+            reason,
+            DROP_SPOOFED_SOURCE | DROP_MALFORMED | DROP_UNSUPPORTED_L3 | DROP_REDIRECT_FAILED
+        )
+    }
+}
+
+/// Capacity of the counter map. Leaves room for reasons added later without
+/// changing the pinned map's size.
+pub const MAX_ENTRIES: u32 = 256;
+
+/// Index of the counter for `(reason, direction)`.
+pub const fn index(reason: u32, direction: u32) -> u32 {
+    reason * dir::COUNT + direction
+}
+
+const _: () = assert!(index(reason::COUNT, 0) <= MAX_ENTRIES);

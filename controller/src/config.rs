@@ -1,0 +1,182 @@
+//! Agent configuration: command-line flags, optionally on top of a YAML
+//! file. A flag given on the command line wins over the file.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use crate::dataplane::MapSizes;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// The config file; every key optional.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    pub node_name: Option<String>,
+    pub pod_cidr: Option<Ipv4Net>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub bpffs: Option<PathBuf>,
+    pub mtu: Option<u32>,
+    pub max_endpoints: Option<u32>,
+}
+
+/// Flags as given; `None` when absent.
+#[derive(Debug, Default, Clone)]
+pub struct FlagConfig {
+    pub node_name: Option<String>,
+    pub pod_cidr: Option<Ipv4Net>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub bpffs: Option<PathBuf>,
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub node_name: String,
+    pub pod_cidr: Ipv4Net,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Where bpffs is (or gets) mounted.
+    pub bpffs: PathBuf,
+    pub mtu: u32,
+    pub max_endpoints: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{0} is required (flag or config file)")]
+    Missing(&'static str),
+    #[error("invalid node name {0:?}: want 1-63 characters of [a-z0-9.-] (it names the pin directory)")]
+    NodeName(String),
+    #[error("mtu {0} out of range 576..=65535")]
+    Mtu(u32),
+}
+
+impl Config {
+    pub fn resolve(flags: FlagConfig, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                serde_yaml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::merge(flags, file)
+    }
+
+    pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<Self, ConfigError> {
+        let node_name = flags
+            .node_name
+            .or(file.node_name)
+            .ok_or(ConfigError::Missing("--node-name"))?;
+        let name_ok = !node_name.is_empty()
+            && node_name.len() <= 63
+            && node_name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !node_name.starts_with('.');
+        if !name_ok {
+            return Err(ConfigError::NodeName(node_name));
+        }
+        let mtu = flags.mtu.or(file.mtu).unwrap_or(DEFAULT_MTU);
+        if !(576..=65535).contains(&mtu) {
+            return Err(ConfigError::Mtu(mtu));
+        }
+        Ok(Self {
+            node_name,
+            pod_cidr: flags
+                .pod_cidr
+                .or(file.pod_cidr)
+                .ok_or(ConfigError::Missing("--pod-cidr"))?
+                .trunc(),
+            state_dir: flags
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            socket: flags
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(|| sluice_common::api::DEFAULT_SOCKET.into()),
+            bpffs: flags.bpffs.or(file.bpffs).unwrap_or_else(|| DEFAULT_BPFFS.into()),
+            mtu,
+            max_endpoints: file.max_endpoints.unwrap_or(MapSizes::default().endpoints),
+        })
+    }
+
+    /// `<bpffs>/sluice/<node-name>`: one directory per node, so several
+    /// agents on one host (the lab) never share pins.
+    pub fn pin_dir(&self) -> PathBuf {
+        crate::dataplane::pin_dir(&self.bpffs.join("sluice"), &self.node_name)
+    }
+
+    pub fn map_sizes(&self) -> MapSizes {
+        MapSizes {
+            endpoints: self.max_endpoints,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> FlagConfig {
+        FlagConfig {
+            node_name: Some("node-1".into()),
+            pod_cidr: Some("10.1.2.0/24".parse().expect("cidr")),
+            ..FlagConfig::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_the_rest() {
+        let cfg = Config::merge(flags(), FileConfig::default()).expect("config");
+        assert_eq!(cfg.socket, PathBuf::from("/var/run/sluice/sluice.sock"));
+        assert_eq!(cfg.pin_dir(), PathBuf::from("/sys/fs/bpf/sluice/node-1"));
+        assert_eq!(cfg.mtu, 1500);
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let file: FileConfig = serde_yaml::from_str("nodeName: from-file\nmtu: 1400\nmaxEndpoints: 128\n")
+            .expect("yaml");
+        let cfg = Config::merge(flags(), file).expect("config");
+        assert_eq!(cfg.node_name, "node-1");
+        assert_eq!(cfg.mtu, 1400);
+        assert_eq!(cfg.max_endpoints, 128);
+    }
+
+    #[test]
+    fn missing_and_invalid_values_are_named() {
+        let err = Config::merge(FlagConfig::default(), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("--node-name"), "{err}");
+        let mut bad = flags();
+        bad.node_name = Some("../etc".into());
+        assert!(matches!(Config::merge(bad, FileConfig::default()), Err(ConfigError::NodeName(_))));
+        assert!(serde_yaml::from_str::<FileConfig>("nodeNam: typo\n").is_err());
+    }
+}

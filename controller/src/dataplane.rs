@@ -1,0 +1,271 @@
+//! Loading the eBPF object, its pinned maps, and attaching the programs.
+//!
+//! Layout under the node's pin directory (`<bpf-root>/<node-name>/`):
+//! the maps by name, and `links/<ifname>` for each attached program. Pins
+//! outlive the agent, so traffic keeps flowing across agent restarts; a new
+//! agent atomically swaps its freshly loaded program into the existing links.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    sys::SyscallError,
+    Ebpf, EbpfLoader,
+};
+use sluice_common::{
+    endpoint::{EndpointInfo, IpKey},
+    maps, programs,
+};
+use tracing::{info, warn};
+
+use crate::EBPF_OBJECT;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("eBPF object lacks {0}")]
+    Missing(&'static str),
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Map capacities, from the agent's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct MapSizes {
+    pub endpoints: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self { endpoints: 65536 }
+    }
+}
+
+/// The node's pin directory.
+pub fn pin_dir(bpf_root: &Path, node_name: &str) -> PathBuf {
+    bpf_root.join(node_name)
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    endpoints: HashMap<MapData, IpKey, EndpointInfo>,
+}
+
+impl Dataplane {
+    pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Self, DataplaneError> {
+        let links = pin_dir.join("links");
+        std::fs::create_dir_all(&links).map_err(|source| DataplaneError::Io {
+            path: links.clone(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .map_max_entries(maps::ENDPOINTS, sizes.endpoints)
+            .load(EBPF_OBJECT)?;
+        let endpoints = ebpf
+            .take_map(maps::ENDPOINTS)
+            .ok_or(DataplaneError::Missing(maps::ENDPOINTS))?;
+        let endpoints = HashMap::try_from(endpoints).map_err(|source| DataplaneError::Map {
+            name: maps::ENDPOINTS,
+            source,
+        })?;
+        let mut dataplane = Self {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            endpoints,
+        };
+        dataplane.from_container()?.load().map_err(|source| DataplaneError::Program {
+            name: programs::FROM_CONTAINER,
+            source,
+        })?;
+        dataplane.upgrade_links();
+        Ok(dataplane)
+    }
+
+    fn from_container(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        let prog = self
+            .ebpf
+            .program_mut(programs::FROM_CONTAINER)
+            .ok_or(DataplaneError::Missing(programs::FROM_CONTAINER))?;
+        prog.try_into().map_err(|source| DataplaneError::Program {
+            name: programs::FROM_CONTAINER,
+            source,
+        })
+    }
+
+    fn link_pin(&self, ifname: &str) -> PathBuf {
+        self.pin_dir.join("links").join(ifname)
+    }
+
+    /// Swaps this agent's program into every link a previous agent pinned,
+    /// so an upgrade takes effect without a moment of detachment.
+    fn upgrade_links(&mut self) {
+        let dir = self.pin_dir.join("links");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let Err(e) = self.replace_link_program(&path) {
+                // The veth went away while no agent ran: the link is defunct.
+                warn!(path = %path.display(), error = %e, "dropping stale link pin");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    fn replace_link_program(&mut self, path: &Path) -> Result<(), DataplaneError> {
+        let pinned = PinnedLink::from_pin(path).map_err(|source| DataplaneError::Link {
+            path: path.to_owned(),
+            source,
+        })?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
+            DataplaneError::Link {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let prog = self.from_container()?;
+        let id = prog.attach_to_link(link).map_err(|source| DataplaneError::Program {
+            name: programs::FROM_CONTAINER,
+            source,
+        })?;
+        let link = prog.take_link(id).map_err(|source| DataplaneError::Program {
+            name: programs::FROM_CONTAINER,
+            source,
+        })?;
+        // The pin still refers to the same link object, now running the new
+        // program; dropping our fd leaves it in place.
+        drop(link);
+        info!(path = %path.display(), "link upgraded to the new program");
+        Ok(())
+    }
+
+    /// Attaches `from_container` to the host side of a pod's veth (TCX
+    /// ingress) and pins the link. Idempotent.
+    pub fn attach(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        let pin = self.link_pin(ifname);
+        match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                // A link pinned under this name: reuse it if it still points at
+                // this interface (a retried registration), else replace it.
+                let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|source| {
+                    DataplaneError::Link {
+                        path: pin.clone(),
+                        source,
+                    }
+                })?;
+                drop(link);
+                std::fs::remove_file(&pin).map_err(|source| DataplaneError::Io {
+                    path: pin.clone(),
+                    source,
+                })?;
+            }
+            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DataplaneError::Link { path: pin, source }),
+        }
+        let prog = self.from_container()?;
+        let id = prog
+            .attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| DataplaneError::Program {
+                name: programs::FROM_CONTAINER,
+                source,
+            })?;
+        let link = prog.take_link(id).map_err(|source| DataplaneError::Program {
+            name: programs::FROM_CONTAINER,
+            source,
+        })?;
+        let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
+            path: pin.clone(),
+            source,
+        })?;
+        link.pin(&pin).map_err(|source| DataplaneError::Pin { path: pin, source })?;
+        Ok(())
+    }
+
+    /// Detaches by dropping the pin (the last reference to the link).
+    pub fn detach(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        let pin = self.link_pin(ifname);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DataplaneError::Io { path: pin, source }),
+        }
+    }
+
+    pub fn set_endpoint(&mut self, key: IpKey, info: EndpointInfo) -> Result<(), DataplaneError> {
+        self.endpoints
+            .insert(key, info, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: maps::ENDPOINTS,
+                source,
+            })
+    }
+
+    pub fn remove_endpoint(&mut self, key: &IpKey) -> Result<(), DataplaneError> {
+        match self.endpoints.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataplaneError::Map {
+                name: maps::ENDPOINTS,
+                source,
+            }),
+        }
+    }
+
+    pub fn endpoint(&self, key: &IpKey) -> Option<EndpointInfo> {
+        self.endpoints.get(key, 0).ok()
+    }
+}
+
+/// Removes everything pinned for a node: links (detaching the programs)
+/// and maps. For `sluice-agent --uninstall` and test teardown.
+pub fn remove_pins(pin_dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}

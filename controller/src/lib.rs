@@ -1,0 +1,20 @@
+//! The sluice node agent (`sluice-agent`) and user CLI (`sluice`).
+//!
+//! Pure logic (IPAM, request handling) is separated from the kernel-facing
+//! parts (`dataplane`, `netlink`, `bpffs`) so it can be unit-tested; the
+//! kernel-facing parts are exercised by the namespace tests in `tests/`.
+
+pub mod agent;
+pub mod bpffs;
+pub mod config;
+pub mod counters;
+pub mod dataplane;
+pub mod lab;
+pub mod ipam;
+pub mod kernel;
+pub mod netlink;
+pub mod server;
+pub mod state;
+
+/// The eBPF object built by build.rs from `dataplane-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-dataplane"));

@@ -1,0 +1,96 @@
+//! Forwarding decisions for packets leaving a pod.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::bpf_redirect_peer,
+    programs::TcContext,
+};
+use sluice_common::{
+    endpoint::{EndpointInfo, IpKey},
+    metrics::reason,
+};
+
+use crate::{
+    maps::ENDPOINTS,
+    parse::{self, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF},
+};
+
+pub struct Verdict {
+    pub action: i32,
+    pub reason: u32,
+}
+
+const fn verdict(action: i32, reason: u32) -> Verdict {
+    Verdict {
+        action,
+        reason,
+    }
+}
+
+pub fn from_container(ctx: &TcContext) -> Verdict {
+    let Ok(eth) = parse::eth(ctx) else {
+        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
+    };
+    match u16::from_be(eth.proto) {
+        ETH_P_IP => {}
+        // The pod's gateway is a static neighbour, but the pod may still ask
+        // (e.g. after someone flushed its table); the host answers nothing
+        // for the gateway, which is harmless, and other ARP is the host's.
+        ETH_P_ARP => return verdict(TC_ACT_OK, reason::TO_STACK),
+        _ => return verdict(TC_ACT_SHOT, reason::DROP_UNSUPPORTED_L3),
+    }
+    let Ok(pkt) = parse::ipv4(ctx) else {
+        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
+    };
+
+    // Anti-spoofing: the source must be an endpoint, and the packet must
+    // come in through that endpoint's own veth.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.saddr)) {
+        Some(src) if unsafe { (*src).ifindex } == ifindex => {}
+        _ => return verdict(TC_ACT_SHOT, reason::DROP_SPOOFED_SOURCE),
+    }
+
+    let Some(dst) = ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.daddr)) else {
+        return verdict(TC_ACT_OK, reason::TO_STACK);
+    };
+    let dst = unsafe { *dst };
+    // Let the host stack answer with ICMP time-exceeded.
+    if pkt.hdr.ttl <= 1 {
+        return verdict(TC_ACT_OK, reason::TO_STACK);
+    }
+    deliver_local(ctx, &pkt.hdr, &dst)
+}
+
+/// Route to a pod on this node: decrement TTL, rewrite L2 as the pod's
+/// gateway would, and hand the packet straight to the pod's netns, skipping
+/// the host's routing and netfilter.
+fn deliver_local(ctx: &TcContext, hdr: &parse::Ipv4Hdr, dst: &EndpointInfo) -> Verdict {
+    let old_word = u16::from_be_bytes([hdr.ttl, hdr.protocol]);
+    let new_word = u16::from_be_bytes([hdr.ttl - 1, hdr.protocol]);
+    if ctx
+        .l3_csum_replace(
+            ETH_HLEN + IPV4_CSUM_OFF,
+            old_word.to_be() as u64,
+            new_word.to_be() as u64,
+            2,
+        )
+        .is_err()
+        || ctx
+            .store(ETH_HLEN + IPV4_TTL_OFF, &(hdr.ttl - 1), 0)
+            .is_err()
+    {
+        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
+    }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&dst.pod_mac);
+    macs[6..].copy_from_slice(&dst.host_mac);
+    if ctx.store(0, &macs, 0).is_err() {
+        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
+    }
+    let ret = unsafe { bpf_redirect_peer(dst.ifindex, 0) };
+    if ret == i64::from(TC_ACT_REDIRECT) {
+        verdict(TC_ACT_REDIRECT, reason::FORWARD_LOCAL)
+    } else {
+        verdict(TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED)
+    }
+}

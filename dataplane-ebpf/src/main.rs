@@ -1,0 +1,32 @@
+//! sluice's TC programs. Entry points stay thin; each concern has a module.
+#![no_std]
+#![no_main]
+
+mod forward;
+mod maps;
+mod metrics;
+mod parse;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+/// TC ingress of the host side of a pod's veth: every packet the pod sends.
+#[classifier]
+pub fn from_container(ctx: TcContext) -> i32 {
+    let verdict = forward::from_container(&ctx);
+    metrics::count(
+        verdict.reason,
+        sluice_common::metrics::dir::EGRESS,
+        ctx.len(),
+    );
+    verdict.action
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

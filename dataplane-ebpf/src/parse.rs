@@ -1,0 +1,114 @@
+//! Header layouts and bounds-checked parsing. Loads go through
+//! bpf_skb_load_bytes, so a short packet is an error, never an out-of-bounds
+//! read.
+use aya_ebpf::programs::TcContext;
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// Network byte order.
+    pub proto: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: u16,
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+}
+
+/// Offset of the TTL/protocol 16-bit word and of the checksum in the IPv4
+/// header, for incremental checksum updates.
+pub const IPV4_TTL_OFF: usize = 8;
+pub const IPV4_CSUM_OFF: usize = 10;
+
+/// What the dataplane needs to know about an IPv4 packet.
+#[derive(Clone, Copy)]
+pub struct Ipv4Packet {
+    pub hdr: Ipv4Hdr,
+    /// Source and destination port (ICMP: type/code and id), host order.
+    pub sport: u16,
+    pub dport: u16,
+}
+
+#[derive(Clone, Copy)]
+pub enum ParseError {
+    Malformed,
+}
+
+pub fn eth(ctx: &TcContext) -> Result<EthHdr, ParseError> {
+    ctx.load::<EthHdr>(0).map_err(|_| ParseError::Malformed)
+}
+
+pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, ParseError> {
+    let hdr: Ipv4Hdr = ctx.load(ETH_HLEN).map_err(|_| ParseError::Malformed)?;
+    let ihl = ((hdr.version_ihl & 0x0f) as usize) * 4;
+    if hdr.version_ihl >> 4 != 4 || ihl < 20 {
+        return Err(ParseError::Malformed);
+    }
+    let tot_len = u16::from_be(hdr.tot_len) as usize;
+    if tot_len < ihl || ETH_HLEN + tot_len > ctx.len() as usize {
+        return Err(ParseError::Malformed);
+    }
+    let mut pkt = Ipv4Packet {
+        hdr,
+        sport: 0,
+        dport: 0,
+    };
+    // Only the first fragment carries the L4 header.
+    if u16::from_be(hdr.frag_off) & 0x1fff != 0 {
+        return Ok(pkt);
+    }
+    let l4 = ETH_HLEN + ihl;
+    let l4_len = tot_len - ihl;
+    match hdr.protocol {
+        IPPROTO_TCP => {
+            if l4_len < 20 {
+                return Err(ParseError::Malformed);
+            }
+            let ports: [u16; 2] = ctx.load(l4).map_err(|_| ParseError::Malformed)?;
+            let doff: u8 = ctx.load(l4 + 12).map_err(|_| ParseError::Malformed)?;
+            if ((doff >> 4) as usize) * 4 < 20 || ((doff >> 4) as usize) * 4 > l4_len {
+                return Err(ParseError::Malformed);
+            }
+            pkt.sport = u16::from_be(ports[0]);
+            pkt.dport = u16::from_be(ports[1]);
+        }
+        IPPROTO_UDP => {
+            if l4_len < 8 {
+                return Err(ParseError::Malformed);
+            }
+            let ports: [u16; 2] = ctx.load(l4).map_err(|_| ParseError::Malformed)?;
+            pkt.sport = u16::from_be(ports[0]);
+            pkt.dport = u16::from_be(ports[1]);
+        }
+        IPPROTO_ICMP => {
+            if l4_len < 8 {
+                return Err(ParseError::Malformed);
+            }
+            let type_code: u16 = ctx.load(l4).map_err(|_| ParseError::Malformed)?;
+            let id: u16 = ctx.load(l4 + 4).map_err(|_| ParseError::Malformed)?;
+            pkt.sport = u16::from_be(type_code);
+            pkt.dport = u16::from_be(id);
+        }
+        _ => {}
+    }
+    Ok(pkt)
+}
