@@ -8,12 +8,14 @@ use netlink_packet_route::{
     neighbour::NeighbourState,
     route::{RouteProtocol, RouteScope},
 };
-use rtnetlink::{Handle, LinkDummy, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// The host device that holds the pods' gateway address, the way
 /// cilium_host does: host-originated traffic to pods takes it as source,
-/// and pods reach the host through it.
+/// and pods reach the host through it. It is one end of a veth pair (its
+/// peer is [`HOST_PEER`]) because not every kernel has the dummy driver.
 pub const HOST_DEVICE: &str = "sluice_host";
+pub const HOST_PEER: &str = "sluice_net";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -95,7 +97,7 @@ impl Netlink {
             None => {
                 self.handle
                     .link()
-                    .add(LinkDummy::new(HOST_DEVICE).build())
+                    .add(LinkVeth::new(HOST_DEVICE, HOST_PEER).build())
                     .execute()
                     .await
                     .or_else(|e| if errno(&e) == Some(libc::EEXIST) { Ok(()) } else { Err(e) })
@@ -112,12 +114,15 @@ impl Netlink {
             .execute()
             .await
             .map_err(Self::req(format!("adding {gateway}/32 to {HOST_DEVICE}")))?;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(Self::req(format!("bringing {HOST_DEVICE} up")))?;
+        for (name, link) in [(HOST_DEVICE, Some(index)), (HOST_PEER, self.link_index(HOST_PEER).await?)] {
+            let Some(link) = link else { continue };
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(link).up().build())
+                .execute()
+                .await
+                .map_err(Self::req(format!("bringing {name} up")))?;
+        }
         Ok(index)
     }
 

@@ -1,1 +1,99 @@
-fn main() {}
+//! `cargo xtask`: bootstrap the machine, build, run the demo, run the tests.
+//!
+//! Every command installs what it needs first, idempotently, so a fresh
+//! machine needs nothing but this repository and a Rust toolchain.
+mod bootstrap;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (apt packages, rust-src,
+    /// bpf-linker). Idempotent.
+    Bootstrap,
+    /// Bootstrap, then build every binary.
+    Build,
+    /// The main job: bring up a node with pods and show them talking.
+    Demo {
+        /// Extra arguments for `sluice demo`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The whole test suite: lints, unit tests, then the privileged
+    /// end-to-end tests against the real kernel.
+    Test {
+        /// Only run end-to-end tests whose name contains this.
+        filter: Option<String>,
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawning {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn build() -> anyhow::Result<()> {
+    bootstrap::all()?;
+    run(cargo().args(["build", "--workspace", "--bins"]))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Bootstrap => bootstrap::all(),
+        Cmd::Build => build(),
+        Cmd::Demo { args } => {
+            build()?;
+            run(Command::new(workspace_root().join("target/debug/sluice"))
+                .arg("demo")
+                .args(args))
+        }
+        Cmd::Test { filter, no_lint } => {
+            build()?;
+            if !no_lint {
+                run(cargo().args(["fmt", "--all", "--check"]))?;
+                run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+            }
+            run(cargo().args(["test", "--workspace", "--exclude", "sluice-tests"]))?;
+            let mut e2e = cargo();
+            e2e.args(["test", "-p", "sluice-tests", "--"])
+                .env("SLUICE_BIN_DIR", workspace_root().join("target/debug"));
+            if let Some(filter) = filter {
+                e2e.arg(filter);
+            }
+            run(&mut e2e)
+        }
+    }
+}

@@ -69,6 +69,20 @@ impl AgentProcess {
         })
     }
 
+    /// Refers to an agent started earlier (or not running at all), e.g. to
+    /// uninstall it.
+    pub fn existing(options: AgentOptions) -> Self {
+        Self {
+            options,
+            child: None,
+        }
+    }
+
+    /// Lets the process outlive this handle.
+    pub fn detach(mut self) {
+        self.child = None;
+    }
+
     /// Waits until the agent answers `Status`, or fails with its log.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;

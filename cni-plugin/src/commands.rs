@@ -1,0 +1,646 @@
+//! The CNI commands, over the [`Agent`] and [`Dataplane`] traits so their
+//! logic (ordering, rollback, what is idempotent) is tested without a kernel
+//! or an agent.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use sluice_common::api::{Allocation, Attachment, EndpointSpec};
+
+use crate::{
+    client::Agent,
+    config::{requested_version, NetConf, SUPPORTED_VERSIONS},
+    dataplane::{Dataplane, WireRequest, Wired},
+    env::Target,
+    error::Error,
+    netns::NetNs,
+    result::{format_mac, CniResult, Interface, IpConfig, Route},
+    veth,
+};
+
+/// VERSION: the requested version echoed, and what this plugin speaks.
+pub fn version(stdin: &[u8]) -> Result<String, Error> {
+    let requested = requested_version(stdin)?;
+    Ok(serde_json::json!({
+        "cniVersion": requested,
+        "supportedVersions": SUPPORTED_VERSIONS,
+    })
+    .to_string())
+}
+
+/// ADD: allocate, wire, register; print the result. Anything that fails
+/// after the allocation is undone before the error is returned.
+pub fn add(
+    target: &Target,
+    conf: &NetConf,
+    agent: &impl Agent,
+    dataplane: &mut impl Dataplane,
+) -> Result<String, Error> {
+    if conf.prev_result.is_some() {
+        // sluice creates the pod's interface; there is nothing before it to
+        // pass through, and silently dropping another plugin's result would
+        // hide interfaces from the runtime.
+        return Err(Error::config(
+            "sluice-cni must be the first plugin in a chain (got a prevResult)",
+        ));
+    }
+    let netns = NetNs::open(&target.netns)?;
+    let attachment = attachment(&target.container_id, &target.ifname);
+    let host_ifname = veth::host_ifname(&target.container_id, &target.ifname);
+
+    let allocation = agent.allocate(&attachment)?;
+    let wired = wire_and_register(target, conf, agent, dataplane, &netns, &allocation)
+        .map_err(|err| rollback(err, &attachment, &host_ifname, agent, dataplane))?;
+
+    let mtu = conf.mtu.unwrap_or(allocation.mtu);
+    Ok(add_result(target, &host_ifname, &allocation, mtu, &wired).to_json(conf.cni_version))
+}
+
+fn wire_and_register(
+    target: &Target,
+    conf: &NetConf,
+    agent: &impl Agent,
+    dataplane: &mut impl Dataplane,
+    netns: &NetNs,
+    allocation: &Allocation,
+) -> Result<Wired, Error> {
+    validate_allocation(allocation)?;
+    let host_ifname = veth::host_ifname(&target.container_id, &target.ifname);
+    let temp_ifname = veth::temp_ifname(&target.container_id, &target.ifname);
+    let wired = dataplane.wire(&WireRequest {
+        netns,
+        ifname: &target.ifname,
+        host_ifname: &host_ifname,
+        temp_ifname: &temp_ifname,
+        ip: allocation.ip,
+        gateway: allocation.gateway,
+        mtu: conf.mtu.unwrap_or(allocation.mtu),
+    })?;
+    agent.register(&EndpointSpec {
+        attachment: attachment(&target.container_id, &target.ifname),
+        netns: target.netns.to_string_lossy().into_owned(),
+        host_ifname,
+        host_ifindex: wired.host_ifindex,
+        host_mac: wired.host_mac,
+        pod_mac: wired.pod_mac,
+        ip: allocation.ip,
+    })?;
+    Ok(wired)
+}
+
+/// An allocation the pod cannot be configured with is the agent's bug, not
+/// the config's; refuse it before touching the kernel.
+fn validate_allocation(a: &Allocation) -> Result<(), Error> {
+    let problem = if a.ip.is_ipv4() != a.gateway.is_ipv4() {
+        Some(format!(
+            "address {} and gateway {} differ in family",
+            a.ip, a.gateway
+        ))
+    } else if a.ip == a.gateway {
+        Some(format!("address {} is the gateway", a.ip))
+    } else if a.cidr_prefix_len > veth::host_prefix_len(a.ip) {
+        Some(format!("prefix length /{} is impossible", a.cidr_prefix_len))
+    } else if a.mtu < 68 {
+        Some(format!("MTU {} is below 68", a.mtu))
+    } else {
+        None
+    };
+    match problem {
+        Some(detail) => Err(Error::AgentProtocol {
+            op: "allocate an address",
+            detail,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Undoes a failed ADD in reverse order: the veth (and with it everything
+/// inside the pod), then the address. Returns the original error, noting
+/// any step that failed in its details.
+fn rollback(
+    err: Error,
+    attachment: &Attachment,
+    host_ifname: &str,
+    agent: &impl Agent,
+    dataplane: &mut impl Dataplane,
+) -> Error {
+    let mut failures = Vec::new();
+    if let Err(e) = dataplane.unwire(host_ifname) {
+        failures.push(format!("deleting {host_ifname}: {}", e.details()));
+    }
+    if let Err(e) = agent.release(attachment) {
+        failures.push(format!("releasing the address: {}", e.details()));
+    }
+    if failures.is_empty() {
+        err
+    } else {
+        tracing::warn!(?attachment, ?failures, "ADD rollback incomplete");
+        Error::RollbackIncomplete {
+            source: Box::new(err),
+            failures,
+        }
+    }
+}
+
+fn add_result(
+    target: &Target,
+    host_ifname: &str,
+    allocation: &Allocation,
+    mtu: u32,
+    wired: &Wired,
+) -> CniResult {
+    let prefix_len = veth::host_prefix_len(allocation.ip);
+    let default_dst = match allocation.gateway {
+        IpAddr::V4(_) => IpNet::V4(Default::default()),
+        IpAddr::V6(_) => IpNet::V6(Default::default()),
+    };
+    CniResult {
+        interfaces: vec![
+            Interface {
+                name: host_ifname.to_string(),
+                mac: Some(format_mac(&wired.host_mac)),
+                mtu: Some(mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: target.ifname.clone(),
+                mac: Some(format_mac(&wired.pod_mac)),
+                mtu: Some(mtu),
+                sandbox: Some(target.netns.to_string_lossy().into_owned()),
+            },
+        ],
+        ips: vec![IpConfig {
+            // validate_allocation made sure the prefix length fits.
+            address: IpNet::new(allocation.ip, prefix_len)
+                .unwrap_or_else(|_| IpNet::from(allocation.ip)),
+            gateway: Some(allocation.gateway),
+            interface: Some(1),
+        }],
+        routes: vec![Route {
+            dst: default_dst,
+            gw: Some(allocation.gateway),
+        }],
+        dns: Default::default(),
+    }
+}
+
+/// DEL: remove the veth if present, then release at the agent. Idempotent;
+/// needs neither the pod's namespace nor a previous result.
+pub fn del(
+    container_id: &str,
+    ifname: &str,
+    agent: &impl Agent,
+    dataplane: &mut impl Dataplane,
+) -> Result<(), Error> {
+    let host_ifname = veth::host_ifname(container_id, ifname);
+    if dataplane.unwire(&host_ifname)? {
+        tracing::info!(%host_ifname, "deleted veth");
+    }
+    agent.release(&attachment(container_id, ifname))
+}
+
+/// STATUS: ready means the agent answers and can hand out an address.
+pub fn status(agent: &impl Agent) -> Result<(), Error> {
+    let status = agent.status().map_err(|e| Error::NotAvailable {
+        reason: e.details(),
+    })?;
+    if status.free_addresses == 0 {
+        // The spec asks for an error when a limited resource is exhausted
+        // and no ADD could succeed.
+        return Err(Error::NotAvailable {
+            reason: format!("no free address left in pod CIDR {}", status.pod_cidr),
+        });
+    }
+    Ok(())
+}
+
+/// GC: the agent releases (and unwires) every attachment not listed.
+pub fn gc(conf: &NetConf, agent: &impl Agent) -> Result<(), Error> {
+    // Without the list, "release everything not listed" would wipe every
+    // pod of the node; refuse rather than guess.
+    let valid = conf
+        .valid_attachments
+        .clone()
+        .ok_or_else(|| Error::config("GC without \"cni.dev/valid-attachments\""))?;
+    let released = agent.gc(valid)?;
+    if !released.is_empty() {
+        tracing::info!(?released, "GC released stale attachments");
+    }
+    Ok(())
+}
+
+pub(crate) fn attachment(container_id: &str, ifname: &str) -> Attachment {
+    Attachment {
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fakes {
+    //! In-memory stand-ins for the agent and the kernel.
+
+    use std::cell::RefCell;
+
+    use sluice_common::api::{AgentStatus, EndpointState, ErrorKind, Request, Response};
+
+    use super::*;
+    use crate::dataplane::Observed;
+
+    /// Answers from a script, one per request kind, and records requests.
+    #[derive(Default)]
+    pub struct FakeAgent {
+        pub requests: RefCell<Vec<Request>>,
+        pub allocation: Option<Allocation>,
+        pub register: Option<Response>,
+        pub release: Option<Response>,
+        pub get: Option<Response>,
+        pub status: Option<Response>,
+        /// Every request fails as if the socket were missing.
+        pub unreachable: bool,
+    }
+
+    impl FakeAgent {
+        pub fn allocating(ip: &str, gateway: &str) -> Self {
+            FakeAgent {
+                allocation: Some(Allocation {
+                    ip: ip.parse().expect("ip"),
+                    cidr_prefix_len: 24,
+                    gateway: gateway.parse().expect("gateway"),
+                    mtu: 1500,
+                }),
+                ..Default::default()
+            }
+        }
+
+        pub fn ops(&self) -> Vec<&'static str> {
+            self.requests
+                .borrow()
+                .iter()
+                .map(|r| match r {
+                    Request::Allocate { .. } => "allocate",
+                    Request::Register { .. } => "register",
+                    Request::Release { .. } => "release",
+                    Request::Get { .. } => "get",
+                    Request::Gc { .. } => "gc",
+                    Request::Status => "status",
+                })
+                .collect()
+        }
+    }
+
+    impl Agent for FakeAgent {
+        fn exchange(&self, request: &Request) -> Result<Response, Error> {
+            self.requests.borrow_mut().push(request.clone());
+            if self.unreachable {
+                return Err(Error::AgentUnreachable {
+                    socket: "/fake.sock".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+            let not_found = || Response::Error {
+                kind: ErrorKind::NotFound,
+                message: "unknown".into(),
+            };
+            Ok(match request {
+                Request::Allocate { .. } => match &self.allocation {
+                    Some(allocation) => Response::Allocated {
+                        allocation: allocation.clone(),
+                    },
+                    None => Response::Error {
+                        kind: ErrorKind::Exhausted,
+                        message: "full".into(),
+                    },
+                },
+                Request::Register { .. } => self.register.clone().unwrap_or(Response::Ok),
+                Request::Release { .. } => self.release.clone().unwrap_or(Response::Ok),
+                Request::Get { .. } => self.get.clone().unwrap_or_else(not_found),
+                Request::Gc { .. } => Response::Collected { released: vec![] },
+                Request::Status => self.status.clone().unwrap_or(Response::Status {
+                    status: AgentStatus {
+                        node_name: "n".into(),
+                        pod_cidr: "10.244.1.0/24".into(),
+                        endpoints: 0,
+                        free_addresses: 250,
+                    },
+                }),
+            })
+        }
+    }
+
+    pub fn endpoint_state(state: EndpointState) -> Response {
+        Response::Endpoint { state }
+    }
+
+    /// Records calls; fails `wire` on demand.
+    #[derive(Default)]
+    pub struct FakeDataplane {
+        pub calls: Vec<String>,
+        pub wire_error: Option<String>,
+        pub unwire_error: Option<String>,
+        /// Whether a host veth "exists" for `unwire`.
+        pub present: bool,
+        pub observed: Observed,
+    }
+
+    pub const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    pub const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+    impl Dataplane for FakeDataplane {
+        fn wire(&mut self, request: &WireRequest<'_>) -> Result<Wired, Error> {
+            self.calls.push(format!(
+                "wire {} {} {} {} via {} mtu {}",
+                request.host_ifname,
+                request.temp_ifname,
+                request.ifname,
+                request.ip,
+                request.gateway,
+                request.mtu
+            ));
+            self.present = true;
+            match &self.wire_error {
+                Some(message) => Err(Error::Wiring {
+                    message: message.clone(),
+                }),
+                None => Ok(Wired {
+                    host_ifindex: 42,
+                    host_mac: HOST_MAC,
+                    pod_mac: POD_MAC,
+                }),
+            }
+        }
+
+        fn unwire(&mut self, host_ifname: &str) -> Result<bool, Error> {
+            self.calls.push(format!("unwire {host_ifname}"));
+            if let Some(message) = &self.unwire_error {
+                return Err(Error::Wiring {
+                    message: message.clone(),
+                });
+            }
+            Ok(std::mem::take(&mut self.present))
+        }
+
+        fn observe(
+            &mut self,
+            host_ifname: &str,
+            _netns: &NetNs,
+            ifname: &str,
+        ) -> Result<Observed, Error> {
+            self.calls.push(format!("observe {host_ifname} {ifname}"));
+            Ok(self.observed.clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fakes::*;
+    use super::*;
+    use crate::error::code;
+    use sluice_common::api::{ErrorKind, Request, Response};
+
+    /// A namespace any test can open: its own.
+    const OWN_NETNS: &str = "/proc/self/ns/net";
+
+    fn target() -> Target {
+        Target {
+            container_id: "c0ffee".into(),
+            ifname: "eth0".into(),
+            netns: OWN_NETNS.into(),
+        }
+    }
+
+    fn conf(extra: &str) -> NetConf {
+        NetConf::parse(
+            format!(r#"{{"cniVersion":"1.0.0","name":"sluice","type":"sluice-cni"{extra}}}"#)
+                .as_bytes(),
+        )
+        .expect("valid config")
+    }
+
+    #[test]
+    fn version_echoes_the_request() {
+        let out: serde_json::Value =
+            serde_json::from_str(&version(br#"{"cniVersion":"0.4.0"}"#).expect("ok"))
+                .expect("JSON");
+        assert_eq!(
+            out,
+            serde_json::json!({"cniVersion": "0.4.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]})
+        );
+    }
+
+    #[test]
+    fn add_allocates_wires_registers_and_reports() {
+        let agent = FakeAgent::allocating("10.244.1.5", "10.244.1.1");
+        let mut dp = FakeDataplane::default();
+        let out = add(&target(), &conf(""), &agent, &mut dp).expect("ADD");
+        assert_eq!(agent.ops(), ["allocate", "register"]);
+        let host = veth::host_ifname("c0ffee", "eth0");
+        let temp = veth::temp_ifname("c0ffee", "eth0");
+        assert_eq!(
+            dp.calls,
+            [format!(
+                "wire {host} {temp} eth0 10.244.1.5 via 10.244.1.1 mtu 1500"
+            )]
+        );
+        let Request::Register { endpoint } = &agent.requests.borrow()[1] else {
+            panic!("second request is not Register");
+        };
+        assert_eq!(endpoint.host_ifname, host);
+        assert_eq!(endpoint.host_ifindex, 42);
+        assert_eq!(endpoint.host_mac, HOST_MAC);
+        assert_eq!(endpoint.pod_mac, POD_MAC);
+        assert_eq!(endpoint.netns, OWN_NETNS);
+
+        let out: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        assert_eq!(
+            out,
+            serde_json::json!({
+                "cniVersion": "1.0.0",
+                "interfaces": [
+                    {"name": host, "mac": "02:00:00:00:00:01"},
+                    {"name": "eth0", "mac": "02:00:00:00:00:02", "sandbox": OWN_NETNS}
+                ],
+                "ips": [{"address": "10.244.1.5/32", "gateway": "10.244.1.1", "interface": 1}],
+                "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}],
+                "dns": {}
+            })
+        );
+    }
+
+    #[test]
+    fn add_config_mtu_overrides_the_agent() {
+        let agent = FakeAgent::allocating("10.244.1.5", "10.244.1.1");
+        let mut dp = FakeDataplane::default();
+        add(&target(), &conf(r#","mtu":1400"#), &agent, &mut dp).expect("ADD");
+        assert!(dp.calls[0].ends_with("mtu 1400"), "{:?}", dp.calls);
+    }
+
+    #[test]
+    fn add_wiring_failure_rolls_back_in_reverse() {
+        let agent = FakeAgent::allocating("10.244.1.5", "10.244.1.1");
+        let mut dp = FakeDataplane {
+            wire_error: Some("eth0 exists".into()),
+            ..Default::default()
+        };
+        let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("wire fails");
+        assert_eq!(err.code(), code::NETLINK);
+        assert_eq!(err.to_string(), "eth0 exists");
+        assert_eq!(agent.ops(), ["allocate", "release"]);
+        assert_eq!(dp.calls.len(), 2);
+        assert!(dp.calls[1].starts_with("unwire lxc"), "{:?}", dp.calls);
+    }
+
+    #[test]
+    fn add_register_failure_rolls_back_too() {
+        let agent = FakeAgent {
+            register: Some(Response::Error {
+                kind: ErrorKind::Internal,
+                message: "tc attach failed".into(),
+            }),
+            ..FakeAgent::allocating("10.244.1.5", "10.244.1.1")
+        };
+        let mut dp = FakeDataplane::default();
+        let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("register fails");
+        assert_eq!(err.code(), code::TRY_AGAIN_LATER);
+        assert_eq!(agent.ops(), ["allocate", "register", "release"]);
+        assert!(dp.calls[1].starts_with("unwire"), "{:?}", dp.calls);
+        assert!(!dp.present, "veth left behind");
+    }
+
+    #[test]
+    fn incomplete_rollback_is_reported_with_the_original_code() {
+        let agent = FakeAgent {
+            register: Some(Response::Error {
+                kind: ErrorKind::Invalid,
+                message: "bad".into(),
+            }),
+            release: Some(Response::Error {
+                kind: ErrorKind::Internal,
+                message: "disk full".into(),
+            }),
+            ..FakeAgent::allocating("10.244.1.5", "10.244.1.1")
+        };
+        let mut dp = FakeDataplane::default();
+        let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("fails");
+        assert_eq!(err.code(), code::AGENT_REJECTED);
+        assert!(err.details().contains("disk full"), "{}", err.details());
+    }
+
+    #[test]
+    fn add_bad_allocation_is_released_without_wiring() {
+        let agent = FakeAgent::allocating("10.244.1.5", "fd00::1");
+        let mut dp = FakeDataplane::default();
+        let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("mixed families");
+        assert_eq!(err.code(), code::AGENT_PROTOCOL);
+        assert_eq!(agent.ops(), ["allocate", "release"]);
+        assert!(dp.calls.iter().all(|c| !c.starts_with("wire")), "{:?}", dp.calls);
+    }
+
+    #[test]
+    fn add_without_agent_is_try_again_and_touches_nothing() {
+        let agent = FakeAgent {
+            unreachable: true,
+            ..Default::default()
+        };
+        let mut dp = FakeDataplane::default();
+        let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("no agent");
+        assert_eq!(err.code(), code::TRY_AGAIN_LATER);
+        assert!(dp.calls.is_empty(), "{:?}", dp.calls);
+    }
+
+    #[test]
+    fn add_exhausted_is_code_101() {
+        let agent = FakeAgent::default();
+        let mut dp = FakeDataplane::default();
+        let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("exhausted");
+        assert_eq!(err.code(), code::ADDRESS_EXHAUSTED);
+        assert!(dp.calls.is_empty());
+    }
+
+    #[test]
+    fn add_checks_netns_before_allocating() {
+        let agent = FakeAgent::allocating("10.244.1.5", "10.244.1.1");
+        let mut dp = FakeDataplane::default();
+        let mut t = target();
+        t.netns = "/nonexistent/netns".into();
+        let err = add(&t, &conf(""), &agent, &mut dp).expect_err("bad netns");
+        assert_eq!(err.code(), code::INVALID_ENVIRONMENT);
+        assert!(agent.ops().is_empty());
+    }
+
+    #[test]
+    fn add_refuses_a_prev_result() {
+        let agent = FakeAgent::allocating("10.244.1.5", "10.244.1.1");
+        let mut dp = FakeDataplane::default();
+        let err = add(&target(), &conf(r#","prevResult":{"ips":[]}"#), &agent, &mut dp)
+            .expect_err("chained");
+        assert_eq!(err.code(), code::INVALID_NETWORK_CONFIG);
+        assert!(agent.ops().is_empty());
+    }
+
+    #[test]
+    fn del_is_idempotent() {
+        let agent = FakeAgent::default();
+        let mut dp = FakeDataplane {
+            present: true,
+            ..Default::default()
+        };
+        del("c0ffee", "eth0", &agent, &mut dp).expect("first DEL");
+        del("c0ffee", "eth0", &agent, &mut dp).expect("second DEL");
+        assert_eq!(agent.ops(), ["release", "release"]);
+        let host = veth::host_ifname("c0ffee", "eth0");
+        assert_eq!(dp.calls, [format!("unwire {host}"), format!("unwire {host}")]);
+    }
+
+    #[test]
+    fn del_without_agent_is_try_again() {
+        let agent = FakeAgent {
+            unreachable: true,
+            ..Default::default()
+        };
+        let err = del("c0ffee", "eth0", &agent, &mut FakeDataplane::default())
+            .expect_err("no agent");
+        assert_eq!(err.code(), code::TRY_AGAIN_LATER);
+    }
+
+    #[test]
+    fn status_maps_everything_to_50() {
+        status(&FakeAgent::default()).expect("ready");
+        let down = FakeAgent {
+            unreachable: true,
+            ..Default::default()
+        };
+        assert_eq!(status(&down).expect_err("down").code(), code::PLUGIN_NOT_AVAILABLE);
+        let full = FakeAgent {
+            status: Some(Response::Status {
+                status: sluice_common::api::AgentStatus {
+                    node_name: "n".into(),
+                    pod_cidr: "10.244.1.0/30".into(),
+                    endpoints: 1,
+                    free_addresses: 0,
+                },
+            }),
+            ..Default::default()
+        };
+        assert_eq!(status(&full).expect_err("full").code(), code::PLUGIN_NOT_AVAILABLE);
+    }
+
+    #[test]
+    fn gc_sends_the_valid_list_and_requires_it() {
+        let agent = FakeAgent::default();
+        gc(
+            &conf(r#","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]"#),
+            &agent,
+        )
+        .expect("GC");
+        assert_eq!(
+            agent.requests.borrow()[0],
+            Request::Gc {
+                valid: vec![attachment("a", "eth0")]
+            }
+        );
+        let err = gc(&conf(""), &agent).expect_err("no list");
+        assert_eq!(err.code(), code::INVALID_NETWORK_CONFIG);
+    }
+}
