@@ -134,10 +134,11 @@ impl Agent for UnixAgent {
         // connect(2) on a unix socket does not wait for the peer to accept,
         // so it needs no timeout of its own: it fails at once when the
         // socket file is missing or nobody listens (the agent is down).
-        let stream = UnixStream::connect(&self.socket).map_err(|source| Error::AgentUnreachable {
-            socket: self.socket.clone(),
-            source,
-        })?;
+        let stream =
+            UnixStream::connect(&self.socket).map_err(|source| Error::AgentUnreachable {
+                socket: self.socket.clone(),
+                source,
+            })?;
         let set_timeouts = stream
             .set_read_timeout(Some(self.timeout))
             .and_then(|()| stream.set_write_timeout(Some(self.timeout)));
@@ -222,7 +223,13 @@ mod tests {
             .release(&attachment())
             .expect("release ok");
         let sent = server.join().expect("server");
-        assert_eq!(sent, Request::Release { attachment: attachment() }.to_line());
+        assert_eq!(
+            sent,
+            Request::Release {
+                attachment: attachment()
+            }
+            .to_line()
+        );
     }
 
     #[test]
@@ -235,7 +242,13 @@ mod tests {
             .expect_err("exhausted");
         server.join().expect("server");
         assert!(
-            matches!(err, Error::Agent { kind: ErrorKind::Exhausted, .. }),
+            matches!(
+                err,
+                Error::Agent {
+                    kind: ErrorKind::Exhausted,
+                    ..
+                }
+            ),
             "{err:?}"
         );
         assert_eq!(err.code(), code::ADDRESS_EXHAUSTED);
@@ -244,7 +257,9 @@ mod tests {
     #[test]
     fn wrong_answer_is_a_protocol_error() {
         let (path, server) = serve_once(Some("{\"result\":\"ok\"}\n"));
-        let err = UnixAgent::new(&path).status().expect_err("ok is not a status");
+        let err = UnixAgent::new(&path)
+            .status()
+            .expect_err("ok is not a status");
         server.join().expect("server");
         assert_eq!(err.code(), code::AGENT_PROTOCOL);
     }

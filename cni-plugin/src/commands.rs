@@ -99,7 +99,10 @@ fn validate_allocation(a: &Allocation) -> Result<(), Error> {
     } else if a.ip == a.gateway {
         Some(format!("address {} is the gateway", a.ip))
     } else if a.cidr_prefix_len > veth::host_prefix_len(a.ip) {
-        Some(format!("prefix length /{} is impossible", a.cidr_prefix_len))
+        Some(format!(
+            "prefix length /{} is impossible",
+            a.cidr_prefix_len
+        ))
     } else if a.mtu < 68 {
         Some(format!("MTU {} is below 68", a.mtu))
     } else {
@@ -534,7 +537,11 @@ mod tests {
         let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("mixed families");
         assert_eq!(err.code(), code::AGENT_PROTOCOL);
         assert_eq!(agent.ops(), ["allocate", "release"]);
-        assert!(dp.calls.iter().all(|c| !c.starts_with("wire")), "{:?}", dp.calls);
+        assert!(
+            dp.calls.iter().all(|c| !c.starts_with("wire")),
+            "{:?}",
+            dp.calls
+        );
     }
 
     #[test]
@@ -573,8 +580,13 @@ mod tests {
     fn add_refuses_a_prev_result() {
         let agent = FakeAgent::allocating("10.244.1.5", "10.244.1.1");
         let mut dp = FakeDataplane::default();
-        let err = add(&target(), &conf(r#","prevResult":{"ips":[]}"#), &agent, &mut dp)
-            .expect_err("chained");
+        let err = add(
+            &target(),
+            &conf(r#","prevResult":{"ips":[]}"#),
+            &agent,
+            &mut dp,
+        )
+        .expect_err("chained");
         assert_eq!(err.code(), code::INVALID_NETWORK_CONFIG);
         assert!(agent.ops().is_empty());
     }
@@ -590,7 +602,10 @@ mod tests {
         del("c0ffee", "eth0", &agent, &mut dp).expect("second DEL");
         assert_eq!(agent.ops(), ["release", "release"]);
         let host = veth::host_ifname("c0ffee", "eth0");
-        assert_eq!(dp.calls, [format!("unwire {host}"), format!("unwire {host}")]);
+        assert_eq!(
+            dp.calls,
+            [format!("unwire {host}"), format!("unwire {host}")]
+        );
     }
 
     #[test]
@@ -599,8 +614,8 @@ mod tests {
             unreachable: true,
             ..Default::default()
         };
-        let err = del("c0ffee", "eth0", &agent, &mut FakeDataplane::default())
-            .expect_err("no agent");
+        let err =
+            del("c0ffee", "eth0", &agent, &mut FakeDataplane::default()).expect_err("no agent");
         assert_eq!(err.code(), code::TRY_AGAIN_LATER);
     }
 
@@ -611,7 +626,10 @@ mod tests {
             unreachable: true,
             ..Default::default()
         };
-        assert_eq!(status(&down).expect_err("down").code(), code::PLUGIN_NOT_AVAILABLE);
+        assert_eq!(
+            status(&down).expect_err("down").code(),
+            code::PLUGIN_NOT_AVAILABLE
+        );
         let full = FakeAgent {
             status: Some(Response::Status {
                 status: sluice_common::api::AgentStatus {
@@ -623,7 +641,10 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(status(&full).expect_err("full").code(), code::PLUGIN_NOT_AVAILABLE);
+        assert_eq!(
+            status(&full).expect_err("full").code(),
+            code::PLUGIN_NOT_AVAILABLE
+        );
     }
 
     #[test]

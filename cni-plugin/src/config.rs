@@ -97,7 +97,9 @@ impl NetConf {
         };
         let cni_version = match map.get("cniVersion") {
             Some(serde_json::Value::String(v)) => check_version(v)?,
-            Some(other) => return Err(Error::config(format!("cniVersion {other} is not a string"))),
+            Some(other) => {
+                return Err(Error::config(format!("cniVersion {other} is not a string")))
+            }
             None => return Err(incompatible("(none)")),
         };
         let raw: RawConf =
@@ -341,7 +343,13 @@ mod tests {
     #[test]
     fn reply_version_never_fails() {
         assert_eq!(reply_version(b"garbage"), CniVersion::V1_1_0);
-        assert_eq!(reply_version(br#"{"cniVersion":"0.3.1"}"#), CniVersion::V1_1_0);
-        assert_eq!(reply_version(br#"{"cniVersion":"0.4.0"}"#), CniVersion::V0_4_0);
+        assert_eq!(
+            reply_version(br#"{"cniVersion":"0.3.1"}"#),
+            CniVersion::V1_1_0
+        );
+        assert_eq!(
+            reply_version(br#"{"cniVersion":"0.4.0"}"#),
+            CniVersion::V0_4_0
+        );
     }
 }

@@ -116,6 +116,7 @@ impl RawEnv {
     fn into_env(self) -> Result<CniEnv, Error> {
         let command = self
             .command
+            .clone()
             .ok_or_else(|| invalid_env("CNI_COMMAND is not set".to_string()))?;
         let invocation = match command.as_str() {
             "ADD" => Invocation::Add(self.target()?),
@@ -155,11 +156,15 @@ impl RawEnv {
 
     fn target(&self) -> Result<Target, Error> {
         let (container_id, ifname) = self.attachment(true)?;
-        let netns = self.netns.clone().map(PathBuf::from).unwrap_or_default();
+        // attachment(true) has already reported a missing CNI_NETNS.
+        let netns = self
+            .netns
+            .clone()
+            .ok_or_else(|| invalid_env("CNI_NETNS is not set".to_string()))?;
         Ok(Target {
             container_id,
             ifname,
-            netns,
+            netns: PathBuf::from(netns),
         })
     }
 

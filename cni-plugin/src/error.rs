@@ -44,7 +44,7 @@ pub enum Error {
     #[error("invalid environment: {message}")]
     InvalidEnvironment { message: String },
 
-    #[error("network namespace {path}: {reason}")]
+    #[error("CNI_NETNS={path}: {reason}")]
     BadNetns { path: PathBuf, reason: String },
 
     #[error("{context}")]
@@ -118,9 +118,7 @@ impl Error {
     pub fn code(&self) -> u32 {
         match self {
             Error::IncompatibleVersion { .. } => code::INCOMPATIBLE_VERSION,
-            Error::InvalidEnvironment { .. } | Error::BadNetns { .. } => {
-                code::INVALID_ENVIRONMENT
-            }
+            Error::InvalidEnvironment { .. } | Error::BadNetns { .. } => code::INVALID_ENVIRONMENT,
             Error::Io { .. } => code::IO_FAILURE,
             Error::Decode { .. } => code::DECODING_FAILURE,
             Error::InvalidConfig { .. } => code::INVALID_NETWORK_CONFIG,
@@ -275,7 +273,10 @@ mod tests {
             source: io::Error::new(io::ErrorKind::ConnectionRefused, "refused"),
         };
         assert_eq!(err.code(), code::TRY_AGAIN_LATER);
-        assert_eq!(err.details(), "agent at /run/x.sock is unreachable: refused");
+        assert_eq!(
+            err.details(),
+            "agent at /run/x.sock is unreachable: refused"
+        );
     }
 
     #[test]

@@ -63,8 +63,7 @@ fn connect(runtime: &Runtime) -> Result<Handle, Error> {
 impl Dataplane for NetlinkDataplane {
     fn wire(&mut self, request: &WireRequest<'_>) -> Result<Wired, Error> {
         let pod = self.connect_in(request.netns)?;
-        self.runtime
-            .block_on(veth::wire(&self.host, &pod, request))
+        self.runtime.block_on(veth::wire(&self.host, &pod, request))
     }
 
     fn unwire(&mut self, host_ifname: &str) -> Result<bool, Error> {
@@ -101,7 +100,10 @@ fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
 }
 
 /// The link called `name`, or `None` if there is none.
-pub(crate) async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, Error> {
+pub(crate) async fn link_by_name(
+    handle: &Handle,
+    name: &str,
+) -> Result<Option<LinkMessage>, Error> {
     let mut links = handle.link().get().match_name(name).execute();
     match links.try_next().await {
         Ok(link) => Ok(link),
@@ -112,9 +114,11 @@ pub(crate) async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<L
 
 /// Like [`link_by_name`], for a link that must exist (one just created).
 pub(crate) async fn require_link(handle: &Handle, name: &str) -> Result<LinkMessage, Error> {
-    link_by_name(handle, name).await?.ok_or_else(|| Error::Wiring {
-        message: format!("link {name} vanished while being wired"),
-    })
+    link_by_name(handle, name)
+        .await?
+        .ok_or_else(|| Error::Wiring {
+            message: format!("link {name} vanished while being wired"),
+        })
 }
 
 /// Deletes the link `name` if it exists; returns whether it did.

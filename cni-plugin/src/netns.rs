@@ -40,7 +40,7 @@ impl NetNs {
     pub fn open(path: &Path) -> Result<Self, Error> {
         let bad = |reason: String| Error::BadNetns {
             path: path.to_path_buf(),
-            reason: format!("{reason} (CNI_NETNS)"),
+            reason,
         };
         let file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
         let fs = fstatfs(file.as_fd()).map_err(|e| bad(format!("cannot stat: {e}")))?;

@@ -136,10 +136,7 @@ pub async fn wire(host: &Handle, pod: &Handle, req: &WireRequest<'_>) -> Result<
         .execute()
         .await
         .map_err(|e| {
-            Error::netlink(
-                format!("renaming {} to {}", req.temp_ifname, req.ifname),
-                e,
-            )
+            Error::netlink(format!("renaming {} to {}", req.temp_ifname, req.ifname), e)
         })?;
     netlink::set_up(pod, pod_index, req.ifname).await?;
     let lo = netlink::require_link(pod, "lo").await?;
@@ -153,10 +150,12 @@ pub async fn wire(host: &Handle, pod: &Handle, req: &WireRequest<'_>) -> Result<
         // hand out, and DAD would leave it tentative (unusable) for a while.
         add_address.message_mut().header.flags |= AddressHeaderFlags::Nodad;
     }
-    add_address
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("adding {}/{prefix_len} to {}", req.ip, req.ifname), e))?;
+    add_address.execute().await.map_err(|e| {
+        Error::netlink(
+            format!("adding {}/{prefix_len} to {}", req.ip, req.ifname),
+            e,
+        )
+    })?;
 
     // The gateway is not on any prefix of the pod (it has a /32), so it is
     // reached through an explicit on-link route...
@@ -185,7 +184,10 @@ pub async fn wire(host: &Handle, pod: &Handle, req: &WireRequest<'_>) -> Result<
         .build();
     pod.route().add(default).execute().await.map_err(|e| {
         Error::netlink(
-            format!("adding default route via {} dev {}", req.gateway, req.ifname),
+            format!(
+                "adding default route via {} dev {}",
+                req.gateway, req.ifname
+            ),
             e,
         )
     })?;

@@ -1,0 +1,76 @@
+//! sluice's CNI plugin (spec 1.1.0; speaks 0.4.0, 1.0.0 and 1.1.0).
+//!
+//! Called by the container runtime for every pod: ADD allocates an address
+//! from the node agent, wires a veth pair into the pod's network namespace
+//! and registers the endpoint so the agent programs the eBPF dataplane; DEL
+//! undoes that; CHECK, STATUS, GC and VERSION as the spec defines them.
+//!
+//! The binary is a thin shell around [`run`]; the library is public so the
+//! end-to-end tests can use the same helpers (e.g. [`veth::host_ifname`]).
+
+pub mod check;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod dataplane;
+pub mod env;
+pub mod error;
+pub mod netlink;
+pub mod netns;
+pub mod result;
+pub mod veth;
+
+use std::ffi::OsString;
+
+pub use error::Error;
+
+use crate::{
+    client::UnixAgent,
+    config::NetConf,
+    env::{CniEnv, Invocation},
+    netlink::NetlinkDataplane,
+};
+
+/// Runs one invocation: `vars` is the process environment, `stdin` the
+/// network config. Returns what to print on stdout on success (`None` for
+/// commands that print nothing).
+pub fn run<I, K, V>(vars: I, stdin: &[u8]) -> Result<Option<String>, Error>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<OsString>,
+    V: Into<OsString>,
+{
+    let env = CniEnv::from_vars(vars)?;
+    if env.invocation == Invocation::Version {
+        return commands::version(stdin).map(Some);
+    }
+    let conf = NetConf::parse(stdin)?;
+    tracing::debug!(
+        command = env.invocation.command_name(),
+        network = %conf.name,
+        args = ?env.args,
+        "invoked"
+    );
+    let agent = UnixAgent::new(&conf.agent_socket);
+    match &env.invocation {
+        Invocation::Add(target) => {
+            let mut dataplane = NetlinkDataplane::new()?;
+            commands::add(target, &conf, &agent, &mut dataplane).map(Some)
+        }
+        Invocation::Del {
+            container_id,
+            ifname,
+            netns: _,
+        } => {
+            let mut dataplane = NetlinkDataplane::new()?;
+            commands::del(container_id, ifname, &agent, &mut dataplane).map(|()| None)
+        }
+        Invocation::Check(target) => {
+            let mut dataplane = NetlinkDataplane::new()?;
+            check::check(target, &conf, &agent, &mut dataplane).map(|()| None)
+        }
+        Invocation::Status => commands::status(&agent).map(|()| None),
+        Invocation::Gc => commands::gc(&conf, &agent).map(|()| None),
+        Invocation::Version => commands::version(stdin).map(Some),
+    }
+}

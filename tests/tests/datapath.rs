@@ -1,0 +1,121 @@
+//! Packets between pods, and between the node and pods, through the real
+//! eBPF dataplane.
+
+use std::{net::SocketAddr, time::Duration};
+
+use sluice_tests::{probe, require_root, Node, TIMEOUT};
+
+const PORT: u16 = 7001;
+
+#[test]
+fn pods_talk_tcp_udp_icmp_and_host_reaches_pods() {
+    require_root!();
+    let node = Node::start("dp", "10.91.0.0/24");
+    let a = node.add_pod("a");
+    let b = node.add_pod("b");
+    let _sa = probe::EchoServer::start(&a.ns, SocketAddr::new(a.ip, PORT)).expect("server a");
+    let _sb = probe::EchoServer::start(&b.ns, SocketAddr::new(b.ip, PORT)).expect("server b");
+    let forwarded_before = node.counter("forward_local");
+
+    for (from, to, label) in [(&a, &b, "a->b"), (&b, &a, "b->a")] {
+        let dst = SocketAddr::new(to.ip, PORT);
+        assert!(probe::tcp(&from.ns, dst, TIMEOUT), "{label}: TCP");
+        assert!(probe::udp(&from.ns, dst, TIMEOUT), "{label}: UDP");
+        assert!(probe::icmp(&from.ns, to.ip, TIMEOUT), "{label}: ICMP");
+    }
+    assert!(
+        node.counter("forward_local") > forwarded_before,
+        "pod-to-pod traffic must be redirected by eBPF (forward_local counter)"
+    );
+
+    // Host (the node netns, as kubelet probes come from) -> pod and back.
+    let dst = SocketAddr::new(a.ip, PORT);
+    assert!(probe::tcp(&node.ns, dst, TIMEOUT), "host->pod TCP");
+    assert!(probe::udp(&node.ns, dst, TIMEOUT), "host->pod UDP");
+    assert!(probe::icmp(&node.ns, a.ip, TIMEOUT), "host->pod ICMP");
+
+    // Pod -> host: the gateway address lives on the node.
+    let gateway: std::net::IpAddr = a.result["ips"][0]["gateway"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .expect("gateway in the CNI result");
+    let _host_server =
+        probe::EchoServer::start(&node.ns, SocketAddr::new(gateway, PORT)).expect("host server");
+    assert!(probe::tcp(&a.ns, SocketAddr::new(gateway, PORT), TIMEOUT), "pod->host TCP");
+    assert!(probe::icmp(&a.ns, gateway, TIMEOUT), "pod->host ICMP");
+    assert!(node.counter("to_stack") > 0, "pod->host goes to the stack");
+}
+
+/// Pod-to-pod traffic bypasses the host's routing and netfilter entirely: a
+/// FORWARD DROP policy on the node (whose netns also has IP forwarding off)
+/// changes nothing.
+#[test]
+fn pod_to_pod_bypasses_host_netfilter_and_routing() {
+    require_root!();
+    let node = Node::start("nf", "10.92.0.0/24");
+    let a = node.add_pod("a");
+    let b = node.add_pod("b");
+    let _sb = probe::EchoServer::start(&b.ns, SocketAddr::new(b.ip, PORT)).expect("server b");
+    let ipt = |args: &[&str]| {
+        let status = node
+            .ns
+            .command("iptables")
+            .and_then(|mut c| c.args(args).status())
+            .expect("iptables");
+        assert!(status.success(), "iptables {args:?}");
+    };
+    ipt(&["-P", "FORWARD", "DROP"]);
+    ipt(&["-I", "FORWARD", "-j", "DROP"]);
+    let dst = SocketAddr::new(b.ip, PORT);
+    assert!(probe::tcp(&a.ns, dst, TIMEOUT), "TCP with FORWARD DROP");
+    assert!(probe::udp(&a.ns, dst, TIMEOUT), "UDP with FORWARD DROP");
+    assert!(probe::icmp(&a.ns, b.ip, TIMEOUT), "ICMP with FORWARD DROP");
+    let out = node
+        .ns
+        .command("iptables")
+        .and_then(|mut c| c.args(["-L", "FORWARD", "-v", "-n", "-x"]).output())
+        .expect("iptables -L");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let dropped: u64 = text
+        .lines()
+        .find(|l| l.contains("DROP") && !l.starts_with("Chain"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert_eq!(dropped, 0, "no pod packet may reach FORWARD:\n{text}");
+}
+
+/// A pod sending from an address that is not its own is dropped and counted.
+#[test]
+fn spoofed_source_is_dropped_and_counted() {
+    require_root!();
+    let node = Node::start("sp", "10.93.0.0/24");
+    let a = node.add_pod("a");
+    let b = node.add_pod("b");
+    let _sb = probe::EchoServer::start(&b.ns, SocketAddr::new(b.ip, PORT)).expect("server b");
+    // A second address inside pod a that the agent never gave it.
+    let spoofed = "10.93.0.250";
+    let status = a
+        .ns
+        .command("ip")
+        .and_then(|mut c| c.args(["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"]).status())
+        .expect("ip addr add");
+    assert!(status.success());
+    let before = node.counter("drop_spoofed_source");
+    let status = a
+        .ns
+        .command("ping")
+        .and_then(|mut c| {
+            c.args(["-c", "3", "-i", "0.2", "-W", "1", "-I", spoofed, &b.ip.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+        })
+        .expect("ping");
+    assert!(!status.success(), "spoofed ping must not be answered");
+    assert!(
+        node.counter("drop_spoofed_source") >= before + 3,
+        "each spoofed packet is counted"
+    );
+    // The pod's own address still works.
+    assert!(probe::icmp(&a.ns, b.ip, Duration::from_secs(1)));
+}
