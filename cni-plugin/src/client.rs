@@ -273,6 +273,34 @@ mod tests {
     }
 
     #[test]
+    fn silence_times_out_as_try_again_later() {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-cni-client-silent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("agent.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let server = thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            // Hold the connection open without answering until the client
+            // has given up (it closes its end, which ends this read).
+            let mut sink = Vec::new();
+            let _ = io::Read::read_to_end(&mut &stream, &mut sink);
+        });
+        let err = UnixAgent::with_timeout(&path, Duration::from_millis(200))
+            .status()
+            .expect_err("timeout");
+        server.join().expect("server");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(err.code(), code::TRY_AGAIN_LATER);
+        assert!(
+            err.details().contains("no response within"),
+            "{}",
+            err.details()
+        );
+    }
+
+    #[test]
     fn hang_up_without_answer_means_try_again_later() {
         let (path, server) = serve_once(None);
         let err = UnixAgent::with_timeout(&path, Duration::from_secs(5))

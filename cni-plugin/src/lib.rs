@@ -74,3 +74,58 @@ where
         Invocation::Version => commands::version(stdin).map(Some),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::code;
+
+    fn code_of(vars: &[(&str, &str)], stdin: &str) -> u32 {
+        run(vars.iter().copied(), stdin.as_bytes())
+            .expect_err("should fail")
+            .code()
+    }
+
+    #[test]
+    fn version_needs_neither_config_nor_agent() {
+        let out = run([("CNI_COMMAND", "VERSION")], br#"{"cniVersion":"1.0.0"}"#)
+            .expect("VERSION")
+            .expect("output");
+        assert!(out.contains("supportedVersions"), "{out}");
+    }
+
+    #[test]
+    fn environment_is_checked_before_the_config() {
+        assert_eq!(
+            code_of(&[("CNI_COMMAND", "ADD")], "not json"),
+            code::INVALID_ENVIRONMENT
+        );
+    }
+
+    #[test]
+    fn config_errors_surface_through_run() {
+        let del = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        assert_eq!(code_of(&del, "not json"), code::DECODING_FAILURE);
+        assert_eq!(
+            code_of(&del, r#"{"cniVersion":"0.3.1","name":"n","type":"t"}"#),
+            code::INCOMPATIBLE_VERSION
+        );
+        assert_eq!(
+            code_of(&del, r#"{"cniVersion":"1.0.0","type":"t"}"#),
+            code::INVALID_NETWORK_CONFIG
+        );
+    }
+
+    #[test]
+    fn status_without_agent_is_not_available() {
+        let conf = r#"{"cniVersion":"1.1.0","name":"n","type":"t","agentSocket":"/nonexistent/sluice.sock"}"#;
+        assert_eq!(
+            code_of(&[("CNI_COMMAND", "STATUS")], conf),
+            code::PLUGIN_NOT_AVAILABLE
+        );
+    }
+}

@@ -36,7 +36,6 @@ impl NetlinkDataplane {
     pub fn new() -> Result<Self, Error> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
-            .enable_time()
             .build()
             .map_err(|e| Error::io("starting the tokio runtime", e))?;
         let host = connect(&runtime)?;

@@ -119,3 +119,55 @@ fn spoofed_source_is_dropped_and_counted() {
     // The pod's own address still works.
     assert!(probe::icmp(&a.ns, b.ip, Duration::from_secs(1)));
 }
+
+/// A frame too short for its IPv4 header, sent raw from a pod, is dropped
+/// and counted as malformed (BPF_PROG_TEST_RUN cannot craft this one).
+#[test]
+fn truncated_frame_from_a_pod_is_dropped_as_malformed() {
+    require_root!();
+    let node = Node::start("tr", "10.94.0.0/24");
+    let a = node.add_pod("a");
+    let host_mac: Vec<u8> = a.result["interfaces"][0]["mac"]
+        .as_str()
+        .expect("host veth MAC in the result")
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("hex"))
+        .collect();
+    let before = node.counter("drop_malformed");
+    let sent = a
+        .ns
+        .run(move || -> std::io::Result<()> {
+            // SAFETY: plain socket calls on a zeroed sockaddr_ll.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = ifindex as i32;
+                addr.sll_halen = 6;
+                let mut frame = host_mac.clone();
+                frame.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x08, 0x00]);
+                frame.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6]);
+                let n = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                libc::close(fd);
+                if n < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+        .expect("thread in pod netns");
+    sent.expect("sending the raw frame");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(node.counter("drop_malformed"), before + 1);
+}

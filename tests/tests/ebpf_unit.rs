@@ -1,0 +1,267 @@
+//! The eBPF program's decisions, one crafted packet at a time, with
+//! BPF_PROG_TEST_RUN: fill the maps, run, check verdict, output bytes and
+//! counters. Deterministic; no interfaces involved.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    Ebpf, EbpfLoader,
+};
+use sluice_common::{
+    endpoint::{flags, EndpointInfo, IpKey},
+    maps, programs,
+};
+use sluice_controller::counters;
+use sluice_tests::{require_root, unique};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 2);
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 3);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const B_POD_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x01];
+const B_HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x02];
+
+/// The program loaded with its maps pinned in a private directory,
+/// removed on drop.
+struct Loaded {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Loaded {
+    fn new() -> Self {
+        sluice_controller::bpffs::ensure_mounted(std::path::Path::new("/sys/fs/bpf"))
+            .expect("bpffs");
+        let pin_dir = PathBuf::from("/sys/fs/bpf/sluice").join(unique("unit"));
+        std::fs::create_dir_all(&pin_dir).expect("pin dir");
+        let mut loaded = Self {
+            ebpf: EbpfLoader::new()
+                .default_map_pin_directory(&pin_dir)
+                .load(sluice_controller::EBPF_OBJECT)
+                .expect("loading the eBPF object"),
+            pin_dir,
+        };
+        loaded.prog().load().expect("loading from_container");
+        // test_run gives the packet the loopback device (ifindex 1), so pod
+        // A's veth is ifindex 1 here.
+        let mut eps: HashMap<&mut MapData, IpKey, EndpointInfo> =
+            HashMap::try_from(loaded.ebpf.map_mut(maps::ENDPOINTS).expect("endpoint map"))
+                .expect("endpoint map type");
+        eps.insert(IpKey::v4(POD_A.octets()), endpoint(1, [2, 0xaa, 0, 0, 0, 1], [2, 0xaa, 0, 0, 0, 2]), 0)
+            .expect("insert a");
+        eps.insert(IpKey::v4(POD_B.octets()), endpoint(42, B_POD_MAC, B_HOST_MAC), 0)
+            .expect("insert b");
+        loaded
+    }
+
+    fn prog(&mut self) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(programs::FROM_CONTAINER)
+            .expect("program")
+            .try_into()
+            .expect("sched_cls")
+    }
+
+    /// Runs the program on `pkt`: (verdict, output packet).
+    fn run(&mut self, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; pkt.len() + 256];
+        let res = self
+            .prog()
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn counter(&self, reason: &str) -> u64 {
+        counters::packets(&counters::read(&self.pin_dir).expect("counters"), reason)
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let _ = sluice_controller::dataplane::remove_pins(&self.pin_dir);
+    }
+}
+
+fn endpoint(ifindex: u32, pod_mac: [u8; 6], host_mac: [u8; 6]) -> EndpointInfo {
+    EndpointInfo {
+        id: ifindex,
+        ifindex,
+        identity: 0,
+        flags: flags::LOCAL_POD,
+        pod_mac,
+        host_mac,
+        _pad: [0; 4],
+    }
+}
+
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Ethernet + IPv4 (valid checksum) + `l4` payload.
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, ttl: u8, frag_off: u16, l4: &[u8]) -> Vec<u8> {
+    let mut pkt = vec![0x02, 0xaa, 0, 0, 0, 2, 0x02, 0xaa, 0, 0, 0, 1, 0x08, 0x00];
+    let tot_len = (20 + l4.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&tot_len.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34]);
+    ip.extend_from_slice(&frag_off.to_be_bytes());
+    ip.extend_from_slice(&[ttl, proto, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let csum = checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    pkt.extend_from_slice(&ip);
+    pkt.extend_from_slice(l4);
+    pkt
+}
+
+fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&dport.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    tcp
+}
+
+fn udp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&[0, 12, 0, 0, b'h', b'i', b'!', b'\n']);
+    u
+}
+
+const ICMP_ECHO: [u8; 8] = [8, 0, 0, 0, 0, 1, 0, 1];
+
+#[test]
+fn local_pod_is_redirected_with_l2_rewritten_and_ttl_decremented() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    for (proto, l4) in [(6, tcp_syn(40000, 80)), (17, udp(40000, 53)), (1, ICMP_ECHO.to_vec())] {
+        let pkt = ipv4(POD_A, POD_B, proto, 64, 0, &l4);
+        let (verdict, out) = bpf.run(&pkt);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "proto {proto}");
+        assert_eq!(out.len(), pkt.len());
+        assert_eq!(&out[0..6], &B_POD_MAC, "dst MAC is pod B's");
+        assert_eq!(&out[6..12], &B_HOST_MAC, "src MAC is B's gateway (host veth)");
+        assert_eq!(out[14 + 8], 63, "TTL decremented");
+        assert_eq!(checksum(&out[14..34]), 0, "IPv4 header checksum still valid");
+        assert_eq!(&out[34..], &pkt[34..], "L4 untouched");
+    }
+    assert_eq!(bpf.counter("forward_local"), 3);
+}
+
+#[test]
+fn unknown_destination_goes_to_the_host_stack() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    let pkt = ipv4(POD_A, OUTSIDE, 6, 64, 0, &tcp_syn(40000, 443));
+    let (verdict, out) = bpf.run(&pkt);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, pkt, "packets to the stack are not modified");
+    assert_eq!(bpf.counter("to_stack"), 1);
+}
+
+#[test]
+fn expiring_ttl_is_left_to_the_stack() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    let (verdict, _) = bpf.run(&ipv4(POD_A, POD_B, 1, 1, 0, &ICMP_ECHO));
+    assert_eq!(verdict, TC_ACT_OK, "the stack sends time-exceeded");
+}
+
+#[test]
+fn spoofed_sources_are_dropped_and_counted() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    // Not an endpoint at all.
+    let (verdict, _) = bpf.run(&ipv4(OUTSIDE, POD_B, 6, 64, 0, &tcp_syn(1, 80)));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    // Pod B's address, but arriving on pod A's veth (ifindex 1).
+    let (verdict, _) = bpf.run(&ipv4(POD_B, POD_A, 17, 64, 0, &udp(1, 53)));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(bpf.counter("drop_spoofed_source"), 2);
+    assert_eq!(bpf.counter("forward_local"), 0);
+}
+
+#[test]
+fn malformed_and_truncated_packets_are_dropped_and_counted() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    let good = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40000, 80));
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    // (A frame too short for an IPv4 header is refused by BPF_PROG_TEST_RUN
+    // itself, so it cannot be crafted here; the namespace tests cover it.)
+    let mut long_ihl = good.clone();
+    long_ihl[14] = 0x4f;
+    cases.push(("IHL claims options beyond the packet", long_ihl));
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x44;
+    cases.push(("IHL below 5", bad_ihl));
+    let mut bad_version = good.clone();
+    bad_version[14] = 0x65;
+    cases.push(("IP version 6 in an IPv4 frame", bad_version));
+    let mut long_len = good.clone();
+    long_len[16..18].copy_from_slice(&200u16.to_be_bytes());
+    cases.push(("total length beyond the packet", long_len));
+    cases.push(("TCP header cut short", ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(1, 80)[..12])));
+    let mut bad_doff = tcp_syn(1, 80);
+    bad_doff[12] = 0x40;
+    cases.push(("TCP data offset below 5", ipv4(POD_A, POD_B, 6, 64, 0, &bad_doff)));
+    cases.push(("UDP header cut short", ipv4(POD_A, POD_B, 17, 64, 0, &udp(1, 53)[..6])));
+    cases.push(("ICMP header cut short", ipv4(POD_A, POD_B, 1, 64, 0, &ICMP_ECHO[..4])));
+    let n = cases.len() as u64;
+    for (what, pkt) in cases {
+        let (verdict, _) = bpf.run(&pkt);
+        assert_eq!(verdict, TC_ACT_SHOT, "{what}");
+    }
+    assert_eq!(bpf.counter("drop_malformed"), n);
+    assert_eq!(bpf.counter("forward_local"), 0);
+}
+
+#[test]
+fn non_first_fragments_need_no_l4_header() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    // Offset 185 * 8 bytes, no TCP header in this fragment.
+    let (verdict, _) = bpf.run(&ipv4(POD_A, POD_B, 6, 64, 185, &[0u8; 8]));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+}
+
+#[test]
+fn arp_passes_and_other_l3_is_dropped() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[2, 0xaa, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&[2, 0xaa, 0, 0, 0, 1]);
+    arp.extend_from_slice(&POD_A.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&[10, 50, 0, 1]);
+    assert_eq!(bpf.run(&arp).0, TC_ACT_OK);
+    let mut v6 = vec![0x33, 0x33, 0, 0, 0, 1, 2, 0xaa, 0, 0, 0, 1, 0x86, 0xdd];
+    v6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
+    v6.extend_from_slice(&[0; 32]);
+    assert_eq!(bpf.run(&v6).0, TC_ACT_SHOT);
+    assert_eq!(bpf.counter("drop_unsupported_l3"), 1);
+}
