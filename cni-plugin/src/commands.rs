@@ -49,22 +49,22 @@ pub fn add(
     let host_ifname = veth::host_ifname(&target.container_id, &target.ifname);
 
     let allocation = agent.allocate(&attachment)?;
-    let wired = wire_and_register(target, conf, agent, dataplane, &netns, &allocation)
+    let mtu = conf.mtu.unwrap_or(allocation.mtu);
+    let wired = wire_and_register(target, agent, dataplane, &netns, &allocation, mtu)
         .map_err(|err| rollback(err, &attachment, &host_ifname, agent, dataplane))?;
 
-    let mtu = conf.mtu.unwrap_or(allocation.mtu);
     Ok(add_result(target, &host_ifname, &allocation, mtu, &wired).to_json(conf.cni_version))
 }
 
 fn wire_and_register(
     target: &Target,
-    conf: &NetConf,
     agent: &impl Agent,
     dataplane: &mut impl Dataplane,
     netns: &NetNs,
     allocation: &Allocation,
+    mtu: u32,
 ) -> Result<Wired, Error> {
-    validate_allocation(allocation)?;
+    validate_allocation(allocation, mtu)?;
     let host_ifname = veth::host_ifname(&target.container_id, &target.ifname);
     let temp_ifname = veth::temp_ifname(&target.container_id, &target.ifname);
     let wired = dataplane.wire(&WireRequest {
@@ -74,7 +74,7 @@ fn wire_and_register(
         temp_ifname: &temp_ifname,
         ip: allocation.ip,
         gateway: allocation.gateway,
-        mtu: conf.mtu.unwrap_or(allocation.mtu),
+        mtu,
     })?;
     agent.register(&EndpointSpec {
         attachment: attachment(&target.container_id, &target.ifname),
@@ -90,7 +90,7 @@ fn wire_and_register(
 
 /// An allocation the pod cannot be configured with is the agent's bug, not
 /// the config's; refuse it before touching the kernel.
-fn validate_allocation(a: &Allocation) -> Result<(), Error> {
+fn validate_allocation(a: &Allocation, mtu: u32) -> Result<(), Error> {
     let problem = if a.ip.is_ipv4() != a.gateway.is_ipv4() {
         Some(format!(
             "address {} and gateway {} differ in family",
@@ -103,8 +103,9 @@ fn validate_allocation(a: &Allocation) -> Result<(), Error> {
             "prefix length /{} is impossible",
             a.cidr_prefix_len
         ))
-    } else if a.mtu < 68 {
-        Some(format!("MTU {} is below 68", a.mtu))
+    } else if mtu < 68 {
+        // Only reachable with the agent's MTU: the config's is validated.
+        Some(format!("MTU {mtu} is below 68"))
     } else {
         None
     };

@@ -17,7 +17,6 @@ use aya::{
         tc::{SchedClassifierLink, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType,
     },
-    sys::SyscallError,
     Ebpf, EbpfLoader,
 };
 use sluice_common::{
@@ -180,28 +179,20 @@ impl Dataplane {
     }
 
     /// Attaches `from_container` to the host side of a pod's veth (TCX
-    /// ingress) and pins the link. Idempotent.
-    pub fn attach(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+    /// ingress) and pins the link. Idempotent: a live link already pinned
+    /// for this interface is kept (after a restart it already runs this
+    /// agent's program, see `upgrade_links`); a pin left from an earlier veth
+    /// of the same name is replaced.
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), DataplaneError> {
         let pin = self.link_pin(ifname);
-        match PinnedLink::from_pin(&pin) {
-            Ok(old) => {
-                // A link pinned under this name: reuse it if it still points at
-                // this interface (a retried registration), else replace it.
-                let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|source| {
-                    DataplaneError::Link {
-                        path: pin.clone(),
-                        source,
-                    }
-                })?;
-                drop(link);
-                std::fs::remove_file(&pin).map_err(|source| DataplaneError::Io {
-                    path: pin.clone(),
-                    source,
-                })?;
-            }
-            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(DataplaneError::Link { path: pin, source }),
+        match pinned_tcx_ifindex(&pin) {
+            Ok(attached_to) if attached_to == ifindex => return Ok(()),
+            Ok(_) => std::fs::remove_file(&pin).map_err(|source| DataplaneError::Io {
+                path: pin.clone(),
+                source,
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DataplaneError::Io { path: pin, source }),
         }
         let prog = self.from_container()?;
         let id = prog
@@ -222,7 +213,8 @@ impl Dataplane {
             path: pin.clone(),
             source,
         })?;
-        link.pin(&pin).map_err(|source| DataplaneError::Pin { path: pin, source })?;
+        link.pin(&pin)
+            .map_err(|source| DataplaneError::Pin { path: pin, source })?;
         Ok(())
     }
 
@@ -258,6 +250,73 @@ impl Dataplane {
     pub fn endpoint(&self, key: &IpKey) -> Option<EndpointInfo> {
         self.endpoints.get(key, 0).ok()
     }
+}
+
+/// The ifindex the TCX link pinned at `pin` is attached to; 0 once its
+/// device is gone.
+///
+/// aya's `LinkInfo` does not expose the TCX part of `bpf_link_info`, so this
+/// asks the kernel directly (BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD).
+fn pinned_tcx_ifindex(pin: &Path) -> io::Result<u32> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // struct bpf_link_info: type, id, prog_id, then an 8-byte aligned
+    // union whose tcx member starts with the ifindex.
+    const TCX_IFINDEX_OFFSET: usize = 16;
+
+    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+        // SAFETY: `attr` is a live, correctly sized bpf_attr variant.
+        let ret = unsafe {
+            libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>())
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    }
+
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct GetInfo {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    #[repr(C, align(8))]
+    struct Info([u8; 128]);
+
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let fd = bpf(
+        BPF_OBJ_GET,
+        &mut ObjGet {
+            pathname: path.as_ptr() as u64,
+            bpf_fd: 0,
+            file_flags: 0,
+        },
+    )?;
+    // SAFETY: BPF_OBJ_GET returned a new fd that we own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let mut info = Info([0; 128]);
+    bpf(
+        BPF_OBJ_GET_INFO_BY_FD,
+        &mut GetInfo {
+            bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+            info_len: std::mem::size_of::<Info>() as u32,
+            info: info.0.as_mut_ptr() as u64,
+        },
+    )?;
+    let mut ifindex = [0u8; 4];
+    ifindex.copy_from_slice(&info.0[TCX_IFINDEX_OFFSET..TCX_IFINDEX_OFFSET + 4]);
+    Ok(u32::from_ne_bytes(ifindex))
 }
 
 /// Removes everything pinned for a node: links (detaching the programs)

@@ -94,6 +94,29 @@ impl Node {
         node
     }
 
+    /// SIGKILL the agent: what a crash looks like.
+    pub fn crash_agent(&mut self) {
+        self.agent.kill();
+    }
+
+    /// Starts the agent again with the same options and waits for it.
+    pub fn restart_agent(&mut self) {
+        self.agent.stop();
+        self.agent = AgentProcess::spawn(self.agent.options.clone())
+            .unwrap_or_else(|e| panic!("respawning sluice-agent: {e}"));
+        if let Err(log) = self.agent.wait_ready(Duration::from_secs(20)) {
+            panic!("agent did not restart: {log}");
+        }
+    }
+
+    /// Open file descriptors of the agent process.
+    pub fn agent_fds(&self) -> usize {
+        let pid = self.agent.pid().expect("agent running");
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("agent.sock")
     }
