@@ -10,14 +10,19 @@ use std::{
 };
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let ebpf_dir = manifest_dir.join("../dataplane-ebpf");
     let common_dir = manifest_dir.join("../common");
     for dir in [ebpf_dir.join("src"), common_dir.join("src")] {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
-    for file in [ebpf_dir.join("Cargo.toml"), ebpf_dir.join("Cargo.lock"), common_dir.join("Cargo.toml")] {
+    for file in [
+        ebpf_dir.join("Cargo.toml"),
+        ebpf_dir.join("Cargo.lock"),
+        common_dir.join("Cargo.toml"),
+    ] {
         println!("cargo:rerun-if-changed={}", file.display());
     }
 
@@ -36,13 +41,28 @@ fn main() {
     .join("\x1f");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&ebpf_dir)
-        .args(["build", "--release", "--locked", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--bins"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--bins",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
     // Host-build wrappers (clippy, coverage) must not reach the eBPF build.
-    for key in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO_TARGET_DIR"] {
+    for key in [
+        "RUSTC",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+    ] {
         cmd.env_remove(key);
     }
     let status = cmd.status().expect("spawn cargo for the eBPF build");

@@ -6,14 +6,14 @@
 //! in-memory fake.
 
 use std::{
-    io::{self, BufRead, BufReader, Write},
-    os::unix::net::UnixStream,
+    io,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use sluice_common::api::{
-    AgentStatus, Allocation, Attachment, EndpointSpec, EndpointState, Request, Response,
+    self, AgentStatus, Allocation, Attachment, CallError, EndpointSpec, EndpointState, Request,
+    Response,
 };
 
 use crate::error::Error;
@@ -22,10 +22,6 @@ use crate::error::Error;
 /// programs and add routes, which takes milliseconds; anything near this
 /// limit means the agent is stuck, and the runtime should retry later.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Longest response line accepted: a GC answer lists released attachments,
-/// which stays far below this even for a full node.
-const MAX_RESPONSE: u64 = 16 << 20;
 
 pub trait Agent {
     /// Sends one request and returns the agent's response, whatever it is.
@@ -131,49 +127,16 @@ impl UnixAgent {
 
 impl Agent for UnixAgent {
     fn exchange(&self, request: &Request) -> Result<Response, Error> {
-        // connect(2) on a unix socket does not wait for the peer to accept,
-        // so it needs no timeout of its own: it fails at once when the
-        // socket file is missing or nobody listens (the agent is down).
-        let stream =
-            UnixStream::connect(&self.socket).map_err(|source| Error::AgentUnreachable {
+        api::call(&self.socket, request, self.timeout).map_err(|e| match e {
+            CallError::Unreachable(source) => Error::AgentUnreachable {
                 socket: self.socket.clone(),
                 source,
-            })?;
-        let set_timeouts = stream
-            .set_read_timeout(Some(self.timeout))
-            .and_then(|()| stream.set_write_timeout(Some(self.timeout)));
-        set_timeouts.map_err(|e| Error::io("setting agent socket timeouts", e))?;
-
-        (&stream)
-            .write_all(request.to_line().as_bytes())
-            .and_then(|()| (&stream).flush())
-            .map_err(|e| self.no_answer(e))?;
-
-        let mut line = String::new();
-        let mut reader = BufReader::new(io::Read::take(&stream, MAX_RESPONSE));
-        let read = reader.read_line(&mut line).map_err(|e| {
-            // A read timeout shows up as WouldBlock on Linux; say what it is.
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) {
-                self.no_answer(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no response within {:?}", self.timeout),
-                ))
-            } else {
-                self.no_answer(e)
-            }
-        })?;
-        if read == 0 || !line.ends_with('\n') {
-            return Err(self.no_answer(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed before a complete response",
-            )));
-        }
-        serde_json::from_str(line.trim_end()).map_err(|e| Error::AgentProtocol {
-            op: "answer",
-            detail: format!("undecodable response {:?}: {e}", line.trim_end()),
+            },
+            CallError::Io(source) => self.no_answer(source),
+            CallError::Decode(e) => Error::AgentProtocol {
+                op: "answer",
+                detail: format!("undecodable response: {e}"),
+            },
         })
     }
 }
@@ -183,6 +146,7 @@ mod tests {
     use super::*;
     use crate::error::code;
     use sluice_common::api::ErrorKind;
+    use std::io::{BufRead as _, BufReader, Write as _};
     use std::{os::unix::net::UnixListener, thread};
 
     /// A one-shot agent on a socket in a fresh temp dir, answering `reply`.

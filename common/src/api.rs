@@ -148,6 +148,10 @@ impl std::error::Error for CallError {
     }
 }
 
+/// Longest response line accepted: a GC answer lists released attachments,
+/// which stays far below this even for a full node.
+const MAX_RESPONSE: u64 = 16 << 20;
+
 /// One request/response exchange with the agent at `socket`, each step
 /// bounded by `timeout`.
 pub fn call(
@@ -155,7 +159,9 @@ pub fn call(
     request: &Request,
     timeout: std::time::Duration,
 ) -> Result<Response, CallError> {
-    use std::io::{BufRead as _, Write as _};
+    use std::io::{BufRead as _, ErrorKind, Read as _, Write as _};
+    // connect(2) on a unix socket does not wait for the peer to accept, so
+    // it fails at once when the file is missing or nobody listens.
     let stream = std::os::unix::net::UnixStream::connect(socket).map_err(CallError::Unreachable)?;
     stream
         .set_read_timeout(Some(timeout))
@@ -165,13 +171,23 @@ pub fn call(
         .write_all(request.to_line().as_bytes())
         .map_err(CallError::Io)?;
     let mut line = String::new();
-    std::io::BufReader::new(&stream)
+    std::io::BufReader::new((&stream).take(MAX_RESPONSE))
         .read_line(&mut line)
-        .map_err(CallError::Io)?;
-    if line.is_empty() {
+        .map_err(|e| {
+            // A read timeout shows up as WouldBlock on Linux; say what it is.
+            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+                CallError::Io(std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!("no response within {timeout:?}"),
+                ))
+            } else {
+                CallError::Io(e)
+            }
+        })?;
+    if !line.ends_with('\n') {
         return Err(CallError::Io(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "agent closed the connection without answering",
+            ErrorKind::UnexpectedEof,
+            "connection closed before a complete response",
         )));
     }
     serde_json::from_str(line.trim_end()).map_err(CallError::Decode)

@@ -34,8 +34,11 @@ pub enum DatapathError {
 #[allow(async_fn_in_trait)]
 pub trait Datapath {
     /// Make the endpoint reachable: map entry, program on its veth, host route.
-    async fn install(&mut self, ep: &EndpointSpec, info: &EndpointInfo)
-        -> Result<(), DatapathError>;
+    async fn install(
+        &mut self,
+        ep: &EndpointSpec,
+        info: &EndpointInfo,
+    ) -> Result<(), DatapathError>;
     /// Undo `install`; succeeds when parts are already gone.
     async fn remove(&mut self, ep: &EndpointSpec) -> Result<(), DatapathError>;
     /// Delete a host-side veth (CNI GC of a pod whose DEL never came).
@@ -109,7 +112,11 @@ fn validate_attachment(att: &Attachment) -> Result<(), String> {
 impl<D: Datapath> Agent<D> {
     /// Opens the agent over its persisted state and re-installs every
     /// registered endpoint (idempotently: maps and links survive restarts).
-    pub async fn start(config: AgentConfig, state: StateFile, datapath: D) -> Result<Self, AgentError> {
+    pub async fn start(
+        config: AgentConfig,
+        state: StateFile,
+        datapath: D,
+    ) -> Result<Self, AgentError> {
         let mut ipam = Ipam::new(config.pod_cidr)?;
         let mut endpoints = BTreeMap::new();
         if let Some(snapshot) = state.load()? {
@@ -270,7 +277,10 @@ impl<D: Datapath> Agent<D> {
             if let Err(undo) = self.datapath.remove(&ep).await {
                 warn!(attachment = ?ep.attachment, error = %undo, "rolling back a failed install");
             }
-            return error(ErrorKind::Internal, format!("programming the datapath: {e}"));
+            return error(
+                ErrorKind::Internal,
+                format!("programming the datapath: {e}"),
+            );
         }
         self.endpoints.insert(ep.attachment.clone(), ep.clone());
         if let Err(e) = self.persist() {
@@ -309,7 +319,10 @@ impl<D: Datapath> Agent<D> {
                     endpoint: self.endpoints.get(attachment).cloned(),
                 },
             },
-            None => error(ErrorKind::NotFound, format!("nothing known about {attachment:?}")),
+            None => error(
+                ErrorKind::NotFound,
+                format!("nothing known about {attachment:?}"),
+            ),
         }
     }
 

@@ -37,10 +37,15 @@ pub fn ensure_mounted(path: &Path) -> Result<(), BpffsError> {
         path: path.display().to_string(),
         source,
     })?;
-    mount(Some("bpffs"), path, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(|source| {
-        BpffsError::Mount {
-            path: path.display().to_string(),
-            source,
-        }
+    mount(
+        Some("bpffs"),
+        path,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| BpffsError::Mount {
+        path: path.display().to_string(),
+        source,
     })
 }

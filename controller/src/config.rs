@@ -64,7 +64,9 @@ pub enum ConfigError {
     },
     #[error("{0} is required (flag or config file)")]
     Missing(&'static str),
-    #[error("invalid node name {0:?}: want 1-63 characters of [a-z0-9.-] (it names the pin directory)")]
+    #[error(
+        "invalid node name {0:?}: want 1-63 characters of [a-z0-9.-] (it names the pin directory)"
+    )]
     NodeName(String),
     #[error("mtu {0} out of range 576..=65535")]
     Mtu(u32),
@@ -121,7 +123,10 @@ impl Config {
                 .socket
                 .or(file.socket)
                 .unwrap_or_else(|| sluice_common::api::DEFAULT_SOCKET.into()),
-            bpffs: flags.bpffs.or(file.bpffs).unwrap_or_else(|| DEFAULT_BPFFS.into()),
+            bpffs: flags
+                .bpffs
+                .or(file.bpffs)
+                .unwrap_or_else(|| DEFAULT_BPFFS.into()),
             mtu,
             max_endpoints: file.max_endpoints.unwrap_or(MapSizes::default().endpoints),
         })
@@ -162,8 +167,9 @@ mod tests {
 
     #[test]
     fn flags_win_over_file() {
-        let file: FileConfig = serde_yaml::from_str("nodeName: from-file\nmtu: 1400\nmaxEndpoints: 128\n")
-            .expect("yaml");
+        let file: FileConfig =
+            serde_yaml::from_str("nodeName: from-file\nmtu: 1400\nmaxEndpoints: 128\n")
+                .expect("yaml");
         let cfg = Config::merge(flags(), file).expect("config");
         assert_eq!(cfg.node_name, "node-1");
         assert_eq!(cfg.mtu, 1400);
@@ -176,7 +182,10 @@ mod tests {
         assert!(err.to_string().contains("--node-name"), "{err}");
         let mut bad = flags();
         bad.node_name = Some("../etc".into());
-        assert!(matches!(Config::merge(bad, FileConfig::default()), Err(ConfigError::NodeName(_))));
+        assert!(matches!(
+            Config::merge(bad, FileConfig::default()),
+            Err(ConfigError::NodeName(_))
+        ));
         assert!(serde_yaml::from_str::<FileConfig>("nodeNam: typo\n").is_err());
     }
 }

@@ -111,15 +111,18 @@ impl Dataplane {
             pin_dir: pin_dir.to_owned(),
             endpoints,
         };
-        dataplane.from_container()?.load().map_err(|source| DataplaneError::Program {
-            name: programs::FROM_CONTAINER,
-            source,
-        })?;
+        dataplane
+            .container_program()?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                name: programs::FROM_CONTAINER,
+                source,
+            })?;
         dataplane.upgrade_links();
         Ok(dataplane)
     }
 
-    fn from_container(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+    fn container_program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
         let prog = self
             .ebpf
             .program_mut(programs::FROM_CONTAINER)
@@ -162,15 +165,19 @@ impl Dataplane {
                 source,
             }
         })?;
-        let prog = self.from_container()?;
-        let id = prog.attach_to_link(link).map_err(|source| DataplaneError::Program {
-            name: programs::FROM_CONTAINER,
-            source,
-        })?;
-        let link = prog.take_link(id).map_err(|source| DataplaneError::Program {
-            name: programs::FROM_CONTAINER,
-            source,
-        })?;
+        let prog = self.container_program()?;
+        let id = prog
+            .attach_to_link(link)
+            .map_err(|source| DataplaneError::Program {
+                name: programs::FROM_CONTAINER,
+                source,
+            })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DataplaneError::Program {
+                name: programs::FROM_CONTAINER,
+                source,
+            })?;
         // The pin still refers to the same link object, now running the new
         // program; dropping our fd leaves it in place.
         drop(link);
@@ -194,7 +201,7 @@ impl Dataplane {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(DataplaneError::Io { path: pin, source }),
         }
-        let prog = self.from_container()?;
+        let prog = self.container_program()?;
         let id = prog
             .attach_with_options(
                 ifname,
@@ -205,10 +212,12 @@ impl Dataplane {
                 name: programs::FROM_CONTAINER,
                 source,
             })?;
-        let link = prog.take_link(id).map_err(|source| DataplaneError::Program {
-            name: programs::FROM_CONTAINER,
-            source,
-        })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DataplaneError::Program {
+                name: programs::FROM_CONTAINER,
+                source,
+            })?;
         let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
             path: pin.clone(),
             source,
@@ -268,9 +277,8 @@ fn pinned_tcx_ifindex(pin: &Path) -> io::Result<u32> {
 
     fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
         // SAFETY: `attr` is a live, correctly sized bpf_attr variant.
-        let ret = unsafe {
-            libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>())
-        };
+        let ret =
+            unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
         if ret < 0 {
             Err(io::Error::last_os_error())
         } else {

@@ -41,7 +41,11 @@ fn v4(ip: IpAddr) -> Result<Ipv4Addr, DatapathError> {
 }
 
 impl Datapath for KernelDatapath {
-    async fn install(&mut self, ep: &EndpointSpec, info: &EndpointInfo) -> Result<(), DatapathError> {
+    async fn install(
+        &mut self,
+        ep: &EndpointSpec,
+        info: &EndpointInfo,
+    ) -> Result<(), DatapathError> {
         let ip = v4(ep.ip)?;
         // The ifindex the plugin reported must still name the veth it wired.
         match self.netlink.link_index(&ep.host_ifname).await? {

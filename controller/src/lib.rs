@@ -9,12 +9,13 @@ pub mod bpffs;
 pub mod config;
 pub mod counters;
 pub mod dataplane;
-pub mod lab;
 pub mod ipam;
 pub mod kernel;
+pub mod lab;
 pub mod netlink;
 pub mod server;
 pub mod state;
 
 /// The eBPF object built by build.rs from `dataplane-ebpf`.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-dataplane"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-dataplane"));

@@ -61,7 +61,12 @@ impl Netlink {
     }
 
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(Some(msg)) => Ok(Some(msg.header.index)),
             Ok(None) => Ok(None),
@@ -100,11 +105,19 @@ impl Netlink {
                     .add(LinkVeth::new(HOST_DEVICE, HOST_PEER).build())
                     .execute()
                     .await
-                    .or_else(|e| if errno(&e) == Some(libc::EEXIST) { Ok(()) } else { Err(e) })
+                    .or_else(|e| {
+                        if errno(&e) == Some(libc::EEXIST) {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
                     .map_err(Self::req(format!("creating {HOST_DEVICE}")))?;
-                self.link_index(HOST_DEVICE)
-                    .await?
-                    .ok_or_else(|| NetlinkError::Socket(std::io::Error::other(format!("{HOST_DEVICE} vanished after creation"))))?
+                self.link_index(HOST_DEVICE).await?.ok_or_else(|| {
+                    NetlinkError::Socket(std::io::Error::other(format!(
+                        "{HOST_DEVICE} vanished after creation"
+                    )))
+                })?
             }
         };
         self.handle
@@ -114,7 +127,10 @@ impl Netlink {
             .execute()
             .await
             .map_err(Self::req(format!("adding {gateway}/32 to {HOST_DEVICE}")))?;
-        for (name, link) in [(HOST_DEVICE, Some(index)), (HOST_PEER, self.link_index(HOST_PEER).await?)] {
+        for (name, link) in [
+            (HOST_DEVICE, Some(index)),
+            (HOST_PEER, self.link_index(HOST_PEER).await?),
+        ] {
             let Some(link) = link else { continue };
             self.handle
                 .link()

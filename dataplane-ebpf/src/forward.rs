@@ -20,10 +20,7 @@ pub struct Verdict {
 }
 
 const fn verdict(action: i32, reason: u32) -> Verdict {
-    Verdict {
-        action,
-        reason,
-    }
+    Verdict { action, reason }
 }
 
 pub fn from_container(ctx: &TcContext) -> Verdict {

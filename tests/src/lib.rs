@@ -76,8 +76,8 @@ impl Node {
             log: dir.join("agent.log"),
             extra_args: Vec::new(),
         };
-        let agent = AgentProcess::spawn(options)
-            .unwrap_or_else(|e| panic!("spawning sluice-agent: {e}"));
+        let agent =
+            AgentProcess::spawn(options).unwrap_or_else(|e| panic!("spawning sluice-agent: {e}"));
         let mut node = Self {
             name,
             pod_cidr: pod_cidr.to_owned(),
@@ -152,7 +152,13 @@ impl Node {
             .container(&container_id, &ns.path().display().to_string(), "eth0")
             .invoke()
             .expect("running sluice-cni");
-        assert!(out.success, "ADD failed: {}\nstderr: {}\nagent log:\n{}", out.stdout, out.stderr, self.agent.log());
+        assert!(
+            out.success,
+            "ADD failed: {}\nstderr: {}\nagent log:\n{}",
+            out.stdout,
+            out.stderr,
+            self.agent.log()
+        );
         let result = out.json().expect("ADD printed no JSON");
         let ip: IpAddr = result["ips"][0]["address"]
             .as_str()
@@ -196,16 +202,24 @@ impl Node {
 
     /// Entries of the pinned endpoint map.
     pub fn endpoint_entries(&self) -> usize {
-        let data = aya::maps::MapData::from_pin(self.pin_dir().join(sluice_common::maps::ENDPOINTS))
-            .expect("opening the endpoint map");
-        let map: aya::maps::HashMap<_, sluice_common::endpoint::IpKey, sluice_common::endpoint::EndpointInfo> =
-            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("endpoint map");
+        let data =
+            aya::maps::MapData::from_pin(self.pin_dir().join(sluice_common::maps::ENDPOINTS))
+                .expect("opening the endpoint map");
+        let map: aya::maps::HashMap<
+            _,
+            sluice_common::endpoint::IpKey,
+            sluice_common::endpoint::EndpointInfo,
+        > = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("endpoint map");
         map.keys().count()
     }
 
     pub fn link_pins(&self) -> Vec<String> {
         std::fs::read_dir(self.pin_dir().join("links"))
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -236,9 +250,11 @@ pub struct Pod {
 
 impl Pod {
     pub fn del_call(&self) -> CniCall {
-        self.cni
-            .clone()
-            .container(&self.container_id, &self.ns.path().display().to_string(), "eth0")
+        self.cni.clone().container(
+            &self.container_id,
+            &self.ns.path().display().to_string(),
+            "eth0",
+        )
     }
 
     /// CNI DEL now; panics if it fails.

@@ -7,7 +7,10 @@ use serde_json::json;
 use sluice_tests::{bin, require_root, unique, CniCall, Netns, Node};
 
 fn lxc_links(node: &Node) -> Vec<String> {
-    node.links().into_iter().filter(|l| l.starts_with("lxc")).collect()
+    node.links()
+        .into_iter()
+        .filter(|l| l.starts_with("lxc"))
+        .collect()
 }
 
 /// Everything a removed pod could leave behind is gone.
@@ -23,9 +26,13 @@ fn assert_clean(node: &Node, capacity: u64) {
 #[test]
 fn version_reports_supported_versions_without_an_agent() {
     require_root!();
-    let out = CniCall::new(&bin("sluice-cni"), "VERSION", json!({"cniVersion": "1.0.0"}))
-        .invoke()
-        .expect("run");
+    let out = CniCall::new(
+        &bin("sluice-cni"),
+        "VERSION",
+        json!({"cniVersion": "1.0.0"}),
+    )
+    .invoke()
+    .expect("run");
     assert!(out.success, "{}", out.stdout);
     let v = out.json().expect("json");
     let supported: Vec<&str> = v["supportedVersions"]
@@ -51,26 +58,66 @@ fn error_codes_follow_the_spec() {
 
     let code = |out: sluice_tests::CniOutput| {
         assert!(!out.success, "must fail: {}", out.stdout);
-        let v = out.json().unwrap_or_else(|| panic!("error is not JSON: {:?}", out.stdout));
-        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "msg in {v}");
-        v["code"].as_u64().unwrap_or_else(|| panic!("no code in {v}"))
+        let v = out
+            .json()
+            .unwrap_or_else(|| panic!("error is not JSON: {:?}", out.stdout));
+        assert!(
+            v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "msg in {v}"
+        );
+        v["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no code in {v}"))
     };
     let run = |call: CniCall, stdin: &str, env: &[(&str, Option<&str>)]| {
-        call.invoke_raw(stdin.as_bytes(), env).expect("run sluice-cni")
+        call.invoke_raw(stdin.as_bytes(), env)
+            .expect("run sluice-cni")
     };
 
-    assert_eq!(code(run(add(), &conf, &[("CNI_COMMAND", None)])), 4, "no CNI_COMMAND");
-    assert_eq!(code(run(add(), &conf, &[("CNI_COMMAND", Some("BOGUS"))])), 4, "unknown command");
-    assert_eq!(code(run(add(), &conf, &[("CNI_CONTAINERID", None)])), 4, "no container id");
-    assert_eq!(code(run(add(), &conf, &[("CNI_NETNS", None)])), 4, "no netns on ADD");
-    assert_eq!(code(run(add(), &conf, &[("CNI_IFNAME", None)])), 4, "no ifname on ADD");
+    assert_eq!(
+        code(run(add(), &conf, &[("CNI_COMMAND", None)])),
+        4,
+        "no CNI_COMMAND"
+    );
+    assert_eq!(
+        code(run(add(), &conf, &[("CNI_COMMAND", Some("BOGUS"))])),
+        4,
+        "unknown command"
+    );
+    assert_eq!(
+        code(run(add(), &conf, &[("CNI_CONTAINERID", None)])),
+        4,
+        "no container id"
+    );
+    assert_eq!(
+        code(run(add(), &conf, &[("CNI_NETNS", None)])),
+        4,
+        "no netns on ADD"
+    );
+    assert_eq!(
+        code(run(add(), &conf, &[("CNI_IFNAME", None)])),
+        4,
+        "no ifname on ADD"
+    );
     assert_eq!(code(run(add(), "{not json", &[])), 6, "undecodable config");
-    assert_eq!(code(run(add(), r#"{"cniVersion":"1.1.0","type":"sluice-cni"}"#, &[])), 7, "no name");
+    assert_eq!(
+        code(run(
+            add(),
+            r#"{"cniVersion":"1.1.0","type":"sluice-cni"}"#,
+            &[]
+        )),
+        7,
+        "no name"
+    );
     let old = json!({"cniVersion": "0.3.1", "name": "n", "type": "sluice-cni"}).to_string();
     assert_eq!(code(run(add(), &old, &[])), 1, "unsupported version");
     let bad_path = format!("{}-missing", netns);
     assert!(
-        [3, 4].contains(&code(run(node.cni("ADD").container(&unique("c"), &bad_path, "eth0"), &conf, &[]))),
+        [3, 4].contains(&code(run(
+            node.cni("ADD").container(&unique("c"), &bad_path, "eth0"),
+            &conf,
+            &[]
+        ))),
         "netns that does not exist"
     );
 
@@ -80,9 +127,25 @@ fn error_codes_follow_the_spec() {
         "agentSocket": node.dir.join("nobody-listens.sock").display().to_string(),
     })
     .to_string();
-    assert_eq!(code(run(add(), &unreachable, &[])), 11, "agent unreachable on ADD");
-    assert_eq!(code(run(node.cni("DEL").container("x", "", "eth0"), &unreachable, &[])), 11, "on DEL");
-    assert_eq!(code(run(node.cni("STATUS"), &unreachable, &[])), 50, "STATUS without agent");
+    assert_eq!(
+        code(run(add(), &unreachable, &[])),
+        11,
+        "agent unreachable on ADD"
+    );
+    assert_eq!(
+        code(run(
+            node.cni("DEL").container("x", "", "eth0"),
+            &unreachable,
+            &[]
+        )),
+        11,
+        "on DEL"
+    );
+    assert_eq!(
+        code(run(node.cni("STATUS"), &unreachable, &[])),
+        50,
+        "STATUS without agent"
+    );
     let status = run(node.cni("STATUS"), &conf, &[]);
     assert!(status.success, "STATUS with agent: {}", status.stdout);
     assert_clean(&node, capacity);
@@ -111,7 +174,11 @@ fn del_is_idempotent_and_leaves_nothing() {
     let out = call.invoke().expect("DEL");
     assert!(out.success, "DEL with the netns gone: {}", out.stdout);
     // DEL with no CNI_NETNS at all, and for a container never added.
-    let out = node.cni("DEL").container(&unique("never"), "", "eth0").invoke().expect("DEL");
+    let out = node
+        .cni("DEL")
+        .container(&unique("never"), "", "eth0")
+        .invoke()
+        .expect("DEL");
     assert!(out.success, "DEL of an unknown container: {}", out.stdout);
     assert_clean(&node, capacity);
     pod.delete();
@@ -127,7 +194,12 @@ fn failed_add_rolls_back_everything() {
     // allocating and creating the veth, then cannot name the pod's end.
     let status = pod_ns
         .command("ip")
-        .and_then(|mut c| c.args(["link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"]).status())
+        .and_then(|mut c| {
+            c.args([
+                "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer",
+            ])
+            .status()
+        })
         .expect("ip link add");
     assert!(status.success());
     let out = node
@@ -137,7 +209,10 @@ fn failed_add_rolls_back_everything() {
         .expect("ADD");
     assert!(!out.success, "ADD must fail: {}", out.stdout);
     let err = out.json().expect("CNI error object");
-    assert!(err["code"].as_u64().is_some() && err["msg"].is_string(), "{err}");
+    assert!(
+        err["code"].as_u64().is_some() && err["msg"].is_string(),
+        "{err}"
+    );
     assert_clean(&node, capacity);
 }
 
@@ -153,7 +228,11 @@ fn check_and_gc() {
     conf["prevResult"] = keep.result.clone();
     let out = CniCall::new(&bin("sluice-cni"), "CHECK", conf.clone())
         .run_in(node.ns.path())
-        .container(&keep.container_id, &keep.ns.path().display().to_string(), "eth0")
+        .container(
+            &keep.container_id,
+            &keep.ns.path().display().to_string(),
+            "eth0",
+        )
         .invoke()
         .expect("CHECK");
     assert!(out.success, "CHECK of a healthy pod: {}", out.stdout);
@@ -167,20 +246,33 @@ fn check_and_gc() {
     conf["prevResult"] = stale.result.clone();
     let out = CniCall::new(&bin("sluice-cni"), "CHECK", conf)
         .run_in(node.ns.path())
-        .container(&stale.container_id, &stale.ns.path().display().to_string(), "eth0")
+        .container(
+            &stale.container_id,
+            &stale.ns.path().display().to_string(),
+            "eth0",
+        )
         .invoke()
         .expect("CHECK");
-    assert!(!out.success, "CHECK must notice the missing address: {}", out.stdout);
+    assert!(
+        !out.success,
+        "CHECK must notice the missing address: {}",
+        out.stdout
+    );
 
     let mut conf = node.netconf("1.1.0");
-    conf["cni.dev/valid-attachments"] = json!([{"containerID": keep.container_id, "ifname": "eth0"}]);
+    conf["cni.dev/valid-attachments"] =
+        json!([{"containerID": keep.container_id, "ifname": "eth0"}]);
     let out = CniCall::new(&bin("sluice-cni"), "GC", conf)
         .run_in(node.ns.path())
         .invoke()
         .expect("GC");
     assert!(out.success, "GC: {}", out.stdout);
     assert_eq!(node.status().endpoints, 1);
-    assert_eq!(lxc_links(&node), vec![keep.host_if.clone()], "GC removed the stale veth only");
+    assert_eq!(
+        lxc_links(&node),
+        vec![keep.host_if.clone()],
+        "GC removed the stale veth only"
+    );
     keep.delete();
     drop(stale);
     assert_clean(&node, capacity);
@@ -200,19 +292,39 @@ fn add_del_cycles_leak_nothing() {
     let netns = pod_ns.path().display().to_string();
     // Warm up once so lazily opened agent resources do not count as leaks.
     let id = unique("warm");
-    assert!(node.cni("ADD").container(&id, &netns, "eth0").invoke().expect("ADD").success);
-    assert!(node.cni("DEL").container(&id, &netns, "eth0").invoke().expect("DEL").success);
+    assert!(
+        node.cni("ADD")
+            .container(&id, &netns, "eth0")
+            .invoke()
+            .expect("ADD")
+            .success
+    );
+    assert!(
+        node.cni("DEL")
+            .container(&id, &netns, "eth0")
+            .invoke()
+            .expect("DEL")
+            .success
+    );
     let links_before = node.links();
     let fds_before = node.agent_fds();
     let (mut adds, mut dels) = (Vec::new(), Vec::new());
     for i in 0..CYCLES {
         let id = unique("cy");
         let t = Instant::now();
-        let out = node.cni("ADD").container(&id, &netns, "eth0").invoke().expect("ADD");
+        let out = node
+            .cni("ADD")
+            .container(&id, &netns, "eth0")
+            .invoke()
+            .expect("ADD");
         adds.push(t.elapsed());
         assert!(out.success, "ADD #{i}: {}", out.stdout);
         let t = Instant::now();
-        let out = node.cni("DEL").container(&id, &netns, "eth0").invoke().expect("DEL");
+        let out = node
+            .cni("DEL")
+            .container(&id, &netns, "eth0")
+            .invoke()
+            .expect("DEL");
         dels.push(t.elapsed());
         assert!(out.success, "DEL #{i}: {}", out.stdout);
     }
@@ -243,13 +355,26 @@ fn agent_crash_and_restart_keep_pods_and_addresses() {
         .expect("server");
     node.crash_agent();
     let dst = std::net::SocketAddr::new(b.ip, port);
-    assert!(sluice_tests::probe::tcp(&a.ns, dst, sluice_tests::TIMEOUT), "traffic while the agent is down");
+    assert!(
+        sluice_tests::probe::tcp(&a.ns, dst, sluice_tests::TIMEOUT),
+        "traffic while the agent is down"
+    );
     node.restart_agent();
     assert_eq!(node.status().endpoints, 2, "endpoints restored from state");
     let c = node.add_pod("c");
-    assert!(c.ip != a.ip && c.ip != b.ip, "address handed out twice: {}", c.ip);
-    assert!(sluice_tests::probe::tcp(&c.ns, dst, sluice_tests::TIMEOUT), "new pod after restart");
-    assert!(sluice_tests::probe::tcp(&a.ns, dst, sluice_tests::TIMEOUT), "old pod after restart");
+    assert!(
+        c.ip != a.ip && c.ip != b.ip,
+        "address handed out twice: {}",
+        c.ip
+    );
+    assert!(
+        sluice_tests::probe::tcp(&c.ns, dst, sluice_tests::TIMEOUT),
+        "new pod after restart"
+    );
+    assert!(
+        sluice_tests::probe::tcp(&a.ns, dst, sluice_tests::TIMEOUT),
+        "old pod after restart"
+    );
 }
 
 /// A runtime may retry ADD for the same container: the pod is rewired, keeps
@@ -262,7 +387,11 @@ fn retried_add_rewires_with_the_same_address() {
     let pod = node.add_pod("r");
     let out = node
         .cni("ADD")
-        .container(&pod.container_id, &pod.ns.path().display().to_string(), "eth0")
+        .container(
+            &pod.container_id,
+            &pod.ns.path().display().to_string(),
+            "eth0",
+        )
         .invoke()
         .expect("ADD again");
     assert!(out.success, "retried ADD: {}", out.stdout);
@@ -270,6 +399,14 @@ fn retried_add_rewires_with_the_same_address() {
     assert_eq!(again["ips"][0]["address"], pod.result["ips"][0]["address"]);
     assert_eq!(node.status().endpoints, 2);
     assert_eq!(node.link_pins().len(), 2);
-    assert!(sluice_tests::probe::icmp(&pod.ns, peer.ip, sluice_tests::TIMEOUT));
-    assert!(sluice_tests::probe::icmp(&peer.ns, pod.ip, sluice_tests::TIMEOUT));
+    assert!(sluice_tests::probe::icmp(
+        &pod.ns,
+        peer.ip,
+        sluice_tests::TIMEOUT
+    ));
+    assert!(sluice_tests::probe::icmp(
+        &peer.ns,
+        pod.ip,
+        sluice_tests::TIMEOUT
+    ));
 }

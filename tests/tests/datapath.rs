@@ -41,7 +41,10 @@ fn pods_talk_tcp_udp_icmp_and_host_reaches_pods() {
         .expect("gateway in the CNI result");
     let _host_server =
         probe::EchoServer::start(&node.ns, SocketAddr::new(gateway, PORT)).expect("host server");
-    assert!(probe::tcp(&a.ns, SocketAddr::new(gateway, PORT), TIMEOUT), "pod->host TCP");
+    assert!(
+        probe::tcp(&a.ns, SocketAddr::new(gateway, PORT), TIMEOUT),
+        "pod->host TCP"
+    );
     assert!(probe::icmp(&a.ns, gateway, TIMEOUT), "pod->host ICMP");
     assert!(node.counter("to_stack") > 0, "pod->host goes to the stack");
 }
@@ -95,22 +98,33 @@ fn spoofed_source_is_dropped_and_counted() {
     let _sb = probe::EchoServer::start(&b.ns, SocketAddr::new(b.ip, PORT)).expect("server b");
     // A second address inside pod a that the agent never gave it.
     let spoofed = "10.93.0.250";
-    let status = a
-        .ns
-        .command("ip")
-        .and_then(|mut c| c.args(["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"]).status())
-        .expect("ip addr add");
+    let status =
+        a.ns.command("ip")
+            .and_then(|mut c| {
+                c.args(["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"])
+                    .status()
+            })
+            .expect("ip addr add");
     assert!(status.success());
     let before = node.counter("drop_spoofed_source");
-    let status = a
-        .ns
-        .command("ping")
-        .and_then(|mut c| {
-            c.args(["-c", "3", "-i", "0.2", "-W", "1", "-I", spoofed, &b.ip.to_string()])
+    let status =
+        a.ns.command("ping")
+            .and_then(|mut c| {
+                c.args([
+                    "-c",
+                    "3",
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "1",
+                    "-I",
+                    spoofed,
+                    &b.ip.to_string(),
+                ])
                 .stdout(std::process::Stdio::null())
                 .status()
-        })
-        .expect("ping");
+            })
+            .expect("ping");
     assert!(!status.success(), "spoofed ping must not be answered");
     assert!(
         node.counter("drop_spoofed_source") >= before + 3,
@@ -134,9 +148,8 @@ fn truncated_frame_from_a_pod_is_dropped_as_malformed() {
         .map(|h| u8::from_str_radix(h, 16).expect("hex"))
         .collect();
     let before = node.counter("drop_malformed");
-    let sent = a
-        .ns
-        .run(move || -> std::io::Result<()> {
+    let sent =
+        a.ns.run(move || -> std::io::Result<()> {
             // SAFETY: plain socket calls on a zeroed sockaddr_ll.
             unsafe {
                 let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);

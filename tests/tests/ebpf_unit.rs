@@ -52,10 +52,18 @@ impl Loaded {
         let mut eps: HashMap<&mut MapData, IpKey, EndpointInfo> =
             HashMap::try_from(loaded.ebpf.map_mut(maps::ENDPOINTS).expect("endpoint map"))
                 .expect("endpoint map type");
-        eps.insert(IpKey::v4(POD_A.octets()), endpoint(1, [2, 0xaa, 0, 0, 0, 1], [2, 0xaa, 0, 0, 0, 2]), 0)
-            .expect("insert a");
-        eps.insert(IpKey::v4(POD_B.octets()), endpoint(42, B_POD_MAC, B_HOST_MAC), 0)
-            .expect("insert b");
+        eps.insert(
+            IpKey::v4(POD_A.octets()),
+            endpoint(1, [2, 0xaa, 0, 0, 0, 1], [2, 0xaa, 0, 0, 0, 2]),
+            0,
+        )
+        .expect("insert a");
+        eps.insert(
+            IpKey::v4(POD_B.octets()),
+            endpoint(42, B_POD_MAC, B_HOST_MAC),
+            0,
+        )
+        .expect("insert b");
         loaded
     }
 
@@ -156,15 +164,27 @@ const ICMP_ECHO: [u8; 8] = [8, 0, 0, 0, 0, 1, 0, 1];
 fn local_pod_is_redirected_with_l2_rewritten_and_ttl_decremented() {
     require_root!();
     let mut bpf = Loaded::new();
-    for (proto, l4) in [(6, tcp_syn(40000, 80)), (17, udp(40000, 53)), (1, ICMP_ECHO.to_vec())] {
+    for (proto, l4) in [
+        (6, tcp_syn(40000, 80)),
+        (17, udp(40000, 53)),
+        (1, ICMP_ECHO.to_vec()),
+    ] {
         let pkt = ipv4(POD_A, POD_B, proto, 64, 0, &l4);
         let (verdict, out) = bpf.run(&pkt);
         assert_eq!(verdict, TC_ACT_REDIRECT, "proto {proto}");
         assert_eq!(out.len(), pkt.len());
         assert_eq!(&out[0..6], &B_POD_MAC, "dst MAC is pod B's");
-        assert_eq!(&out[6..12], &B_HOST_MAC, "src MAC is B's gateway (host veth)");
+        assert_eq!(
+            &out[6..12],
+            &B_HOST_MAC,
+            "src MAC is B's gateway (host veth)"
+        );
         assert_eq!(out[14 + 8], 63, "TTL decremented");
-        assert_eq!(checksum(&out[14..34]), 0, "IPv4 header checksum still valid");
+        assert_eq!(
+            checksum(&out[14..34]),
+            0,
+            "IPv4 header checksum still valid"
+        );
         assert_eq!(&out[34..], &pkt[34..], "L4 untouched");
     }
     assert_eq!(bpf.counter("forward_local"), 3);
@@ -223,12 +243,24 @@ fn malformed_and_truncated_packets_are_dropped_and_counted() {
     let mut long_len = good.clone();
     long_len[16..18].copy_from_slice(&200u16.to_be_bytes());
     cases.push(("total length beyond the packet", long_len));
-    cases.push(("TCP header cut short", ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(1, 80)[..12])));
+    cases.push((
+        "TCP header cut short",
+        ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(1, 80)[..12]),
+    ));
     let mut bad_doff = tcp_syn(1, 80);
     bad_doff[12] = 0x40;
-    cases.push(("TCP data offset below 5", ipv4(POD_A, POD_B, 6, 64, 0, &bad_doff)));
-    cases.push(("UDP header cut short", ipv4(POD_A, POD_B, 17, 64, 0, &udp(1, 53)[..6])));
-    cases.push(("ICMP header cut short", ipv4(POD_A, POD_B, 1, 64, 0, &ICMP_ECHO[..4])));
+    cases.push((
+        "TCP data offset below 5",
+        ipv4(POD_A, POD_B, 6, 64, 0, &bad_doff),
+    ));
+    cases.push((
+        "UDP header cut short",
+        ipv4(POD_A, POD_B, 17, 64, 0, &udp(1, 53)[..6]),
+    ));
+    cases.push((
+        "ICMP header cut short",
+        ipv4(POD_A, POD_B, 1, 64, 0, &ICMP_ECHO[..4]),
+    ));
     let n = cases.len() as u64;
     for (what, pkt) in cases {
         let (verdict, _) = bpf.run(&pkt);

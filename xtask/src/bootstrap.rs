@@ -34,7 +34,11 @@ fn installed(package: &str) -> bool {
 }
 
 fn apt() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -51,21 +55,30 @@ fn rust_src() -> anyhow::Result<()> {
         .args(["component", "list", "--installed"])
         .output()
         .context("running rustup")?;
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         return Ok(());
     }
     run(Command::new("rustup").args(["component", "add", "rust-src"]))
 }
 
 fn sysroot() -> anyhow::Result<PathBuf> {
-    let out = Command::new("rustc").args(["--print", "sysroot"]).output()?;
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()?;
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
 /// bpf-linker built against the Rust toolchain's own libLLVM: Debian has no
 /// matching LLVM, but the toolchain ships one (`libLLVM.so.<major>.<minor>-rust-...`).
 fn bpf_linker() -> anyhow::Result<()> {
-    if Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
     let lib = sysroot()?.join("lib");
@@ -91,7 +104,14 @@ fn bpf_linker() -> anyhow::Result<()> {
     std::os::unix::fs::symlink(lib.join(&llvm), &link)?;
     eprintln!("xtask: building bpf-linker against {llvm} (a few minutes, once)");
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", "0.13.0", "--no-default-features", "--features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            "0.13.0",
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix))
 }

@@ -84,7 +84,14 @@ fn main() -> anyhow::Result<()> {
             build()?;
             if !no_lint {
                 run(cargo().args(["fmt", "--all", "--check"]))?;
-                run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+                run(cargo().args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]))?;
             }
             run(cargo().args(["test", "--workspace", "--exclude", "sluice-tests"]))?;
             let mut e2e = cargo();

@@ -16,7 +16,11 @@ use sluice_controller::{
 use tracing::info;
 
 #[derive(Parser, Debug)]
-#[command(name = "sluice-agent", version, about = "sluice node agent: IPAM, endpoints and the eBPF dataplane")]
+#[command(
+    name = "sluice-agent",
+    version,
+    about = "sluice node agent: IPAM, endpoints and the eBPF dataplane"
+)]
 struct Args {
     /// This node's name (names the pin directory).
     #[arg(long)]
@@ -76,7 +80,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn uninstall(mut flags: FlagConfig, file: Option<PathBuf>) -> anyhow::Result<()> {
     // Uninstall needs no pod CIDR; any placeholder passes validation.
-    flags.pod_cidr.get_or_insert_with(|| "0.0.0.0/24".parse().expect("literal CIDR"));
+    flags
+        .pod_cidr
+        .get_or_insert_with(|| "0.0.0.0/24".parse().expect("literal CIDR"));
     let config = Config::resolve(flags, file.as_deref())?;
     dataplane::remove_pins(&config.pin_dir())
         .with_context(|| format!("removing {}", config.pin_dir().display()))?;
@@ -126,7 +132,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the agent still serves; it just dies hard.
         return std::future::pending().await;
     };

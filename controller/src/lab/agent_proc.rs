@@ -100,7 +100,10 @@ impl AgentProcess {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("agent not ready after {timeout:?}:\n{}", self.log()));
+                return Err(format!(
+                    "agent not ready after {timeout:?}:\n{}",
+                    self.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -157,7 +160,9 @@ impl AgentProcess {
         if status.success() {
             Ok(())
         } else {
-            Err(std::io::Error::other(format!("sluice-agent --uninstall: {status}")))
+            Err(std::io::Error::other(format!(
+                "sluice-agent --uninstall: {status}"
+            )))
         }
     }
 }

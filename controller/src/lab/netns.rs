@@ -61,7 +61,7 @@ impl Netns {
             keep: false,
         };
         // Loopback up, as in any fresh network namespace a runtime prepares.
-        ns.run(|| set_loopback_up())??;
+        ns.run(set_loopback_up)??;
         Ok(ns)
     }
 
@@ -90,10 +90,7 @@ impl Netns {
 
     /// Runs `f` on a thread inside the namespace. Sockets opened there stay
     /// in the namespace after `f` returns.
-    pub fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> io::Result<T> {
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
         let file = File::open(&self.path)?;
         std::thread::spawn(move || -> io::Result<T> {
             setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(nix_io)?;
@@ -156,9 +153,7 @@ pub fn command_in(ns_path: &Path, program: impl AsRef<std::ffi::OsStr>) -> io::R
     let mut cmd = Command::new(program);
     // SAFETY: setns is async-signal-safe; `file` lives in the closure.
     unsafe {
-        cmd.pre_exec(move || {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(nix_io)
-        });
+        cmd.pre_exec(move || setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(nix_io));
     }
     Ok(cmd)
 }

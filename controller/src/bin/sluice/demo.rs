@@ -139,7 +139,11 @@ fn bring_up_and_probe(args: &DemoArgs) -> anyhow::Result<()> {
     agent
         .wait_ready(Duration::from_secs(20))
         .map_err(|log| anyhow!("the agent did not come up: {log}"))?;
-    println!("node {NODE}: agent up in netns {}, pod CIDR {}", node.name(), args.pod_cidr);
+    println!(
+        "node {NODE}: agent up in netns {}, pod CIDR {}",
+        node.name(),
+        args.pod_cidr
+    );
 
     let cni = bin_dir()?.join("sluice-cni");
     let mut pods = Vec::new();
@@ -152,7 +156,11 @@ fn bring_up_and_probe(args: &DemoArgs) -> anyhow::Result<()> {
             .container(&name, &ns.path().display().to_string(), "eth0")
             .invoke()?;
         if !out.success {
-            bail!("sluice-cni ADD for {name} failed: {}{}", out.stdout, out.stderr);
+            bail!(
+                "sluice-cni ADD for {name} failed: {}{}",
+                out.stdout,
+                out.stderr
+            );
         }
         let result = out.json().context("sluice-cni printed no JSON result")?;
         let ip: IpAddr = result["ips"][0]["address"]
@@ -160,7 +168,10 @@ fn bring_up_and_probe(args: &DemoArgs) -> anyhow::Result<()> {
             .and_then(|a| a.split('/').next())
             .and_then(|a| a.parse().ok())
             .context("no address in the CNI result")?;
-        let host_if = result["interfaces"][0]["name"].as_str().unwrap_or("?").to_string();
+        let host_if = result["interfaces"][0]["name"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
         println!(
             "pod {name}: {ip} via {host_if} (CNI ADD {} ms)",
             started.elapsed().as_millis()
@@ -182,7 +193,10 @@ fn bring_up_and_probe(args: &DemoArgs) -> anyhow::Result<()> {
     println!();
     let mut failures = 0;
     let sources: Vec<(&str, &Netns)> = std::iter::once(("node (host)", &node))
-        .chain(pods.iter().map(|p| (p.name.trim_start_matches(&format!("{PREFIX}-")), &p.ns)))
+        .chain(
+            pods.iter()
+                .map(|p| (p.name.trim_start_matches(&format!("{PREFIX}-")), &p.ns)),
+        )
         .collect();
     for (label, from) in sources {
         print!("{label:<18}");
@@ -209,10 +223,16 @@ fn bring_up_and_probe(args: &DemoArgs) -> anyhow::Result<()> {
     let pin_dir = sluice_controller::dataplane::pin_dir(Path::new("/sys/fs/bpf/sluice"), NODE);
     crate::print_counters(&counters::read(&pin_dir)?);
     if failures > 0 {
-        bail!("{failures} pairs could not talk; agent log: {}", args.dir.join("agent.log").display());
+        bail!(
+            "{failures} pairs could not talk; agent log: {}",
+            args.dir.join("agent.log").display()
+        );
     }
     if args.keep {
-        println!("\nleft running; try: ip netns exec {PREFIX}-pod-a ping {}", pods[1].ip);
+        println!(
+            "\nleft running; try: ip netns exec {PREFIX}-pod-a ping {}",
+            pods[1].ip
+        );
         println!("remove with: sluice demo --down");
         agent.detach();
     } else {

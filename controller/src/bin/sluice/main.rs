@@ -9,7 +9,11 @@ use sluice_common::api::{self, Request, Response};
 use sluice_controller::{config, counters};
 
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about = "sluice: eBPF networking for Kubernetes")]
+#[command(
+    name = "sluice",
+    version,
+    about = "sluice: eBPF networking for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,7 +64,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 pub fn print_counters(rows: &[counters::CounterRow]) {
-    println!("{:<24} {:<8} {:>12} {:>14}", "REASON", "DIR", "PACKETS", "BYTES");
+    println!(
+        "{:<24} {:<8} {:>12} {:>14}",
+        "REASON", "DIR", "PACKETS", "BYTES"
+    );
     for row in rows.iter().filter(|r| r.packets > 0) {
         println!(
             "{:<24} {:<8} {:>12} {:>14}",
