@@ -350,3 +350,323 @@ impl<D: Datapath> Agent<D> {
         Response::Collected { released }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    /// Records what the agent asked of the kernel; can be told to fail.
+    #[derive(Default)]
+    struct FakeDatapath {
+        calls: Vec<String>,
+        fail_install: bool,
+    }
+
+    impl Datapath for FakeDatapath {
+        async fn install(
+            &mut self,
+            ep: &EndpointSpec,
+            info: &EndpointInfo,
+        ) -> Result<(), DatapathError> {
+            self.calls.push(format!(
+                "install {} {} id={}",
+                ep.host_ifname, ep.ip, info.id
+            ));
+            if self.fail_install {
+                return Err(DatapathError::NoSuchLink(ep.host_ifname.clone()));
+            }
+            Ok(())
+        }
+
+        async fn remove(&mut self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+            self.calls.push(format!("remove {}", ep.host_ifname));
+            Ok(())
+        }
+
+        async fn delete_link(&mut self, ifname: &str) -> Result<(), DatapathError> {
+            self.calls.push(format!("delete_link {ifname}"));
+            Ok(())
+        }
+    }
+
+    fn config() -> AgentConfig {
+        AgentConfig {
+            node_name: "n1".into(),
+            pod_cidr: "10.9.0.0/29".parse().expect("cidr"),
+            mtu: 1450,
+        }
+    }
+
+    fn att(id: &str) -> Attachment {
+        Attachment {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn spec(id: &str, ip: IpAddr) -> EndpointSpec {
+        EndpointSpec {
+            attachment: att(id),
+            netns: format!("/run/netns/{id}"),
+            host_ifname: format!("lxc{id}"),
+            host_ifindex: 7,
+            host_mac: [2, 0, 0, 0, 0, 1],
+            pod_mac: [2, 0, 0, 0, 0, 2],
+            ip,
+        }
+    }
+
+    async fn agent(dir: &std::path::Path, datapath: FakeDatapath) -> Agent<FakeDatapath> {
+        Agent::start(config(), StateFile::new(dir), datapath)
+            .await
+            .expect("agent")
+    }
+
+    async fn allocate(agent: &mut Agent<FakeDatapath>, id: &str) -> Allocation {
+        match agent
+            .handle(Request::Allocate {
+                attachment: att(id),
+            })
+            .await
+        {
+            Response::Allocated { allocation } => allocation,
+            other => panic!("allocate {id}: {other:?}"),
+        }
+    }
+
+    fn error_kind(response: Response) -> ErrorKind {
+        match response {
+            Response::Error { kind, .. } => kind,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn allocation_carries_gateway_and_mtu() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = agent(dir.path(), FakeDatapath::default()).await;
+        let a = allocate(&mut agent, "a").await;
+        assert_eq!(a.ip, IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)));
+        assert_eq!(a.gateway, IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)));
+        assert_eq!((a.mtu, a.cidr_prefix_len), (1450, 29));
+        assert_eq!(allocate(&mut agent, "a").await, a, "idempotent");
+    }
+
+    #[tokio::test]
+    async fn register_and_release_drive_the_datapath() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = agent(dir.path(), FakeDatapath::default()).await;
+        let a = allocate(&mut agent, "a").await;
+        assert_eq!(
+            agent
+                .handle(Request::Register {
+                    endpoint: spec("a", a.ip)
+                })
+                .await,
+            Response::Ok
+        );
+        assert_eq!(agent.datapath().calls, vec!["install lxca 10.9.0.2 id=2"]);
+        match agent
+            .handle(Request::Get {
+                attachment: att("a"),
+            })
+            .await
+        {
+            Response::Endpoint { state } => assert!(state.endpoint.is_some()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            agent
+                .handle(Request::Release {
+                    attachment: att("a")
+                })
+                .await,
+            Response::Ok
+        );
+        assert_eq!(
+            agent.datapath().calls.last().map(String::as_str),
+            Some("remove lxca")
+        );
+        // Released twice, or never known: still fine (DEL is idempotent).
+        assert_eq!(
+            agent
+                .handle(Request::Release {
+                    attachment: att("a")
+                })
+                .await,
+            Response::Ok
+        );
+        assert_eq!(
+            error_kind(
+                agent
+                    .handle(Request::Get {
+                        attachment: att("a")
+                    })
+                    .await
+            ),
+            ErrorKind::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn register_is_checked_against_the_allocation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = agent(dir.path(), FakeDatapath::default()).await;
+        let unknown = spec("x", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)));
+        assert_eq!(
+            error_kind(agent.handle(Request::Register { endpoint: unknown }).await),
+            ErrorKind::NotFound
+        );
+        allocate(&mut agent, "a").await;
+        let wrong_ip = spec("a", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 6)));
+        assert_eq!(
+            error_kind(agent.handle(Request::Register { endpoint: wrong_ip }).await),
+            ErrorKind::Invalid
+        );
+        assert!(agent.datapath().calls.is_empty(), "nothing installed");
+    }
+
+    #[tokio::test]
+    async fn failed_install_is_rolled_back_and_not_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = FakeDatapath {
+            fail_install: true,
+            ..FakeDatapath::default()
+        };
+        let mut agent = agent(dir.path(), fake).await;
+        let a = allocate(&mut agent, "a").await;
+        let resp = agent
+            .handle(Request::Register {
+                endpoint: spec("a", a.ip),
+            })
+            .await;
+        assert_eq!(error_kind(resp), ErrorKind::Internal);
+        assert_eq!(
+            agent.datapath().calls,
+            vec!["install lxca 10.9.0.2 id=2", "remove lxca"]
+        );
+        match agent
+            .handle(Request::Get {
+                attachment: att("a"),
+            })
+            .await
+        {
+            Response::Endpoint { state } => assert_eq!(state.endpoint, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn exhaustion_and_bad_names_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = agent(dir.path(), FakeDatapath::default()).await;
+        for i in 0..5 {
+            allocate(&mut agent, &format!("c{i}")).await;
+        }
+        let resp = agent
+            .handle(Request::Allocate {
+                attachment: att("full"),
+            })
+            .await;
+        assert_eq!(error_kind(resp), ErrorKind::Exhausted);
+        for bad in ["", "a/b", "../x", "a b"] {
+            let resp = agent
+                .handle(Request::Allocate {
+                    attachment: att(bad),
+                })
+                .await;
+            assert_eq!(error_kind(resp), ErrorKind::Invalid, "container id {bad:?}");
+        }
+        let long_if = Attachment {
+            container_id: "c".into(),
+            ifname: "a-very-long-interface".into(),
+        };
+        let resp = agent
+            .handle(Request::Allocate {
+                attachment: long_if,
+            })
+            .await;
+        assert_eq!(error_kind(resp), ErrorKind::Invalid);
+    }
+
+    #[tokio::test]
+    async fn restart_restores_state_and_reinstalls_endpoints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut first = agent(dir.path(), FakeDatapath::default()).await;
+        let a = allocate(&mut first, "a").await;
+        assert_eq!(
+            first
+                .handle(Request::Register {
+                    endpoint: spec("a", a.ip)
+                })
+                .await,
+            Response::Ok
+        );
+        let b = allocate(&mut first, "b").await;
+        drop(first);
+
+        let mut second = agent(dir.path(), FakeDatapath::default()).await;
+        assert_eq!(
+            second.datapath().calls,
+            vec!["install lxca 10.9.0.2 id=2"],
+            "registered endpoint reinstalled"
+        );
+        assert_eq!(allocate(&mut second, "a").await, a);
+        assert_eq!(allocate(&mut second, "b").await, b);
+        let c = allocate(&mut second, "c").await;
+        assert!(c.ip != a.ip && c.ip != b.ip, "never the same address twice");
+    }
+
+    #[tokio::test]
+    async fn changed_pod_cidr_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut first = agent(dir.path(), FakeDatapath::default()).await;
+        allocate(&mut first, "a").await;
+        drop(first);
+        let mut other = config();
+        other.pod_cidr = "10.10.0.0/24".parse().expect("cidr");
+        let result = Agent::start(other, StateFile::new(dir.path()), FakeDatapath::default()).await;
+        assert!(matches!(result, Err(AgentError::CidrChanged { .. })));
+    }
+
+    #[tokio::test]
+    async fn gc_releases_everything_not_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = agent(dir.path(), FakeDatapath::default()).await;
+        let a = allocate(&mut agent, "a").await;
+        let b = allocate(&mut agent, "b").await;
+        allocate(&mut agent, "pending").await;
+        for (id, alloc) in [("a", &a), ("b", &b)] {
+            let resp = agent
+                .handle(Request::Register {
+                    endpoint: spec(id, alloc.ip),
+                })
+                .await;
+            assert_eq!(resp, Response::Ok);
+        }
+        let resp = agent
+            .handle(Request::Gc {
+                valid: vec![att("a")],
+            })
+            .await;
+        assert_eq!(
+            resp,
+            Response::Collected {
+                released: vec![att("b"), att("pending")]
+            }
+        );
+        assert!(agent
+            .datapath()
+            .calls
+            .contains(&"delete_link lxcb".to_string()));
+        match agent.handle(Request::Status).await {
+            Response::Status { status } => {
+                assert_eq!(status.endpoints, 1);
+                assert_eq!(status.free_addresses, 4);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
