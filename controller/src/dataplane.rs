@@ -65,6 +65,14 @@ pub enum DataplaneError {
     },
 }
 
+/// Every program error here concerns the one TC program.
+fn program_error(source: aya::programs::ProgramError) -> DataplaneError {
+    DataplaneError::Program {
+        name: programs::FROM_CONTAINER,
+        source,
+    }
+}
+
 /// Map capacities, from the agent's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct MapSizes {
@@ -114,10 +122,7 @@ impl Dataplane {
         dataplane
             .container_program()?
             .load()
-            .map_err(|source| DataplaneError::Program {
-                name: programs::FROM_CONTAINER,
-                source,
-            })?;
+            .map_err(program_error)?;
         dataplane.upgrade_links();
         Ok(dataplane)
     }
@@ -127,10 +132,7 @@ impl Dataplane {
             .ebpf
             .program_mut(programs::FROM_CONTAINER)
             .ok_or(DataplaneError::Missing(programs::FROM_CONTAINER))?;
-        prog.try_into().map_err(|source| DataplaneError::Program {
-            name: programs::FROM_CONTAINER,
-            source,
-        })
+        prog.try_into().map_err(program_error)
     }
 
     fn link_pin(&self, ifname: &str) -> PathBuf {
@@ -166,18 +168,8 @@ impl Dataplane {
             }
         })?;
         let prog = self.container_program()?;
-        let id = prog
-            .attach_to_link(link)
-            .map_err(|source| DataplaneError::Program {
-                name: programs::FROM_CONTAINER,
-                source,
-            })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| DataplaneError::Program {
-                name: programs::FROM_CONTAINER,
-                source,
-            })?;
+        let id = prog.attach_to_link(link).map_err(program_error)?;
+        let link = prog.take_link(id).map_err(program_error)?;
         // The pin still refers to the same link object, now running the new
         // program; dropping our fd leaves it in place.
         drop(link);
@@ -208,16 +200,8 @@ impl Dataplane {
                 TcAttachType::Ingress,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
-            .map_err(|source| DataplaneError::Program {
-                name: programs::FROM_CONTAINER,
-                source,
-            })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| DataplaneError::Program {
-                name: programs::FROM_CONTAINER,
-                source,
-            })?;
+            .map_err(program_error)?;
+        let link = prog.take_link(id).map_err(program_error)?;
         let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
             path: pin.clone(),
             source,
