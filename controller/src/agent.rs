@@ -233,7 +233,7 @@ impl<D: Datapath> Agent<D> {
         if let Err(msg) = validate_attachment(&attachment) {
             return error(ErrorKind::Invalid, msg);
         }
-        let before = self.ipam.clone();
+        let known = self.ipam.get(&attachment).is_some();
         let ip = match self.ipam.allocate(&attachment) {
             Ok(ip) => ip,
             Err(e @ IpamError::Exhausted(_)) => return error(ErrorKind::Exhausted, e.to_string()),
@@ -241,7 +241,9 @@ impl<D: Datapath> Agent<D> {
         };
         // Durable before the address is handed out.
         if let Err(e) = self.persist() {
-            self.ipam = before;
+            if !known {
+                self.ipam.release(&attachment);
+            }
             return error(ErrorKind::Internal, e.to_string());
         }
         info!(?attachment, %ip, "address allocated");
@@ -257,13 +259,13 @@ impl<D: Datapath> Agent<D> {
         let Some(ip) = self.ipam.get(&ep.attachment) else {
             return error(
                 ErrorKind::NotFound,
-                format!("no address allocated for {:?}", ep.attachment),
+                format!("no address allocated for {}", ep.attachment),
             );
         };
         if ep.ip != IpAddr::V4(ip) {
             return error(
                 ErrorKind::Invalid,
-                format!("{:?} was allocated {ip}, not {}", ep.attachment, ep.ip),
+                format!("{} was allocated {ip}, not {}", ep.attachment, ep.ip),
             );
         }
         // A retried ADD may have rewired the pod under a new ifindex.
@@ -321,7 +323,7 @@ impl<D: Datapath> Agent<D> {
             },
             None => error(
                 ErrorKind::NotFound,
-                format!("nothing known about {attachment:?}"),
+                format!("nothing known about {attachment}"),
             ),
         }
     }
