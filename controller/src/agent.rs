@@ -438,6 +438,15 @@ mod tests {
         }
     }
 
+    async fn register(agent: &mut Agent<FakeDatapath>, id: &str, ip: IpAddr) {
+        let resp = agent
+            .handle(Request::Register {
+                endpoint: spec(id, ip),
+            })
+            .await;
+        assert_eq!(resp, Response::Ok, "register {id}");
+    }
+
     fn error_kind(response: Response) -> ErrorKind {
         match response {
             Response::Error { kind, .. } => kind,
@@ -461,14 +470,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut agent = agent(dir.path(), FakeDatapath::default()).await;
         let a = allocate(&mut agent, "a").await;
-        assert_eq!(
-            agent
-                .handle(Request::Register {
-                    endpoint: spec("a", a.ip)
-                })
-                .await,
-            Response::Ok
-        );
+        register(&mut agent, "a", a.ip).await;
         assert_eq!(agent.datapath().calls, vec!["install lxca 10.9.0.2 id=2"]);
         match agent
             .handle(Request::Get {
@@ -598,14 +600,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut first = agent(dir.path(), FakeDatapath::default()).await;
         let a = allocate(&mut first, "a").await;
-        assert_eq!(
-            first
-                .handle(Request::Register {
-                    endpoint: spec("a", a.ip)
-                })
-                .await,
-            Response::Ok
-        );
+        register(&mut first, "a", a.ip).await;
         let b = allocate(&mut first, "b").await;
         drop(first);
 
@@ -640,14 +635,8 @@ mod tests {
         let a = allocate(&mut agent, "a").await;
         let b = allocate(&mut agent, "b").await;
         allocate(&mut agent, "pending").await;
-        for (id, alloc) in [("a", &a), ("b", &b)] {
-            let resp = agent
-                .handle(Request::Register {
-                    endpoint: spec(id, alloc.ip),
-                })
-                .await;
-            assert_eq!(resp, Response::Ok);
-        }
+        register(&mut agent, "a", a.ip).await;
+        register(&mut agent, "b", b.ip).await;
         let resp = agent
             .handle(Request::Gc {
                 valid: vec![att("a")],
