@@ -7,6 +7,8 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod endpoint;
+pub mod identity;
+pub mod ipcache;
 pub mod metrics;
 
 #[cfg(feature = "api")]
@@ -17,10 +19,20 @@ pub mod api;
 pub mod maps {
     pub const ENDPOINTS: &str = "SLUICE_ENDPOINTS";
     pub const METRICS: &str = "SLUICE_METRICS";
+    pub const IPCACHE: &str = "SLUICE_IPCACHE";
+    pub const CONFIG: &str = "SLUICE_CONFIG";
 }
 
 /// Names of the programs in the eBPF object.
 pub mod programs {
     /// TC ingress of the host side of a pod's veth: packets leaving the pod.
     pub const FROM_CONTAINER: &str = "from_container";
+    /// TC ingress of the node's VXLAN device: packets from other nodes.
+    pub const FROM_OVERLAY: &str = "from_overlay";
+    /// TC egress of the node's VXLAN device: sets the tunnel key for
+    /// packets the host stack routes there.
+    pub const TO_OVERLAY: &str = "to_overlay";
+    /// TC ingress of the underlay device (native routing): packets for
+    /// local pods from other nodes.
+    pub const FROM_NETDEV: &str = "from_netdev";
 }

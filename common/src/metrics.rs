@@ -39,8 +39,21 @@ pub mod reason {
     pub const DROP_UNSUPPORTED_L3: u32 = 4;
     /// Dropped: redirect to the destination pod failed.
     pub const DROP_REDIRECT_FAILED: u32 = 5;
+    /// Sent to another node through the VXLAN tunnel.
+    pub const FORWARD_TUNNEL: u32 = 6;
+    /// Sent to another node over the routed underlay.
+    pub const FORWARD_NATIVE: u32 = 7;
+    /// Dropped: a tunnelled packet without tunnel metadata, or setting the
+    /// tunnel key failed.
+    pub const DROP_NO_TUNNEL_KEY: u32 = 8;
+    /// Dropped: a tunnelled packet whose inner source does not belong to
+    /// the node that sent it.
+    pub const DROP_TUNNEL_SOURCE: u32 = 9;
+    /// Dropped: the host routed a packet into the tunnel for an address no
+    /// node owns.
+    pub const DROP_NO_TUNNEL_ENDPOINT: u32 = 10;
     /// Number of reasons; sizes the counter map.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 11;
 
     /// Metric label of a reason.
     pub const fn name(reason: u32) -> &'static str {
@@ -51,6 +64,11 @@ pub mod reason {
             DROP_MALFORMED => "drop_malformed",
             DROP_UNSUPPORTED_L3 => "drop_unsupported_l3",
             DROP_REDIRECT_FAILED => "drop_redirect_failed",
+            FORWARD_TUNNEL => "forward_tunnel",
+            FORWARD_NATIVE => "forward_native",
+            DROP_NO_TUNNEL_KEY => "drop_no_tunnel_key",
+            DROP_TUNNEL_SOURCE => "drop_tunnel_source",
+            DROP_NO_TUNNEL_ENDPOINT => "drop_no_tunnel_endpoint",
             _ => "unknown",
         }
     }
@@ -58,7 +76,13 @@ pub mod reason {
     pub const fn is_drop(reason: u32) -> bool {
         matches!(
             reason,
-            DROP_SPOOFED_SOURCE | DROP_MALFORMED | DROP_UNSUPPORTED_L3 | DROP_REDIRECT_FAILED
+            DROP_SPOOFED_SOURCE
+                | DROP_MALFORMED
+                | DROP_UNSUPPORTED_L3
+                | DROP_REDIRECT_FAILED
+                | DROP_NO_TUNNEL_KEY
+                | DROP_TUNNEL_SOURCE
+                | DROP_NO_TUNNEL_ENDPOINT
         )
     }
 }

@@ -10,7 +10,66 @@ use crate::dataplane::MapSizes;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+/// Pod MTU when nothing else decides it (no underlay known).
 pub const DEFAULT_MTU: u32 = 1500;
+
+/// Where the agent learns cluster objects (Nodes, Namespaces, Pods,
+/// NetworkPolicies) from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Datastore {
+    /// A directory of Kubernetes YAML manifests, watched like the API (the lab).
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for Datastore {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("dir", path)) if !path.is_empty() => Ok(Self::Dir(path.into())),
+            _ => Err(format!("invalid datastore {s:?}: want dir:PATH")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Datastore {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// How packets reach pods on other nodes; one choice per cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// VXLAN (collect-metadata device) between nodes; works on any underlay.
+    #[default]
+    Tunnel,
+    /// Plain routing on the underlay: every node routes the others' pod CIDRs.
+    Native,
+}
+
+impl Routing {
+    /// Bytes the encapsulation adds to every packet (outer IPv4 + UDP +
+    /// VXLAN + inner Ethernet).
+    pub fn overhead(self) -> u32 {
+        match self {
+            Routing::Tunnel => 50,
+            Routing::Native => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Routing::Tunnel => "tunnel",
+            Routing::Native => "native",
+        })
+    }
+}
 
 /// The config file; every key optional.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
@@ -23,6 +82,9 @@ pub struct FileConfig {
     pub bpffs: Option<PathBuf>,
     pub mtu: Option<u32>,
     pub max_endpoints: Option<u32>,
+    pub datastore: Option<Datastore>,
+    pub routing: Option<Routing>,
+    pub masquerade: Option<bool>,
 }
 
 /// Flags as given; `None` when absent.
@@ -34,6 +96,9 @@ pub struct FlagConfig {
     pub socket: Option<PathBuf>,
     pub bpffs: Option<PathBuf>,
     pub mtu: Option<u32>,
+    pub datastore: Option<Datastore>,
+    pub routing: Option<Routing>,
+    pub masquerade: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +109,13 @@ pub struct Config {
     pub socket: PathBuf,
     /// Where bpffs is (or gets) mounted.
     pub bpffs: PathBuf,
-    pub mtu: u32,
+    /// Pod MTU; `None`: the underlay's MTU minus the routing overhead.
+    pub mtu: Option<u32>,
     pub max_endpoints: u32,
+    pub datastore: Option<Datastore>,
+    pub routing: Routing,
+    /// SNAT pod traffic leaving the cluster to the node's address.
+    pub masquerade: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +174,8 @@ impl Config {
         if !name_ok {
             return Err(ConfigError::NodeName(node_name));
         }
-        let mtu = flags.mtu.or(file.mtu).unwrap_or(DEFAULT_MTU);
-        if !(576..=65535).contains(&mtu) {
+        let mtu = flags.mtu.or(file.mtu);
+        if let Some(mtu) = mtu.filter(|m| !(576..=65535).contains(m)) {
             return Err(ConfigError::Mtu(mtu));
         }
         Ok(Self {
@@ -129,6 +199,9 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_BPFFS.into()),
             mtu,
             max_endpoints: file.max_endpoints.unwrap_or(MapSizes::default().endpoints),
+            datastore: flags.datastore.or(file.datastore),
+            routing: flags.routing.or(file.routing).unwrap_or_default(),
+            masquerade: flags.masquerade.or(file.masquerade).unwrap_or(true),
         })
     }
 
@@ -141,6 +214,7 @@ impl Config {
     pub fn map_sizes(&self) -> MapSizes {
         MapSizes {
             endpoints: self.max_endpoints,
+            ..MapSizes::default()
         }
     }
 }
@@ -162,18 +236,27 @@ mod tests {
         let cfg = Config::merge(flags(), FileConfig::default()).expect("config");
         assert_eq!(cfg.socket, PathBuf::from("/var/run/sluice/sluice.sock"));
         assert_eq!(cfg.pin_dir(), PathBuf::from("/sys/fs/bpf/sluice/node-1"));
-        assert_eq!(cfg.mtu, 1500);
+        assert_eq!(cfg.mtu, None);
+        assert_eq!(cfg.routing, Routing::Tunnel);
+        assert!(cfg.masquerade);
+        assert_eq!(cfg.datastore, None);
     }
 
     #[test]
     fn flags_win_over_file() {
         let file: FileConfig =
-            serde_yaml::from_str("nodeName: from-file\nmtu: 1400\nmaxEndpoints: 128\n")
+            serde_yaml::from_str("nodeName: from-file\nmtu: 1400\nmaxEndpoints: 128\nrouting: native\ndatastore: dir:/etc/sluice/manifests\nmasquerade: false\n")
                 .expect("yaml");
         let cfg = Config::merge(flags(), file).expect("config");
         assert_eq!(cfg.node_name, "node-1");
-        assert_eq!(cfg.mtu, 1400);
+        assert_eq!(cfg.mtu, Some(1400));
         assert_eq!(cfg.max_endpoints, 128);
+        assert_eq!(cfg.routing, Routing::Native);
+        assert!(!cfg.masquerade);
+        assert_eq!(
+            cfg.datastore,
+            Some(Datastore::Dir("/etc/sluice/manifests".into()))
+        );
     }
 
     #[test]
@@ -187,5 +270,8 @@ mod tests {
             Err(ConfigError::NodeName(_))
         ));
         assert!(serde_yaml::from_str::<FileConfig>("nodeNam: typo\n").is_err());
+        assert!(serde_yaml::from_str::<FileConfig>("routing: vxlan\n").is_err());
+        assert!("file:/x".parse::<Datastore>().is_err());
+        assert!("dir:".parse::<Datastore>().is_err());
     }
 }

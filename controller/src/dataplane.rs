@@ -10,8 +10,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::collections::BTreeMap;
+
 use aya::{
-    maps::{HashMap, MapData},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -19,8 +21,10 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
+use ipnet::Ipv4Net;
 use sluice_common::{
     endpoint::{EndpointInfo, IpKey},
+    ipcache::{DataplaneConfig, Ipv4Prefix, RemoteInfo},
     maps, programs,
 };
 use tracing::{info, warn};
@@ -65,23 +69,55 @@ pub enum DataplaneError {
     },
 }
 
-/// Every program error here concerns the one TC program.
-fn program_error(source: aya::programs::ProgramError) -> DataplaneError {
-    DataplaneError::Program {
-        name: programs::FROM_CONTAINER,
-        source,
+fn program_error(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> DataplaneError {
+    move |source| DataplaneError::Program { name, source }
+}
+
+fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// The programs and where each attaches.
+const PROGRAMS: [(&str, TcAttachType); 4] = [
+    (programs::FROM_CONTAINER, TcAttachType::Ingress),
+    (programs::FROM_OVERLAY, TcAttachType::Ingress),
+    (programs::TO_OVERLAY, TcAttachType::Egress),
+    (programs::FROM_NETDEV, TcAttachType::Ingress),
+];
+
+/// Link pins are named `<ifname>` for pod veths (the common case, and the
+/// layout agents before cross-node routing used) and `<program>@<ifname>`
+/// for the node's own devices, which may carry two programs.
+fn link_pin_name(program: &str, ifname: &str) -> String {
+    if program == programs::FROM_CONTAINER {
+        ifname.to_owned()
+    } else {
+        format!("{program}@{ifname}")
     }
+}
+
+/// The program (and its attach type) a link pin belongs to.
+fn pin_program(pin_name: &str) -> Option<(&'static str, TcAttachType)> {
+    let program = match pin_name.split_once('@') {
+        Some((program, _)) => program,
+        None => programs::FROM_CONTAINER,
+    };
+    PROGRAMS.iter().copied().find(|(p, _)| *p == program)
 }
 
 /// Map capacities, from the agent's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct MapSizes {
     pub endpoints: u32,
+    pub ipcache: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
-        Self { endpoints: 65536 }
+        Self {
+            endpoints: 65536,
+            ipcache: 16384,
+        }
     }
 }
 
@@ -94,6 +130,13 @@ pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     endpoints: HashMap<MapData, IpKey, EndpointInfo>,
+    remote: Option<RemoteMaps>,
+}
+
+/// The maps describing other nodes; owned by whoever syncs the nodes.
+pub struct RemoteMaps {
+    ipcache: LpmTrie<MapData, Ipv4Prefix, RemoteInfo>,
+    config: Array<MapData, DataplaneConfig>,
 }
 
 impl Dataplane {
@@ -106,40 +149,50 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(maps::ENDPOINTS, sizes.endpoints)
+            .map_max_entries(maps::IPCACHE, sizes.ipcache)
             .load(EBPF_OBJECT)?;
-        let endpoints = ebpf
-            .take_map(maps::ENDPOINTS)
-            .ok_or(DataplaneError::Missing(maps::ENDPOINTS))?;
-        let endpoints = HashMap::try_from(endpoints).map_err(|source| DataplaneError::Map {
-            name: maps::ENDPOINTS,
-            source,
-        })?;
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
+        let endpoints =
+            HashMap::try_from(take(maps::ENDPOINTS)?).map_err(map_error(maps::ENDPOINTS))?;
+        let ipcache = LpmTrie::try_from(take(maps::IPCACHE)?).map_err(map_error(maps::IPCACHE))?;
+        let config = Array::try_from(take(maps::CONFIG)?).map_err(map_error(maps::CONFIG))?;
         let mut dataplane = Self {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             endpoints,
+            remote: Some(RemoteMaps { ipcache, config }),
         };
-        dataplane
-            .container_program()?
-            .load()
-            .map_err(program_error)?;
+        for (name, _) in PROGRAMS {
+            dataplane
+                .program(name)?
+                .load()
+                .map_err(program_error(name))?;
+        }
         dataplane.upgrade_links();
         Ok(dataplane)
     }
 
-    fn container_program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+    /// The maps about other nodes, handed to the node syncer (once).
+    pub fn take_remote_maps(&mut self) -> Option<RemoteMaps> {
+        self.remote.take()
+    }
+
+    fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DataplaneError> {
         let prog = self
             .ebpf
-            .program_mut(programs::FROM_CONTAINER)
-            .ok_or(DataplaneError::Missing(programs::FROM_CONTAINER))?;
-        prog.try_into().map_err(program_error)
+            .program_mut(name)
+            .ok_or(DataplaneError::Missing(name))?;
+        prog.try_into().map_err(program_error(name))
     }
 
-    fn link_pin(&self, ifname: &str) -> PathBuf {
-        self.pin_dir.join("links").join(ifname)
+    fn link_pin(&self, program: &str, ifname: &str) -> PathBuf {
+        self.pin_dir
+            .join("links")
+            .join(link_pin_name(program, ifname))
     }
 
-    /// Swaps this agent's program into every link a previous agent pinned,
+    /// Swaps this agent's programs into every link a previous agent pinned,
     /// so an upgrade takes effect without a moment of detachment.
     fn upgrade_links(&mut self) {
         let dir = self.pin_dir.join("links");
@@ -157,6 +210,14 @@ impl Dataplane {
     }
 
     fn replace_link_program(&mut self, path: &Path) -> Result<(), DataplaneError> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let (program, _) = pin_program(name).ok_or_else(|| DataplaneError::Io {
+            path: path.to_owned(),
+            source: io::Error::other("pinned link of an unknown program"),
+        })?;
         let pinned = PinnedLink::from_pin(path).map_err(|source| DataplaneError::Link {
             path: path.to_owned(),
             source,
@@ -167,9 +228,9 @@ impl Dataplane {
                 source,
             }
         })?;
-        let prog = self.container_program()?;
-        let id = prog.attach_to_link(link).map_err(program_error)?;
-        let link = prog.take_link(id).map_err(program_error)?;
+        let prog = self.program(program)?;
+        let id = prog.attach_to_link(link).map_err(program_error(program))?;
+        let link = prog.take_link(id).map_err(program_error(program))?;
         // The pin still refers to the same link object, now running the new
         // program; dropping our fd leaves it in place.
         drop(link);
@@ -183,7 +244,20 @@ impl Dataplane {
     /// agent's program, see `upgrade_links`); a pin left from an earlier veth
     /// of the same name is replaced.
     pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), DataplaneError> {
-        let pin = self.link_pin(ifname);
+        self.attach_program(programs::FROM_CONTAINER, ifname, ifindex)
+    }
+
+    /// Attaches one of the programs (TCX, the direction it is written
+    /// for) to a device and pins the link; idempotent as [`Self::attach`].
+    pub fn attach_program(
+        &mut self,
+        program: &'static str,
+        ifname: &str,
+        ifindex: u32,
+    ) -> Result<(), DataplaneError> {
+        let (_, attach_type) =
+            pin_program(&link_pin_name(program, ifname)).ok_or(DataplaneError::Missing(program))?;
+        let pin = self.link_pin(program, ifname);
         match pinned_tcx_ifindex(&pin) {
             Ok(attached_to) if attached_to == ifindex => return Ok(()),
             Ok(_) => std::fs::remove_file(&pin).map_err(|source| DataplaneError::Io {
@@ -193,15 +267,15 @@ impl Dataplane {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(DataplaneError::Io { path: pin, source }),
         }
-        let prog = self.container_program()?;
+        let prog = self.program(program)?;
         let id = prog
             .attach_with_options(
                 ifname,
-                TcAttachType::Ingress,
+                attach_type,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
-            .map_err(program_error)?;
-        let link = prog.take_link(id).map_err(program_error)?;
+            .map_err(program_error(program))?;
+        let link = prog.take_link(id).map_err(program_error(program))?;
         let link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
             path: pin.clone(),
             source,
@@ -213,7 +287,11 @@ impl Dataplane {
 
     /// Detaches by dropping the pin (the last reference to the link).
     pub fn detach(&mut self, ifname: &str) -> Result<(), DataplaneError> {
-        let pin = self.link_pin(ifname);
+        self.detach_program(programs::FROM_CONTAINER, ifname)
+    }
+
+    pub fn detach_program(&mut self, program: &str, ifname: &str) -> Result<(), DataplaneError> {
+        let pin = self.link_pin(program, ifname);
         match std::fs::remove_file(&pin) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -224,25 +302,74 @@ impl Dataplane {
     pub fn set_endpoint(&mut self, key: IpKey, info: EndpointInfo) -> Result<(), DataplaneError> {
         self.endpoints
             .insert(key, info, 0)
-            .map_err(|source| DataplaneError::Map {
-                name: maps::ENDPOINTS,
-                source,
-            })
+            .map_err(map_error(maps::ENDPOINTS))
     }
 
     pub fn remove_endpoint(&mut self, key: &IpKey) -> Result<(), DataplaneError> {
         match self.endpoints.remove(key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DataplaneError::Map {
-                name: maps::ENDPOINTS,
-                source,
-            }),
+            Err(source) => Err(map_error(maps::ENDPOINTS)(source)),
         }
     }
 
     pub fn endpoint(&self, key: &IpKey) -> Option<EndpointInfo> {
         self.endpoints.get(key, 0).ok()
     }
+}
+
+impl RemoteMaps {
+    pub fn set_config(&mut self, config: DataplaneConfig) -> Result<(), DataplaneError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(map_error(maps::CONFIG))
+    }
+
+    /// Makes the ipcache hold exactly `desired`, writing only what differs:
+    /// entries in use are never removed and re-added, so lookups never miss
+    /// while the agent syncs (also right after a restart).
+    pub fn sync_ipcache(
+        &mut self,
+        desired: &BTreeMap<Ipv4Net, RemoteInfo>,
+    ) -> Result<SyncStats, DataplaneError> {
+        let mut stats = SyncStats::default();
+        let current: Vec<Key<Ipv4Prefix>> = self
+            .ipcache
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(maps::IPCACHE))?;
+        for key in current {
+            let net = Ipv4Net::new(key.data().addr.into(), key.prefix_len() as u8);
+            if !net.is_ok_and(|n| desired.contains_key(&n)) {
+                match self.ipcache.remove(&key) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
+                    Err(e) => return Err(map_error(maps::IPCACHE)(e)),
+                }
+            }
+        }
+        for (net, info) in desired {
+            let key = Key::new(
+                u32::from(net.prefix_len()),
+                Ipv4Prefix {
+                    addr: net.addr().octets(),
+                },
+            );
+            if self.ipcache.get(&key, 0).ok().as_ref() == Some(info) {
+                continue;
+            }
+            self.ipcache
+                .insert(&key, info, 0)
+                .map_err(map_error(maps::IPCACHE))?;
+            stats.written += 1;
+        }
+        Ok(stats)
+    }
+}
+
+/// What a sync changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    pub written: usize,
+    pub removed: usize,
 }
 
 /// The ifindex the TCX link pinned at `pin` is attached to; 0 once its

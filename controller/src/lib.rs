@@ -6,15 +6,22 @@
 
 pub mod agent;
 pub mod bpffs;
+pub mod cluster;
 pub mod config;
 pub mod counters;
 pub mod dataplane;
 pub mod ipam;
 pub mod kernel;
 pub mod lab;
+pub mod masquerade;
+pub mod metrics;
 pub mod netlink;
+pub mod node_sync;
+pub mod nodes;
+pub mod reconcile;
 pub mod server;
 pub mod state;
+pub mod underlay;
 
 /// The eBPF object built by build.rs from `dataplane-ebpf`.
 pub static EBPF_OBJECT: &[u8] =

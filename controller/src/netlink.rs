@@ -29,7 +29,7 @@ pub enum NetlinkError {
     },
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(msg) => Some(-msg.raw_code()),
         _ => None,
@@ -37,7 +37,7 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 /// `ENOENT`, `ENODEV`, `ESRCH`: the thing to delete is already gone.
-fn is_gone(e: &rtnetlink::Error) -> bool {
+pub(crate) fn is_gone(e: &rtnetlink::Error) -> bool {
     matches!(errno(e), Some(libc::ENOENT | libc::ENODEV | libc::ESRCH))
 }
 
@@ -55,7 +55,12 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    /// The raw handle, for the other netlink modules of the agent.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub(crate) fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
         let what = what.into();
         move |source| NetlinkError::Request { what, source }
     }

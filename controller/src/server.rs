@@ -57,25 +57,13 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
-/// Serves until `shutdown` resolves.
-pub async fn serve<D: Datapath>(
-    listener: UnixListener,
-    agent: &mut Agent<D>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    if tokio::time::timeout(DEADLINE, serve_one(stream, agent)).await.is_err() {
-                        warn!("API client timed out");
-                    }
-                }
-                Err(e) => warn!(error = %e, "accepting an API connection"),
-            },
-        }
+/// Answers one API connection, within the per-connection deadline.
+pub async fn serve_connection<D: Datapath>(stream: UnixStream, agent: &mut Agent<D>) {
+    if tokio::time::timeout(DEADLINE, serve_one(stream, agent))
+        .await
+        .is_err()
+    {
+        warn!("API client timed out");
     }
 }
 

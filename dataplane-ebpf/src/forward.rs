@@ -1,4 +1,5 @@
-//! Forwarding decisions for packets leaving a pod.
+//! Forwarding decisions: packets leaving a pod, and packets for local pods
+//! arriving from other nodes.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::bpf_redirect_peer,
@@ -12,14 +13,19 @@ use sluice_common::{
 use crate::{
     maps::ENDPOINTS,
     parse::{self, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF},
+    remote,
 };
+
+/// Reason of a verdict that is not counted: the underlay's own traffic
+/// passing by.
+pub const UNCOUNTED: u32 = u32::MAX;
 
 pub struct Verdict {
     pub action: i32,
     pub reason: u32,
 }
 
-const fn verdict(action: i32, reason: u32) -> Verdict {
+pub const fn verdict(action: i32, reason: u32) -> Verdict {
     Verdict { action, reason }
 }
 
@@ -42,40 +48,53 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     // Anti-spoofing: the source must be an endpoint, and the packet must
     // come in through that endpoint's own veth.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    match ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.saddr)) {
-        Some(src) if unsafe { (*src).ifindex } == ifindex => {}
+    let identity = match ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.saddr)) {
+        Some(src) if unsafe { (*src).ifindex } == ifindex => unsafe { (*src).identity },
         _ => return verdict(TC_ACT_SHOT, reason::DROP_SPOOFED_SOURCE),
-    }
-
-    let Some(dst) = ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.daddr)) else {
-        return verdict(TC_ACT_OK, reason::TO_STACK);
     };
-    let dst = unsafe { *dst };
+
     // Let the host stack answer with ICMP time-exceeded.
     if pkt.hdr.ttl <= 1 {
         return verdict(TC_ACT_OK, reason::TO_STACK);
     }
-    deliver_local(ctx, &pkt.hdr, &dst)
+    if let Some(dst) = ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.daddr)) {
+        let dst = unsafe { *dst };
+        return deliver_local(ctx, &pkt.hdr, &dst);
+    }
+    remote::forward(ctx, &pkt.hdr, identity)
+}
+
+/// A packet from another node (overlay or underlay): local pods get it
+/// directly, everything else is the host's.
+pub fn to_local_pod(ctx: &TcContext, hdr: &parse::Ipv4Hdr) -> Option<Verdict> {
+    let dst = ENDPOINTS.get_ptr(IpKey::v4(hdr.daddr))?;
+    let dst = unsafe { *dst };
+    if hdr.ttl <= 1 {
+        return Some(verdict(TC_ACT_OK, reason::TO_STACK));
+    }
+    Some(deliver_local(ctx, hdr, &dst))
+}
+
+/// Decrements the TTL as a router does; the caller checked it is above 1.
+pub fn decrement_ttl(ctx: &TcContext, hdr: &parse::Ipv4Hdr) -> Result<(), ()> {
+    let old_word = u16::from_be_bytes([hdr.ttl, hdr.protocol]);
+    let new_word = u16::from_be_bytes([hdr.ttl - 1, hdr.protocol]);
+    ctx.l3_csum_replace(
+        ETH_HLEN + IPV4_CSUM_OFF,
+        old_word.to_be() as u64,
+        new_word.to_be() as u64,
+        2,
+    )
+    .map_err(|_| ())?;
+    ctx.store(ETH_HLEN + IPV4_TTL_OFF, &(hdr.ttl - 1), 0)
+        .map_err(|_| ())
 }
 
 /// Route to a pod on this node: decrement TTL, rewrite L2 as the pod's
 /// gateway would, and hand the packet straight to the pod's netns, skipping
 /// the host's routing and netfilter.
 fn deliver_local(ctx: &TcContext, hdr: &parse::Ipv4Hdr, dst: &EndpointInfo) -> Verdict {
-    let old_word = u16::from_be_bytes([hdr.ttl, hdr.protocol]);
-    let new_word = u16::from_be_bytes([hdr.ttl - 1, hdr.protocol]);
-    if ctx
-        .l3_csum_replace(
-            ETH_HLEN + IPV4_CSUM_OFF,
-            old_word.to_be() as u64,
-            new_word.to_be() as u64,
-            2,
-        )
-        .is_err()
-        || ctx
-            .store(ETH_HLEN + IPV4_TTL_OFF, &(hdr.ttl - 1), 0)
-            .is_err()
-    {
+    if decrement_ttl(ctx, hdr).is_err() {
         return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
     }
     let mut macs = [0u8; 12];

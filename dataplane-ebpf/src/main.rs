@@ -6,6 +6,7 @@ mod forward;
 mod maps;
 mod metrics;
 mod parse;
+mod remote;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
@@ -16,6 +17,42 @@ pub fn from_container(ctx: TcContext) -> i32 {
     metrics::count(
         verdict.reason,
         sluice_common::metrics::dir::EGRESS,
+        ctx.len(),
+    );
+    verdict.action
+}
+
+/// TC ingress of the node's VXLAN device: pod traffic from other nodes.
+#[classifier]
+pub fn from_overlay(ctx: TcContext) -> i32 {
+    let verdict = remote::from_overlay(&ctx);
+    metrics::count(
+        verdict.reason,
+        sluice_common::metrics::dir::INGRESS,
+        ctx.len(),
+    );
+    verdict.action
+}
+
+/// TC egress of the node's VXLAN device: host traffic for remote pods.
+#[classifier]
+pub fn to_overlay(ctx: TcContext) -> i32 {
+    let verdict = remote::to_overlay(&ctx);
+    metrics::count(
+        verdict.reason,
+        sluice_common::metrics::dir::EGRESS,
+        ctx.len(),
+    );
+    verdict.action
+}
+
+/// TC ingress of the underlay device (native routing).
+#[classifier]
+pub fn from_netdev(ctx: TcContext) -> i32 {
+    let verdict = remote::from_netdev(&ctx);
+    metrics::count(
+        verdict.reason,
+        sluice_common::metrics::dir::INGRESS,
         ctx.len(),
     );
     verdict.action

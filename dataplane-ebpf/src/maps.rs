@@ -3,10 +3,11 @@
 //! them at load time from its configuration.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use sluice_common::{
     endpoint::{EndpointInfo, IpKey},
+    ipcache::{DataplaneConfig, Ipv4Prefix, RemoteInfo},
     metrics::{self, Counter},
 };
 
@@ -15,3 +16,9 @@ pub static ENDPOINTS: HashMap<IpKey, EndpointInfo> = HashMap::pinned(65536, 0);
 
 #[map(name = "SLUICE_METRICS")]
 pub static METRICS: PerCpuArray<Counter> = PerCpuArray::pinned(metrics::MAX_ENTRIES, 0);
+
+#[map(name = "SLUICE_IPCACHE")]
+pub static IPCACHE: LpmTrie<Ipv4Prefix, RemoteInfo> = LpmTrie::pinned(16384, 0);
+
+#[map(name = "SLUICE_CONFIG")]
+pub static CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);

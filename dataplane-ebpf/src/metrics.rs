@@ -4,6 +4,9 @@ use crate::maps::METRICS;
 
 #[inline(always)]
 pub fn count(reason: u32, direction: u32, bytes: u32) {
+    if reason == crate::forward::UNCOUNTED {
+        return;
+    }
     if let Some(counter) = METRICS.get_ptr_mut(index(reason, direction)) {
         // Per-CPU slot: no other CPU writes it, plain adds are safe.
         unsafe {

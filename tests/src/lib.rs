@@ -21,6 +21,13 @@ pub use sluice_controller::lab::{
     netns::Netns,
     probe,
 };
+pub use sluice_controller::lab::{
+    cluster::{Lab, LabConfig},
+    matrix::{probe_matrix, Check, TruthTable},
+    state::PodState,
+    teardown,
+    topology::PodName,
+};
 
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -282,4 +289,153 @@ macro_rules! require_root {
             return;
         }
     };
+}
+
+/// A `sluice lab` with a per-test name and directory, driven through the
+/// real `sluice` binary; `sluice lab down` on drop, also when the test
+/// fails.
+pub struct TestLab {
+    pub config: LabConfig,
+}
+
+impl TestLab {
+    /// `sluice lab up --nodes N --routing R`; panics with the CLI's output
+    /// on failure (having cleaned up).
+    pub fn up(tag: &str, nodes: usize, routing: &str) -> Self {
+        let lab = Self::new(tag);
+        lab.sluice_ok(&["up", "--nodes", &nodes.to_string(), "--routing", routing]);
+        lab
+    }
+
+    /// A unique name and directory; nothing is up yet.
+    pub fn new(tag: &str) -> Self {
+        let name = unique(tag);
+        let dir = std::env::temp_dir().join(format!("sluice-lab-{name}"));
+        let config = LabConfig::new(dir, &name, bin_dir())
+            .unwrap_or_else(|e| panic!("lab config for {name}: {e}"));
+        Self { config }
+    }
+
+    /// `sluice lab --dir D --name N --bin-dir B ARGS...`.
+    pub fn sluice(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(bin("sluice"))
+            .arg("lab")
+            .arg("--dir")
+            .arg(&self.config.dir)
+            .arg("--name")
+            .arg(&self.config.name)
+            .arg("--bin-dir")
+            .arg(&self.config.bin_dir)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running sluice lab {args:?}: {e}"))
+    }
+
+    /// Like [`sluice`](Self::sluice), panicking unless it succeeds;
+    /// returns stdout.
+    pub fn sluice_ok(&self, args: &[&str]) -> String {
+        let out = self.sluice(args);
+        assert!(
+            out.status.success(),
+            "sluice lab {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.agent_logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The lab through the library (probes, agent restarts, state).
+    pub fn lab(&self) -> Lab {
+        Lab::open(self.config.clone()).unwrap_or_else(|e| panic!("opening the lab: {e}"))
+    }
+
+    /// `sluice lab pod add NS/NAME --node NODE`; the pod as recorded.
+    pub fn pod_add(&self, pod: &str, node: &str) -> PodState {
+        self.sluice_ok(&["pod", "add", pod, "--node", node]);
+        let name: PodName = pod.parse().expect("pod name");
+        self.lab()
+            .state()
+            .pod(&name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{pod} not in lab.json after pod add"))
+    }
+
+    pub fn pod_netns(&self, pod: &str) -> Netns {
+        self.lab()
+            .pod_netns(&pod.parse().expect("pod name"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn node_netns(&self, node: &str) -> Netns {
+        self.lab().node_netns(node).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Every node's agent log, for failure messages.
+    pub fn agent_logs(&self) -> String {
+        let mut logs = String::new();
+        for i in 1..=8 {
+            let node = format!("node{i}");
+            if let Ok(log) = std::fs::read_to_string(self.config.agent_log(&node)) {
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                logs.push_str(&format!("--- {node} agent log (last lines) ---\n"));
+                for line in tail.into_iter().rev() {
+                    logs.push_str(line);
+                    logs.push('\n');
+                }
+            }
+        }
+        logs
+    }
+
+    /// Probes every check between all pods until every pair of different
+    /// pods reaches each other or `within` passes (agents learn remote pods
+    /// asynchronously); returns the last tables.
+    pub fn converge(&self, checks: &[Check], within: Duration) -> Vec<TruthTable> {
+        let peers = self.lab().peers();
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let tables = probe_matrix(&peers, checks, TIMEOUT);
+            if tables.iter().all(|t| t.unreachable().is_empty())
+                || std::time::Instant::now() > deadline
+            {
+                return tables;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Retries `probe` until it succeeds or `within` passes.
+    pub fn eventually(&self, within: Duration, mut probe: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if probe() {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn down(&self) {
+        self.sluice_ok(&["down"]);
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let out = self.sluice(&["down"]);
+        if !out.status.success() {
+            eprintln!(
+                "sluice lab down failed: {}; falling back to the library",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if let Err(e) = teardown::down(&self.config) {
+                eprintln!("lab down: {e}");
+            }
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask`: bootstrap the machine, build, run the demo, run the tests.
+//! `cargo xtask`: bootstrap the machine, build, run the lab demo, run the
+//! tests.
 //!
 //! Every command installs what it needs first, idempotently, so a fresh
 //! machine needs nothing but this repository and a Rust toolchain.
@@ -26,9 +27,11 @@ enum Cmd {
     Bootstrap,
     /// Bootstrap, then build every binary.
     Build,
-    /// The main job: bring up a node with pods and show them talking.
-    Demo {
-        /// Extra arguments for `sluice demo`.
+    /// The main job: bring up a two-node lab with the upstream NetworkPolicy
+    /// model's pods and show them talking (`sluice lab demo`).
+    Lab {
+        /// Extra arguments for `sluice lab demo` (e.g. --routing native,
+        /// --down).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -74,10 +77,10 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Bootstrap => bootstrap::all(),
         Cmd::Build => build(),
-        Cmd::Demo { args } => {
+        Cmd::Lab { args } => {
             build()?;
             run(Command::new(workspace_root().join("target/debug/sluice"))
-                .arg("demo")
+                .args(["lab", "demo"])
                 .args(args))
         }
         Cmd::Test { filter, no_lint } => {

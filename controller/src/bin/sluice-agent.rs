@@ -1,19 +1,33 @@
 //! sluice-agent: the node daemon.
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use clap::Parser;
 use sluice_controller::{
     agent::{Agent, AgentConfig},
     bpffs,
-    config::{Config, FlagConfig},
+    cluster::{ClusterState, DirSource},
+    config::{Config, Datastore, FlagConfig, Routing},
     dataplane::{self, Dataplane},
     kernel::KernelDatapath,
+    masquerade,
+    metrics::Metrics,
     netlink::{Netlink, HOST_DEVICE},
+    node_sync::{self, NodeSync, NodeSyncConfig},
+    nodes,
+    reconcile::Reconciler,
     server,
     state::StateFile,
+    underlay::{self, VXLAN_DEVICE},
 };
-use tracing::info;
+use tracing::{info, warn};
+
+/// How often the manifest directory is checked for changes.
+const DIR_POLL: Duration = Duration::from_millis(200);
+/// How often a failed sync is retried.
+const RETRY: Duration = Duration::from_secs(2);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,9 +51,20 @@ struct Args {
     /// Where bpffs is mounted (mounted there if it is not) [default: /sys/fs/bpf].
     #[arg(long)]
     bpffs: Option<PathBuf>,
-    /// Pod interface MTU [default: 1500].
+    /// Pod interface MTU [default: the underlay's MTU minus the tunnel
+    /// overhead; 1500 without a datastore].
     #[arg(long)]
     mtu: Option<u32>,
+    /// Where cluster objects come from: `dir:PATH`, a directory of
+    /// Kubernetes YAML watched like the API server (the lab).
+    #[arg(long)]
+    datastore: Option<Datastore>,
+    /// How pods reach other nodes [default: tunnel].
+    #[arg(long, value_enum)]
+    routing: Option<Routing>,
+    /// Do not masquerade pod traffic leaving the cluster.
+    #[arg(long)]
+    no_masquerade: bool,
     /// YAML config file; flags override its keys.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -66,6 +91,9 @@ fn main() -> anyhow::Result<()> {
         socket: args.socket,
         bpffs: args.bpffs,
         mtu: args.mtu,
+        datastore: args.datastore,
+        routing: args.routing,
+        masquerade: args.no_masquerade.then_some(false),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -86,7 +114,16 @@ async fn uninstall(mut flags: FlagConfig, file: Option<PathBuf>) -> anyhow::Resu
     let config = Config::resolve(flags, file.as_deref())?;
     dataplane::remove_pins(&config.pin_dir())
         .with_context(|| format!("removing {}", config.pin_dir().display()))?;
-    Netlink::new()?.delete_link(HOST_DEVICE).await?;
+    let netlink = Netlink::new()?;
+    netlink.delete_link(HOST_DEVICE).await?;
+    netlink.delete_link(VXLAN_DEVICE).await?;
+    netlink
+        .sync_node_routes(&Default::default(), 0, None)
+        .await
+        .context("removing routes to other nodes")?;
+    if let Err(e) = masquerade::apply(&masquerade::ruleset(None, &Default::default())) {
+        warn!(error = %e, "removing the masquerade rules");
+    }
     match std::fs::remove_file(&config.socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(e).with_context(|| format!("removing {}", config.socket.display()))
@@ -98,15 +135,68 @@ async fn uninstall(mut flags: FlagConfig, file: Option<PathBuf>) -> anyhow::Resu
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
     bpffs::ensure_mounted(&config.bpffs)?;
-    let dataplane = Dataplane::load(&config.pin_dir(), config.map_sizes())
+    let mut dataplane = Dataplane::load(&config.pin_dir(), config.map_sizes())
         .context("loading the eBPF dataplane")?;
+    let mut remote_maps = dataplane
+        .take_remote_maps()
+        .context("eBPF maps for other nodes missing")?;
     let netlink = Netlink::new()?;
     let gateway = sluice_controller::ipam::Ipam::new(config.pod_cidr)?.gateway();
     netlink
         .ensure_host_device(gateway)
         .await
         .context("setting up the host device")?;
+    underlay::enable_ip_forwarding().context("enabling IPv4 forwarding")?;
+
+    let mut state = ClusterState::default();
+    let mut source = match &config.datastore {
+        Some(Datastore::Dir(dir)) => {
+            let mut source = DirSource::new(dir.clone(), metrics.clone())
+                .with_context(|| format!("opening the manifest directory {}", dir.display()))?;
+            for event in source.scan() {
+                state.apply(event);
+            }
+            Some(source)
+        }
+        None => None,
+    };
+    let setup = match source.as_mut() {
+        Some(source) => {
+            let node_ip = wait_for_own_node(&config.node_name, source, &mut state).await;
+            Some(
+                node_sync::setup(
+                    &mut dataplane,
+                    &mut remote_maps,
+                    &netlink,
+                    config.routing,
+                    node_ip,
+                )
+                .await
+                .context("setting up cross-node routing")?,
+            )
+        }
+        None => None,
+    };
+    let mtu = config
+        .mtu
+        .or(setup.as_ref().map(|s| s.pod_mtu()))
+        .unwrap_or(sluice_controller::config::DEFAULT_MTU);
+    let node_sync = NodeSync::new(
+        remote_maps,
+        netlink.clone(),
+        NodeSyncConfig {
+            node_name: config.node_name.clone(),
+            pod_cidr: config.pod_cidr,
+            gateway,
+            masquerade: config.masquerade,
+        },
+        setup,
+    );
+    let mut reconciler = Reconciler::new(state, node_sync, metrics.clone());
+    reconciler.sync().await;
+
     let datapath = KernelDatapath {
         dataplane,
         netlink,
@@ -116,18 +206,62 @@ async fn run(config: Config) -> anyhow::Result<()> {
         AgentConfig {
             node_name: config.node_name.clone(),
             pod_cidr: config.pod_cidr,
-            mtu: config.mtu,
+            mtu,
         },
         StateFile::new(&config.state_dir),
         datapath,
     )
     .await?;
     let listener = server::bind(&config.socket).await?;
-    info!(node = %config.node_name, pod_cidr = %config.pod_cidr, socket = %config.socket.display(), pins = %config.pin_dir().display(), "agent ready");
-    server::serve(listener, &mut agent, shutdown_signal()).await;
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(64);
+    if let Some(source) = source {
+        tokio::spawn(source.run(events_tx, DIR_POLL));
+    }
+    info!(node = %config.node_name, pod_cidr = %config.pod_cidr, routing = %config.routing, mtu, socket = %config.socket.display(), pins = %config.pin_dir().display(), "agent ready");
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut retry = tokio::time::interval(RETRY);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => server::serve_connection(stream, &mut agent).await,
+                Err(e) => warn!(error = %e, "accepting an API connection"),
+            },
+            Some(event) = events.recv() => reconciler.handle(event).await,
+            _ = retry.tick() => reconciler.sync().await,
+        }
+    }
     let _ = std::fs::remove_file(&config.socket);
     info!("agent stopped; dataplane stays pinned");
     Ok(())
+}
+
+/// Cross-node routing starts from this node's own Node object (its
+/// InternalIP names the underlay), as kubelet registers it; until it shows
+/// up in the datastore there is nothing to route with.
+async fn wait_for_own_node(
+    name: &str,
+    source: &mut DirSource,
+    state: &mut ClusterState,
+) -> std::net::Ipv4Addr {
+    let mut waiting_logged = false;
+    loop {
+        match state.nodes.get(name).map(nodes::node_info) {
+            Some(Ok(info)) => return info.ip,
+            Some(Err(reason)) if !waiting_logged => {
+                warn!(node = name, %reason, "own Node object unusable; waiting for a fix")
+            }
+            None if !waiting_logged => info!(node = name, "waiting for own Node object"),
+            _ => {}
+        }
+        waiting_logged = true;
+        tokio::time::sleep(DIR_POLL).await;
+        for event in source.scan() {
+            state.apply(event);
+        }
+    }
 }
 
 async fn shutdown_signal() {

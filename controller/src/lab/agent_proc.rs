@@ -41,6 +41,17 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn spawn(options: AgentOptions) -> std::io::Result<Self> {
+        Self::spawn_with(options, false)
+    }
+
+    /// Like [`spawn`](Self::spawn), in a session of its own, for an agent
+    /// meant to outlive its starter (the lab's): a Ctrl-C or hangup on the
+    /// starter's terminal does not reach it.
+    pub fn spawn_in_session(options: AgentOptions) -> std::io::Result<Self> {
+        Self::spawn_with(options, true)
+    }
+
+    fn spawn_with(options: AgentOptions, new_session: bool) -> std::io::Result<Self> {
         if let Some(dir) = options.log.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -48,8 +59,11 @@ impl AgentProcess {
             .create(true)
             .append(true)
             .open(&options.log)?;
-        let child = options
-            .command(&options.binary)?
+        let mut command = options.command(&options.binary)?;
+        if new_session {
+            new_session_on_exec(&mut command);
+        }
+        let child = command
             .arg("--node-name")
             .arg(&options.node_name)
             .arg("--pod-cidr")
@@ -78,9 +92,12 @@ impl AgentProcess {
         }
     }
 
-    /// Lets the process outlive this handle.
+    /// Lets the process outlive this handle. A thread reaps it when it
+    /// exits, so a long-lived starter (a test) collects no zombies.
     pub fn detach(mut self) {
-        self.child = None;
+        if let Some(child) = self.child.take() {
+            reap_in_background(child);
+        }
     }
 
     /// Waits until the agent answers `Status`, or fails with its log.
@@ -171,4 +188,23 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Makes `command`'s process the leader of a new session when it starts.
+pub fn new_session_on_exec(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+            Ok(())
+        });
+    }
+}
+
+/// Waits for `child` on a thread of its own.
+pub fn reap_in_background(mut child: Child) {
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
 }

@@ -1,9 +1,20 @@
-//! Building blocks for running sluice on one host without Kubernetes:
-//! named network namespaces, agent processes inside them, pods wired by the
-//! real `sluice-cni`, and probes between them. The demo (`sluice demo`) and
-//! the namespace tests both use these, so there is one way to do each.
+//! Running sluice on one host without Kubernetes. The building blocks
+//! (named network namespaces, agent processes inside them, pods wired by
+//! the real `sluice-cni`, probes between them) serve the namespace tests;
+//! [`cluster`] puts them together into `sluice lab`: several nodes on a
+//! fabric, watching a directory of Kubernetes YAML.
 
 pub mod agent_proc;
+pub mod cluster;
 pub mod cni;
+pub mod fabric;
+pub mod manifests;
+pub mod matrix;
+pub mod model;
 pub mod netns;
+pub mod objects;
 pub mod probe;
+pub mod procs;
+pub mod state;
+pub mod teardown;
+pub mod topology;

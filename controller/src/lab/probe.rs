@@ -27,9 +27,18 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(ns: &Netns, addr: SocketAddr) -> std::io::Result<Self> {
-        let (tcp, udp) = ns.run(move || -> std::io::Result<(TcpListener, UdpSocket)> {
-            Ok((TcpListener::bind(addr)?, UdpSocket::bind(addr)?))
-        })??;
+        let (tcp, udp) = ns.run(move || bind(addr))??;
+        Self::serve(tcp, udp)
+    }
+
+    /// Serves in the caller's own network namespace (the lab's pod server
+    /// process runs inside the pod's).
+    pub fn listen(addr: SocketAddr) -> std::io::Result<Self> {
+        let (tcp, udp) = bind(addr)?;
+        Self::serve(tcp, udp)
+    }
+
+    fn serve(tcp: TcpListener, udp: UdpSocket) -> std::io::Result<Self> {
         tcp.set_nonblocking(true)?;
         udp.set_read_timeout(Some(POLL))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -67,6 +76,10 @@ impl EchoServer {
             threads: vec![tcp_thread, udp_thread],
         })
     }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, UdpSocket)> {
+    Ok((TcpListener::bind(addr)?, UdpSocket::bind(addr)?))
 }
 
 impl Drop for EchoServer {

@@ -1,7 +1,7 @@
 //! sluice: the user CLI.
-mod demo;
+mod lab;
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -21,9 +21,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Bring up one node with a few pods in network namespaces, wired by the
-    /// real sluice-cni and agent, and show them talking.
-    Demo(demo::DemoArgs),
+    /// A cluster on this host: nodes and pods in network namespaces, wired
+    /// by the real agent and sluice-cni; `sluice lab demo` shows it working.
+    Lab(lab::LabArgs),
     /// Show the agent's status.
     Status {
         #[arg(long, default_value = api::DEFAULT_SOCKET)]
@@ -38,9 +38,43 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Demo(args) => demo::run(args),
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, leaving out causes the message
+/// above them already quotes (many errors here embed their source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    let mut last = text.clone();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !last.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        last = cause;
+    }
+    text
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Lab(args) => lab::run(args),
         Command::Status { socket } => {
             match api::call(&socket, &Request::Status, Duration::from_secs(5))
                 .with_context(|| format!("asking the agent at {}", socket.display()))?
@@ -50,7 +84,7 @@ fn main() -> anyhow::Result<()> {
                     println!("pod CIDR:        {}", status.pod_cidr);
                     println!("endpoints:       {}", status.endpoints);
                     println!("free addresses:  {}", status.free_addresses);
-                    Ok(())
+                    Ok(ExitCode::SUCCESS)
                 }
                 other => bail!("unexpected answer: {other:?}"),
             }
@@ -58,12 +92,12 @@ fn main() -> anyhow::Result<()> {
         Command::Counters { node_name, bpffs } => {
             let pin_dir = sluice_controller::dataplane::pin_dir(&bpffs.join("sluice"), &node_name);
             print_counters(&counters::read(&pin_dir)?);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-pub fn print_counters(rows: &[counters::CounterRow]) {
+fn print_counters(rows: &[counters::CounterRow]) {
     println!(
         "{:<24} {:<8} {:>12} {:>14}",
         "REASON", "DIR", "PACKETS", "BYTES"

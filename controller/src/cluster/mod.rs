@@ -1,0 +1,25 @@
+//! What the agent knows about the cluster: Nodes, Namespaces, Pods and
+//! NetworkPolicies, and the one event path that keeps it current.
+//!
+//! ```text
+//! Kubernetes API (watcher) ─┐
+//!                           ├─► Event ─► ClusterState::apply ─► Changed
+//! manifest dir (DirSource) ─┘
+//! ```
+//!
+//! Sources only translate what they see into [`Event`]s; [`ClusterState`]
+//! is the single place that interprets them, so the lab's manifest
+//! directory and a real cluster cannot drift apart in behaviour.
+
+pub mod dir_source;
+pub mod resource;
+pub mod store;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use dir_source::{DirSource, DirSourceError};
+pub use resource::{
+    parse_documents, parse_json, Kind, Location, ObjectKey, ParseError, ParseErrorKind, Resource,
+};
+pub use store::{Changed, ClusterState, Event};

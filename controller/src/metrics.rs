@@ -1,0 +1,169 @@
+//! The agent's Prometheus metrics: one struct, one registry, so `/metrics`
+//! renders everything the agent knows and tests can build a private set.
+//!
+//! Cloning is cheap (the registry and the metric vectors are `Arc`s inside),
+//! so every component gets its own clone instead of a global.
+
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::cluster::Kind;
+
+/// `reason` label values of `sluice_datastore_errors_total`.
+pub mod reason {
+    /// A document that is not valid YAML/JSON or not a valid object.
+    pub const MALFORMED: &str = "malformed";
+    /// The same object defined twice; the first definition wins.
+    pub const CONFLICT: &str = "conflict";
+    /// A file or directory that could not be read.
+    pub const READ: &str = "read";
+
+    pub const ALL: [&str; 3] = [MALFORMED, CONFLICT, READ];
+}
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `sluice_datastore_errors_total{reason}`: problems with the cluster
+    /// object source that were skipped over (see [`reason`]).
+    pub datastore_errors: IntCounterVec,
+    /// `sluice_datastore_objects{kind}`: objects currently known, by kind.
+    pub datastore_objects: IntGaugeVec,
+    /// `sluice_sync_errors_total{what}`: failed attempts to apply desired
+    /// state to the kernel (retried).
+    pub sync_errors: IntCounterVec,
+    /// `sluice_node_problems`: Node objects skipped as unusable.
+    pub node_problems: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let datastore_errors = IntCounterVec::new(
+            Opts::new(
+                "sluice_datastore_errors_total",
+                "Cluster objects or files skipped by the datastore, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("fixed, valid metric definition");
+        let datastore_objects = IntGaugeVec::new(
+            Opts::new(
+                "sluice_datastore_objects",
+                "Cluster objects currently known to the agent, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("fixed, valid metric definition");
+        let sync_errors = IntCounterVec::new(
+            Opts::new(
+                "sluice_sync_errors_total",
+                "Failed attempts to apply desired state to the kernel, by what was applied.",
+            ),
+            &["what"],
+        )
+        .expect("fixed, valid metric definition");
+        let node_problems = IntGauge::new(
+            "sluice_node_problems",
+            "Node objects skipped because they cannot be used (no InternalIP, bad or overlapping pod CIDR).",
+        )
+        .expect("fixed, valid metric definition");
+        // Registration only fails on a duplicate or inconsistent name, which
+        // would be a bug in this function (the unit test renders them all).
+        registry
+            .register(Box::new(datastore_errors.clone()))
+            .expect("metric names are unique");
+        registry
+            .register(Box::new(datastore_objects.clone()))
+            .expect("metric names are unique");
+        registry
+            .register(Box::new(sync_errors.clone()))
+            .expect("metric names are unique");
+        registry
+            .register(Box::new(node_problems.clone()))
+            .expect("metric names are unique");
+
+        // Export every series from the start: a counter that appears only on
+        // its first increment breaks `rate()` and "is it zero?" alerts.
+        for reason in reason::ALL {
+            datastore_errors.with_label_values(&[reason]);
+        }
+        for kind in Kind::ALL {
+            datastore_objects.with_label_values(&[kind.label()]);
+        }
+        sync_errors.with_label_values(&["nodes"]);
+
+        Metrics {
+            registry,
+            datastore_errors,
+            datastore_objects,
+            sync_errors,
+            node_problems,
+        }
+    }
+
+    /// Everything in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String fails only on a metric family without
+        // metrics or similar misuse, impossible with the fixed set above;
+        // a partial page beats no page, so log and return what there is.
+        if let Err(error) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(%error, "rendering metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series_from_the_start() {
+        let text = Metrics::new().render();
+        for reason in reason::ALL {
+            let line = format!("sluice_datastore_errors_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        for kind in Kind::ALL {
+            let line = format!("sluice_datastore_objects{{kind=\"{}\"}} 0", kind.label());
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains("# TYPE sluice_datastore_errors_total counter"));
+        assert!(text.contains("# TYPE sluice_datastore_objects gauge"));
+    }
+
+    #[test]
+    fn clones_share_the_registry() {
+        let metrics = Metrics::new();
+        let clone = metrics.clone();
+        clone
+            .datastore_errors
+            .with_label_values(&[reason::CONFLICT])
+            .inc();
+        clone
+            .datastore_objects
+            .with_label_values(&[Kind::Pod.label()])
+            .set(3);
+        let text = metrics.render();
+        assert!(text.contains("sluice_datastore_errors_total{reason=\"conflict\"} 1"));
+        assert!(text.contains("sluice_datastore_objects{kind=\"pod\"} 3"));
+    }
+
+    #[test]
+    fn separate_instances_are_independent() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.datastore_errors.with_label_values(&[reason::READ]).inc();
+        assert_eq!(
+            b.datastore_errors.with_label_values(&[reason::READ]).get(),
+            0
+        );
+    }
+}
