@@ -5,6 +5,7 @@
 //! kernel-facing parts are exercised by the namespace tests in `tests/`.
 
 pub mod agent;
+pub mod bench;
 pub mod bpffs;
 pub mod cluster;
 pub mod config;

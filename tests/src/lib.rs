@@ -369,7 +369,9 @@ impl TestLab {
     }
 
     pub fn node_netns(&self, node: &str) -> Netns {
-        self.lab().node_netns(node).unwrap_or_else(|e| panic!("{e}"))
+        self.lab()
+            .node_netns(node)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Every node's agent log, for failure messages.

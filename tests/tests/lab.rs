@@ -258,7 +258,11 @@ fn node_to_remote_pod() {
         "node1 cannot reach {dst} on node2\n{}",
         lab.agent_logs()
     );
-    assert!(probe::icmp(&node1, pod.ip, TIMEOUT), "node1 -> {} ICMP", pod.ip);
+    assert!(
+        probe::icmp(&node1, pod.ip, TIMEOUT),
+        "node1 -> {} ICMP",
+        pod.ip
+    );
 }
 
 /// Sends a line on `conn` and expects the echo server to send it back.
@@ -322,17 +326,21 @@ fn agent_restart_keeps_cross_node_connections() {
     );
 }
 
-/// What a lab could leave on the host.
+/// What a lab could leave on the host. Everything a lab makes carries its
+/// name (namespaces, its directory and the mounts in it, its processes'
+/// command lines), so other labs running meanwhile do not disturb the
+/// comparison; host links are compared whole, as a lab makes none.
 #[derive(Debug, PartialEq, Eq)]
 struct HostSnapshot {
     netns: Vec<String>,
     links: Vec<String>,
     mounts: Vec<String>,
-    sluice_processes: usize,
+    processes: Vec<String>,
     lab_dir: bool,
 }
 
 fn snapshot(lab: &TestLab) -> HostSnapshot {
+    let name = &lab.config.name;
     let out = std::process::Command::new("ip")
         .args(["-o", "link", "show"])
         .output()
@@ -346,30 +354,35 @@ fn snapshot(lab: &TestLab) -> HostSnapshot {
     let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")
         .lines()
+        .filter(|l| l.contains(name.as_str()))
         .map(str::to_owned)
         .collect();
     mounts.sort();
     HostSnapshot {
-        netns: sluice_controller::lab::netns::list(""),
+        netns: sluice_controller::lab::netns::list(name),
         links,
         mounts,
-        sluice_processes: sluice_processes(),
+        processes: processes_of(name),
         lab_dir: lab.config.dir.exists(),
     }
 }
 
-/// Live (not zombie) processes named sluice* (agents, pod servers).
-fn sluice_processes() -> usize {
-    std::fs::read_dir("/proc")
+/// Command lines of live (not zombie) processes that mention `name`.
+fn processes_of(name: &str) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir("/proc")
         .expect("/proc")
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.starts_with("sluice"))
-                && sluice_controller::lab::procs::is_alive(pid)
+        .filter(|&pid| pid != std::process::id())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains(name) && sluice_controller::lab::procs::is_alive(pid))
+                .then_some(cmdline)
         })
-        .count()
+        .collect();
+    found.sort();
+    found
 }
 
 #[test]
@@ -381,7 +394,11 @@ fn down_leaves_host_as_it_was() {
     lab.sluice_ok(&["up", "--nodes", "2"]);
     lab.pod_add("x/a", "node1");
     lab.pod_add("y/a", "node2");
-    assert_ne!(snapshot(&lab), before, "the lab must show up at all");
+    let during = snapshot(&lab);
+    assert!(
+        during.netns.len() == 6 && during.processes.len() == 4 && !during.mounts.is_empty(),
+        "the snapshot must see the lab at all: {during:?}"
+    );
     lab.down();
     assert_eq!(snapshot(&lab), before, "after down");
 
@@ -450,7 +467,11 @@ fn failed_pod_add_leaves_nothing() {
         !sluice_controller::lab::netns::list(&lab.config.name).contains(&netns),
         "the pod's netns is left"
     );
-    assert!(!lab.config.manifests().pod_path(&"x/a".parse().expect("pod")).exists());
+    assert!(!lab
+        .config
+        .manifests()
+        .pod_path(&"x/a".parse().expect("pod"))
+        .exists());
     assert!(lab.lab().state().pods.is_empty());
 
     for bad in ["x", "X/a", "x/a_b", "x/-a"] {

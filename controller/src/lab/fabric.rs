@@ -140,7 +140,10 @@ async fn build_fabric(uplinks: &[Uplink]) -> Result<(), FabricError> {
             .add(LinkVeth::new(&uplink.fabric_link, UPLINK).build())
             .execute()
             .await
-            .map_err(nl_err(format!("creating veth {} <-> {UPLINK}", uplink.fabric_link)))?;
+            .map_err(nl_err(format!(
+                "creating veth {} <-> {UPLINK}",
+                uplink.fabric_link
+            )))?;
         let peer = require_link(&handle, UPLINK).await?;
         let target_ns = Netns::existing(&uplink.netns);
         let target = File::open(target_ns.path())
@@ -154,7 +157,10 @@ async fn build_fabric(uplinks: &[Uplink]) -> Result<(), FabricError> {
             )
             .execute()
             .await
-            .map_err(nl_err(format!("moving {UPLINK} into netns {}", uplink.netns)))?;
+            .map_err(nl_err(format!(
+                "moving {UPLINK} into netns {}",
+                uplink.netns
+            )))?;
         let link = require_link(&handle, &uplink.fabric_link).await?;
         match uplink.fabric_ip {
             Some((ip, prefix)) => add_address(&handle, link, ip, prefix).await?,
@@ -187,7 +193,10 @@ async fn configure_uplink(uplink: &Uplink) -> Result<(), FabricError> {
         )
         .execute()
         .await
-        .map_err(nl_err(format!("adding default route via {}", uplink.gateway)))?;
+        .map_err(nl_err(format!(
+            "adding default route via {}",
+            uplink.gateway
+        )))?;
     // Kubernetes nodes forward (kubeadm refuses to join a node that does
     // not); the external host forwarding too changes nothing.
     enable_forwarding()
@@ -247,7 +256,14 @@ mod tests {
         let links = uplinks(&nodes, "lab-ext");
         let got: Vec<_> = links
             .iter()
-            .map(|u| (u.fabric_link.as_str(), u.ip.to_string(), u.gateway.to_string(), u.fabric_ip.is_some()))
+            .map(|u| {
+                (
+                    u.fabric_link.as_str(),
+                    u.ip.to_string(),
+                    u.gateway.to_string(),
+                    u.fabric_ip.is_some(),
+                )
+            })
             .collect();
         assert_eq!(
             got,

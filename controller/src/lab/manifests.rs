@@ -42,7 +42,9 @@ impl ManifestDir {
     }
 
     pub fn namespace_path(&self, namespace: &str) -> PathBuf {
-        self.root.join("namespaces").join(format!("{namespace}.yaml"))
+        self.root
+            .join("namespaces")
+            .join(format!("{namespace}.yaml"))
     }
 
     pub fn pod_path(&self, pod: &PodName) -> PathBuf {
@@ -182,8 +184,15 @@ mod tests {
         assert_eq!(node["spec"]["podCIDRs"][0], "10.244.2.0/24");
         assert_eq!(node["status"]["addresses"][0]["type"], "InternalIP");
         assert_eq!(node["status"]["addresses"][0]["address"], "172.30.0.12");
-        assert_eq!(node["metadata"]["labels"]["kubernetes.io/hostname"], "node2");
-        assert!(yaml(&node).starts_with("apiVersion: v1\nkind: Node\n"), "{}", yaml(&node));
+        assert_eq!(
+            node["metadata"]["labels"]["kubernetes.io/hostname"],
+            "node2"
+        );
+        assert!(
+            yaml(&node).starts_with("apiVersion: v1\nkind: Node\n"),
+            "{}",
+            yaml(&node)
+        );
     }
 
     #[test]
@@ -262,8 +271,11 @@ mod tests {
         let path = dir.namespace_path("x");
         dir.write(&path, &namespace_object("x", &BTreeMap::new()))
             .expect("write");
-        dir.write(&path, &namespace_object("x", &BTreeMap::from([("a".into(), "b".into())])))
-            .expect("rewrite");
+        dir.write(
+            &path,
+            &namespace_object("x", &BTreeMap::from([("a".into(), "b".into())])),
+        )
+        .expect("rewrite");
         let back: serde_json::Value =
             serde_yaml::from_str(&std::fs::read_to_string(&path).expect("read")).expect("yaml");
         assert_eq!(back["metadata"]["labels"]["a"], "b");

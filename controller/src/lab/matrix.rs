@@ -290,14 +290,20 @@ mod tests {
         assert_eq!(t.count(), (6, 9));
         assert_eq!(
             t.unreachable(),
-            [("x/a".to_owned(), "x/b".to_owned()), ("y/long".into(), "x/a".into())]
+            [
+                ("x/a".to_owned(), "x/b".to_owned()),
+                ("y/long".into(), "x/a".into())
+            ]
         );
         assert_eq!(t.get("x/b", "x/a"), Some(true));
         assert_eq!(t.get("x/b", "z/a"), None);
         let mut expected = t.clone();
         expected.cells[2][2] = true; // diagonal: ignored
         expected.cells[0][1] = true;
-        assert_eq!(t.differences(&expected), [("x/a".to_owned(), "x/b".to_owned())]);
+        assert_eq!(
+            t.differences(&expected),
+            [("x/a".to_owned(), "x/b".to_owned())]
+        );
     }
 
     #[test]

@@ -5,14 +5,17 @@
 //! fabric, watching a directory of Kubernetes YAML.
 
 pub mod agent_proc;
+pub mod apply;
 pub mod cluster;
 pub mod cni;
+pub mod error;
 pub mod fabric;
 pub mod manifests;
 pub mod matrix;
 pub mod model;
 pub mod netns;
 pub mod objects;
+pub mod pods;
 pub mod probe;
 pub mod procs;
 pub mod state;

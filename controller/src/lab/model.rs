@@ -68,8 +68,15 @@ mod tests {
         assert_eq!(
             placed,
             [
-                "x/a@node1", "x/b@node2", "x/c@node1", "y/a@node2", "y/b@node1", "y/c@node2",
-                "z/a@node1", "z/b@node2", "z/c@node1"
+                "x/a@node1",
+                "x/b@node2",
+                "x/c@node1",
+                "y/a@node2",
+                "y/b@node1",
+                "y/c@node2",
+                "z/a@node1",
+                "z/b@node2",
+                "z/c@node1"
             ]
         );
         let first = &pods(&nodes)[0];

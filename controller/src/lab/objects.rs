@@ -182,9 +182,7 @@ fn collect(value: Value, out: &mut Vec<Object>) -> Result<(), String> {
         return Ok(());
     }
     match kind.as_str() {
-        "Pod" => {
-            return Err("pods are made with `sluice lab pod add NS/NAME --node NODE`".into())
-        }
+        "Pod" => return Err("pods are made with `sluice lab pod add NS/NAME --node NODE`".into()),
         "Node" => return Err("nodes are made by `sluice lab up --nodes N`".into()),
         _ => {}
     }
@@ -272,7 +270,10 @@ spec:
         );
         let objects = parse(&text, "in.yaml").expect("parse");
         let keys: Vec<String> = objects.iter().map(|o| o.key.to_string()).collect();
-        assert_eq!(keys, ["networkpolicy x/deny-all", "networkpolicy default/allow"]);
+        assert_eq!(
+            keys,
+            ["networkpolicy x/deny-all", "networkpolicy default/allow"]
+        );
         assert_eq!(objects[1].value["metadata"]["namespace"], "default");
         assert_eq!(objects[0].value["spec"]["policyTypes"][0], "Ingress");
     }
@@ -284,8 +285,14 @@ spec:
         assert_eq!(objects.len(), 2);
         assert_eq!(objects[0].key.namespace, None);
         assert_eq!(objects[0].value["metadata"]["labels"]["ns"], "x");
-        assert_eq!(objects[0].value["metadata"]["labels"][NAMESPACE_NAME_LABEL], "x");
-        assert_eq!(objects[1].value["metadata"]["labels"][NAMESPACE_NAME_LABEL], "y");
+        assert_eq!(
+            objects[0].value["metadata"]["labels"][NAMESPACE_NAME_LABEL],
+            "x"
+        );
+        assert_eq!(
+            objects[1].value["metadata"]["labels"][NAMESPACE_NAME_LABEL],
+            "y"
+        );
         let dir = ManifestDir::new("/m");
         assert_eq!(objects[0].key.path(&dir), dir.namespace_path("x"));
     }
@@ -295,15 +302,36 @@ spec:
         let cases = [
             ("kind: [", "not valid YAML"),
             ("- a\n- b\n", "not an object"),
-            ("kind: NetworkPolicy\nmetadata: {name: a}\n", "apiVersion is missing"),
+            (
+                "kind: NetworkPolicy\nmetadata: {name: a}\n",
+                "apiVersion is missing",
+            ),
             ("apiVersion: v1\nmetadata: {name: a}\n", "kind is missing"),
-            ("apiVersion: v1\nkind: networkpolicy\nmetadata: {name: a}\n", "not a Kubernetes kind"),
+            (
+                "apiVersion: v1\nkind: networkpolicy\nmetadata: {name: a}\n",
+                "not a Kubernetes kind",
+            ),
             ("apiVersion: v1\nkind: ConfigMap\n", "without metadata"),
-            ("apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n", "name is missing"),
-            ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\n", "metadata.name"),
-            ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: 7}\n", "not a string"),
-            ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n", "pod add"),
-            ("apiVersion: v1\nkind: Node\nmetadata: {name: a}\n", "lab up"),
+            (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n",
+                "name is missing",
+            ),
+            (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\n",
+                "metadata.name",
+            ),
+            (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: 7}\n",
+                "not a string",
+            ),
+            (
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n",
+                "pod add",
+            ),
+            (
+                "apiVersion: v1\nkind: Node\nmetadata: {name: a}\n",
+                "lab up",
+            ),
             ("", "no objects"),
             ("---\n---\n", "no objects"),
         ];
@@ -334,7 +362,10 @@ spec:
             .collect();
         assert_eq!(keys, ["configmap y/c", "networkpolicy x/deny-all"]);
         let empty = tempfile::tempdir().expect("tempdir");
-        assert!(matches!(read_path(empty.path()), Err(ObjectError::EmptyDir(_))));
+        assert!(matches!(
+            read_path(empty.path()),
+            Err(ObjectError::EmptyDir(_))
+        ));
         assert!(matches!(
             read_path(&tmp.path().join("missing.yaml")),
             Err(ObjectError::Read { .. })

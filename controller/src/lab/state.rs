@@ -223,6 +223,9 @@ mod tests {
         assert!(state.node("node1").is_some());
         assert!(state.node("node2").is_none());
         let pod: PodName = "x/a".parse().expect("pod");
-        assert_eq!(state.pod(&pod).map(|p| p.ip.to_string()).as_deref(), Some("10.244.1.2"));
+        assert_eq!(
+            state.pod(&pod).map(|p| p.ip.to_string()).as_deref(),
+            Some("10.244.1.2")
+        );
     }
 }

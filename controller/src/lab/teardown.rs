@@ -8,7 +8,8 @@ use nix::mount::{umount2, MntFlags};
 use tracing::info;
 
 use super::{
-    cluster::{io_err, lab_namespaces, LabConfig, LabError},
+    cluster::{lab_namespaces, LabConfig},
+    error::{io_err, LabError},
     netns::{self, Netns},
     procs::{self, netns_id},
 };

@@ -72,7 +72,11 @@ pub fn validate_dns_label(what: &'static str, value: &str) -> Result<(), Topolog
         ));
     }
     if value.starts_with('-') || value.ends_with('-') {
-        return Err(invalid(what, value, "must start and end with a letter or digit"));
+        return Err(invalid(
+            what,
+            value,
+            "must start and end with a letter or digit",
+        ));
     }
     Ok(())
 }
@@ -155,7 +159,11 @@ pub fn node_ip(index: usize) -> Ipv4Addr {
 
 /// The `index`-th /24 of the cluster CIDR, counting from 1, so no node gets
 /// the cluster's network address as its own.
-pub fn node_pod_cidr(cluster: Ipv4Net, index: usize, nodes: usize) -> Result<Ipv4Net, TopologyError> {
+pub fn node_pod_cidr(
+    cluster: Ipv4Net,
+    index: usize,
+    nodes: usize,
+) -> Result<Ipv4Net, TopologyError> {
     let too_small = || TopologyError::PodCidrTooSmall {
         cidr: cluster,
         nodes,
@@ -182,7 +190,11 @@ pub struct NodePlan {
 }
 
 /// Names and addresses of `nodes` nodes of lab `lab`.
-pub fn plan_nodes(lab: &str, nodes: usize, cluster: Ipv4Net) -> Result<Vec<NodePlan>, TopologyError> {
+pub fn plan_nodes(
+    lab: &str,
+    nodes: usize,
+    cluster: Ipv4Net,
+) -> Result<Vec<NodePlan>, TopologyError> {
     if !(1..=MAX_NODES).contains(&nodes) {
         return Err(TopologyError::NodeCount(nodes));
     }
@@ -281,14 +293,36 @@ mod tests {
         let plan = plan_nodes("lab", 3, cidr("10.244.0.0/16")).expect("plan");
         let got: Vec<_> = plan
             .iter()
-            .map(|n| (n.name.as_str(), n.netns.as_str(), n.ip.to_string(), n.pod_cidr.to_string()))
+            .map(|n| {
+                (
+                    n.name.as_str(),
+                    n.netns.as_str(),
+                    n.ip.to_string(),
+                    n.pod_cidr.to_string(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
             [
-                ("node1", "lab-node1", "172.30.0.11".into(), "10.244.1.0/24".into()),
-                ("node2", "lab-node2", "172.30.0.12".into(), "10.244.2.0/24".into()),
-                ("node3", "lab-node3", "172.30.0.13".into(), "10.244.3.0/24".into()),
+                (
+                    "node1",
+                    "lab-node1",
+                    "172.30.0.11".into(),
+                    "10.244.1.0/24".into()
+                ),
+                (
+                    "node2",
+                    "lab-node2",
+                    "172.30.0.12".into(),
+                    "10.244.2.0/24".into()
+                ),
+                (
+                    "node3",
+                    "lab-node3",
+                    "172.30.0.13".into(),
+                    "10.244.3.0/24".into()
+                ),
             ]
         );
     }
@@ -309,7 +343,10 @@ mod tests {
         assert!(plan_nodes("lab", 0, cidr("10.244.0.0/16")).is_err());
         assert!(plan_nodes("lab", MAX_NODES + 1, cidr("10.0.0.0/8")).is_err());
         let last = plan_nodes("lab", MAX_NODES, cidr("10.0.0.0/8")).expect("plan");
-        assert_eq!(last.last().map(|n| n.ip), Some(Ipv4Addr::new(172, 30, 0, 254)));
+        assert_eq!(
+            last.last().map(|n| n.ip),
+            Some(Ipv4Addr::new(172, 30, 0, 254))
+        );
     }
 
     #[test]
@@ -326,10 +363,22 @@ mod tests {
 
     #[test]
     fn labels_follow_the_api_server_rules() {
-        for (k, v) in [("pod", "a"), ("kubernetes.io/metadata.name", "x"), ("a_b.c", ""), ("k", "A-1_b.2")] {
+        for (k, v) in [
+            ("pod", "a"),
+            ("kubernetes.io/metadata.name", "x"),
+            ("a_b.c", ""),
+            ("k", "A-1_b.2"),
+        ] {
             assert!(validate_label(k, v).is_ok(), "{k}={v}");
         }
-        for (k, v) in [("", "a"), ("-a", "a"), ("a", "-b"), ("a b", "c"), ("Bad_/x", "y"), ("k", &"v".repeat(64))] {
+        for (k, v) in [
+            ("", "a"),
+            ("-a", "a"),
+            ("a", "-b"),
+            ("a b", "c"),
+            ("Bad_/x", "y"),
+            ("k", &"v".repeat(64)),
+        ] {
             assert!(validate_label(k, v).is_err(), "{k}={v}");
         }
     }
@@ -350,7 +399,15 @@ mod tests {
         for own in ["a-fabric", "a-ext", "a-node1", "a-node12", "a-pod-x-a"] {
             assert!(is_lab_netns("a", own), "{own}");
         }
-        for other in ["a-b-node1", "a-b-fabric", "ab-node1", "a-node", "a-node01", "a", "b-ext"] {
+        for other in [
+            "a-b-node1",
+            "a-b-fabric",
+            "ab-node1",
+            "a-node",
+            "a-node01",
+            "a",
+            "b-ext",
+        ] {
             assert!(!is_lab_netns("a", other), "{other}");
         }
         assert_eq!(node_index("node7"), Some(7));

@@ -82,7 +82,11 @@ enum LabCommand {
     /// Probe every pair of pods and print who reaches whom.
     Matrix {
         /// Checks to run: tcp/PORT, udp/PORT, icmp.
-        #[arg(long, value_delimiter = ',', default_value = "tcp/80,tcp/81,udp/80,udp/81")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "tcp/80,tcp/81,udp/80,udp/81"
+        )]
         checks: Vec<Check>,
     },
     /// Bring up two nodes with the upstream NetworkPolicy model (namespaces
@@ -91,6 +95,7 @@ enum LabCommand {
     /// Serve TCP and UDP echo on ports (what lab pods run).
     #[command(hide = true)]
     Serve {
+        /// Ports to serve, each on TCP and UDP.
         #[arg(long, value_delimiter = ',', default_value = "80,81")]
         ports: Vec<u16>,
     },
@@ -98,8 +103,10 @@ enum LabCommand {
 
 #[derive(clap::Args, Debug)]
 struct UpArgs {
+    /// How many nodes (node1..nodeN).
     #[arg(long, default_value_t = 2)]
     nodes: usize,
+    /// How pod traffic crosses nodes.
     #[arg(long, value_enum, default_value_t = Routing::Tunnel)]
     routing: Routing,
     /// The cluster's pod CIDR; node i gets its i-th /24.
@@ -114,11 +121,13 @@ enum PodCommand {
     Add {
         /// NAMESPACE/NAME
         pod: PodName,
+        /// The node to run on (node1..nodeN).
         #[arg(long)]
         node: String,
-        /// k=v,k2=v2
+        /// Pod labels: key=value,key2=value2.
         #[arg(long, value_delimiter = ',')]
         labels: Vec<String>,
+        /// Ports served, each on TCP and UDP.
         #[arg(long, value_delimiter = ',', default_value = "80,81")]
         ports: Vec<u16>,
     },
@@ -131,8 +140,10 @@ enum PodCommand {
 
 #[derive(clap::Args, Debug)]
 struct DemoArgs {
+    /// How pod traffic crosses nodes.
     #[arg(long, value_enum, default_value_t = Routing::Tunnel)]
     routing: Routing,
+    /// The cluster's pod CIDR; node i gets its i-th /24.
     #[arg(long, default_value = cluster::DEFAULT_POD_CIDR)]
     pod_cidr: Ipv4Net,
     /// Remove the lab at the end instead of leaving it up.
@@ -154,7 +165,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             };
             let lab = Lab::up(config, &options)?;
             print_status(&lab.status());
-            print_hints(lab.config());
+            print_hints(&lab);
         }
         LabCommand::Down => print_down(&config.name, &teardown::down(&config)?),
         LabCommand::Status => print_status(&Lab::open(config)?.status()),
@@ -199,7 +210,9 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 bail!("{missing} object(s) not found (--ignore-not-found to accept)");
             }
         }
-        LabCommand::Exec { target, command } => return exec(&Lab::open(config)?, &target, &command),
+        LabCommand::Exec { target, command } => {
+            return exec(&Lab::open(config)?, &target, &command)
+        }
         LabCommand::Matrix { checks } => {
             let lab = Lab::open(config)?;
             let tables = matrix::probe_matrix(&lab.peers(), &checks, matrix::DEFAULT_TIMEOUT);
@@ -305,8 +318,8 @@ fn demo(config: LabConfig, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let result = demo_in(config.clone(), &options);
     if args.down {
         print_down(&config.name, &teardown::down(&config)?);
-    } else if result.is_ok() {
-        print_hints(&config);
+    } else if let (Ok(_), Ok(lab)) = (&result, Lab::open(config.clone())) {
+        print_hints(&lab);
     } else {
         println!(
             "\nthe lab is left up for a look: sluice lab{} status; remove it with sluice lab{} down",
@@ -328,9 +341,14 @@ fn demo_in(config: LabConfig, options: &UpOptions) -> anyhow::Result<ExitCode> {
     let mut pods = model::create(&mut lab)?;
     pods.sort_by_key(PodState::pod_name);
     println!("\npods (namespaces x, y, z labelled ns=<name>; pods labelled pod=<name>; serving TCP+UDP 80, 81):");
-    println!("  {:<6} {:<8} {}", "POD", "NODE", "IP");
+    println!("  {:<6} {:<8} IP", "POD", "NODE");
     for pod in &pods {
-        println!("  {:<6} {:<8} {}", pod.pod_name().to_string(), pod.node, pod.ip);
+        println!(
+            "  {:<6} {:<8} {}",
+            pod.pod_name().to_string(),
+            pod.node,
+            pod.ip
+        );
     }
 
     let peers = lab.peers();
@@ -382,10 +400,27 @@ fn lab_flags(config: &LabConfig) -> String {
     flags
 }
 
-fn print_hints(config: &LabConfig) {
-    let flags = lab_flags(config);
+fn print_hints(lab: &Lab) {
+    let flags = lab_flags(lab.config());
     println!("\nthe lab is up. Try:");
-    println!("  sluice lab{flags} exec x/a -- ping -c1 <ip of z/b>");
+    let pods = &lab.state().pods;
+    match (
+        pods.first(),
+        pods.iter()
+            .rev()
+            .find(|p| Some(&p.node) != pods.first().map(|f| &f.node)),
+    ) {
+        (Some(from), Some(to)) => println!(
+            "  sluice lab{flags} exec {} -- ping -c1 {}    # {} ({}) -> {} ({})",
+            from.pod_name(),
+            to.ip,
+            from.pod_name(),
+            from.node,
+            to.pod_name(),
+            to.node
+        ),
+        _ => println!("  sluice lab{flags} pod add x/a --node node1 --labels pod=a"),
+    }
     println!("  sluice lab{flags} apply -f policy.yaml && sluice lab{flags} matrix");
     println!("  sluice lab{flags} status");
     println!("  sluice lab{flags} down");
@@ -397,8 +432,8 @@ fn print_status(status: &LabStatus) {
         status.name, status.routing, status.pod_cidr
     );
     println!(
-        "  {:<8} {:<13} {:<16} {:<22} {}",
-        "NODE", "IP", "POD CIDR", "AGENT", "ENDPOINTS"
+        "  {:<8} {:<13} {:<16} {:<22} ENDPOINTS",
+        "NODE", "IP", "POD CIDR", "AGENT"
     );
     for node in &status.nodes {
         let agent = match (node.agent_running, node.agent_pid) {
@@ -421,14 +456,18 @@ fn print_status(status: &LabStatus) {
         println!("  no pods (add one: sluice lab pod add NS/NAME --node node1)");
         return;
     }
-    println!("  {:<20} {:<8} {:<15} {}", "POD", "NODE", "IP", "SERVER");
+    println!("  {:<20} {:<8} {:<15} SERVER", "POD", "NODE", "IP");
     for pod in &status.pods {
         println!(
             "  {:<20} {:<8} {:<15} {}",
             pod.pod.pod_name().to_string(),
             pod.pod.node,
             pod.pod.ip.to_string(),
-            if pod.server_running { "running" } else { "NOT RUNNING" }
+            if pod.server_running {
+                "running"
+            } else {
+                "NOT RUNNING"
+            }
         );
     }
 }
@@ -447,7 +486,15 @@ fn print_down(name: &str, report: &DownReport) {
             String::new()
         },
         report.netns.len(),
-        if report.unmounted { ", unmounted its bpffs" } else { "" },
-        if report.removed_dir { ", removed its directory" } else { "" },
+        if report.unmounted {
+            ", unmounted its bpffs"
+        } else {
+            ""
+        },
+        if report.removed_dir {
+            ", removed its directory"
+        } else {
+            ""
+        },
     );
 }

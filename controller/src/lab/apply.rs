@@ -1,0 +1,113 @@
+//! The cluster objects users manage, like kubectl would: `apply` and
+//! `delete` of YAML files, and namespace labels.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use super::{
+    cluster::{write_manifest, Lab},
+    error::{io_err, LabError},
+    manifests,
+    objects::{self, ObjectKey},
+    topology,
+};
+
+impl Lab {
+    /// Creates a namespace, or merges `labels` into an existing one's.
+    pub fn label_namespace(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), LabError> {
+        topology::validate_dns_label("namespace", namespace)?;
+        for (k, v) in labels {
+            topology::validate_label(k, v)?;
+        }
+        let _lock = self.config.lock()?;
+        let manifests = self.config.manifests();
+        let path = manifests.namespace_path(namespace);
+        let mut merged = existing_labels(&path);
+        merged.extend(labels.clone());
+        write_manifest(
+            &manifests,
+            &path,
+            &manifests::namespace_object(namespace, &merged),
+        )
+    }
+
+    /// `kubectl apply -f`: every object of every path, each into its own
+    /// file; nothing is written unless all of them are valid.
+    pub fn apply(&self, paths: &[PathBuf]) -> Result<Vec<ObjectKey>, LabError> {
+        let objects = read_all(paths)?;
+        let _lock = self.config.lock()?;
+        let manifests = self.config.manifests();
+        for object in &objects {
+            let path = object.key.path(&manifests);
+            if let Some(existing) = objects::stored_key(&path) {
+                if existing != object.key {
+                    return Err(LabError::Conflict {
+                        path,
+                        existing: existing.to_string(),
+                        new: object.key.to_string(),
+                    });
+                }
+            }
+        }
+        for object in &objects {
+            write_manifest(&manifests, &object.key.path(&manifests), &object.value)?;
+        }
+        Ok(objects.into_iter().map(|o| o.key).collect())
+    }
+
+    /// `kubectl delete -f`: removes the objects the paths describe; each
+    /// with whether it existed.
+    pub fn delete(&mut self, paths: &[PathBuf]) -> Result<Vec<(ObjectKey, bool)>, LabError> {
+        let objects = read_all(paths)?;
+        let _lock = self.config.lock()?;
+        self.reload()?;
+        for object in objects.iter().filter(|o| o.key.kind == "Namespace") {
+            let pods: Vec<String> = self
+                .state
+                .pods
+                .iter()
+                .filter(|p| p.namespace == object.key.name)
+                .map(|p| p.pod_name().to_string())
+                .collect();
+            if !pods.is_empty() {
+                return Err(LabError::NamespaceInUse {
+                    namespace: object.key.name.clone(),
+                    pods,
+                });
+            }
+        }
+        let manifests = self.config.manifests();
+        objects
+            .into_iter()
+            .map(|object| {
+                let path = object.key.path(&manifests);
+                let removed = manifests
+                    .remove(&path)
+                    .map_err(io_err(format!("removing {}", path.display())))?;
+                Ok((object.key, removed))
+            })
+            .collect()
+    }
+}
+
+fn read_all(paths: &[PathBuf]) -> Result<Vec<objects::Object>, LabError> {
+    let mut all = Vec::new();
+    for path in paths {
+        all.extend(objects::read_path(path)?);
+    }
+    Ok(all)
+}
+
+fn existing_labels(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_yaml::from_str::<serde_yaml::Value>(&text).ok())
+        .and_then(|v| serde_yaml::from_value(v.get("metadata")?.get("labels")?.clone()).ok())
+        .unwrap_or_default()
+}
