@@ -114,6 +114,13 @@ pub fn report(results: &[Measurement]) -> String {
 
 /// Runs every path; everything made is removed again, also on failure.
 pub fn run(options: &BenchOptions) -> Result<Vec<Measurement>, BenchError> {
+    let results = run_paths(options);
+    // The labs removed their own directories; this one held them.
+    let _ = std::fs::remove_dir(&options.dir);
+    results
+}
+
+fn run_paths(options: &BenchOptions) -> Result<Vec<Measurement>, BenchError> {
     let mut results = Vec::new();
     {
         let fabric = BaselineFabric::create(&options.name)?;
@@ -204,7 +211,10 @@ impl BaselineFabric {
             let port = format!("n{i}");
             ip(
                 &fabric,
-                &format!("link add {port} type veth peer name eth0 netns {}", node.name()),
+                &format!(
+                    "link add {port} type veth peer name eth0 netns {}",
+                    node.name()
+                ),
             )?;
             ip(&fabric, &format!("link set {port} master br0 up"))?;
             ip(node, &format!("addr add 172.31.255.{i}/24 dev eth0"))?;

@@ -7,12 +7,14 @@ use anyhow::{bail, Context as _};
 
 use crate::run;
 
-/// Debian packages the build, the demo and the tests use.
+/// Debian packages the build, the lab and the tests use (nftables: the
+/// agent's masquerade rules).
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "iperf3",
     "iptables",
+    "nftables",
     "util-linux",
     "containernetworking-plugins",
     "podman",

@@ -35,6 +35,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks, each next to its baseline measured in the same run:
+    /// cross-node throughput (`sluice lab bench`).
+    Bench {
+        /// Extra arguments for `sluice lab bench` (e.g. --seconds 10 --runs 5).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The whole test suite: lints, unit tests, then the privileged
     /// end-to-end tests against the real kernel.
     Test {
@@ -81,6 +88,12 @@ fn main() -> anyhow::Result<()> {
             build()?;
             run(Command::new(workspace_root().join("target/debug/sluice"))
                 .args(["lab", "demo"])
+                .args(args))
+        }
+        Cmd::Bench { args } => {
+            build()?;
+            run(Command::new(workspace_root().join("target/debug/sluice"))
+                .args(["lab", "bench"])
                 .args(args))
         }
         Cmd::Test { filter, no_lint } => {

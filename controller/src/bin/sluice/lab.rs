@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use ipnet::Ipv4Net;
 use sluice_controller::{
+    bench::{self, BenchOptions},
     config::Routing,
     lab::{
         cluster::{self, Lab, LabConfig, LabStatus, PodSpec, UpOptions},
@@ -92,6 +93,16 @@ enum LabCommand {
     /// Bring up two nodes with the upstream NetworkPolicy model (namespaces
     /// x, y, z; pods a, b, c) and show every pod reaching every other.
     Demo(DemoArgs),
+    /// Measure cross-node pod-to-pod throughput in both routing modes next
+    /// to the kernel's veth and VXLAN paths, in fresh labs of their own.
+    Bench {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Runs per path (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
     /// Serve TCP and UDP echo on ports (what lab pods run).
     #[command(hide = true)]
     Serve {
@@ -222,6 +233,21 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             }
         }
         LabCommand::Demo(demo_args) => return demo(config, &demo_args),
+        LabCommand::Bench { seconds, runs } => {
+            // Labs of its own, beside (not inside) the user's lab.
+            let options = BenchOptions {
+                seconds,
+                runs,
+                dir: config.dir.with_file_name(format!("{}-bench", config.name)),
+                name: format!("{}-bench", config.name),
+                bin_dir: config.bin_dir.clone(),
+            };
+            println!(
+                "cross-node TCP throughput, iperf3, 1 stream, {seconds} s x {runs} runs per path"
+            );
+            let results = bench::run(&options)?;
+            print!("{}", bench::report(&results));
+        }
         LabCommand::Serve { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
