@@ -265,6 +265,64 @@ fn node_to_remote_pod() {
     );
 }
 
+/// Runs `ip ARGS` in a namespace (test scaffolding; the product uses
+/// netlink).
+fn ip(ns: &Netns, args: &str) {
+    let out = ns
+        .command("ip")
+        .expect("ip in netns")
+        .args(args.split_whitespace())
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A host that is not a node sends VXLAN to node1 claiming to carry a pod
+/// of node2: the overlay program drops it (the inner source must belong to
+/// the node the packet came from) and the pod never sees it.
+#[test]
+fn tunnel_rejects_sources_not_owned_by_the_sender() {
+    require_root!();
+    let _host = shared_host();
+    let lab = TestLab::up("ts", 2, "tunnel");
+    let victim = lab.pod_add("x/a", "node1");
+    lab.pod_add("y/a", "node2");
+    let tables = lab.converge(&[Check::icmp()], CONVERGE);
+    assert_all_reachable(&lab, &[Check::icmp()], &tables);
+
+    // The external host (routed through the fabric, like any machine that
+    // can reach the nodes' VXLAN port) builds its own tunnel to node1.
+    let ext = lab.lab().ext_netns();
+    ip(
+        &ext,
+        "link add vxspoof type vxlan id 0 remote 172.30.0.11 dstport 4789 dev eth0",
+    );
+    ip(&ext, "addr add 10.244.2.250/16 dev vxspoof");
+    ip(&ext, "link set vxspoof up");
+    ip(
+        &ext,
+        &format!(
+            "neigh add {} lladdr 02:00:00:00:00:01 dev vxspoof nud permanent",
+            victim.ip
+        ),
+    );
+    let before = lab.counter("node1", "drop_tunnel_source");
+    assert!(
+        !probe::icmp(&ext, victim.ip, TIMEOUT),
+        "a spoofed tunnel packet reached {}",
+        victim.ip
+    );
+    let after = lab.counter("node1", "drop_tunnel_source");
+    assert!(
+        after > before,
+        "node1 did not count the spoofed packet as drop_tunnel_source ({before} -> {after})"
+    );
+}
+
 /// Sends a line on `conn` and expects the echo server to send it back.
 fn echo(conn: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     conn.write_all(msg)?;
