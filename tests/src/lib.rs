@@ -318,10 +318,7 @@ impl TestLab {
 
     /// Packets a node's dataplane counted for a reason.
     pub fn counter(&self, node: &str, reason: &str) -> u64 {
-        let pins = sluice_controller::dataplane::pin_dir(
-            &self.config.bpffs().join("sluice"),
-            node,
-        );
+        let pins = sluice_controller::dataplane::pin_dir(&self.config.bpffs().join("sluice"), node);
         let rows = sluice_controller::counters::read(&pins)
             .unwrap_or_else(|e| panic!("reading {node}'s counters: {e}"));
         sluice_controller::counters::packets(&rows, reason)

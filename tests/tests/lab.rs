@@ -283,7 +283,8 @@ fn ip(ns: &Netns, args: &str) {
 
 /// A host that is not a node sends VXLAN to node1 claiming to carry a pod
 /// of node2: the overlay program drops it (the inner source must belong to
-/// the node the packet came from) and the pod never sees it.
+/// the node the packet came from) and counts it. (The ping fails either
+/// way, as the pod's reply goes to node2; the counter is the proof.)
 #[test]
 fn tunnel_rejects_sources_not_owned_by_the_sender() {
     require_root!();
