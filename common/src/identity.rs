@@ -12,7 +12,9 @@ pub const HOST: u32 = 1;
 pub const WORLD: u32 = 2;
 /// Another node of the cluster (its host stack).
 pub const REMOTE_NODE: u32 = 6;
-/// First identity of a label set.
+/// First identity of a label set (namespace, namespace labels, pod labels).
 pub const FIRST_CLUSTER: u32 = 256;
+/// First identity of an ipBlock region; label identities stay below it.
+pub const FIRST_CIDR: u32 = 1 << 23;
 /// Largest identity: the VNI is 24 bits wide.
 pub const MAX: u32 = (1 << 24) - 1;

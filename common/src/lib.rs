@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod identity;
 pub mod ipcache;
 pub mod metrics;
+pub mod policy;
 
 #[cfg(feature = "api")]
 pub mod api;
@@ -21,6 +22,10 @@ pub mod maps {
     pub const METRICS: &str = "SLUICE_METRICS";
     pub const IPCACHE: &str = "SLUICE_IPCACHE";
     pub const CONFIG: &str = "SLUICE_CONFIG";
+    pub const POLICY: &str = "SLUICE_POLICY";
+    pub const ISOLATION: &str = "SLUICE_ISOLATION";
+    pub const CIDR_IDENTITY: &str = "SLUICE_CIDR_IDENTITY";
+    pub const CONNTRACK: &str = "SLUICE_CONNTRACK";
 }
 
 /// Names of the programs in the eBPF object.

@@ -1,0 +1,84 @@
+//! NetworkPolicy maps: what each local endpoint may send and receive,
+//! written against identities so the per-packet cost is a fixed number of
+//! lookups whatever the number of rules.
+//!
+//! - `SLUICE_POLICY` (LPM trie): [`PolicyKey`] → [`PolicyEntry`]. Every field
+//!   but the port is matched in full; the port is matched by prefix, so a
+//!   port range (`endPort`) is a handful of prefixes, not a loop.
+//! - `SLUICE_ISOLATION` (hash): endpoint id → [`Isolation`]: whether any
+//!   policy selects the endpoint in each direction. An endpoint absent here
+//!   is open in both directions.
+//! - `SLUICE_CIDR_IDENTITY` (LPM trie, key as the ipcache's): address →
+//!   identity of the ipBlock region it falls in. ipBlocks match pod
+//!   addresses too, so a packet is checked against both its peer's label
+//!   identity (ipcache) and this one.
+
+/// Number of key bits before the port: endpoint (32), identity (32),
+/// direction (8), protocol (8).
+pub const KEY_FIXED_BITS: u32 = 80;
+/// Prefix length of a key matching one exact port.
+pub const KEY_FULL_BITS: u32 = KEY_FIXED_BITS + 16;
+
+/// `identity` of a key that matches any peer.
+pub const ANY_IDENTITY: u32 = 0;
+/// `protocol` of a key that matches any protocol (a rule without ports).
+pub const ANY_PROTOCOL: u8 = 0;
+
+/// Directions, seen from the local endpoint.
+pub mod direction {
+    pub const INGRESS: u8 = 0;
+    pub const EGRESS: u8 = 1;
+}
+
+/// Data of an LPM key of the policy map (its prefix length travels beside
+/// it). Byte order matters for the prefix match: `dport` is big-endian so
+/// its high bits come first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    /// The local endpoint the rule protects (its endpoint id).
+    pub endpoint: u32,
+    /// The peer: a label identity, a CIDR identity, or [`ANY_IDENTITY`].
+    pub identity: u32,
+    pub direction: u8,
+    /// IP protocol number, or [`ANY_PROTOCOL`].
+    pub protocol: u8,
+    /// Destination port, network byte order.
+    pub dport: [u8; 2],
+}
+
+/// Value of the policy map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyEntry {
+    /// [`entry::ALLOW`]; other bits reserved for deny tiers later.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+pub mod entry {
+    pub const ALLOW: u32 = 1;
+}
+
+/// Value of the isolation map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Isolation {
+    /// Some policy selects the endpoint for ingress: only allowed peers in.
+    pub ingress: u8,
+    /// ... for egress.
+    pub egress: u8,
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
+const _: () = assert!(core::mem::size_of::<PolicyEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<Isolation>() == 4);
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    // SAFETY: plain-old-data, repr(C), explicit padding, no pointers.
+    unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::PolicyEntry {}
+    unsafe impl aya::Pod for super::Isolation {}
+}
