@@ -58,7 +58,9 @@ pub struct DataplaneConfig {
     pub tunnel_ifindex: u32,
     /// ifindex of the underlay device (native mode).
     pub underlay_ifindex: u32,
-    pub _pad: u32,
+    /// Bumped by the agent after every policy change; conntrack entries
+    /// checked at an older revision are checked again.
+    pub policy_revision: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 16);

@@ -6,6 +6,7 @@
 //! `api` feature because it needs `std` and serde.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod conntrack;
 pub mod endpoint;
 pub mod identity;
 pub mod ipcache;

@@ -52,8 +52,12 @@ pub mod reason {
     /// Dropped: the host routed a packet into the tunnel for an address no
     /// node owns.
     pub const DROP_NO_TUNNEL_ENDPOINT: u32 = 10;
+    /// Dropped: the destination's ingress policy does not allow the peer.
+    pub const DROP_POLICY_INGRESS: u32 = 11;
+    /// Dropped: the source's egress policy does not allow the peer.
+    pub const DROP_POLICY_EGRESS: u32 = 12;
     /// Number of reasons; sizes the counter map.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
 
     /// Metric label of a reason.
     pub const fn name(reason: u32) -> &'static str {
@@ -69,6 +73,8 @@ pub mod reason {
             DROP_NO_TUNNEL_KEY => "drop_no_tunnel_key",
             DROP_TUNNEL_SOURCE => "drop_tunnel_source",
             DROP_NO_TUNNEL_ENDPOINT => "drop_no_tunnel_endpoint",
+            DROP_POLICY_INGRESS => "drop_policy_ingress",
+            DROP_POLICY_EGRESS => "drop_policy_egress",
             _ => "unknown",
         }
     }
@@ -83,6 +89,8 @@ pub mod reason {
                 | DROP_NO_TUNNEL_KEY
                 | DROP_TUNNEL_SOURCE
                 | DROP_NO_TUNNEL_ENDPOINT
+                | DROP_POLICY_INGRESS
+                | DROP_POLICY_EGRESS
         )
     }
 }

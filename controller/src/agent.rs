@@ -186,6 +186,18 @@ impl<D: Datapath> Agent<D> {
         self.state.save(&self.snapshot())
     }
 
+    /// The registered pods of this node: IPv4 address → endpoint id (what
+    /// policy keys name).
+    pub fn local_endpoints(&self) -> BTreeMap<std::net::Ipv4Addr, u32> {
+        self.endpoints
+            .values()
+            .filter_map(|ep| match ep.ip {
+                IpAddr::V4(v4) => Some((v4, self.endpoint_info(ep).id)),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
+
     fn endpoint_info(&self, ep: &EndpointSpec) -> EndpointInfo {
         let id = match ep.ip {
             IpAddr::V4(v4) => u32::from(v4) - u32::from(self.ipam.cidr().network()),

@@ -19,6 +19,9 @@ pub const DEFAULT_MTU: u32 = 1500;
 pub enum Datastore {
     /// A directory of Kubernetes YAML manifests, watched like the API (the lab).
     Dir(PathBuf),
+    /// The Kubernetes API server: in-cluster service account credentials,
+    /// or those of a kubeconfig file.
+    Kubernetes { kubeconfig: Option<PathBuf> },
 }
 
 impl std::str::FromStr for Datastore {
@@ -27,7 +30,13 @@ impl std::str::FromStr for Datastore {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
             Some(("dir", path)) if !path.is_empty() => Ok(Self::Dir(path.into())),
-            _ => Err(format!("invalid datastore {s:?}: want dir:PATH")),
+            Some(("kubernetes", path)) if !path.is_empty() => Ok(Self::Kubernetes {
+                kubeconfig: Some(path.into()),
+            }),
+            None if s == "kubernetes" => Ok(Self::Kubernetes { kubeconfig: None }),
+            _ => Err(format!(
+                "invalid datastore {s:?}: want dir:PATH, kubernetes or kubernetes:KUBECONFIG"
+            )),
         }
     }
 }
@@ -273,5 +282,37 @@ mod tests {
         assert!(serde_yaml::from_str::<FileConfig>("routing: vxlan\n").is_err());
         assert!("file:/x".parse::<Datastore>().is_err());
         assert!("dir:".parse::<Datastore>().is_err());
+        assert!("kubernetes:".parse::<Datastore>().is_err());
+        assert!("kube".parse::<Datastore>().is_err());
+    }
+
+    #[test]
+    fn kubernetes_datastore_with_and_without_kubeconfig() {
+        assert_eq!(
+            "kubernetes".parse::<Datastore>(),
+            Ok(Datastore::Kubernetes { kubeconfig: None })
+        );
+        assert_eq!(
+            "kubernetes:/etc/sluice/kubeconfig".parse::<Datastore>(),
+            Ok(Datastore::Kubernetes {
+                kubeconfig: Some("/etc/sluice/kubeconfig".into())
+            })
+        );
+        let file: FileConfig =
+            serde_yaml::from_str("datastore: kubernetes:/root/.kube/config\n").expect("yaml");
+        assert_eq!(
+            file.datastore,
+            Some(Datastore::Kubernetes {
+                kubeconfig: Some("/root/.kube/config".into())
+            })
+        );
+        // A flag wins over the file here too.
+        let mut flags = flags();
+        flags.datastore = Some(Datastore::Kubernetes { kubeconfig: None });
+        let cfg = Config::merge(flags, file).expect("config");
+        assert_eq!(
+            cfg.datastore,
+            Some(Datastore::Kubernetes { kubeconfig: None })
+        );
     }
 }

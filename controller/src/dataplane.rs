@@ -25,7 +25,9 @@ use ipnet::Ipv4Net;
 use sluice_common::{
     endpoint::{EndpointInfo, IpKey},
     ipcache::{DataplaneConfig, Ipv4Prefix, RemoteInfo},
-    maps, programs,
+    maps,
+    policy::{Isolation, PolicyEntry, PolicyKey},
+    programs,
 };
 use tracing::{info, warn};
 
@@ -131,6 +133,14 @@ pub struct Dataplane {
     pin_dir: PathBuf,
     endpoints: HashMap<MapData, IpKey, EndpointInfo>,
     remote: Option<RemoteMaps>,
+    policy: Option<PolicyMaps>,
+}
+
+/// The NetworkPolicy maps; owned by the policy syncer.
+pub struct PolicyMaps {
+    policy: LpmTrie<MapData, PolicyKey, PolicyEntry>,
+    isolation: HashMap<MapData, u32, Isolation>,
+    cidr: LpmTrie<MapData, Ipv4Prefix, u32>,
 }
 
 /// The maps describing other nodes; owned by whoever syncs the nodes.
@@ -157,11 +167,19 @@ impl Dataplane {
             HashMap::try_from(take(maps::ENDPOINTS)?).map_err(map_error(maps::ENDPOINTS))?;
         let ipcache = LpmTrie::try_from(take(maps::IPCACHE)?).map_err(map_error(maps::IPCACHE))?;
         let config = Array::try_from(take(maps::CONFIG)?).map_err(map_error(maps::CONFIG))?;
+        let policy = PolicyMaps {
+            policy: LpmTrie::try_from(take(maps::POLICY)?).map_err(map_error(maps::POLICY))?,
+            isolation: HashMap::try_from(take(maps::ISOLATION)?)
+                .map_err(map_error(maps::ISOLATION))?,
+            cidr: LpmTrie::try_from(take(maps::CIDR_IDENTITY)?)
+                .map_err(map_error(maps::CIDR_IDENTITY))?,
+        };
         let mut dataplane = Self {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             endpoints,
             remote: Some(RemoteMaps { ipcache, config }),
+            policy: Some(policy),
         };
         for (name, _) in PROGRAMS {
             dataplane
@@ -171,6 +189,11 @@ impl Dataplane {
         }
         dataplane.upgrade_links();
         Ok(dataplane)
+    }
+
+    /// The policy maps, handed to the policy syncer (once).
+    pub fn take_policy_maps(&mut self) -> Option<PolicyMaps> {
+        self.policy.take()
     }
 
     /// The maps about other nodes, handed to the node syncer (once).
@@ -318,10 +341,27 @@ impl Dataplane {
 }
 
 impl RemoteMaps {
-    pub fn set_config(&mut self, config: DataplaneConfig) -> Result<(), DataplaneError> {
+    /// Writes the node settings, keeping the policy revision already
+    /// there (conntrack entries are stamped with it).
+    pub fn set_config(&mut self, mut config: DataplaneConfig) -> Result<(), DataplaneError> {
+        config.policy_revision = self.config().policy_revision;
         self.config
             .set(0, config, 0)
             .map_err(map_error(maps::CONFIG))
+    }
+
+    fn config(&self) -> DataplaneConfig {
+        self.config.get(&0, 0).unwrap_or_default()
+    }
+
+    /// Marks every conntrack entry as checked against outdated policy.
+    pub fn bump_policy_revision(&mut self) -> Result<u32, DataplaneError> {
+        let mut config = self.config();
+        config.policy_revision = config.policy_revision.wrapping_add(1);
+        self.config
+            .set(0, config, 0)
+            .map_err(map_error(maps::CONFIG))?;
+        Ok(config.policy_revision)
     }
 
     /// Makes the ipcache hold exactly `desired`, writing only what differs:
@@ -362,6 +402,99 @@ impl RemoteMaps {
             stats.written += 1;
         }
         Ok(stats)
+    }
+}
+
+impl PolicyMaps {
+    /// Makes the maps hold exactly `desired`, writing only differences and
+    /// in an order that never opens more than either state allows: new
+    /// regions and rules first, then isolation, then stale rules and
+    /// regions. Returns whether anything changed.
+    pub fn sync(
+        &mut self,
+        cidrs: &BTreeMap<Ipv4Net, u32>,
+        rules: &BTreeMap<(PolicyKey, u32), PolicyEntry>,
+        isolation: &BTreeMap<u32, Isolation>,
+    ) -> Result<SyncStats, DataplaneError> {
+        let mut stats = SyncStats::default();
+        let cidr_key = |net: &Ipv4Net| {
+            Key::new(
+                u32::from(net.prefix_len()),
+                Ipv4Prefix {
+                    addr: net.addr().octets(),
+                },
+            )
+        };
+        for (net, id) in cidrs {
+            let key = cidr_key(net);
+            if self.cidr.get(&key, 0).ok() != Some(*id) {
+                self.cidr
+                    .insert(&key, id, 0)
+                    .map_err(map_error(maps::CIDR_IDENTITY))?;
+                stats.written += 1;
+            }
+        }
+        for ((rule, prefix), entry) in rules {
+            let key = Key::new(*prefix, *rule);
+            if self.policy.get(&key, 0).ok().as_ref() != Some(entry) {
+                self.policy
+                    .insert(&key, entry, 0)
+                    .map_err(map_error(maps::POLICY))?;
+                stats.written += 1;
+            }
+        }
+        for (endpoint, iso) in isolation {
+            if self.isolation.get(endpoint, 0).ok().as_ref() != Some(iso) {
+                self.isolation
+                    .insert(endpoint, iso, 0)
+                    .map_err(map_error(maps::ISOLATION))?;
+                stats.written += 1;
+            }
+        }
+        let stale: Vec<u32> = self
+            .isolation
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|e| !isolation.contains_key(e))
+            .collect();
+        for endpoint in stale {
+            remove_ok(self.isolation.remove(&endpoint), maps::ISOLATION)?;
+            stats.removed += 1;
+        }
+        let stale: Vec<Key<PolicyKey>> = self
+            .policy
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !rules.contains_key(&(k.data(), k.prefix_len())))
+            .collect();
+        for key in stale {
+            remove_ok(self.policy.remove(&key), maps::POLICY)?;
+            stats.removed += 1;
+        }
+        let stale: Vec<Key<Ipv4Prefix>> = self
+            .cidr
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                Ipv4Net::new(k.data().addr.into(), k.prefix_len() as u8)
+                    .map_or(true, |n| !cidrs.contains_key(&n))
+            })
+            .collect();
+        for key in stale {
+            remove_ok(self.cidr.remove(&key), maps::CIDR_IDENTITY)?;
+            stats.removed += 1;
+        }
+        Ok(stats)
+    }
+}
+
+fn remove_ok(
+    result: Result<(), aya::maps::MapError>,
+    name: &'static str,
+) -> Result<(), DataplaneError> {
+    match result {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_error(name)(e)),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod node_sync;
 pub mod nodes;
+pub mod policy;
 pub mod reconcile;
 pub mod server;
 pub mod state;

@@ -33,6 +33,12 @@ pub struct Metrics {
     pub sync_errors: IntCounterVec,
     /// `sluice_node_problems`: Node objects skipped as unusable.
     pub node_problems: IntGauge,
+    /// `sluice_policy_problems`: NetworkPolicy rules that could not be
+    /// compiled and allow nothing.
+    pub policy_problems: IntGauge,
+    /// `sluice_kube_watch_errors_total{kind}`: failed list/watch calls to
+    /// the Kubernetes API (retried with backoff).
+    pub kube_watch_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,6 +73,19 @@ impl Metrics {
             "Node objects skipped because they cannot be used (no InternalIP, bad or overlapping pod CIDR).",
         )
         .expect("fixed, valid metric definition");
+        let kube_watch_errors = IntCounterVec::new(
+            Opts::new(
+                "sluice_kube_watch_errors_total",
+                "Failed list or watch calls to the Kubernetes API (retried with backoff), by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("fixed, valid metric definition");
+        let policy_problems = IntGauge::new(
+            "sluice_policy_problems",
+            "NetworkPolicy rules that could not be compiled; each allows nothing (fails closed).",
+        )
+        .expect("fixed, valid metric definition");
         // Registration only fails on a duplicate or inconsistent name, which
         // would be a bug in this function (the unit test renders them all).
         registry
@@ -81,6 +100,12 @@ impl Metrics {
         registry
             .register(Box::new(node_problems.clone()))
             .expect("metric names are unique");
+        registry
+            .register(Box::new(policy_problems.clone()))
+            .expect("metric names are unique");
+        registry
+            .register(Box::new(kube_watch_errors.clone()))
+            .expect("metric names are unique");
 
         // Export every series from the start: a counter that appears only on
         // its first increment breaks `rate()` and "is it zero?" alerts.
@@ -89,8 +114,10 @@ impl Metrics {
         }
         for kind in Kind::ALL {
             datastore_objects.with_label_values(&[kind.label()]);
+            kube_watch_errors.with_label_values(&[kind.label()]);
         }
         sync_errors.with_label_values(&["nodes"]);
+        sync_errors.with_label_values(&["policy"]);
 
         Metrics {
             registry,
@@ -98,6 +125,8 @@ impl Metrics {
             datastore_objects,
             sync_errors,
             node_problems,
+            policy_problems,
+            kube_watch_errors,
         }
     }
 
@@ -133,6 +162,11 @@ mod tests {
         }
         for kind in Kind::ALL {
             let line = format!("sluice_datastore_objects{{kind=\"{}\"}} 0", kind.label());
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+            let line = format!(
+                "sluice_kube_watch_errors_total{{kind=\"{}\"}} 0",
+                kind.label()
+            );
             assert!(text.contains(&line), "missing {line:?} in\n{text}");
         }
         assert!(text.contains("# TYPE sluice_datastore_errors_total counter"));

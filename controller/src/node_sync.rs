@@ -75,7 +75,7 @@ pub async fn setup(
                 routing: routing::TUNNEL,
                 tunnel_ifindex: vxlan,
                 underlay_ifindex: underlay.index,
-                _pad: 0,
+                policy_revision: 0,
             };
             (vxlan, config)
         }
@@ -88,7 +88,7 @@ pub async fn setup(
                 routing: routing::NATIVE,
                 tunnel_ifindex: 0,
                 underlay_ifindex: underlay.index,
-                _pad: 0,
+                policy_revision: 0,
             };
             (underlay.index, config)
         }
@@ -113,6 +113,7 @@ pub struct NodeSync {
     masquerade: bool,
     applied_masquerade: Option<String>,
     problems: Vec<NodeProblem>,
+    ipcache_changed: bool,
 }
 
 pub struct NodeSyncConfig {
@@ -141,6 +142,7 @@ impl NodeSync {
             masquerade: config.masquerade,
             applied_masquerade: None,
             problems: Vec::new(),
+            ipcache_changed: false,
         }
     }
 
@@ -150,6 +152,7 @@ impl NodeSync {
     pub async fn apply(
         &mut self,
         nodes: &BTreeMap<String, Node>,
+        pods: &BTreeMap<Ipv4Addr, u32>,
     ) -> Result<Topology, NodeSyncError> {
         let topo = nodes::topology(nodes, &self.node_name, self.pod_cidr);
         if topo.problems != self.problems {
@@ -158,7 +161,10 @@ impl NodeSync {
             }
             self.problems = topo.problems.clone();
         }
-        let stats = self.maps.sync_ipcache(&topo.ipcache())?;
+        let stats = self
+            .maps
+            .sync_ipcache(&topo.ipcache_with_pods(pods, self.gateway))?;
+        self.ipcache_changed |= stats.written + stats.removed > 0;
         if let Some(setup) = &self.setup {
             let pref_src = (setup.routing == Routing::Tunnel).then_some(self.gateway);
             self.netlink
@@ -182,6 +188,16 @@ impl NodeSync {
             );
         }
         Ok(topo)
+    }
+
+    /// Whether identities in the ipcache changed since the last call.
+    pub fn take_ipcache_changed(&mut self) -> bool {
+        std::mem::take(&mut self.ipcache_changed)
+    }
+
+    /// Makes every conntrack entry be checked against policy again.
+    pub fn bump_policy_revision(&mut self) -> Result<u32, NodeSyncError> {
+        Ok(self.maps.bump_policy_revision()?)
     }
 
     /// Unusable Node objects of the last apply.

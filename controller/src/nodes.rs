@@ -163,6 +163,65 @@ impl Topology {
         out
     }
 
+    /// [`Self::ipcache`] plus every pod's address with its identity (pods
+    /// on other nodes behind their node) and this node's gateway address as
+    /// the host itself; other nodes' gateways (the first address of their
+    /// ranges, the same convention) as remote nodes.
+    pub fn ipcache_with_pods(
+        &self,
+        pods: &BTreeMap<Ipv4Addr, u32>,
+        gateway: Ipv4Addr,
+    ) -> BTreeMap<Ipv4Net, RemoteInfo> {
+        let mut out = self.ipcache();
+        let owner = |ip: Ipv4Addr| {
+            self.remotes
+                .iter()
+                .find(|n| n.pod_cidrs.iter().any(|c| c.contains(&ip)))
+        };
+        for (ip, identity) in pods {
+            let entry = match owner(*ip) {
+                Some(node) => RemoteInfo {
+                    identity: *identity,
+                    tunnel_endpoint: node.ip.octets(),
+                    flags: flags::REMOTE_POD_CIDR,
+                    _pad: 0,
+                },
+                None => RemoteInfo {
+                    identity: *identity,
+                    tunnel_endpoint: [0; 4],
+                    flags: 0,
+                    _pad: 0,
+                },
+            };
+            out.insert(Ipv4Net::from(*ip), entry);
+        }
+        for node in &self.remotes {
+            for cidr in &node.pod_cidrs {
+                if let Some(gw) = cidr.hosts().next() {
+                    out.insert(
+                        Ipv4Net::from(gw),
+                        RemoteInfo {
+                            identity: identity::REMOTE_NODE,
+                            tunnel_endpoint: node.ip.octets(),
+                            flags: flags::REMOTE_POD_CIDR | flags::NODE,
+                            _pad: 0,
+                        },
+                    );
+                }
+            }
+        }
+        out.insert(
+            Ipv4Net::from(gateway),
+            RemoteInfo {
+                identity: identity::HOST,
+                tunnel_endpoint: self.own.as_ref().map_or([0; 4], |n| n.ip.octets()),
+                flags: flags::NODE,
+                _pad: 0,
+            },
+        );
+        out
+    }
+
     /// Kernel routes to the other nodes' pod ranges, so the host itself
     /// (and traffic the programs leave to it) reaches remote pods.
     pub fn routes(&self, routing: Routing) -> BTreeSet<NodeRoute> {

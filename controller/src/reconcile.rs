@@ -1,30 +1,57 @@
 //! The agent's one event path: cluster objects from any source update the
 //! cluster state, and what depends on the changed kinds is recomputed and
-//! applied to the kernel.
+//! applied to the kernel: node topology (ipcache, routes, masquerade) and
+//! NetworkPolicy (identities, policy maps). After any change that can
+//! alter a verdict the policy revision moves, so established flows are
+//! checked again with their next packet.
 
-use tracing::warn;
+use std::collections::BTreeMap;
+
+use tracing::{info, warn};
 
 use crate::{
     cluster::{ClusterState, Event, Kind},
+    dataplane::PolicyMaps,
     metrics::Metrics,
     node_sync::NodeSync,
+    policy::{
+        compile::{compile, LocalEndpoints, PolicyProblem},
+        identity::IdentityAllocator,
+    },
 };
 
 pub struct Reconciler {
     state: ClusterState,
     nodes: NodeSync,
+    policy_maps: PolicyMaps,
+    identities: IdentityAllocator,
+    local: LocalEndpoints,
+    pod_identities: BTreeMap<std::net::Ipv4Addr, u32>,
+    problems: Vec<PolicyProblem>,
     metrics: Metrics,
-    /// The last apply failed; retry on the next tick.
-    dirty: bool,
+    /// What must be (re)applied; stays set while applying fails.
+    dirty_nodes: bool,
+    dirty_policy: bool,
 }
 
 impl Reconciler {
-    pub fn new(state: ClusterState, nodes: NodeSync, metrics: Metrics) -> Self {
+    pub fn new(
+        state: ClusterState,
+        nodes: NodeSync,
+        policy_maps: PolicyMaps,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             state,
             nodes,
+            policy_maps,
+            identities: IdentityAllocator::new(),
+            local: LocalEndpoints::new(),
+            pod_identities: BTreeMap::new(),
+            problems: Vec::new(),
             metrics,
-            dirty: true,
+            dirty_nodes: true,
+            dirty_policy: true,
         }
     }
 
@@ -40,27 +67,89 @@ impl Reconciler {
                 .with_label_values(&[kind.label()])
                 .set(self.state.count(kind) as i64);
         }
-        if changed.nodes {
-            self.dirty = true;
-        }
+        self.dirty_nodes |= changed.nodes;
+        self.dirty_policy |= changed.pods || changed.namespaces || changed.policies;
         self.sync().await;
     }
 
-    /// Applies the node topology if something changed or the last attempt
-    /// failed.
-    pub async fn sync(&mut self) {
-        if !self.dirty {
-            return;
+    /// The pods registered on this node changed (CNI ADD/DEL).
+    pub async fn set_local_endpoints(&mut self, local: LocalEndpoints) {
+        if local != self.local {
+            self.local = local;
+            self.dirty_policy = true;
+            self.sync().await;
         }
-        match self.nodes.apply(&self.state.nodes).await {
-            Ok(_) => self.dirty = false,
-            Err(e) => {
-                warn!(error = %e, "applying the node topology failed; retrying");
-                self.metrics.sync_errors.with_label_values(&["nodes"]).inc();
+    }
+
+    /// Applies what changed or failed last time.
+    pub async fn sync(&mut self) {
+        let mut verdicts_may_change = false;
+        if self.dirty_policy {
+            match self.sync_policy() {
+                Ok(changed) => {
+                    self.dirty_policy = false;
+                    verdicts_may_change |= changed;
+                    // Pod identities live in the ipcache.
+                    self.dirty_nodes = true;
+                }
+                Err(e) => {
+                    warn!(error = %e, "applying policy failed; retrying");
+                    self.metrics.sync_errors.with_label_values(&["policy"]).inc();
+                }
             }
         }
+        if self.dirty_nodes {
+            match self
+                .nodes
+                .apply(&self.state.nodes, &self.pod_identities)
+                .await
+            {
+                Ok(_) => self.dirty_nodes = false,
+                Err(e) => {
+                    warn!(error = %e, "applying the node topology failed; retrying");
+                    self.metrics.sync_errors.with_label_values(&["nodes"]).inc();
+                }
+            }
+            self.metrics
+                .node_problems
+                .set(self.nodes.problems().len() as i64);
+        }
+        verdicts_may_change |= self.nodes.take_ipcache_changed();
+        if verdicts_may_change {
+            match self.nodes.bump_policy_revision() {
+                Ok(revision) => info!(revision, "policy revision"),
+                Err(e) => warn!(error = %e, "bumping the policy revision"),
+            }
+        }
+    }
+
+    fn sync_policy(&mut self) -> Result<bool, crate::dataplane::DataplaneError> {
+        let desired = compile(&self.state, &self.local, &mut self.identities);
+        if desired.problems != self.problems {
+            for p in &desired.problems {
+                warn!(policy = %p.policy, reason = %p.reason, "policy rule allows nothing (fails closed)");
+            }
+            self.problems = desired.problems.clone();
+        }
         self.metrics
-            .node_problems
-            .set(self.nodes.problems().len() as i64);
+            .policy_problems
+            .set(desired.problems.len() as i64);
+        let stats = self.policy_maps.sync(
+            &desired.cidr_identities,
+            &desired.rules,
+            &desired.isolation,
+        )?;
+        let identities_changed = self.pod_identities != desired.pod_identities;
+        self.pod_identities = desired.pod_identities;
+        if stats.written + stats.removed > 0 {
+            info!(
+                rules = desired.rules.len(),
+                isolated = desired.isolation.len(),
+                written = stats.written,
+                removed = stats.removed,
+                "policy applied"
+            );
+        }
+        Ok(stats.written + stats.removed > 0 || identities_changed)
     }
 }

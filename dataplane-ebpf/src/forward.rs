@@ -12,6 +12,7 @@ use sluice_common::{
 
 use crate::{
     maps::ENDPOINTS,
+    policy,
     parse::{self, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF},
     remote,
 };
@@ -48,8 +49,8 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     // Anti-spoofing: the source must be an endpoint, and the packet must
     // come in through that endpoint's own veth.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let identity = match ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.saddr)) {
-        Some(src) if unsafe { (*src).ifindex } == ifindex => unsafe { (*src).identity },
+    let src = match ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.saddr)) {
+        Some(src) if unsafe { (*src).ifindex } == ifindex => unsafe { *src },
         _ => return verdict(TC_ACT_SHOT, reason::DROP_SPOOFED_SOURCE),
     };
 
@@ -57,22 +58,36 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     if pkt.hdr.ttl <= 1 {
         return verdict(TC_ACT_OK, reason::TO_STACK);
     }
-    if let Some(dst) = ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.daddr)) {
-        let dst = unsafe { *dst };
+    let dst = ENDPOINTS
+        .get_ptr(IpKey::v4(pkt.hdr.daddr))
+        .map(|dst| unsafe { *dst });
+    if let Err(drop) = policy::enforce(&pkt, Some(&src), dst.as_ref()) {
+        return verdict(TC_ACT_SHOT, drop);
+    }
+    if let Some(dst) = dst {
         return deliver_local(ctx, &pkt.hdr, &dst);
     }
-    remote::forward(ctx, &pkt.hdr, identity)
+    remote::forward(ctx, &pkt.hdr, peer_identity_of(&src))
+}
+
+/// The identity a pod's packets carry across nodes (VNI): the ipcache
+/// knows it once the agent has computed it.
+fn peer_identity_of(src: &EndpointInfo) -> u32 {
+    src.identity
 }
 
 /// A packet from another node (overlay or underlay): local pods get it
 /// directly, everything else is the host's.
-pub fn to_local_pod(ctx: &TcContext, hdr: &parse::Ipv4Hdr) -> Option<Verdict> {
-    let dst = ENDPOINTS.get_ptr(IpKey::v4(hdr.daddr))?;
+pub fn to_local_pod(ctx: &TcContext, pkt: &parse::Ipv4Packet) -> Option<Verdict> {
+    let dst = ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.daddr))?;
     let dst = unsafe { *dst };
-    if hdr.ttl <= 1 {
+    if pkt.hdr.ttl <= 1 {
         return Some(verdict(TC_ACT_OK, reason::TO_STACK));
     }
-    Some(deliver_local(ctx, hdr, &dst))
+    if let Err(drop) = policy::enforce(pkt, None, Some(&dst)) {
+        return Some(verdict(TC_ACT_SHOT, drop));
+    }
+    Some(deliver_local(ctx, &pkt.hdr, &dst))
 }
 
 /// Decrements the TTL as a router does; the caller checked it is above 1.

@@ -6,6 +6,7 @@ mod forward;
 mod maps;
 mod metrics;
 mod parse;
+mod policy;
 mod remote;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

@@ -3,10 +3,12 @@
 //! them at load time from its configuration.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use sluice_common::{
+    conntrack::{CtEntry, CtKey},
     endpoint::{EndpointInfo, IpKey},
+    policy::{Isolation, PolicyEntry, PolicyKey},
     ipcache::{DataplaneConfig, Ipv4Prefix, RemoteInfo},
     metrics::{self, Counter},
 };
@@ -22,3 +24,15 @@ pub static IPCACHE: LpmTrie<Ipv4Prefix, RemoteInfo> = LpmTrie::pinned(16384, 0);
 
 #[map(name = "SLUICE_CONFIG")]
 pub static CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
+
+#[map(name = "SLUICE_POLICY")]
+pub static POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(65536, 0);
+
+#[map(name = "SLUICE_ISOLATION")]
+pub static ISOLATION: HashMap<u32, Isolation> = HashMap::pinned(65536, 0);
+
+#[map(name = "SLUICE_CIDR_IDENTITY")]
+pub static CIDR_IDENTITY: LpmTrie<Ipv4Prefix, u32> = LpmTrie::pinned(16384, 0);
+
+#[map(name = "SLUICE_CONNTRACK")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262144, 0);

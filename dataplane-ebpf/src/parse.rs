@@ -46,6 +46,8 @@ pub struct Ipv4Packet {
     /// Source and destination port (ICMP: type/code and id), host order.
     pub sport: u16,
     pub dport: u16,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 otherwise.
+    pub tcp_flags: u8,
 }
 
 #[derive(Clone, Copy)]
@@ -71,6 +73,7 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, ParseError> {
         hdr,
         sport: 0,
         dport: 0,
+        tcp_flags: 0,
     };
     // Only the first fragment carries the L4 header.
     if u16::from_be(hdr.frag_off) & 0x1fff != 0 {
@@ -90,6 +93,7 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, ParseError> {
             }
             pkt.sport = u16::from_be(ports[0]);
             pkt.dport = u16::from_be(ports[1]);
+            pkt.tcp_flags = ctx.load(l4 + 13).map_err(|_| ParseError::Malformed)?;
         }
         IPPROTO_UDP => {
             if l4_len < 8 {

@@ -155,7 +155,7 @@ pub fn from_overlay(ctx: &TcContext) -> Verdict {
         Some(src) if src.tunnel_endpoint == sender => {}
         _ => return verdict(TC_ACT_SHOT, reason::DROP_TUNNEL_SOURCE),
     }
-    if let Some(v) = to_local_pod(ctx, &pkt.hdr) {
+    if let Some(v) = to_local_pod(ctx, &pkt) {
         return v;
     }
     // For the host itself (e.g. replies to the node's own connections).
@@ -220,5 +220,5 @@ pub fn from_netdev(ctx: &TcContext) -> Verdict {
     let Ok(pkt) = parse::ipv4(ctx) else {
         return pass;
     };
-    to_local_pod(ctx, &pkt.hdr).unwrap_or(pass)
+    to_local_pod(ctx, &pkt).unwrap_or(pass)
 }

@@ -8,7 +8,7 @@ use clap::Parser;
 use sluice_controller::{
     agent::{Agent, AgentConfig},
     bpffs,
-    cluster::{ClusterState, DirSource},
+    cluster::{kube_source, ClusterState, DirSource, Event, KubeSource},
     config::{Config, Datastore, FlagConfig, Routing},
     dataplane::{self, Dataplane},
     kernel::KernelDatapath,
@@ -56,7 +56,8 @@ struct Args {
     #[arg(long)]
     mtu: Option<u32>,
     /// Where cluster objects come from: `dir:PATH`, a directory of
-    /// Kubernetes YAML watched like the API server (the lab).
+    /// Kubernetes YAML watched like the API server (the lab); `kubernetes`
+    /// (in-cluster service account) or `kubernetes:KUBECONFIG`, the API.
     #[arg(long)]
     datastore: Option<Datastore>,
     /// How pods reach other nodes [default: tunnel].
@@ -142,6 +143,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut remote_maps = dataplane
         .take_remote_maps()
         .context("eBPF maps for other nodes missing")?;
+    let policy_maps = dataplane
+        .take_policy_maps()
+        .context("eBPF policy maps missing")?;
     let netlink = Netlink::new()?;
     let gateway = sluice_controller::ipam::Ipam::new(config.pod_cidr)?.gateway();
     netlink
@@ -151,33 +155,38 @@ async fn run(config: Config) -> anyhow::Result<()> {
     underlay::enable_ip_forwarding().context("enabling IPv4 forwarding")?;
 
     let mut state = ClusterState::default();
-    let mut source = match &config.datastore {
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(64);
+    let has_source = match &config.datastore {
         Some(Datastore::Dir(dir)) => {
-            let mut source = DirSource::new(dir.clone(), metrics.clone())
+            let source = DirSource::new(dir.clone(), metrics.clone())
                 .with_context(|| format!("opening the manifest directory {}", dir.display()))?;
-            for event in source.scan() {
-                state.apply(event);
-            }
-            Some(source)
+            tokio::spawn(source.run(events_tx, DIR_POLL));
+            true
         }
-        None => None,
-    };
-    let setup = match source.as_mut() {
-        Some(source) => {
-            let node_ip = wait_for_own_node(&config.node_name, source, &mut state).await;
-            Some(
-                node_sync::setup(
-                    &mut dataplane,
-                    &mut remote_maps,
-                    &netlink,
-                    config.routing,
-                    node_ip,
-                )
+        Some(Datastore::Kubernetes { kubeconfig }) => {
+            let client = kube_source::client(kubeconfig.clone())
                 .await
-                .context("setting up cross-node routing")?,
-            )
+                .context("connecting to the Kubernetes API")?;
+            tokio::spawn(KubeSource::new(client, metrics.clone()).run(events_tx));
+            true
         }
-        None => None,
+        None => false,
+    };
+    let setup = if has_source {
+        let node_ip = wait_for_own_node(&config.node_name, &mut events, &mut state).await?;
+        Some(
+            node_sync::setup(
+                &mut dataplane,
+                &mut remote_maps,
+                &netlink,
+                config.routing,
+                node_ip,
+            )
+            .await
+            .context("setting up cross-node routing")?,
+        )
+    } else {
+        None
     };
     let mtu = config
         .mtu
@@ -194,8 +203,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
         setup,
     );
-    let mut reconciler = Reconciler::new(state, node_sync, metrics.clone());
-    reconciler.sync().await;
+    let mut reconciler = Reconciler::new(state, node_sync, policy_maps, metrics.clone());
 
     let datapath = KernelDatapath {
         dataplane,
@@ -212,11 +220,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         datapath,
     )
     .await?;
+    // Policy needs the registered pods (restored from state) to name them.
+    reconciler.set_local_endpoints(agent.local_endpoints()).await;
+    reconciler.sync().await;
     let listener = server::bind(&config.socket).await?;
-    let (events_tx, mut events) = tokio::sync::mpsc::channel(64);
-    if let Some(source) = source {
-        tokio::spawn(source.run(events_tx, DIR_POLL));
-    }
     info!(node = %config.node_name, pod_cidr = %config.pod_cidr, routing = %config.routing, mtu, socket = %config.socket.display(), pins = %config.pin_dir().display(), "agent ready");
 
     let shutdown = shutdown_signal();
@@ -226,7 +233,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => server::serve_connection(stream, &mut agent).await,
+                Ok((stream, _)) => {
+                    server::serve_connection(stream, &mut agent).await;
+                    reconciler.set_local_endpoints(agent.local_endpoints()).await;
+                }
                 Err(e) => warn!(error = %e, "accepting an API connection"),
             },
             Some(event) = events.recv() => reconciler.handle(event).await,
@@ -240,16 +250,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Cross-node routing starts from this node's own Node object (its
 /// InternalIP names the underlay), as kubelet registers it; until it shows
-/// up in the datastore there is nothing to route with.
+/// up in the datastore there is nothing to route with. Events that arrive
+/// meanwhile update `state`; later ones stay queued for the main loop.
 async fn wait_for_own_node(
     name: &str,
-    source: &mut DirSource,
+    events: &mut tokio::sync::mpsc::Receiver<Event>,
     state: &mut ClusterState,
-) -> std::net::Ipv4Addr {
+) -> anyhow::Result<std::net::Ipv4Addr> {
     let mut waiting_logged = false;
     loop {
         match state.nodes.get(name).map(nodes::node_info) {
-            Some(Ok(info)) => return info.ip,
+            Some(Ok(info)) => return Ok(info.ip),
             Some(Err(reason)) if !waiting_logged => {
                 warn!(node = name, %reason, "own Node object unusable; waiting for a fix")
             }
@@ -257,8 +268,14 @@ async fn wait_for_own_node(
             _ => {}
         }
         waiting_logged = true;
-        tokio::time::sleep(DIR_POLL).await;
-        for event in source.scan() {
+        let event = events
+            .recv()
+            .await
+            .context("the datastore stopped before this node's Node object appeared")?;
+        state.apply(event);
+        // What is queued belongs together (one scan, one relist): apply it
+        // all before looking again.
+        while let Ok(event) = events.try_recv() {
             state.apply(event);
         }
     }

@@ -553,6 +553,7 @@ mod tests {
                 let keys: Vec<_> = all.iter().map(|o| o.key().to_string()).collect();
                 format!("resync [{}]", keys.join(", "))
             }
+            Event::ResyncKind(..) => unreachable!("the manifest source resyncs everything"),
         }
     }
 

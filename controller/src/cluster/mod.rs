@@ -12,6 +12,7 @@
 //! directory and a real cluster cannot drift apart in behaviour.
 
 pub mod dir_source;
+pub mod kube_source;
 pub mod resource;
 pub mod store;
 
@@ -19,6 +20,7 @@ pub mod store;
 mod fixtures;
 
 pub use dir_source::{DirSource, DirSourceError};
+pub use kube_source::{KubeSource, KubeSourceError};
 pub use resource::{
     parse_documents, parse_json, Kind, Location, ObjectKey, ParseError, ParseErrorKind, Resource,
 };

@@ -23,6 +23,11 @@ pub enum Event {
     /// The complete current set after a (re)list (watcher `Init` ..
     /// `InitDone`): anything not in it is gone.
     Resync(Vec<Resource>),
+    /// The complete current set of one kind after that kind's own (re)list,
+    /// as a per-kind watcher reports it: objects of `kind` not in it are
+    /// gone, other kinds are untouched. Objects of other kinds in the list
+    /// are ignored.
+    ResyncKind(Kind, Vec<Resource>),
 }
 
 /// Which kinds an event changed, so consumers recompute only what depends
@@ -103,6 +108,7 @@ impl ClusterState {
             Event::Apply(resource) => self.upsert(resource),
             Event::Delete(key) => self.remove(&key),
             Event::Resync(resources) => self.resync(resources),
+            Event::ResyncKind(kind, resources) => self.resync_kind(kind, resources),
         }
     }
 
@@ -162,6 +168,33 @@ impl ClusterState {
         *self = fresh;
         changed
     }
+
+    fn resync_kind(&mut self, kind: Kind, resources: Vec<Resource>) -> Changed {
+        let mut fresh = ClusterState::default();
+        for resource in resources.into_iter().filter(|r| r.kind() == kind) {
+            fresh.upsert(resource);
+        }
+        let changed = match kind {
+            Kind::Node => replace(&mut self.nodes, fresh.nodes),
+            Kind::Namespace => replace(&mut self.namespaces, fresh.namespaces),
+            Kind::Pod => replace(&mut self.pods, fresh.pods),
+            Kind::NetworkPolicy => replace(&mut self.policies, fresh.policies),
+        };
+        if changed {
+            Changed::only(kind)
+        } else {
+            Changed::default()
+        }
+    }
+}
+
+/// Replaces `stored` unless it equals `fresh`; true if anything changed.
+fn replace<T: PartialEq>(stored: &mut T, fresh: T) -> bool {
+    if *stored == fresh {
+        return false;
+    }
+    *stored = fresh;
+    true
 }
 
 /// Inserts unless an equal value is stored; true if anything changed.
@@ -338,6 +371,49 @@ mod tests {
     fn resync_of_an_empty_state_with_nothing_is_no_change() {
         assert!(ClusterState::default()
             .apply(Event::Resync(Vec::new()))
+            .is_empty());
+    }
+
+    #[test]
+    fn resync_kind_replaces_only_its_own_kind() {
+        let mut state = loaded(all());
+        // Same pods again: nothing changed.
+        assert!(state
+            .apply(Event::ResyncKind(Kind::Pod, vec![resource(POD)]))
+            .is_empty());
+
+        // One pod updated, one added; the other kinds stay as they were.
+        let pods = vec![
+            resource(&POD.replace("10.244.1.5", "10.244.1.7")),
+            resource(&fixtures::pod("shop", "db", "10.244.1.9")),
+        ];
+        let changed = state.apply(Event::ResyncKind(Kind::Pod, pods.clone()));
+        assert_eq!(changed, Changed::only(Kind::Pod));
+        let mut expected = pods;
+        expected.extend([resource(NODE), resource(NAMESPACE), resource(POLICY)]);
+        assert_eq!(state, loaded(expected));
+
+        // An empty list of policies deletes the policies, and only them.
+        let changed = state.apply(Event::ResyncKind(Kind::NetworkPolicy, Vec::new()));
+        assert_eq!(changed, Changed::only(Kind::NetworkPolicy));
+        assert!(state.policies.is_empty());
+        assert_eq!(state.count(Kind::Pod), 2);
+        assert_eq!(state.count(Kind::Node), 1);
+        assert_eq!(state.count(Kind::Namespace), 1);
+    }
+
+    #[test]
+    fn resync_kind_ignores_objects_of_other_kinds() {
+        let mut state = loaded(all());
+        // A node in a namespace resync neither lands nor deletes anything
+        // but namespaces.
+        let other = resource(&NODE.replace("node-a", "node-b"));
+        let changed = state.apply(Event::ResyncKind(Kind::Namespace, vec![other]));
+        assert_eq!(changed, Changed::only(Kind::Namespace));
+        assert!(state.namespaces.is_empty());
+        assert_eq!(state.nodes.keys().collect::<Vec<_>>(), ["node-a"]);
+        assert!(ClusterState::default()
+            .apply(Event::ResyncKind(Kind::Node, Vec::new()))
             .is_empty());
     }
 

@@ -120,14 +120,20 @@ pub fn port_name(port: u16, protocol: &str) -> String {
     format!("serve-{port}-{}", protocol.to_ascii_lowercase())
 }
 
+/// Protocols every served port is declared with, as in the upstream e2e
+/// model. The pod server only serves TCP and UDP (SCTP needs kernel
+/// support the lab cannot count on), but named ports like `serve-80-sctp`
+/// must still resolve when a policy uses them.
+pub const DECLARED_PROTOCOLS: [&str; 3] = ["TCP", "UDP", "SCTP"];
+
 /// A running Pod as its kubelet reports it: labels, node, container ports
-/// (TCP and UDP on each served port) and its address from CNI.
+/// (TCP, UDP and SCTP on each served port) and its address from CNI.
 pub fn pod_object(pod: &PodState, host_ip: Option<Ipv4Addr>) -> serde_json::Value {
     let ports: Vec<_> = pod
         .ports
         .iter()
         .flat_map(|&port| {
-            ["TCP", "UDP"].map(|protocol| {
+            DECLARED_PROTOCOLS.map(|protocol| {
                 json!({
                     "name": port_name(port, protocol),
                     "containerPort": port,
@@ -234,8 +240,10 @@ mod tests {
             [
                 ("serve-80-tcp".into(), 80, "TCP".into()),
                 ("serve-80-udp".into(), 80, "UDP".into()),
+                ("serve-80-sctp".into(), 80, "SCTP".into()),
                 ("serve-81-tcp".into(), 81, "TCP".into()),
                 ("serve-81-udp".into(), 81, "UDP".into()),
+                ("serve-81-sctp".into(), 81, "SCTP".into()),
             ]
         );
         assert_eq!(obj["spec"]["nodeName"], "node1");

@@ -8,6 +8,7 @@ pub mod agent_proc;
 pub mod apply;
 pub mod cluster;
 pub mod cni;
+pub mod conformance;
 pub mod error;
 pub mod fabric;
 pub mod manifests;

@@ -1,6 +1,9 @@
 //! The upstream NetworkPolicy e2e cluster model: namespaces x, y and z,
 //! pods a, b and c in each, every pod serving TCP and UDP on 80 and 81.
-//! The demo shows it, and the conformance cases are written against it.
+//! Their Pod objects also declare SCTP on both ports (`serve-80-sctp`, ...,
+//! see [`manifests::pod_object`](super::manifests::pod_object)), as the
+//! upstream model does, though nothing serves SCTP. The demo shows it, and
+//! the conformance cases are written against it.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +39,14 @@ pub fn pods(nodes: &[String]) -> Vec<PodSpec> {
             spec.ports = PORTS.to_vec();
             Some(spec)
         })
+        .collect()
+}
+
+/// The model's pods as `ns/name`, in the order truth tables list them.
+pub fn pod_names() -> Vec<String> {
+    NAMESPACES
+        .iter()
+        .flat_map(|ns| PODS.iter().map(move |pod| format!("{ns}/{pod}")))
         .collect()
 }
 
@@ -83,5 +94,7 @@ mod tests {
         assert_eq!(first.labels.get("pod").map(String::as_str), Some("a"));
         assert_eq!(first.ports, [80, 81]);
         assert!(pods(&[]).is_empty());
+        assert_eq!(pod_names()[..4], ["x/a", "x/b", "x/c", "y/a"]);
+        assert_eq!(pod_names().len(), 9);
     }
 }

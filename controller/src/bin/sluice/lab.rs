@@ -17,6 +17,7 @@ use sluice_controller::{
     config::Routing,
     lab::{
         cluster::{self, Lab, LabConfig, LabStatus, PodSpec, UpOptions},
+        conformance,
         matrix::{self, Check, TruthTable},
         model,
         netns::command_in,
@@ -103,6 +104,10 @@ enum LabCommand {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
+    /// Run NetworkPolicy conformance cases (DIR/*.yaml, see FORMAT.md
+    /// beside them), each on a fresh two-node lab with the upstream model's
+    /// pods, in a lab of its own (NAME-conf); exits non-zero if any fails.
+    Conformance(ConformanceArgs),
     /// Serve TCP and UDP echo on ports (what lab pods run).
     #[command(hide = true)]
     Serve {
@@ -123,6 +128,28 @@ struct UpArgs {
     /// The cluster's pod CIDR; node i gets its i-th /24.
     #[arg(long, default_value = cluster::DEFAULT_POD_CIDR)]
     pod_cidr: Ipv4Net,
+}
+
+#[derive(clap::Args, Debug)]
+struct ConformanceArgs {
+    /// Directory of case files (`cases`, not `dir`: that is the global
+    /// --dir of the lab).
+    #[arg(value_name = "DIR")]
+    cases: PathBuf,
+    /// How pod traffic crosses nodes.
+    #[arg(long, value_enum, default_value_t = Routing::Tunnel)]
+    routing: Routing,
+    /// Only cases whose file name or name contains this.
+    #[arg(long = "case")]
+    filter: Option<String>,
+    /// Leave the last case's lab up (policies and labels as the case left
+    /// them).
+    #[arg(long)]
+    keep: bool,
+    /// Seconds a step's probes may take to match before they are judged
+    /// (agents apply policy asynchronously).
+    #[arg(long, default_value_t = conformance::DEFAULT_WAIT.as_secs_f64())]
+    wait: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -233,6 +260,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             }
         }
         LabCommand::Demo(demo_args) => return demo(config, &demo_args),
+        LabCommand::Conformance(args) => return run_conformance(&config, &args),
         LabCommand::Bench { seconds, runs } => {
             // Labs of its own, beside (not inside) the user's lab.
             let options = BenchOptions {
@@ -397,6 +425,42 @@ fn demo_in(config: LabConfig, options: &UpOptions) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_conformance(config: &LabConfig, args: &ConformanceArgs) -> anyhow::Result<ExitCode> {
+    let wait = Duration::try_from_secs_f64(args.wait)
+        .with_context(|| format!("invalid --wait {}", args.wait))?;
+    let options = conformance::Options {
+        routing: args.routing,
+        filter: args.filter.clone(),
+        keep: args.keep,
+        wait,
+        ..conformance::Options::default()
+    };
+    let lab = conformance::lab_config(config)?;
+    println!(
+        "conformance cases in {}: a fresh 2-node lab per case ({} routing, lab {} in {})",
+        args.cases.display(),
+        args.routing,
+        lab.name,
+        lab.dir.display()
+    );
+    let summary = conformance::run(config, &args.cases, &options, |report| print!("{report}"))
+        .with_context(|| format!("running the cases in {}", args.cases.display()))?;
+    if args.keep {
+        println!(
+            "the last case's lab is left up: sluice lab --dir {} --name {} status (remove it with ... down)",
+            lab.dir.display(),
+            lab.name
+        );
+    }
+    println!("total {:.1} s", summary.elapsed.as_secs_f64());
+    println!("{summary}");
+    Ok(if summary.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_tables(checks: &[Check], tables: &[TruthTable]) {

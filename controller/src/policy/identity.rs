@@ -1,0 +1,305 @@
+//! Numbers for "who": label identities for (namespace, namespace labels,
+//! pod labels) and CIDR identities for ipBlock regions.
+//!
+//! A number stays the same as long as its key is in use, so pod churn does
+//! not rewrite the policy map. Numbers are handed out from a cursor that
+//! moves forward and wraps, so a number freed now is the last one reused:
+//! a peer that still caches the old meaning (the dataplane of another node,
+//! a tunnelled packet in flight) is unlikely to meet a new one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
+
+use ipnet::Ipv4Net;
+use sluice_common::identity;
+
+use super::selector::Labels;
+
+/// What a label identity stands for. The namespace name is part of it, so
+/// a set of identities resolved from a peer selector is exact.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelKey {
+    pub namespace: String,
+    pub namespace_labels: Labels,
+    pub pod_labels: Labels,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("label identities exhausted ({size} in use); no identity for {key:?}")]
+    LabelsExhausted { size: usize, key: LabelKey },
+    #[error("CIDR identities exhausted ({size} in use); no identity for {net}")]
+    CidrsExhausted { size: usize, net: Ipv4Net },
+}
+
+/// Allocates and remembers identities across compiles.
+#[derive(Clone, Debug)]
+pub struct IdentityAllocator {
+    labels: Pool<LabelKey>,
+    cidrs: Pool<Ipv4Net>,
+}
+
+impl Default for IdentityAllocator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IdentityAllocator {
+    /// The full ranges of `sluice_common::identity`.
+    pub fn new() -> Self {
+        Self::with_ranges(
+            identity::FIRST_CLUSTER..=identity::FIRST_CIDR - 1,
+            identity::FIRST_CIDR..=identity::MAX,
+        )
+    }
+
+    /// Smaller ranges, for tests of exhaustion and reuse. Both must lie in
+    /// their ranges of `sluice_common::identity`.
+    pub fn with_ranges(labels: RangeInclusive<u32>, cidrs: RangeInclusive<u32>) -> Self {
+        assert!(
+            *labels.start() >= identity::FIRST_CLUSTER && *labels.end() < identity::FIRST_CIDR,
+            "label identities out of range"
+        );
+        assert!(
+            *cidrs.start() >= identity::FIRST_CIDR && *cidrs.end() <= identity::MAX,
+            "CIDR identities out of range"
+        );
+        IdentityAllocator {
+            labels: Pool::new(labels),
+            cidrs: Pool::new(cidrs),
+        }
+    }
+
+    /// Makes `live` exactly the set of label keys with an identity: new
+    /// keys get numbers, keys not in `live` release theirs. Keys that could
+    /// not get one are reported and have none.
+    pub fn sync_labels(&mut self, live: &BTreeSet<LabelKey>) -> Vec<IdentityError> {
+        self.labels
+            .sync(live)
+            .into_iter()
+            .map(|key| IdentityError::LabelsExhausted {
+                size: self.labels.assigned.len(),
+                key,
+            })
+            .collect()
+    }
+
+    /// As [`Self::sync_labels`], for ipBlock region prefixes (canonical form).
+    pub fn sync_cidrs(&mut self, live: &BTreeSet<Ipv4Net>) -> Vec<IdentityError> {
+        self.cidrs
+            .sync(live)
+            .into_iter()
+            .map(|net| IdentityError::CidrsExhausted {
+                size: self.cidrs.assigned.len(),
+                net,
+            })
+            .collect()
+    }
+
+    pub fn label(&self, key: &LabelKey) -> Option<u32> {
+        self.labels.assigned.get(key).copied()
+    }
+
+    pub fn cidr(&self, net: &Ipv4Net) -> Option<u32> {
+        self.cidrs.assigned.get(net).copied()
+    }
+
+    /// Every label identity in use, for `sluice policy explain` and tests.
+    pub fn labels(&self) -> impl Iterator<Item = (&LabelKey, u32)> {
+        self.labels.assigned.iter().map(|(k, v)| (k, *v))
+    }
+
+    pub fn cidrs(&self) -> impl Iterator<Item = (&Ipv4Net, u32)> {
+        self.cidrs.assigned.iter().map(|(k, v)| (k, *v))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Pool<K> {
+    range: RangeInclusive<u32>,
+    assigned: BTreeMap<K, u32>,
+    used: BTreeSet<u32>,
+    /// Where the search for a free number starts.
+    next: u32,
+}
+
+impl<K: Ord + Clone> Pool<K> {
+    fn new(range: RangeInclusive<u32>) -> Self {
+        Pool {
+            next: *range.start(),
+            range,
+            assigned: BTreeMap::new(),
+            used: BTreeSet::new(),
+        }
+    }
+
+    /// Returns the keys left without a number.
+    fn sync(&mut self, live: &BTreeSet<K>) -> Vec<K> {
+        let stale: Vec<K> = self
+            .assigned
+            .keys()
+            .filter(|k| !live.contains(*k))
+            .cloned()
+            .collect();
+        // New keys first, while stale keys still hold their numbers, so that
+        // none is reused within one sync...
+        let mut waiting = Vec::new();
+        for key in live {
+            if !self.assigned.contains_key(key) && !self.allocate(key) {
+                waiting.push(key.clone());
+            }
+        }
+        for key in &stale {
+            if let Some(n) = self.assigned.remove(key) {
+                self.used.remove(&n);
+            }
+        }
+        // ... unless that is the only way to give every live key one.
+        waiting.retain(|key| !self.allocate(key));
+        waiting
+    }
+
+    fn allocate(&mut self, key: &K) -> bool {
+        let (start, end) = (*self.range.start(), *self.range.end());
+        let candidate = self
+            .free_from(self.next, end)
+            .or_else(|| self.free_from(start, end));
+        let Some(n) = candidate else {
+            return false;
+        };
+        self.used.insert(n);
+        self.assigned.insert(key.clone(), n);
+        self.next = if n == end { start } else { n + 1 };
+        true
+    }
+
+    /// The first free number in `from..=end`.
+    fn free_from(&self, from: u32, end: u32) -> Option<u32> {
+        let mut candidate = from;
+        for &n in self.used.range(from..=end) {
+            if n != candidate {
+                break;
+            }
+            candidate = n.checked_add(1)?;
+        }
+        (candidate <= end).then_some(candidate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ns: &str, pod: &str) -> LabelKey {
+        LabelKey {
+            namespace: ns.into(),
+            namespace_labels: [("kubernetes.io/metadata.name".to_string(), ns.to_string())].into(),
+            pod_labels: [("pod".to_string(), pod.to_string())].into(),
+        }
+    }
+
+    fn set(keys: &[LabelKey]) -> BTreeSet<LabelKey> {
+        keys.iter().cloned().collect()
+    }
+
+    #[test]
+    fn identities_are_in_the_cluster_range_and_stable() {
+        let mut ids = IdentityAllocator::new();
+        assert!(ids
+            .sync_labels(&set(&[key("x", "a"), key("x", "b")]))
+            .is_empty());
+        let a = ids.label(&key("x", "a")).unwrap();
+        let b = ids.label(&key("x", "b")).unwrap();
+        assert_ne!(a, b);
+        for n in [a, b] {
+            assert!((identity::FIRST_CLUSTER..identity::FIRST_CIDR).contains(&n));
+        }
+        // Another sync with one more key leaves the others alone.
+        assert!(ids
+            .sync_labels(&set(&[key("x", "a"), key("x", "b"), key("y", "a")]))
+            .is_empty());
+        assert_eq!(ids.label(&key("x", "a")), Some(a));
+        assert_eq!(ids.label(&key("x", "b")), Some(b));
+        assert_ne!(ids.label(&key("y", "a")), ids.label(&key("x", "a")));
+    }
+
+    #[test]
+    fn namespace_labels_are_part_of_the_key() {
+        let mut ids = IdentityAllocator::new();
+        let plain = key("x", "a");
+        let mut labelled = plain.clone();
+        labelled
+            .namespace_labels
+            .insert("team".into(), "blue".into());
+        ids.sync_labels(&set(&[plain.clone(), labelled.clone()]));
+        assert_ne!(ids.label(&plain), ids.label(&labelled));
+    }
+
+    #[test]
+    fn unused_identities_are_released_and_not_reused_at_once() {
+        let mut ids =
+            IdentityAllocator::with_ranges(256..=259, identity::FIRST_CIDR..=identity::MAX);
+        ids.sync_labels(&set(&[key("x", "a"), key("x", "b")]));
+        let a = ids.label(&key("x", "a")).unwrap();
+        // x/a goes away while x/c arrives in the same sync.
+        ids.sync_labels(&set(&[key("x", "b"), key("x", "c")]));
+        assert_eq!(ids.label(&key("x", "a")), None);
+        let c = ids.label(&key("x", "c")).unwrap();
+        assert_ne!(c, a, "a number freed in this sync is not reused in it");
+        // A later key prefers never-used numbers over recently freed ones.
+        ids.sync_labels(&set(&[key("x", "b"), key("x", "c"), key("x", "d")]));
+        assert_eq!(ids.label(&key("x", "d")), Some(259));
+        // Once the range is used up, freed numbers come back.
+        ids.sync_labels(&set(&[
+            key("x", "b"),
+            key("x", "c"),
+            key("x", "d"),
+            key("x", "e"),
+        ]));
+        assert_eq!(ids.label(&key("x", "e")), Some(a));
+    }
+
+    #[test]
+    fn exhaustion_is_an_error_and_never_wraps_into_other_ranges() {
+        let mut ids =
+            IdentityAllocator::with_ranges(256..=257, identity::FIRST_CIDR..=identity::MAX);
+        let errors = ids.sync_labels(&set(&[key("x", "a"), key("x", "b"), key("x", "c")]));
+        assert_eq!(
+            errors,
+            vec![IdentityError::LabelsExhausted {
+                size: 2,
+                key: key("x", "c")
+            }]
+        );
+        assert_eq!(ids.label(&key("x", "c")), None);
+        assert_eq!(ids.labels().count(), 2);
+        for (_, n) in ids.labels() {
+            assert!((256..=257).contains(&n));
+        }
+        // If the only free numbers are those freed in this sync, use them.
+        let errors = ids.sync_labels(&set(&[key("x", "c"), key("x", "d")]));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(ids.label(&key("x", "c")).is_some() && ids.label(&key("x", "d")).is_some());
+    }
+
+    #[test]
+    fn cidr_identities_are_in_their_range_and_stable() {
+        let mut ids = IdentityAllocator::new();
+        let nets: BTreeSet<Ipv4Net> = ["0.0.0.0/0", "10.0.0.0/8"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert!(ids.sync_cidrs(&nets).is_empty());
+        let n = ids.cidr(&"10.0.0.0/8".parse().unwrap()).unwrap();
+        assert!((identity::FIRST_CIDR..=identity::MAX).contains(&n));
+        ids.sync_cidrs(&nets);
+        assert_eq!(ids.cidr(&"10.0.0.0/8".parse().unwrap()), Some(n));
+        assert_eq!(ids.cidrs().count(), 2);
+
+        let mut small = IdentityAllocator::with_ranges(256..=300, identity::MAX..=identity::MAX);
+        let errors = small.sync_cidrs(&nets);
+        assert_eq!(errors.len(), 1);
+        assert!(matches!(errors[0], IdentityError::CidrsExhausted { .. }));
+    }
+}

@@ -1,0 +1,216 @@
+//! NetworkPolicy enforcement with connection tracking. New flows are
+//! checked against the egress policy of a local source and the ingress
+//! policy of a local destination; later packets and replies pass through
+//! conntrack, re-checked once whenever the policy revision moved.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use sluice_common::{
+    conntrack::{ct_flags, timeout, CtEntry, CtKey},
+    endpoint::EndpointInfo,
+    identity,
+    ipcache::Ipv4Prefix,
+    metrics::reason,
+    policy::{direction, PolicyKey, ANY_IDENTITY, ANY_PROTOCOL, KEY_FULL_BITS},
+};
+
+use crate::{
+    maps::{CIDR_IDENTITY, CONFIG, CONNTRACK, IPCACHE, ISOLATION, POLICY},
+    parse::{Ipv4Packet, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const ICMP_ECHO_REPLY: u16 = 0;
+const ICMP_ECHO: u16 = 8;
+
+/// Label identity of an address: the ipcache's, else the outside world.
+fn peer_identity(addr: [u8; 4]) -> u32 {
+    match IPCACHE.get(Key::new(32, Ipv4Prefix { addr })) {
+        Some(entry) => entry.identity,
+        None => identity::WORLD,
+    }
+}
+
+/// Identity of the ipBlock region an address falls in (0: none).
+fn cidr_identity(addr: [u8; 4]) -> u32 {
+    CIDR_IDENTITY
+        .get(Key::new(32, Ipv4Prefix { addr }))
+        .copied()
+        .unwrap_or(ANY_IDENTITY)
+}
+
+fn rule_hits(endpoint: u32, dir: u8, identity: u32, protocol: u8, dport: u16) -> bool {
+    let key = PolicyKey {
+        endpoint,
+        identity,
+        direction: dir,
+        protocol,
+        dport: dport.to_be_bytes(),
+    };
+    POLICY.get(Key::new(KEY_FULL_BITS, key)).is_some()
+}
+
+/// Whether `endpoint` may exchange this packet with `peer` in `dir`: a fixed
+/// number of lookups, whatever the number of rules.
+fn allowed(endpoint: &EndpointInfo, dir: u8, peer: [u8; 4], protocol: u8, dport: u16) -> bool {
+    let Some(isolation) = ISOLATION.get_ptr(&endpoint.id) else {
+        return true;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let isolated = unsafe {
+        if dir == direction::INGRESS {
+            (*isolation).ingress
+        } else {
+            (*isolation).egress
+        }
+    };
+    if isolated == 0 {
+        return true;
+    }
+    let peer_id = peer_identity(peer);
+    // The pod's own node (kubelet probes, and the replies to them).
+    if peer_id == identity::HOST {
+        return true;
+    }
+    let cidr_id = cidr_identity(peer);
+    for identity in [peer_id, cidr_id, ANY_IDENTITY] {
+        if rule_hits(endpoint.id, dir, identity, protocol, dport)
+            || rule_hits(endpoint.id, dir, identity, ANY_PROTOCOL, dport)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Policy for a flow's first packet (or a re-check): egress of a local
+/// source, ingress of a local destination.
+fn check(
+    key: &CtKey,
+    src: Option<&EndpointInfo>,
+    dst: Option<&EndpointInfo>,
+) -> Result<(), u32> {
+    let dport = policy_port(key);
+    if let Some(src) = src {
+        if !allowed(src, direction::EGRESS, key.daddr, key.protocol, dport) {
+            return Err(reason::DROP_POLICY_EGRESS);
+        }
+    }
+    if let Some(dst) = dst {
+        if !allowed(dst, direction::INGRESS, key.saddr, key.protocol, dport) {
+            return Err(reason::DROP_POLICY_INGRESS);
+        }
+    }
+    Ok(())
+}
+
+/// Ports only mean something to policy for TCP/UDP/SCTP.
+fn policy_port(key: &CtKey) -> u16 {
+    if key.protocol == IPPROTO_ICMP {
+        0
+    } else {
+        key.dport
+    }
+}
+
+fn ct_key(pkt: &Ipv4Packet) -> CtKey {
+    let (sport, dport) = match pkt.hdr.protocol {
+        // Request and reply of an echo share the id (parse puts type/code
+        // in sport, the id in dport).
+        IPPROTO_ICMP => match pkt.sport >> 8 {
+            ICMP_ECHO | ICMP_ECHO_REPLY => (pkt.dport, pkt.dport),
+            _ => (0, 0),
+        },
+        _ => (pkt.sport, pkt.dport),
+    };
+    CtKey {
+        saddr: pkt.hdr.saddr,
+        daddr: pkt.hdr.daddr,
+        sport,
+        dport,
+        protocol: pkt.hdr.protocol,
+        _pad: [0; 3],
+    }
+}
+
+fn lifetime(pkt: &Ipv4Packet, flags: u32) -> u64 {
+    match pkt.hdr.protocol {
+        IPPROTO_TCP => {
+            if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 || flags & ct_flags::CLOSING != 0 {
+                timeout::TCP_CLOSING
+            } else if pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & TCP_ACK == 0 {
+                timeout::TCP_SYN
+            } else {
+                timeout::TCP_ESTABLISHED
+            }
+        }
+        IPPROTO_UDP => timeout::UDP,
+        IPPROTO_ICMP => timeout::ICMP,
+        _ => timeout::OTHER,
+    }
+}
+
+fn refresh(entry: *mut CtEntry, pkt: &Ipv4Packet, now: u64, revision: u32, reply: bool) {
+    unsafe {
+        let mut flags = (*entry).flags;
+        if reply {
+            flags |= ct_flags::SEEN_REPLY;
+        }
+        if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            flags |= ct_flags::CLOSING;
+        }
+        (*entry).flags = flags;
+        (*entry).revision = revision;
+        (*entry).expires = now + lifetime(pkt, flags);
+    }
+}
+
+/// Decides a packet between `src` and `dst` (each given when it is a pod
+/// on this node): `Err(reason)` to drop.
+pub fn enforce(
+    pkt: &Ipv4Packet,
+    src: Option<&EndpointInfo>,
+    dst: Option<&EndpointInfo>,
+) -> Result<(), u32> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let revision = CONFIG.get(0).map(|c| c.policy_revision).unwrap_or(0);
+    let key = ct_key(pkt);
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
+        if unsafe { (*entry).expires } > now {
+            if unsafe { (*entry).revision } != revision {
+                if let Err(r) = check(&key, src, dst) {
+                    let _ = CONNTRACK.remove(&key);
+                    return Err(r);
+                }
+            }
+            refresh(entry, pkt, now, revision, false);
+            return Ok(());
+        }
+    }
+    let reverse = key.reversed();
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&reverse) {
+        if unsafe { (*entry).expires } > now {
+            // A reply: what counts is whether the original direction is
+            // still allowed.
+            if unsafe { (*entry).revision } != revision {
+                if let Err(r) = check(&reverse, dst, src) {
+                    let _ = CONNTRACK.remove(&reverse);
+                    return Err(r);
+                }
+            }
+            refresh(entry, pkt, now, revision, true);
+            return Ok(());
+        }
+    }
+    check(&key, src, dst)?;
+    let entry = CtEntry {
+        expires: now + lifetime(pkt, 0),
+        revision,
+        flags: 0,
+    };
+    // A full table evicts the least recently used flow (LRU map); the
+    // packet is allowed either way, it passed policy.
+    let _ = CONNTRACK.insert(&key, &entry, 0);
+    Ok(())
+}
