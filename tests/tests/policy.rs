@@ -1,0 +1,139 @@
+//! NetworkPolicy enforced by the dataplane, through the real lab: policies
+//! applied with `sluice lab apply`, connections made from pod namespaces.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use sluice_tests::{probe, require_root, TestLab, TIMEOUT};
+
+const PORT: u16 = 80;
+const CONVERGE: Duration = Duration::from_secs(15);
+
+/// Sends a line and expects it echoed within `timeout`.
+fn echo(conn: &mut TcpStream, msg: &[u8], timeout: Duration) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(timeout))?;
+    conn.write_all(msg)?;
+    let mut buf = vec![0u8; msg.len()];
+    conn.read_exact(&mut buf)?;
+    Ok(())
+}
+
+fn write_policy(lab: &TestLab, name: &str, yaml: &str) -> std::path::PathBuf {
+    let path = lab.config.dir.with_extension(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).expect("writing the policy file");
+    path
+}
+
+const DENY_INGRESS_X: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-ingress, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress: []
+";
+
+/// Revoked access stops established connections (here: across nodes, from
+/// y/a on node2 to x/a on node1), not just new ones; and deleting the
+/// policy lets new connections in again.
+#[test]
+fn policy_change_cuts_established_connections() {
+    require_root!();
+    let lab = TestLab::up("pr", 2, "tunnel");
+    let server = lab.pod_add("x/a", "node1");
+    lab.pod_add("y/a", "node2");
+    let dst = SocketAddr::new(server.ip, PORT);
+    let client = lab.pod_netns("y/a");
+    assert!(
+        lab.eventually(CONVERGE, || probe::tcp(&client, dst, TIMEOUT)),
+        "y/a cannot reach {dst} before any policy\n{}",
+        lab.agent_logs()
+    );
+    let mut conn = client
+        .run(move || TcpStream::connect_timeout(&dst, TIMEOUT))
+        .expect("entering y/a")
+        .unwrap_or_else(|e| panic!("connecting to {dst}: {e}"));
+    echo(&mut conn, b"before\n", Duration::from_secs(5)).expect("echo before the policy");
+
+    let file = write_policy(&lab, "deny", DENY_INGRESS_X);
+    let applied = Instant::now();
+    lab.sluice_ok(&["apply", "-f", file.to_str().expect("utf-8 path")]);
+    // Keep talking on the established connection until it stops.
+    let mut cut_after = None;
+    while applied.elapsed() < Duration::from_secs(10) {
+        if echo(&mut conn, b"still there?\n", Duration::from_millis(200)).is_err() {
+            cut_after = Some(applied.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cut_after = cut_after.unwrap_or_else(|| {
+        panic!(
+            "the established connection still works 10 s after the deny policy\n{}",
+            lab.agent_logs()
+        )
+    });
+    eprintln!("established connection cut {cut_after:?} after `lab apply`");
+    assert!(
+        !probe::tcp(&client, dst, TIMEOUT),
+        "new connections still pass the deny policy"
+    );
+    assert!(
+        lab.counter("node1", "drop_policy_ingress") > 0,
+        "node1 counted no drop_policy_ingress"
+    );
+
+    lab.sluice_ok(&["delete", "-f", file.to_str().expect("utf-8 path")]);
+    assert!(
+        lab.eventually(CONVERGE, || probe::tcp(&client, dst, TIMEOUT)),
+        "y/a cannot reach {dst} after the policy was deleted\n{}",
+        lab.agent_logs()
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+/// Replies of an allowed connection pass even when the client is isolated
+/// for ingress, and the client's own node always reaches it (kubelet
+/// probes).
+#[test]
+fn replies_and_own_node_pass_isolation() {
+    require_root!();
+    let lab = TestLab::up("rp", 2, "tunnel");
+    let client = lab.pod_add("x/a", "node1");
+    let server = lab.pod_add("y/a", "node2");
+    let file = write_policy(&lab, "deny", DENY_INGRESS_X);
+    lab.sluice_ok(&["apply", "-f", file.to_str().expect("utf-8 path")]);
+    let client_ns = lab.pod_netns("x/a");
+    let other_ns = lab.pod_netns("y/a");
+    let to_client = SocketAddr::new(client.ip, PORT);
+    // Wait for the policy to take effect: y/a can no longer reach x/a.
+    assert!(
+        lab.eventually(CONVERGE, || !probe::tcp(&other_ns, to_client, TIMEOUT)),
+        "the deny-ingress policy never took effect\n{}",
+        lab.agent_logs()
+    );
+    // x/a's own connections out still work: their replies come back in.
+    let to_server = SocketAddr::new(server.ip, PORT);
+    assert!(
+        probe::tcp(&client_ns, to_server, TIMEOUT),
+        "TCP reply blocked"
+    );
+    assert!(
+        probe::udp(&client_ns, to_server, TIMEOUT),
+        "UDP reply blocked"
+    );
+    assert!(
+        probe::icmp(&client_ns, server.ip, TIMEOUT),
+        "ICMP reply blocked"
+    );
+    // node1 (x/a's node) still reaches it.
+    assert!(
+        probe::tcp(&lab.node_netns("node1"), to_client, TIMEOUT),
+        "x/a's own node is blocked"
+    );
+    let _ = std::fs::remove_file(file);
+}
