@@ -118,6 +118,7 @@ impl Metrics {
         }
         sync_errors.with_label_values(&["nodes"]);
         sync_errors.with_label_values(&["policy"]);
+        sync_errors.with_label_values(&["identities"]);
 
         Metrics {
             registry,

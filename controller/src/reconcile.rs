@@ -94,7 +94,10 @@ impl Reconciler {
                 }
                 Err(e) => {
                     warn!(error = %e, "applying policy failed; retrying");
-                    self.metrics.sync_errors.with_label_values(&["policy"]).inc();
+                    self.metrics
+                        .sync_errors
+                        .with_label_values(&["policy"])
+                        .inc();
                 }
             }
         }
@@ -131,14 +134,21 @@ impl Reconciler {
             }
             self.problems = desired.problems.clone();
         }
+        for e in &desired.identity_errors {
+            // The pods concerned get no identity: peers' rules cannot name
+            // them (fail closed), and the next change retries.
+            warn!(error = %e, "identity allocation failed");
+            self.metrics
+                .sync_errors
+                .with_label_values(&["identities"])
+                .inc();
+        }
         self.metrics
             .policy_problems
             .set(desired.problems.len() as i64);
-        let stats = self.policy_maps.sync(
-            &desired.cidr_identities,
-            &desired.rules,
-            &desired.isolation,
-        )?;
+        let stats =
+            self.policy_maps
+                .sync(&desired.cidr_identities, &desired.rules, &desired.isolation)?;
         let identities_changed = self.pod_identities != desired.pod_identities;
         self.pod_identities = desired.pod_identities;
         if stats.written + stats.removed > 0 {

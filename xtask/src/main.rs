@@ -42,6 +42,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// NetworkPolicy conformance: every case of DIR on fresh two-node labs
+    /// (`sluice lab conformance`); fails if any case fails.
+    Conformance {
+        /// Case directory [default: ../shared/conformance/cases from the
+        /// workspace root].
+        dir: Option<PathBuf>,
+        /// Extra arguments for `sluice lab conformance`, after `--` (e.g.
+        /// -- --routing native --case 21).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// The whole test suite: lints, unit tests, then the privileged
     /// end-to-end tests against the real kernel.
     Test {
@@ -94,6 +105,14 @@ fn main() -> anyhow::Result<()> {
             build()?;
             run(Command::new(workspace_root().join("target/debug/sluice"))
                 .args(["lab", "bench"])
+                .args(args))
+        }
+        Cmd::Conformance { dir, args } => {
+            build()?;
+            let dir = dir.unwrap_or_else(|| workspace_root().join("../shared/conformance/cases"));
+            run(Command::new(workspace_root().join("target/debug/sluice"))
+                .args(["lab", "conformance"])
+                .arg(dir)
                 .args(args))
         }
         Cmd::Test { filter, no_lint } => {

@@ -221,7 +221,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     // Policy needs the registered pods (restored from state) to name them.
-    reconciler.set_local_endpoints(agent.local_endpoints()).await;
+    reconciler
+        .set_local_endpoints(agent.local_endpoints())
+        .await;
     reconciler.sync().await;
     let listener = server::bind(&config.socket).await?;
     info!(node = %config.node_name, pod_cidr = %config.pod_cidr, routing = %config.routing, mtu, socket = %config.socket.display(), pins = %config.pin_dir().display(), "agent ready");

@@ -69,8 +69,13 @@ impl LabConfig {
         bin_dir: impl Into<PathBuf>,
     ) -> Result<Self, LabError> {
         topology::validate_lab_name(name)?;
+        let dir = dir.into();
+        // Agents and sluice-cni run elsewhere (other namespaces, other
+        // working directories): every path handed to them must be absolute.
+        let dir =
+            std::path::absolute(&dir).map_err(io_err(format!("resolving {}", dir.display())))?;
         Ok(Self {
-            dir: dir.into(),
+            dir,
             name: name.to_owned(),
             bin_dir: bin_dir.into(),
         })

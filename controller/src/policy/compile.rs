@@ -6,6 +6,7 @@
 //! skipped (it cannot isolate what it cannot name), and each is reported.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -51,6 +52,12 @@ pub struct PolicyProblem {
     /// `namespace/name`.
     pub policy: String,
     pub reason: String,
+}
+
+impl fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NetworkPolicy {}: {}", self.policy, self.reason)
+    }
 }
 
 pub fn compile(
@@ -341,10 +348,9 @@ fn parse_rule(
         Some(peers) => {
             let mut parsed = Vec::new();
             for (i, peer) in peers.iter().enumerate() {
-                match parse_peer(peer).map_err(|e| format!("{peer_field}[{i}]: {e}"))? {
-                    Some(peer) => parsed.push(peer),
-                    None => {} // IPv6 ipBlock: matches no IPv4 traffic.
-                }
+                // `None` is an IPv6 ipBlock: it matches no IPv4 traffic.
+                let peer = parse_peer(peer).map_err(|e| format!("{peer_field}[{i}]: {e}"))?;
+                parsed.extend(peer);
             }
             Some(parsed)
         }

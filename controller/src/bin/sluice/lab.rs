@@ -273,6 +273,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "cross-node TCP throughput, iperf3, 1 stream, {seconds} s x {runs} runs per path"
             );
+            println!(
+                "per-packet policy cost (from_container, BPF_PROG_TEST_RUN, 1000000 runs each)"
+            );
+            let costs = [0, 10_000]
+                .into_iter()
+                .map(|rules| bench::policy_cost::measure(rules, 1_000_000))
+                .collect::<Result<Vec<_>, _>>()?;
+            print!("{}", bench::policy_cost::report(&costs));
             let results = bench::run(&options)?;
             print!("{}", bench::report(&results));
         }

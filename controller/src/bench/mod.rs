@@ -1,0 +1,7 @@
+//! Benchmarks, each next to its baseline measured in the same run
+//! (`cargo xtask bench`).
+
+pub mod policy_cost;
+pub mod throughput;
+
+pub use throughput::{report, run, BenchError, BenchOptions, Measurement};
