@@ -434,13 +434,19 @@ impl PolicyMaps {
                 stats.written += 1;
             }
         }
+        // A rule that does not fit (full map) must not stop the rest of
+        // the sync: isolation still applies and stale rules still go, so
+        // the missing rules deny (fail closed); the error is reported after.
+        let mut rules_error = None;
         for ((rule, prefix), entry) in rules {
             let key = Key::new(*prefix, *rule);
             if self.policy.get(&key, 0).ok().as_ref() != Some(entry) {
-                self.policy
-                    .insert(&key, entry, 0)
-                    .map_err(map_error(maps::POLICY))?;
-                stats.written += 1;
+                match self.policy.insert(&key, entry, 0) {
+                    Ok(()) => stats.written += 1,
+                    Err(e) => {
+                        rules_error.get_or_insert(map_error(maps::POLICY)(e));
+                    }
+                }
             }
         }
         for (endpoint, iso) in isolation {
@@ -484,7 +490,10 @@ impl PolicyMaps {
             remove_ok(self.cidr.remove(&key), maps::CIDR_IDENTITY)?;
             stats.removed += 1;
         }
-        Ok(stats)
+        match rules_error {
+            Some(e) => Err(e),
+            None => Ok(stats),
+        }
     }
 }
 
