@@ -67,13 +67,10 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     if let Some(dst) = dst {
         return deliver_local(ctx, &pkt.hdr, &dst);
     }
-    remote::forward(ctx, &pkt.hdr, peer_identity_of(&src))
-}
-
-/// The identity a pod's packets carry across nodes (VNI): the ipcache
-/// knows it once the agent has computed it.
-fn peer_identity_of(src: &EndpointInfo) -> u32 {
-    src.identity
+    // The VNI carries the sender's identity, as this node's ipcache knows
+    // it (the receiver enforces with its own ipcache; the VNI is for
+    // visibility and future use).
+    remote::forward(ctx, &pkt.hdr, policy::peer_identity(pkt.hdr.saddr))
 }
 
 /// A packet from another node (overlay or underlay): local pods get it

@@ -25,7 +25,7 @@ const ICMP_ECHO_REPLY: u16 = 0;
 const ICMP_ECHO: u16 = 8;
 
 /// Label identity of an address: the ipcache's, else the outside world.
-fn peer_identity(addr: [u8; 4]) -> u32 {
+pub fn peer_identity(addr: [u8; 4]) -> u32 {
     match IPCACHE.get(Key::new(32, Ipv4Prefix { addr })) {
         Some(entry) => entry.identity,
         None => identity::WORLD,
