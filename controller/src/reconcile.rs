@@ -5,7 +5,7 @@
 //! alter a verdict the policy revision moves, so established flows are
 //! checked again with their next packet.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::{info, warn};
 
@@ -20,6 +20,15 @@ use crate::{
     },
 };
 
+/// The kinds whose complete list `event` carries.
+pub fn listed_by(event: &Event) -> Vec<Kind> {
+    match event {
+        Event::Resync(_) => Kind::ALL.to_vec(),
+        Event::ResyncKind(kind, _) => vec![*kind],
+        Event::Apply(_) | Event::Delete(_) => Vec::new(),
+    }
+}
+
 pub struct Reconciler {
     state: ClusterState,
     nodes: NodeSync,
@@ -32,14 +41,21 @@ pub struct Reconciler {
     /// What must be (re)applied; stays set while applying fails.
     dirty_nodes: bool,
     dirty_policy: bool,
+    /// Kinds whose complete list has arrived. Until every kind has, the
+    /// state is partial: applying it would remove pinned entries (open
+    /// isolated pods, forget identities) that a restarted agent must keep.
+    listed: BTreeSet<Kind>,
 }
 
 impl Reconciler {
+    /// `listed`: the kinds `state` already holds complete lists of (all of
+    /// them without a source).
     pub fn new(
         state: ClusterState,
         nodes: NodeSync,
         policy_maps: PolicyMaps,
         metrics: Metrics,
+        listed: BTreeSet<Kind>,
     ) -> Self {
         Self {
             state,
@@ -52,6 +68,7 @@ impl Reconciler {
             metrics,
             dirty_nodes: true,
             dirty_policy: true,
+            listed,
         }
     }
 
@@ -60,6 +77,7 @@ impl Reconciler {
     }
 
     pub async fn handle(&mut self, event: Event) {
+        self.listed.extend(listed_by(&event));
         let changed = self.state.apply(event);
         for kind in Kind::ALL {
             self.metrics
@@ -83,6 +101,9 @@ impl Reconciler {
 
     /// Applies what changed or failed last time.
     pub async fn sync(&mut self) {
+        if self.listed.len() < Kind::ALL.len() {
+            return;
+        }
         let mut verdicts_may_change = false;
         if self.dirty_policy {
             match self.sync_policy() {

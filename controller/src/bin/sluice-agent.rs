@@ -8,7 +8,7 @@ use clap::Parser;
 use sluice_controller::{
     agent::{Agent, AgentConfig},
     bpffs,
-    cluster::{kube_source, ClusterState, DirSource, Event, KubeSource},
+    cluster::{kube_source, ClusterState, DirSource, Event, Kind, KubeSource},
     config::{Config, Datastore, FlagConfig, Routing},
     dataplane::{self, Dataplane},
     kernel::KernelDatapath,
@@ -17,7 +17,7 @@ use sluice_controller::{
     netlink::{Netlink, HOST_DEVICE},
     node_sync::{self, NodeSync, NodeSyncConfig},
     nodes,
-    reconcile::Reconciler,
+    reconcile::{self, Reconciler},
     server,
     state::StateFile,
     underlay::{self, VXLAN_DEVICE},
@@ -172,8 +172,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => false,
     };
+    let mut listed = std::collections::BTreeSet::new();
     let setup = if has_source {
-        let node_ip = wait_for_own_node(&config.node_name, &mut events, &mut state).await?;
+        let node_ip =
+            wait_for_own_node(&config.node_name, &mut events, &mut state, &mut listed).await?;
         Some(
             node_sync::setup(
                 &mut dataplane,
@@ -186,6 +188,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .context("setting up cross-node routing")?,
         )
     } else {
+        listed.extend(Kind::ALL);
         None
     };
     let mtu = config
@@ -203,7 +206,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
         setup,
     );
-    let mut reconciler = Reconciler::new(state, node_sync, policy_maps, metrics.clone());
+    let mut reconciler = Reconciler::new(state, node_sync, policy_maps, metrics.clone(), listed);
 
     let datapath = KernelDatapath {
         dataplane,
@@ -258,6 +261,7 @@ async fn wait_for_own_node(
     name: &str,
     events: &mut tokio::sync::mpsc::Receiver<Event>,
     state: &mut ClusterState,
+    listed: &mut std::collections::BTreeSet<Kind>,
 ) -> anyhow::Result<std::net::Ipv4Addr> {
     let mut waiting_logged = false;
     loop {
@@ -274,10 +278,12 @@ async fn wait_for_own_node(
             .recv()
             .await
             .context("the datastore stopped before this node's Node object appeared")?;
+        listed.extend(reconcile::listed_by(&event));
         state.apply(event);
         // What is queued belongs together (one scan, one relist): apply it
         // all before looking again.
         while let Ok(event) = events.try_recv() {
+            listed.extend(reconcile::listed_by(&event));
             state.apply(event);
         }
     }
