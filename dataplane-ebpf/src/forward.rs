@@ -12,9 +12,8 @@ use sluice_common::{
 
 use crate::{
     maps::ENDPOINTS,
-    policy,
     parse::{self, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF},
-    remote,
+    policy, remote,
 };
 
 /// Reason of a verdict that is not counted: the underlay's own traffic
@@ -67,10 +66,7 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     if let Some(dst) = dst {
         return deliver_local(ctx, &pkt.hdr, &dst);
     }
-    // The VNI carries the sender's identity, as this node's ipcache knows
-    // it (the receiver enforces with its own ipcache; the VNI is for
-    // visibility and future use).
-    remote::forward(ctx, &pkt.hdr, policy::peer_identity(pkt.hdr.saddr))
+    remote::forward(ctx, &pkt.hdr)
 }
 
 /// A packet from another node (overlay or underlay): local pods get it

@@ -10,53 +10,38 @@ mod policy;
 mod remote;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
+use sluice_common::metrics::dir;
+
+/// Runs one program's decision and counts its verdict.
+#[inline(always)]
+fn run(ctx: &TcContext, decide: fn(&TcContext) -> forward::Verdict, direction: u32) -> i32 {
+    let verdict = decide(ctx);
+    metrics::count(verdict.reason, direction, ctx.len());
+    verdict.action
+}
 
 /// TC ingress of the host side of a pod's veth: every packet the pod sends.
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    let verdict = forward::from_container(&ctx);
-    metrics::count(
-        verdict.reason,
-        sluice_common::metrics::dir::EGRESS,
-        ctx.len(),
-    );
-    verdict.action
+    run(&ctx, forward::from_container, dir::EGRESS)
 }
 
 /// TC ingress of the node's VXLAN device: pod traffic from other nodes.
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
-    let verdict = remote::from_overlay(&ctx);
-    metrics::count(
-        verdict.reason,
-        sluice_common::metrics::dir::INGRESS,
-        ctx.len(),
-    );
-    verdict.action
+    run(&ctx, remote::from_overlay, dir::INGRESS)
 }
 
 /// TC egress of the node's VXLAN device: host traffic for remote pods.
 #[classifier]
 pub fn to_overlay(ctx: TcContext) -> i32 {
-    let verdict = remote::to_overlay(&ctx);
-    metrics::count(
-        verdict.reason,
-        sluice_common::metrics::dir::EGRESS,
-        ctx.len(),
-    );
-    verdict.action
+    run(&ctx, remote::to_overlay, dir::EGRESS)
 }
 
 /// TC ingress of the underlay device (native routing).
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
-    let verdict = remote::from_netdev(&ctx);
-    metrics::count(
-        verdict.reason,
-        sluice_common::metrics::dir::INGRESS,
-        ctx.len(),
-    );
-    verdict.action
+    run(&ctx, remote::from_netdev, dir::INGRESS)
 }
 
 #[cfg(not(test))]

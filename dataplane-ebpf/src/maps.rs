@@ -8,9 +8,9 @@ use aya_ebpf::{
 use sluice_common::{
     conntrack::{CtEntry, CtKey},
     endpoint::{EndpointInfo, IpKey},
-    policy::{Isolation, PolicyEntry, PolicyKey},
     ipcache::{DataplaneConfig, Ipv4Prefix, RemoteInfo},
     metrics::{self, Counter},
+    policy::{Isolation, PolicyEntry, PolicyKey},
 };
 
 #[map(name = "SLUICE_ENDPOINTS")]

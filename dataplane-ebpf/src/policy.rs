@@ -13,8 +13,9 @@ use sluice_common::{
 };
 
 use crate::{
-    maps::{CIDR_IDENTITY, CONFIG, CONNTRACK, IPCACHE, ISOLATION, POLICY},
+    maps::{CIDR_IDENTITY, CONFIG, CONNTRACK, ISOLATION, POLICY},
     parse::{Ipv4Packet, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    remote,
 };
 
 const TCP_FIN: u8 = 0x01;
@@ -26,7 +27,7 @@ const ICMP_ECHO: u16 = 8;
 
 /// Label identity of an address: the ipcache's, else the outside world.
 pub fn peer_identity(addr: [u8; 4]) -> u32 {
-    match IPCACHE.get(Key::new(32, Ipv4Prefix { addr })) {
+    match remote::ipcache(addr) {
         Some(entry) => entry.identity,
         None => identity::WORLD,
     }
@@ -86,11 +87,7 @@ fn allowed(endpoint: &EndpointInfo, dir: u8, peer: [u8; 4], protocol: u8, dport:
 
 /// Policy for a flow's first packet (or a re-check): egress of a local
 /// source, ingress of a local destination.
-fn check(
-    key: &CtKey,
-    src: Option<&EndpointInfo>,
-    dst: Option<&EndpointInfo>,
-) -> Result<(), u32> {
+fn check(key: &CtKey, src: Option<&EndpointInfo>, dst: Option<&EndpointInfo>) -> Result<(), u32> {
     let dport = policy_port(key);
     if let Some(src) = src {
         if !allowed(src, direction::EGRESS, key.daddr, key.protocol, dport) {

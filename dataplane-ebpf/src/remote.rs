@@ -24,6 +24,7 @@ use crate::{
     forward::{decrement_ttl, to_local_pod, verdict, Verdict, UNCOUNTED},
     maps::{CONFIG, IPCACHE},
     parse::{self, ETH_P_IP},
+    policy::peer_identity,
 };
 
 const AF_INET: u8 = 2;
@@ -32,13 +33,48 @@ const BPF_FIB_LOOKUP_SKIP_NEIGH: u32 = 1 << 2;
 /// `skb->pkt_type` of a frame addressed to this host.
 const PACKET_HOST: u32 = 0;
 
-fn ipcache(addr: [u8; 4]) -> Option<&'static RemoteInfo> {
+pub fn ipcache(addr: [u8; 4]) -> Option<&'static RemoteInfo> {
     IPCACHE.get(Key::new(32, Ipv4Prefix { addr }))
+}
+
+/// The tunnel metadata the packet carries, if any.
+fn tunnel_key(ctx: &TcContext) -> Option<bpf_tunnel_key> {
+    let mut key: bpf_tunnel_key = unsafe { zeroed() };
+    let ret = unsafe {
+        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    (ret == 0).then_some(key)
+}
+
+/// Sets the tunnel key: to node `endpoint`, VNI = `identity`.
+fn set_tunnel_key(ctx: &TcContext, endpoint: [u8; 4], identity: u32) -> Result<(), ()> {
+    let mut key: bpf_tunnel_key = unsafe { zeroed() };
+    key.tunnel_id = identity;
+    // The helper takes the address in host order.
+    key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(endpoint);
+    key.tunnel_ttl = 64;
+    let ret = unsafe {
+        bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// The IPv4 packet on a tunnel device, which carries nothing else.
+fn ipv4_only(ctx: &TcContext) -> Result<parse::Ipv4Packet, Verdict> {
+    let eth = parse::eth(ctx).map_err(|_| verdict(TC_ACT_SHOT, reason::DROP_MALFORMED))?;
+    if u16::from_be(eth.proto) != ETH_P_IP {
+        return Err(verdict(TC_ACT_SHOT, reason::DROP_UNSUPPORTED_L3));
+    }
+    parse::ipv4(ctx).map_err(|_| verdict(TC_ACT_SHOT, reason::DROP_MALFORMED))
 }
 
 /// A pod's packet for a non-local address: to the node owning it, or to the
 /// host stack (outside the cluster: masqueraded there).
-pub fn forward(ctx: &TcContext, hdr: &parse::Ipv4Hdr, src_identity: u32) -> Verdict {
+pub fn forward(ctx: &TcContext, hdr: &parse::Ipv4Hdr) -> Verdict {
     let Some(config) = CONFIG.get(0) else {
         return verdict(TC_ACT_OK, reason::TO_STACK);
     };
@@ -55,6 +91,10 @@ pub fn forward(ctx: &TcContext, hdr: &parse::Ipv4Hdr, src_identity: u32) -> Verd
             if decrement_ttl(ctx, hdr).is_err() {
                 return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
             }
+            // The VNI carries the sender's identity as this node's ipcache
+            // knows it (the receiver enforces with its own ipcache; the VNI
+            // is for visibility).
+            let src_identity = peer_identity(hdr.saddr);
             encapsulate(ctx, endpoint, src_identity, ifindex)
         }
         routing::NATIVE => route_native(ctx, hdr),
@@ -65,15 +105,7 @@ pub fn forward(ctx: &TcContext, hdr: &parse::Ipv4Hdr, src_identity: u32) -> Verd
 /// Sets the tunnel key (destination node, VNI = source identity) and hands
 /// the packet to the collect-metadata VXLAN device.
 fn encapsulate(ctx: &TcContext, endpoint: [u8; 4], src_identity: u32, ifindex: u32) -> Verdict {
-    let mut key: bpf_tunnel_key = unsafe { zeroed() };
-    key.tunnel_id = src_identity;
-    // The helper takes the address in host order.
-    key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(endpoint);
-    key.tunnel_ttl = 64;
-    let ret = unsafe {
-        bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
-    };
-    if ret != 0 {
+    if set_tunnel_key(ctx, endpoint, src_identity).is_err() {
         return verdict(TC_ACT_SHOT, reason::DROP_NO_TUNNEL_KEY);
     }
     let ret = unsafe { bpf_redirect(ifindex, 0) };
@@ -132,23 +164,13 @@ fn route_native(ctx: &TcContext, hdr: &parse::Ipv4Hdr) -> Verdict {
 /// TC ingress of the VXLAN device: the tunnel key says which node sent the
 /// packet and, in the VNI, the sender's identity (for ingress policy).
 pub fn from_overlay(ctx: &TcContext) -> Verdict {
-    let mut key: bpf_tunnel_key = unsafe { zeroed() };
-    let ret = unsafe {
-        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
-    };
-    if ret != 0 {
+    let Some(key) = tunnel_key(ctx) else {
         return verdict(TC_ACT_SHOT, reason::DROP_NO_TUNNEL_KEY);
-    }
-    let sender = unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be_bytes();
-    let _src_identity = key.tunnel_id;
-    let Ok(eth) = parse::eth(ctx) else {
-        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
     };
-    if u16::from_be(eth.proto) != ETH_P_IP {
-        return verdict(TC_ACT_SHOT, reason::DROP_UNSUPPORTED_L3);
-    }
-    let Ok(pkt) = parse::ipv4(ctx) else {
-        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
+    let sender = unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be_bytes();
+    let pkt = match ipv4_only(ctx) {
+        Ok(pkt) => pkt,
+        Err(v) => return v,
     };
     // A node may only send its own pods' and its own traffic.
     match ipcache(pkt.hdr.saddr) {
@@ -171,33 +193,16 @@ pub fn from_overlay(ctx: &TcContext) -> Verdict {
 /// set; what the host stack routes here (node -> remote pod) gets one from
 /// the ipcache.
 pub fn to_overlay(ctx: &TcContext) -> Verdict {
-    let mut key: bpf_tunnel_key = unsafe { zeroed() };
-    let ret = unsafe {
-        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
-    };
-    if ret == 0 {
+    if tunnel_key(ctx).is_some() {
         return verdict(TC_ACT_OK, UNCOUNTED);
     }
-    let Ok(eth) = parse::eth(ctx) else {
-        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
-    };
-    if u16::from_be(eth.proto) != ETH_P_IP {
-        return verdict(TC_ACT_SHOT, reason::DROP_UNSUPPORTED_L3);
-    }
-    let Ok(pkt) = parse::ipv4(ctx) else {
-        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
+    let pkt = match ipv4_only(ctx) {
+        Ok(pkt) => pkt,
+        Err(v) => return v,
     };
     match ipcache(pkt.hdr.daddr) {
         Some(dst) if dst.flags & flags::REMOTE_POD_CIDR != 0 => {
-            let endpoint = dst.tunnel_endpoint;
-            let mut key: bpf_tunnel_key = unsafe { zeroed() };
-            key.tunnel_id = identity::HOST;
-            key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(endpoint);
-            key.tunnel_ttl = 64;
-            let ret = unsafe {
-                bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
-            };
-            if ret != 0 {
+            if set_tunnel_key(ctx, dst.tunnel_endpoint, identity::HOST).is_err() {
                 return verdict(TC_ACT_SHOT, reason::DROP_NO_TUNNEL_KEY);
             }
             verdict(TC_ACT_OK, reason::FORWARD_TUNNEL)
