@@ -329,10 +329,7 @@ impl Dataplane {
     }
 
     pub fn remove_endpoint(&mut self, key: &IpKey) -> Result<(), DataplaneError> {
-        match self.endpoints.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(map_error(maps::ENDPOINTS)(source)),
-        }
+        remove_ok(self.endpoints.remove(key), maps::ENDPOINTS)
     }
 
     pub fn endpoint(&self, key: &IpKey) -> Option<EndpointInfo> {
@@ -365,43 +362,17 @@ impl RemoteMaps {
     }
 
     /// Makes the ipcache hold exactly `desired`, writing only what differs:
-    /// entries in use are never removed and re-added, so lookups never miss
-    /// while the agent syncs (also right after a restart).
+    /// entries in use are never removed and re-added, and stale ones go
+    /// only after the new ones are in, so lookups never miss while the
+    /// agent syncs (also right after a restart).
     pub fn sync_ipcache(
         &mut self,
         desired: &BTreeMap<Ipv4Net, RemoteInfo>,
     ) -> Result<SyncStats, DataplaneError> {
-        let mut stats = SyncStats::default();
-        let current: Vec<Key<Ipv4Prefix>> = self
-            .ipcache
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_error(maps::IPCACHE))?;
-        for key in current {
-            let net = Ipv4Net::new(key.data().addr.into(), key.prefix_len() as u8);
-            if !net.is_ok_and(|n| desired.contains_key(&n)) {
-                match self.ipcache.remove(&key) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
-                    Err(e) => return Err(map_error(maps::IPCACHE)(e)),
-                }
-            }
-        }
-        for (net, info) in desired {
-            let key = Key::new(
-                u32::from(net.prefix_len()),
-                Ipv4Prefix {
-                    addr: net.addr().octets(),
-                },
-            );
-            if self.ipcache.get(&key, 0).ok().as_ref() == Some(info) {
-                continue;
-            }
-            self.ipcache
-                .insert(&key, info, 0)
-                .map_err(map_error(maps::IPCACHE))?;
-            stats.written += 1;
-        }
-        Ok(stats)
+        Ok(SyncStats {
+            written: write_prefixes(&mut self.ipcache, desired, maps::IPCACHE)?,
+            removed: remove_stale_prefixes(&mut self.ipcache, desired, maps::IPCACHE)?,
+        })
     }
 }
 
@@ -417,23 +388,7 @@ impl PolicyMaps {
         isolation: &BTreeMap<u32, Isolation>,
     ) -> Result<SyncStats, DataplaneError> {
         let mut stats = SyncStats::default();
-        let cidr_key = |net: &Ipv4Net| {
-            Key::new(
-                u32::from(net.prefix_len()),
-                Ipv4Prefix {
-                    addr: net.addr().octets(),
-                },
-            )
-        };
-        for (net, id) in cidrs {
-            let key = cidr_key(net);
-            if self.cidr.get(&key, 0).ok() != Some(*id) {
-                self.cidr
-                    .insert(&key, id, 0)
-                    .map_err(map_error(maps::CIDR_IDENTITY))?;
-                stats.written += 1;
-            }
-        }
+        stats.written += write_prefixes(&mut self.cidr, cidrs, maps::CIDR_IDENTITY)?;
         // A rule that does not fit (full map) must not stop the rest of
         // the sync: isolation still applies and stale rules still go, so
         // the missing rules deny (fail closed); the error is reported after.
@@ -477,24 +432,63 @@ impl PolicyMaps {
             remove_ok(self.policy.remove(&key), maps::POLICY)?;
             stats.removed += 1;
         }
-        let stale: Vec<Key<Ipv4Prefix>> = self
-            .cidr
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| {
-                Ipv4Net::new(k.data().addr.into(), k.prefix_len() as u8)
-                    .map_or(true, |n| !cidrs.contains_key(&n))
-            })
-            .collect();
-        for key in stale {
-            remove_ok(self.cidr.remove(&key), maps::CIDR_IDENTITY)?;
-            stats.removed += 1;
-        }
+        stats.removed += remove_stale_prefixes(&mut self.cidr, cidrs, maps::CIDR_IDENTITY)?;
         match rules_error {
             Some(e) => Err(e),
             None => Ok(stats),
         }
     }
+}
+
+fn prefix_key(net: &Ipv4Net) -> Key<Ipv4Prefix> {
+    Key::new(
+        u32::from(net.prefix_len()),
+        Ipv4Prefix {
+            addr: net.addr().octets(),
+        },
+    )
+}
+
+/// Writes the entries of `desired` that the map lacks or holds otherwise;
+/// returns how many.
+fn write_prefixes<V: aya::Pod + PartialEq>(
+    map: &mut LpmTrie<MapData, Ipv4Prefix, V>,
+    desired: &BTreeMap<Ipv4Net, V>,
+    name: &'static str,
+) -> Result<usize, DataplaneError> {
+    let mut written = 0;
+    for (net, value) in desired {
+        let key = prefix_key(net);
+        if map.get(&key, 0).ok().as_ref() != Some(value) {
+            map.insert(&key, value, 0).map_err(map_error(name))?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// Removes the entries whose prefix `desired` does not have; returns how
+/// many.
+fn remove_stale_prefixes<V: aya::Pod>(
+    map: &mut LpmTrie<MapData, Ipv4Prefix, V>,
+    desired: &BTreeMap<Ipv4Net, V>,
+    name: &'static str,
+) -> Result<usize, DataplaneError> {
+    let stale: Vec<Key<Ipv4Prefix>> = map
+        .keys()
+        // Errors pass the filter so the collect reports them.
+        .filter(|k| {
+            k.as_ref().map_or(true, |k| {
+                Ipv4Net::new(k.data().addr.into(), k.prefix_len() as u8)
+                    .map_or(true, |n| !desired.contains_key(&n))
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(map_error(name))?;
+    for key in &stale {
+        remove_ok(map.remove(key), name)?;
+    }
+    Ok(stale.len())
 }
 
 fn remove_ok(
