@@ -265,20 +265,8 @@ fn node_to_remote_pod() {
     );
 }
 
-/// Runs `ip ARGS` in a namespace (test scaffolding; the product uses
-/// netlink).
 fn ip(ns: &Netns, args: &str) {
-    let out = ns
-        .command("ip")
-        .expect("ip in netns")
-        .args(args.split_whitespace())
-        .output()
-        .expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ns.ip(args).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A host that is not a node sends VXLAN to node1 claiming to carry a pod

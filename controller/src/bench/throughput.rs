@@ -15,7 +15,7 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -238,22 +238,8 @@ impl BaselineFabric {
     }
 }
 
-/// Benchmark scaffolding only: the product configures links over netlink.
 fn ip(ns: &Netns, args: &str) -> Result<(), BenchError> {
-    let out = ns
-        .command("ip")
-        .map_err(io("ip"))?
-        .args(args.split_whitespace())
-        .output()
-        .map_err(io(format!("ip {args}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(BenchError::Failed(format!(
-            "ip {args}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    ns.ip(args).map_err(|e| BenchError::Failed(e.to_string()))
 }
 
 /// One iperf3 TCP run; the receiver's rate in Gbit/s.
@@ -278,7 +264,9 @@ fn iperf(client: &Netns, server: &Netns, server_ip: &str, seconds: u32) -> Resul
     let mut last_error = String::new();
     // The server needs a moment to listen.
     for _ in 0..50 {
-        let out = client_command(client)?
+        let out = client
+            .command("iperf3")
+            .map_err(io("iperf3"))?
             .args(["-c", server_ip, "-p", "5201", "-J", "-t"])
             .arg(seconds.to_string())
             .output()
@@ -293,10 +281,6 @@ fn iperf(client: &Netns, server: &Netns, server_ip: &str, seconds: u32) -> Resul
     Err(BenchError::Failed(format!(
         "iperf3 to {server_ip}: {last_error}"
     )))
-}
-
-fn client_command(ns: &Netns) -> Result<Command, BenchError> {
-    ns.command("iperf3").map_err(io("iperf3"))
 }
 
 #[cfg(test)]

@@ -106,6 +106,21 @@ impl Netns {
         command_in(&self.path, program)
     }
 
+    /// Runs `ip ARGS` (iproute2) inside the namespace; stderr becomes the
+    /// error. Scaffolding for tests and benchmarks only: product code
+    /// configures links over netlink.
+    pub fn ip(&self, args: &str) -> io::Result<()> {
+        let out = self.command("ip")?.args(args.split_whitespace()).output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "ip {args}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
     pub fn delete(mut self) -> io::Result<()> {
         self.keep = true;
         delete(&self.path)
