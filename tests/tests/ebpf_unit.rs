@@ -13,7 +13,10 @@ use sluice_common::{
     endpoint::{flags, EndpointInfo, IpKey},
     maps, programs,
 };
-use sluice_controller::counters;
+use sluice_controller::{
+    bench::frame::{checksum, ipv4},
+    counters,
+};
 use sluice_tests::{require_root, unique};
 
 const TC_ACT_OK: u32 = 0;
@@ -111,35 +114,6 @@ fn endpoint(ifindex: u32, pod_mac: [u8; 6], host_mac: [u8; 6]) -> EndpointInfo {
         host_mac,
         _pad: [0; 4],
     }
-}
-
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Ethernet + IPv4 (valid checksum) + `l4` payload.
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, ttl: u8, frag_off: u16, l4: &[u8]) -> Vec<u8> {
-    let mut pkt = vec![0x02, 0xaa, 0, 0, 0, 2, 0x02, 0xaa, 0, 0, 0, 1, 0x08, 0x00];
-    let tot_len = (20 + l4.len()) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&tot_len.to_be_bytes());
-    ip.extend_from_slice(&[0x12, 0x34]);
-    ip.extend_from_slice(&frag_off.to_be_bytes());
-    ip.extend_from_slice(&[ttl, proto, 0, 0]);
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let csum = checksum(&ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    pkt.extend_from_slice(&ip);
-    pkt.extend_from_slice(l4);
-    pkt
 }
 
 fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {

@@ -1,6 +1,7 @@
 //! Benchmarks, each next to its baseline measured in the same run
 //! (`cargo xtask bench`).
 
+pub mod frame;
 pub mod policy_cost;
 pub mod throughput;
 
