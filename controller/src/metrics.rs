@@ -20,6 +20,15 @@ pub mod reason {
     pub const ALL: [&str; 3] = [MALFORMED, CONFLICT, READ];
 }
 
+/// `what` label values of `sluice_sync_errors_total`.
+pub mod sync {
+    pub const NODES: &str = "nodes";
+    pub const POLICY: &str = "policy";
+    pub const IDENTITIES: &str = "identities";
+
+    pub const ALL: [&str; 3] = [NODES, POLICY, IDENTITIES];
+}
+
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -44,68 +53,60 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let datastore_errors = IntCounterVec::new(
-            Opts::new(
-                "sluice_datastore_errors_total",
-                "Cluster objects or files skipped by the datastore, by reason.",
+        let datastore_errors = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_datastore_errors_total",
+                    "Cluster objects or files skipped by the datastore, by reason.",
+                ),
+                &["reason"],
             ),
-            &["reason"],
-        )
-        .expect("fixed, valid metric definition");
-        let datastore_objects = IntGaugeVec::new(
-            Opts::new(
-                "sluice_datastore_objects",
-                "Cluster objects currently known to the agent, by kind.",
+        );
+        let datastore_objects = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "sluice_datastore_objects",
+                    "Cluster objects currently known to the agent, by kind.",
+                ),
+                &["kind"],
             ),
-            &["kind"],
-        )
-        .expect("fixed, valid metric definition");
-        let sync_errors = IntCounterVec::new(
-            Opts::new(
-                "sluice_sync_errors_total",
-                "Failed attempts to apply desired state to the kernel, by what was applied.",
+        );
+        let sync_errors = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_sync_errors_total",
+                    "Failed attempts to apply desired state to the kernel, by what was applied.",
+                ),
+                &["what"],
             ),
-            &["what"],
-        )
-        .expect("fixed, valid metric definition");
-        let node_problems = IntGauge::new(
-            "sluice_node_problems",
-            "Node objects skipped because they cannot be used (no InternalIP, bad or overlapping pod CIDR).",
-        )
-        .expect("fixed, valid metric definition");
-        let kube_watch_errors = IntCounterVec::new(
-            Opts::new(
-                "sluice_kube_watch_errors_total",
-                "Failed list or watch calls to the Kubernetes API (retried with backoff), by kind.",
+        );
+        let node_problems = register(
+            &registry,
+            IntGauge::new(
+                "sluice_node_problems",
+                "Node objects skipped because they cannot be used (no InternalIP, bad or overlapping pod CIDR).",
             ),
-            &["kind"],
-        )
-        .expect("fixed, valid metric definition");
-        let policy_problems = IntGauge::new(
-            "sluice_policy_problems",
-            "NetworkPolicy rules that could not be compiled; each allows nothing (fails closed).",
-        )
-        .expect("fixed, valid metric definition");
-        // Registration only fails on a duplicate or inconsistent name, which
-        // would be a bug in this function (the unit test renders them all).
-        registry
-            .register(Box::new(datastore_errors.clone()))
-            .expect("metric names are unique");
-        registry
-            .register(Box::new(datastore_objects.clone()))
-            .expect("metric names are unique");
-        registry
-            .register(Box::new(sync_errors.clone()))
-            .expect("metric names are unique");
-        registry
-            .register(Box::new(node_problems.clone()))
-            .expect("metric names are unique");
-        registry
-            .register(Box::new(policy_problems.clone()))
-            .expect("metric names are unique");
-        registry
-            .register(Box::new(kube_watch_errors.clone()))
-            .expect("metric names are unique");
+        );
+        let kube_watch_errors = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_kube_watch_errors_total",
+                    "Failed list or watch calls to the Kubernetes API (retried with backoff), by kind.",
+                ),
+                &["kind"],
+            ),
+        );
+        let policy_problems = register(
+            &registry,
+            IntGauge::new(
+                "sluice_policy_problems",
+                "NetworkPolicy rules that could not be compiled; each allows nothing (fails closed).",
+            ),
+        );
 
         // Export every series from the start: a counter that appears only on
         // its first increment breaks `rate()` and "is it zero?" alerts.
@@ -116,9 +117,9 @@ impl Metrics {
             datastore_objects.with_label_values(&[kind.label()]);
             kube_watch_errors.with_label_values(&[kind.label()]);
         }
-        sync_errors.with_label_values(&["nodes"]);
-        sync_errors.with_label_values(&["policy"]);
-        sync_errors.with_label_values(&["identities"]);
+        for what in sync::ALL {
+            sync_errors.with_label_values(&[what]);
+        }
 
         Metrics {
             registry,
@@ -142,6 +143,20 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Registers a freshly defined metric. Both steps fail only on a bad or
+/// duplicate definition, a bug in [`Metrics::new`] that its unit test
+/// (rendering them all) catches.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("fixed, valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
 }
 
 impl Default for Metrics {

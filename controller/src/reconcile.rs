@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::{
     cluster::{ClusterState, Event, Kind},
     dataplane::PolicyMaps,
-    metrics::Metrics,
+    metrics::{sync, Metrics},
     node_sync::NodeSync,
     policy::{
         compile::{compile, LocalEndpoints, PolicyProblem},
@@ -117,7 +117,7 @@ impl Reconciler {
                     warn!(error = %e, "applying policy failed; retrying");
                     self.metrics
                         .sync_errors
-                        .with_label_values(&["policy"])
+                        .with_label_values(&[sync::POLICY])
                         .inc();
                 }
             }
@@ -131,7 +131,10 @@ impl Reconciler {
                 Ok(_) => self.dirty_nodes = false,
                 Err(e) => {
                     warn!(error = %e, "applying the node topology failed; retrying");
-                    self.metrics.sync_errors.with_label_values(&["nodes"]).inc();
+                    self.metrics
+                        .sync_errors
+                        .with_label_values(&[sync::NODES])
+                        .inc();
                 }
             }
             self.metrics
@@ -161,7 +164,7 @@ impl Reconciler {
             warn!(error = %e, "identity allocation failed");
             self.metrics
                 .sync_errors
-                .with_label_values(&["identities"])
+                .with_label_values(&[sync::IDENTITIES])
                 .inc();
         }
         self.metrics
