@@ -21,6 +21,7 @@ pub mod api;
 pub mod maps {
     pub const ENDPOINTS: &str = "SLUICE_ENDPOINTS";
     pub const METRICS: &str = "SLUICE_METRICS";
+    pub const POLICY_VERDICTS: &str = "SLUICE_POLICY_VERDICTS";
     pub const IPCACHE: &str = "SLUICE_IPCACHE";
     pub const CONFIG: &str = "SLUICE_CONFIG";
     pub const POLICY: &str = "SLUICE_POLICY";

@@ -105,3 +105,35 @@ pub const fn index(reason: u32, direction: u32) -> u32 {
 }
 
 const _: () = assert!(index(reason::COUNT, 0) <= MAX_ENTRIES);
+
+/// Policy verdicts, per policy direction (`policy::direction`): counted each
+/// time a flow direction is checked against policy, that is on a flow's
+/// first packet and on the first packet after a policy change. A denied
+/// flow opens no conntrack entry, so every packet of it counts as denied.
+pub mod verdict {
+    use crate::policy::direction;
+
+    pub const ALLOWED: u32 = 0;
+    pub const DENIED: u32 = 1;
+    pub const COUNT: u32 = 2;
+    /// Policy directions counted.
+    pub const DIRECTIONS: [u8; 2] = [direction::INGRESS, direction::EGRESS];
+    /// Capacity of the verdict map (a per-CPU array of packet counts).
+    pub const MAX_ENTRIES: u32 = COUNT * 2;
+
+    /// Index of the count for `(verdict, policy direction)`.
+    pub const fn index(verdict: u32, policy_direction: u8) -> u32 {
+        verdict * 2 + policy_direction as u32
+    }
+
+    /// Metric label of a verdict.
+    pub const fn name(verdict: u32) -> &'static str {
+        match verdict {
+            ALLOWED => "allowed",
+            DENIED => "denied",
+            _ => "unknown",
+        }
+    }
+
+    const _: () = assert!(index(DENIED, direction::EGRESS) < MAX_ENTRIES);
+}

@@ -1,11 +1,13 @@
-//! Reading the dataplane's per-CPU counters from the pinned map.
+//! Reading the dataplane's per-CPU counters from the pinned maps: packets
+//! by reason and direction, and policy verdicts.
 
 use std::path::Path;
 
 use aya::maps::{Map, MapData, PerCpuArray};
 use sluice_common::{
     maps,
-    metrics::{dir, index, reason, Counter},
+    metrics::{dir, index, reason, verdict, Counter},
+    policy::direction,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,16 +43,27 @@ fn direction_name(d: u32) -> &'static str {
     }
 }
 
-/// Sums every CPU's counters, one row per (reason, direction).
-pub fn read(pin_dir: &Path) -> Result<Vec<CounterRow>, CountersError> {
-    let path = pin_dir.join(maps::METRICS);
+/// Policy decisions for one policy direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerdictRow {
+    pub direction: &'static str,
+    pub verdict: &'static str,
+    pub count: u64,
+}
+
+fn open<T: aya::Pod>(pin_dir: &Path, name: &str) -> Result<PerCpuArray<MapData, T>, CountersError> {
+    let path = pin_dir.join(name);
     let open = |source| CountersError::Open {
         path: path.display().to_string(),
         source,
     };
     let data = MapData::from_pin(&path).map_err(open)?;
-    let array: PerCpuArray<MapData, Counter> =
-        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(open)?;
+    PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(open)
+}
+
+/// Sums every CPU's counters, one row per (reason, direction).
+pub fn read(pin_dir: &Path) -> Result<Vec<CounterRow>, CountersError> {
+    let array = open::<Counter>(pin_dir, maps::METRICS)?;
     let mut rows = Vec::new();
     for r in 0..reason::COUNT {
         for d in 0..dir::COUNT {
@@ -71,6 +84,43 @@ pub fn read(pin_dir: &Path) -> Result<Vec<CounterRow>, CountersError> {
         }
     }
     Ok(rows)
+}
+
+/// Sums every CPU's policy verdicts, one row per (policy direction,
+/// verdict).
+pub fn read_verdicts(pin_dir: &Path) -> Result<Vec<VerdictRow>, CountersError> {
+    let array = open::<u64>(pin_dir, maps::POLICY_VERDICTS)?;
+    let mut rows = Vec::new();
+    for d in verdict::DIRECTIONS {
+        for v in [verdict::ALLOWED, verdict::DENIED] {
+            let i = verdict::index(v, d);
+            let per_cpu = array
+                .get(&i, 0)
+                .map_err(|source| CountersError::Read { index: i, source })?;
+            rows.push(VerdictRow {
+                direction: policy_direction_name(d),
+                verdict: verdict::name(v),
+                count: per_cpu.iter().sum(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn policy_direction_name(d: u8) -> &'static str {
+    if d == direction::INGRESS {
+        "ingress"
+    } else {
+        "egress"
+    }
+}
+
+/// The count of one (policy direction, verdict) pair.
+pub fn verdicts(rows: &[VerdictRow], direction: &str, verdict: &str) -> u64 {
+    rows.iter()
+        .filter(|r| r.direction == direction && r.verdict == verdict)
+        .map(|r| r.count)
+        .sum()
 }
 
 /// Packets counted for one reason, both directions.

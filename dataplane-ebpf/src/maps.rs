@@ -19,6 +19,10 @@ pub static ENDPOINTS: HashMap<IpKey, EndpointInfo> = HashMap::pinned(65536, 0);
 #[map(name = "SLUICE_METRICS")]
 pub static METRICS: PerCpuArray<Counter> = PerCpuArray::pinned(metrics::MAX_ENTRIES, 0);
 
+#[map(name = "SLUICE_POLICY_VERDICTS")]
+pub static POLICY_VERDICTS: PerCpuArray<u64> =
+    PerCpuArray::pinned(metrics::verdict::MAX_ENTRIES, 0);
+
 #[map(name = "SLUICE_IPCACHE")]
 pub static IPCACHE: LpmTrie<Ipv4Prefix, RemoteInfo> = LpmTrie::pinned(16384, 0);
 

@@ -48,7 +48,28 @@ pub struct Ipv4Packet {
     pub dport: u16,
     /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 otherwise.
     pub tcp_flags: u8,
+    /// ICMP errors: the packet they report on, as its sender sent it.
+    pub quoted: Option<Quoted>,
 }
+
+/// The header an ICMP error (destination unreachable, time exceeded,
+/// parameter problem) quotes: the offending packet's addresses and first
+/// eight L4 bytes, enough to name its flow.
+#[derive(Clone, Copy)]
+pub struct Quoted {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub protocol: u8,
+    /// The first four 16-bit words of the quoted L4 header, host order:
+    /// ports for TCP/UDP; type/code, checksum and id for ICMP.
+    pub l4: [u16; 4],
+}
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROB: u8 = 12;
+/// ICMP header length before an error's quoted packet.
+const ICMP_ERROR_HLEN: usize = 8;
 
 #[derive(Clone, Copy)]
 pub enum ParseError {
@@ -74,6 +95,7 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, ParseError> {
         sport: 0,
         dport: 0,
         tcp_flags: 0,
+        quoted: None,
     };
     // Only the first fragment carries the L4 header.
     if u16::from_be(hdr.frag_off) & 0x1fff != 0 {
@@ -111,8 +133,36 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, ParseError> {
             let id: u16 = ctx.load(l4 + 4).map_err(|_| ParseError::Malformed)?;
             pkt.sport = u16::from_be(type_code);
             pkt.dport = u16::from_be(id);
+            if matches!(
+                (pkt.sport >> 8) as u8,
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROB
+            ) {
+                // An error quoting less than it must is unrelated to any
+                // flow, not malformed: policy decides it as plain ICMP.
+                pkt.quoted = quoted(ctx, l4 + ICMP_ERROR_HLEN);
+            }
         }
         _ => {}
     }
     Ok(pkt)
+}
+
+fn quoted(ctx: &TcContext, at: usize) -> Option<Quoted> {
+    let hdr: Ipv4Hdr = ctx.load(at).ok()?;
+    let ihl = ((hdr.version_ihl & 0x0f) as usize) * 4;
+    if hdr.version_ihl >> 4 != 4 || ihl < 20 {
+        return None;
+    }
+    let l4: [u16; 4] = ctx.load(at + ihl).ok()?;
+    Some(Quoted {
+        saddr: hdr.saddr,
+        daddr: hdr.daddr,
+        protocol: hdr.protocol,
+        l4: [
+            u16::from_be(l4[0]),
+            u16::from_be(l4[1]),
+            u16::from_be(l4[2]),
+            u16::from_be(l4[3]),
+        ],
+    })
 }

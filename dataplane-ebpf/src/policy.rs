@@ -8,13 +8,14 @@ use sluice_common::{
     endpoint::EndpointInfo,
     identity,
     ipcache::Ipv4Prefix,
-    metrics::reason,
+    metrics::{reason, verdict},
     policy::{direction, PolicyKey, ANY_IDENTITY, ANY_PROTOCOL, KEY_FULL_BITS},
 };
 
 use crate::{
     maps::{CIDR_IDENTITY, CONFIG, CONNTRACK, ISOLATION, POLICY},
-    parse::{Ipv4Packet, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    metrics::count_verdict,
+    parse::{Ipv4Packet, Quoted, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     remote,
 };
 
@@ -90,12 +91,16 @@ fn allowed(endpoint: &EndpointInfo, dir: u8, peer: [u8; 4], protocol: u8, dport:
 fn check(key: &CtKey, src: Option<&EndpointInfo>, dst: Option<&EndpointInfo>) -> Result<(), u32> {
     let dport = policy_port(key);
     if let Some(src) = src {
-        if !allowed(src, direction::EGRESS, key.daddr, key.protocol, dport) {
+        let ok = allowed(src, direction::EGRESS, key.daddr, key.protocol, dport);
+        count_verdict(ok, direction::EGRESS);
+        if !ok {
             return Err(reason::DROP_POLICY_EGRESS);
         }
     }
     if let Some(dst) = dst {
-        if !allowed(dst, direction::INGRESS, key.saddr, key.protocol, dport) {
+        let ok = allowed(dst, direction::INGRESS, key.saddr, key.protocol, dport);
+        count_verdict(ok, direction::INGRESS);
+        if !ok {
             return Err(reason::DROP_POLICY_INGRESS);
         }
     }
@@ -111,24 +116,50 @@ fn policy_port(key: &CtKey) -> u16 {
     }
 }
 
-fn ct_key(pkt: &Ipv4Packet) -> CtKey {
-    let (sport, dport) = match pkt.hdr.protocol {
-        // Request and reply of an echo share the id (parse puts type/code
-        // in sport, the id in dport).
-        IPPROTO_ICMP => match pkt.sport >> 8 {
-            ICMP_ECHO | ICMP_ECHO_REPLY => (pkt.dport, pkt.dport),
+/// The conntrack key of a packet with these addresses, protocol and
+/// ports (ICMP: type/code and id).
+fn ct_key(saddr: [u8; 4], daddr: [u8; 4], protocol: u8, sport: u16, dport: u16) -> CtKey {
+    let (sport, dport) = match protocol {
+        // Request and reply of an echo share the id.
+        IPPROTO_ICMP => match sport >> 8 {
+            ICMP_ECHO | ICMP_ECHO_REPLY => (dport, dport),
             _ => (0, 0),
         },
-        _ => (pkt.sport, pkt.dport),
+        _ => (sport, dport),
     };
     CtKey {
-        saddr: pkt.hdr.saddr,
-        daddr: pkt.hdr.daddr,
+        saddr,
+        daddr,
         sport,
         dport,
-        protocol: pkt.hdr.protocol,
+        protocol,
         _pad: [0; 3],
     }
+}
+
+fn live(entry: Option<*mut CtEntry>, now: u64, revision: u32) -> bool {
+    // SAFETY: a map value pointer, valid for this program run.
+    entry.is_some_and(|e| unsafe { (*e).expires > now && (*e).revision == revision })
+}
+
+/// Whether an ICMP error reports on a flow conntrack knows, checked
+/// against the current policy: it then belongs to that flow (path MTU
+/// discovery, port unreachable, ...). The error must travel back to the
+/// quoted packet's sender, so a pod cannot smuggle errors to a third
+/// party by quoting someone else's flow.
+fn related(quoted: &Quoted, outer_daddr: [u8; 4], now: u64, revision: u32) -> bool {
+    if quoted.saddr != outer_daddr {
+        return false;
+    }
+    // For a quoted ICMP packet, l4[0] is its type/code and l4[2] its id.
+    let (sport, dport) = if quoted.protocol == IPPROTO_ICMP {
+        (quoted.l4[0], quoted.l4[2])
+    } else {
+        (quoted.l4[0], quoted.l4[1])
+    };
+    let key = ct_key(quoted.saddr, quoted.daddr, quoted.protocol, sport, dport);
+    live(CONNTRACK.get_ptr_mut(&key), now, revision)
+        || live(CONNTRACK.get_ptr_mut(&key.reversed()), now, revision)
 }
 
 fn lifetime(pkt: &Ipv4Packet, flags: u32) -> u64 {
@@ -172,7 +203,18 @@ pub fn enforce(
 ) -> Result<(), u32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let revision = CONFIG.get(0).map(|c| c.policy_revision).unwrap_or(0);
-    let key = ct_key(pkt);
+    if let Some(quoted) = &pkt.quoted {
+        if related(quoted, pkt.hdr.daddr, now, revision) {
+            return Ok(());
+        }
+    }
+    let key = ct_key(
+        pkt.hdr.saddr,
+        pkt.hdr.daddr,
+        pkt.hdr.protocol,
+        pkt.sport,
+        pkt.dport,
+    );
     if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
         if unsafe { (*entry).expires } > now {
             if unsafe { (*entry).revision } != revision {

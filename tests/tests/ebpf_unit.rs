@@ -10,8 +10,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use sluice_common::{
+    conntrack::{CtEntry, CtKey},
     endpoint::{flags, EndpointInfo, IpKey},
-    maps, programs,
+    maps,
+    policy::Isolation,
+    programs,
 };
 use sluice_controller::{
     bench::frame::{checksum, ipv4},
@@ -28,6 +31,8 @@ const POD_B: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 3);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const B_POD_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x01];
 const B_HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x02];
+/// Pod B's endpoint id and veth ifindex.
+const B_ENDPOINT_ID: u32 = 42;
 
 /// The program loaded with its maps pinned in a private directory,
 /// removed on drop.
@@ -63,7 +68,7 @@ impl Loaded {
         .expect("insert a");
         eps.insert(
             IpKey::v4(POD_B.octets()),
-            endpoint(42, B_POD_MAC, B_HOST_MAC),
+            endpoint(B_ENDPOINT_ID, B_POD_MAC, B_HOST_MAC),
             0,
         )
         .expect("insert b");
@@ -95,6 +100,38 @@ impl Loaded {
 
     fn counter(&self, reason: &str) -> u64 {
         counters::packets(&counters::read(&self.pin_dir).expect("counters"), reason)
+    }
+
+    fn verdicts(&self, direction: &str, verdict: &str) -> u64 {
+        let rows = counters::read_verdicts(&self.pin_dir).expect("verdicts");
+        counters::verdicts(&rows, direction, verdict)
+    }
+
+    /// Isolates pod B for ingress, with no rule letting anything in.
+    fn isolate_b_ingress(&mut self) {
+        let mut iso: HashMap<&mut MapData, u32, Isolation> =
+            HashMap::try_from(self.ebpf.map_mut(maps::ISOLATION).expect("isolation map"))
+                .expect("isolation map type");
+        let isolation = Isolation {
+            ingress: 1,
+            egress: 0,
+            _pad: [0; 2],
+        };
+        iso.insert(B_ENDPOINT_ID, isolation, 0).expect("isolate b");
+    }
+
+    /// A conntrack entry for `key`, live and checked at the current
+    /// policy revision.
+    fn track(&mut self, key: CtKey) {
+        let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map_mut(maps::CONNTRACK).expect("conntrack map"))
+                .expect("conntrack map type");
+        let entry = CtEntry {
+            expires: u64::MAX,
+            revision: 0,
+            flags: 0,
+        };
+        ct.insert(key, entry, 0).expect("conntrack insert");
     }
 }
 
@@ -270,4 +307,92 @@ fn arp_passes_and_other_l3_is_dropped() {
     v6.extend_from_slice(&[0; 32]);
     assert_eq!(bpf.run(&v6).0, TC_ACT_SHOT);
     assert_eq!(bpf.counter("drop_unsupported_l3"), 1);
+}
+
+/// ICMP `type`/`code` quoting `quoted` (an IPv4 packet without Ethernet),
+/// as a host reports an error about it.
+fn icmp_error(icmp_type: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+    // RFC 792: the offending IP header and the first 8 bytes of its data.
+    icmp.extend_from_slice(&quoted[..28]);
+    let csum = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    icmp
+}
+
+fn udp_key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> CtKey {
+    CtKey {
+        saddr: src.octets(),
+        daddr: dst.octets(),
+        sport,
+        dport,
+        protocol: 17,
+        _pad: [0; 3],
+    }
+}
+
+/// ICMP errors about a tracked flow pass an isolated pod (here B, whose
+/// own UDP to A hits a closed port); errors about unknown flows, or quoting
+/// a flow of a third party, are new ICMP and denied.
+#[test]
+fn icmp_errors_of_tracked_flows_pass_isolation() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    bpf.isolate_b_ingress();
+    // B's datagram to A, as A's port unreachable quotes it.
+    let b_to_a = ipv4(POD_B, POD_A, 17, 64, 0, &udp(5000, 53))[14..].to_vec();
+    let unreachable = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(3, 3, &b_to_a));
+
+    let (verdict, _) = bpf.run(&unreachable);
+    assert_eq!(verdict, TC_ACT_SHOT, "error about an untracked flow");
+    assert_eq!(bpf.counter("drop_policy_ingress"), 1);
+
+    bpf.track(udp_key(POD_B, POD_A, 5000, 53));
+    let (verdict, _) = bpf.run(&unreachable);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "error about B's own flow");
+    // Time exceeded and fragmentation needed relate the same way.
+    for (t, c) in [(11, 0), (3, 4)] {
+        let pkt = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(t, c, &b_to_a));
+        assert_eq!(bpf.run(&pkt).0, TC_ACT_REDIRECT, "ICMP {t}/{c}");
+    }
+
+    // The same flow quoted in reverse (an error about a reply) relates too.
+    let a_to_b = ipv4(POD_A, POD_B, 17, 64, 0, &udp(6000, 7))[14..].to_vec();
+    let about_reply = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(3, 3, &a_to_b));
+    assert_eq!(bpf.run(&about_reply).0, TC_ACT_SHOT, "before tracking");
+    bpf.track(udp_key(POD_B, POD_A, 7, 6000));
+    // Quoting A's packet to B: the error goes to B but A sent the quoted
+    // packet, so it does not travel back to the quoted sender.
+    assert_eq!(
+        bpf.run(&about_reply).0,
+        TC_ACT_SHOT,
+        "quoted sender is not B"
+    );
+
+    // A third party's flow, quoted in an error sent to B.
+    bpf.track(udp_key(OUTSIDE, POD_A, 5000, 53));
+    let third = ipv4(OUTSIDE, POD_A, 17, 64, 0, &udp(5000, 53))[14..].to_vec();
+    let smuggled = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(3, 3, &third));
+    assert_eq!(bpf.run(&smuggled).0, TC_ACT_SHOT, "third party's flow");
+    assert_eq!(bpf.counter("drop_policy_ingress"), 4);
+}
+
+/// Each policy check counts one verdict per direction: allowed for a new
+/// flow and not again while conntrack carries it; denied for every packet.
+#[test]
+fn policy_verdicts_are_counted_per_direction() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    let syn = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40000, 80));
+    assert_eq!(bpf.run(&syn).0, TC_ACT_REDIRECT);
+    assert_eq!(bpf.run(&syn).0, TC_ACT_REDIRECT);
+    assert_eq!(bpf.verdicts("egress", "allowed"), 1, "A's egress, once");
+    assert_eq!(bpf.verdicts("ingress", "allowed"), 1, "B's ingress, once");
+    bpf.isolate_b_ingress();
+    let other = ipv4(POD_A, POD_B, 17, 64, 0, &udp(40001, 53));
+    assert_eq!(bpf.run(&other).0, TC_ACT_SHOT);
+    assert_eq!(bpf.run(&other).0, TC_ACT_SHOT);
+    assert_eq!(bpf.verdicts("ingress", "denied"), 2);
+    assert_eq!(bpf.verdicts("egress", "allowed"), 3);
+    assert_eq!(bpf.verdicts("egress", "denied"), 0);
 }

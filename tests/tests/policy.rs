@@ -2,14 +2,16 @@
 //! applied with `sluice lab apply`, connections made from pod namespaces.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    io::{ErrorKind, Read as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
 use sluice_tests::{probe, require_root, TestLab, TIMEOUT};
 
 const PORT: u16 = 80;
+/// A port no lab pod listens on.
+const CLOSED_PORT: u16 = 9999;
 const CONVERGE: Duration = Duration::from_secs(15);
 
 /// Sends a line and expects it echoed within `timeout`.
@@ -129,6 +131,23 @@ fn replies_and_own_node_pass_isolation() {
     assert!(
         probe::icmp(&client_ns, server.ip, TIMEOUT),
         "ICMP reply blocked"
+    );
+    // The port unreachable y/a answers x/a's datagram with is an ICMP error
+    // about x/a's own flow: it comes in, and the socket sees the refusal.
+    let closed = SocketAddr::new(server.ip, CLOSED_PORT);
+    let answer = client_ns
+        .run(move || -> std::io::Result<()> {
+            let sock = UdpSocket::bind("0.0.0.0:0")?;
+            sock.connect(closed)?;
+            sock.set_read_timeout(Some(TIMEOUT))?;
+            sock.send(b"anyone?")?;
+            sock.recv(&mut [0u8; 16]).map(drop)
+        })
+        .expect("entering x/a");
+    assert!(
+        matches!(&answer, Err(e) if e.kind() == ErrorKind::ConnectionRefused),
+        "port unreachable for x/a's own datagram did not arrive: {answer:?}\n{}",
+        lab.agent_logs()
     );
     // node1 (x/a's node) still reaches it.
     assert!(

@@ -92,6 +92,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Counters { node_name, bpffs } => {
             let pin_dir = sluice_controller::dataplane::pin_dir(&bpffs.join("sluice"), &node_name);
             print_counters(&counters::read(&pin_dir)?);
+            println!();
+            print_verdicts(&counters::read_verdicts(&pin_dir)?);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -107,5 +109,12 @@ fn print_counters(rows: &[counters::CounterRow]) {
             "{:<24} {:<8} {:>12} {:>14}",
             row.reason, row.direction, row.packets, row.bytes
         );
+    }
+}
+
+fn print_verdicts(rows: &[counters::VerdictRow]) {
+    println!("{:<24} {:<8} {:>12}", "POLICY VERDICT", "DIR", "COUNT");
+    for row in rows {
+        println!("{:<24} {:<8} {:>12}", row.verdict, row.direction, row.count);
     }
 }
