@@ -1,7 +1,10 @@
 //! Agent configuration: command-line flags, optionally on top of a YAML
 //! file. A flag given on the command line wins over the file.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
@@ -12,6 +15,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 /// Pod MTU when nothing else decides it (no underlay known).
 pub const DEFAULT_MTU: u32 = 1500;
+/// Where the agent serves `/metrics` unless configured otherwise.
+pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9965";
 
 /// Where the agent learns cluster objects (Nodes, Namespaces, Pods,
 /// NetworkPolicies) from.
@@ -94,6 +99,7 @@ pub struct FileConfig {
     pub datastore: Option<Datastore>,
     pub routing: Option<Routing>,
     pub masquerade: Option<bool>,
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// Flags as given; `None` when absent.
@@ -108,6 +114,7 @@ pub struct FlagConfig {
     pub datastore: Option<Datastore>,
     pub routing: Option<Routing>,
     pub masquerade: Option<bool>,
+    pub metrics_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +132,8 @@ pub struct Config {
     pub routing: Routing,
     /// SNAT pod traffic leaving the cluster to the node's address.
     pub masquerade: bool,
+    /// Where `/metrics` and `/healthz` are served.
+    pub metrics_address: SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +220,10 @@ impl Config {
             datastore: flags.datastore.or(file.datastore),
             routing: flags.routing.or(file.routing).unwrap_or_default(),
             masquerade: flags.masquerade.or(file.masquerade).unwrap_or(true),
+            metrics_address: flags
+                .metrics_address
+                .or(file.metrics_address)
+                .unwrap_or_else(|| DEFAULT_METRICS_ADDRESS.parse().expect("literal address")),
         })
     }
 

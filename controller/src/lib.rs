@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod lab;
 pub mod masquerade;
 pub mod metrics;
+pub mod metrics_http;
 pub mod netlink;
 pub mod node_sync;
 pub mod nodes;

@@ -132,6 +132,14 @@ impl Metrics {
         }
     }
 
+    /// Adds the dataplane's own counters (packets by reason, policy
+    /// verdicts), read from the maps pinned in `pin_dir` at each scrape.
+    /// Fails when called twice for one registry.
+    pub fn register_dataplane(&self, pin_dir: &std::path::Path) -> prometheus::Result<()> {
+        let collector = crate::counters::Collector::new(pin_dir)?;
+        self.registry.register(Box::new(collector))
+    }
+
     /// Everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -324,6 +324,29 @@ impl TestLab {
         sluice_controller::counters::packets(&rows, reason)
     }
 
+    /// A node agent's Prometheus page, fetched over HTTP inside the node's
+    /// netns as a scraper would.
+    pub fn scrape(&self, node: &str) -> String {
+        use std::io::{Read as _, Write as _};
+        let address: std::net::SocketAddr = sluice_controller::config::DEFAULT_METRICS_ADDRESS
+            .parse::<std::net::SocketAddr>()
+            .map(|a| std::net::SocketAddr::new([127, 0, 0, 1].into(), a.port()))
+            .expect("metrics address");
+        self.node_netns(node)
+            .run(move || -> std::io::Result<String> {
+                let mut conn = std::net::TcpStream::connect_timeout(&address, TIMEOUT)?;
+                conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+                conn.write_all(
+                    b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n",
+                )?;
+                let mut page = String::new();
+                conn.read_to_string(&mut page)?;
+                Ok(page)
+            })
+            .expect("entering the node netns")
+            .unwrap_or_else(|e| panic!("scraping {node}'s agent: {e}"))
+    }
+
     /// `sluice lab --dir D --name N --bin-dir B ARGS...`.
     pub fn sluice(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new(bin("sluice"))

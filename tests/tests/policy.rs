@@ -88,6 +88,20 @@ fn policy_change_cuts_established_connections() {
         lab.counter("node1", "drop_policy_ingress") > 0,
         "node1 counted no drop_policy_ingress"
     );
+    // The agent exports the same through /metrics.
+    let page = lab.scrape("node1");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    for series in [
+        "sluice_policy_verdicts_total{direction=\"ingress\",verdict=\"denied\"}",
+        "sluice_policy_verdicts_total{direction=\"ingress\",verdict=\"allowed\"}",
+        "sluice_datapath_packets_total{direction=\"ingress\",reason=\"drop_policy_ingress\"}",
+    ] {
+        let value: u64 = page
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{page}"));
+        assert!(value > 0, "{series} is 0");
+    }
 
     lab.sluice_ok(&["delete", "-f", file.to_str().expect("utf-8 path")]);
     assert!(

@@ -14,6 +14,7 @@ use sluice_controller::{
     kernel::KernelDatapath,
     masquerade,
     metrics::Metrics,
+    metrics_http,
     netlink::{Netlink, HOST_DEVICE},
     node_sync::{self, NodeSync, NodeSyncConfig},
     nodes,
@@ -66,6 +67,9 @@ struct Args {
     /// Do not masquerade pod traffic leaving the cluster.
     #[arg(long)]
     no_masquerade: bool,
+    /// Where to serve Prometheus `/metrics` and `/healthz` [default: 0.0.0.0:9965].
+    #[arg(long)]
+    metrics_address: Option<std::net::SocketAddr>,
     /// YAML config file; flags override its keys.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -95,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         datastore: args.datastore,
         routing: args.routing,
         masquerade: args.no_masquerade.then_some(false),
+        metrics_address: args.metrics_address,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -146,6 +151,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let policy_maps = dataplane
         .take_policy_maps()
         .context("eBPF policy maps missing")?;
+    metrics
+        .register_dataplane(&config.pin_dir())
+        .context("exporting the dataplane counters")?;
+    let metrics_listener = metrics_http::bind(config.metrics_address)
+        .await
+        .with_context(|| format!("serving metrics on {}", config.metrics_address))?;
+    tokio::spawn(metrics_http::serve(metrics_listener, metrics.clone()));
     let netlink = Netlink::new()?;
     let gateway = sluice_controller::ipam::Ipam::new(config.pod_cidr)?.gateway();
     netlink
@@ -229,7 +241,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await;
     reconciler.sync().await;
     let listener = server::bind(&config.socket).await?;
-    info!(node = %config.node_name, pod_cidr = %config.pod_cidr, routing = %config.routing, mtu, socket = %config.socket.display(), pins = %config.pin_dir().display(), "agent ready");
+    info!(node = %config.node_name, pod_cidr = %config.pod_cidr, routing = %config.routing, mtu, socket = %config.socket.display(), metrics = %config.metrics_address, pins = %config.pin_dir().display(), "agent ready");
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
