@@ -95,7 +95,7 @@ pub struct FileConfig {
     pub socket: Option<PathBuf>,
     pub bpffs: Option<PathBuf>,
     pub mtu: Option<u32>,
-    pub max_endpoints: Option<u32>,
+    pub map_sizes: Option<MapSizes>,
     pub datastore: Option<Datastore>,
     pub routing: Option<Routing>,
     pub masquerade: Option<bool>,
@@ -127,7 +127,7 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Pod MTU; `None`: the underlay's MTU minus the routing overhead.
     pub mtu: Option<u32>,
-    pub max_endpoints: u32,
+    pub map_sizes: MapSizes,
     pub datastore: Option<Datastore>,
     pub routing: Routing,
     /// SNAT pod traffic leaving the cluster to the node's address.
@@ -158,6 +158,12 @@ pub enum ConfigError {
     NodeName(String),
     #[error("mtu {0} out of range 576..=65535")]
     Mtu(u32),
+    #[error(
+        "mapSizes.{key} {size} out of range {}..={}",
+        MapSizes::MIN,
+        MapSizes::MAX
+    )]
+    MapSize { key: &'static str, size: u32 },
 }
 
 impl Config {
@@ -192,6 +198,10 @@ impl Config {
         if !name_ok {
             return Err(ConfigError::NodeName(node_name));
         }
+        let map_sizes = file.map_sizes.unwrap_or_default();
+        if let Some((key, size)) = map_sizes.invalid() {
+            return Err(ConfigError::MapSize { key, size });
+        }
         let mtu = flags.mtu.or(file.mtu);
         if let Some(mtu) = mtu.filter(|m| !(576..=65535).contains(m)) {
             return Err(ConfigError::Mtu(mtu));
@@ -216,7 +226,7 @@ impl Config {
                 .or(file.bpffs)
                 .unwrap_or_else(|| DEFAULT_BPFFS.into()),
             mtu,
-            max_endpoints: file.max_endpoints.unwrap_or(MapSizes::default().endpoints),
+            map_sizes,
             datastore: flags.datastore.or(file.datastore),
             routing: flags.routing.or(file.routing).unwrap_or_default(),
             masquerade: flags.masquerade.or(file.masquerade).unwrap_or(true),
@@ -231,13 +241,6 @@ impl Config {
     /// agents on one host (the lab) never share pins.
     pub fn pin_dir(&self) -> PathBuf {
         crate::dataplane::pin_dir(&self.bpffs.join("sluice"), &self.node_name)
-    }
-
-    pub fn map_sizes(&self) -> MapSizes {
-        MapSizes {
-            endpoints: self.max_endpoints,
-            ..MapSizes::default()
-        }
     }
 }
 
@@ -267,12 +270,15 @@ mod tests {
     #[test]
     fn flags_win_over_file() {
         let file: FileConfig =
-            serde_yaml::from_str("nodeName: from-file\nmtu: 1400\nmaxEndpoints: 128\nrouting: native\ndatastore: dir:/etc/sluice/manifests\nmasquerade: false\n")
+            serde_yaml::from_str("nodeName: from-file\nmtu: 1400\nmapSizes: {endpoints: 128, conntrack: 1048576}\nrouting: native\ndatastore: dir:/etc/sluice/manifests\nmasquerade: false\n")
                 .expect("yaml");
         let cfg = Config::merge(flags(), file).expect("config");
         assert_eq!(cfg.node_name, "node-1");
         assert_eq!(cfg.mtu, Some(1400));
-        assert_eq!(cfg.max_endpoints, 128);
+        assert_eq!(cfg.map_sizes.endpoints, 128);
+        assert_eq!(cfg.map_sizes.conntrack, 1 << 20);
+        // Keys not given keep their defaults.
+        assert_eq!(cfg.map_sizes.policy, MapSizes::default().policy);
         assert_eq!(cfg.routing, Routing::Native);
         assert!(!cfg.masquerade);
         assert_eq!(
@@ -293,6 +299,13 @@ mod tests {
         ));
         assert!(serde_yaml::from_str::<FileConfig>("nodeNam: typo\n").is_err());
         assert!(serde_yaml::from_str::<FileConfig>("routing: vxlan\n").is_err());
+        assert!(serde_yaml::from_str::<FileConfig>("mapSizes: {polcy: 10}\n").is_err());
+        let file: FileConfig = serde_yaml::from_str("mapSizes: {policy: 10}\n").expect("yaml");
+        let err = Config::merge(flags(), file).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mapSizes.policy 10 out of range 64..=16777216"
+        );
         assert!("file:/x".parse::<Datastore>().is_err());
         assert!("dir:".parse::<Datastore>().is_err());
         assert!("kubernetes:".parse::<Datastore>().is_err());

@@ -24,6 +24,7 @@ use aya::{
 use ipnet::Ipv4Net;
 use sluice_common::{
     endpoint::{EndpointInfo, IpKey},
+    identity,
     ipcache::{DataplaneConfig, Ipv4Prefix, RemoteInfo},
     maps,
     policy::{Isolation, PolicyEntry, PolicyKey},
@@ -79,6 +80,21 @@ fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneErr
     move |source| DataplaneError::Map { name, source }
 }
 
+impl DataplaneError {
+    /// The map that is full, if that is what this error is: the kernel
+    /// answers E2BIG for a full hash and ENOSPC for a full LPM trie.
+    pub fn full_map(&self) -> Option<&'static str> {
+        let DataplaneError::Map {
+            name,
+            source: aya::maps::MapError::SyscallError(e),
+        } = self
+        else {
+            return None;
+        };
+        matches!(e.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)).then_some(*name)
+    }
+}
+
 /// The programs and where each attaches.
 const PROGRAMS: [(&str, TcAttachType); 4] = [
     (programs::FROM_CONTAINER, TcAttachType::Ingress),
@@ -107,20 +123,143 @@ fn pin_program(pin_name: &str) -> Option<(&'static str, TcAttachType)> {
     PROGRAMS.iter().copied().find(|(p, _)| *p == program)
 }
 
-/// Map capacities, from the agent's configuration.
-#[derive(Debug, Clone, Copy)]
+/// Map capacities: the config file's `mapSizes` (keys absent there keep
+/// these defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct MapSizes {
+    /// Local pods; also sizes the isolation map (one entry per local pod
+    /// at most, so it can never be the one that overflows).
     pub endpoints: u32,
+    /// Other nodes' pod CIDRs and addresses, and every pod's address.
     pub ipcache: u32,
+    /// Policy rules of this node's pods, after port ranges are split
+    /// into prefixes.
+    pub policy: u32,
+    /// Tracked flows; when full the least recently used one is evicted
+    /// and its next packet is checked against policy again.
+    pub conntrack: u32,
+    /// Distinct ipBlock regions (CIDRs and their exceptions).
+    pub cidr_identities: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
         Self {
             endpoints: 65536,
-            ipcache: 16384,
+            ipcache: 65536,
+            policy: 65536,
+            conntrack: 262144,
+            cidr_identities: 16384,
         }
     }
+}
+
+impl MapSizes {
+    /// Smallest and largest capacity accepted for any map.
+    pub const MIN: u32 = 64;
+    pub const MAX: u32 = 1 << 24;
+
+    /// (map name, config key, capacity) of every sized map.
+    pub fn by_map(&self) -> [(&'static str, &'static str, u32); 6] {
+        [
+            (maps::ENDPOINTS, "endpoints", self.endpoints),
+            (maps::ISOLATION, "endpoints", self.endpoints),
+            (maps::IPCACHE, "ipcache", self.ipcache),
+            (maps::POLICY, "policy", self.policy),
+            (maps::CONNTRACK, "conntrack", self.conntrack),
+            (maps::CIDR_IDENTITY, "cidrIdentities", self.cidr_identities),
+        ]
+    }
+
+    /// The config key whose value is out of range, with the value.
+    pub fn invalid(&self) -> Option<(&'static str, u32)> {
+        self.by_map()
+            .into_iter()
+            .find(|(_, _, size)| !(Self::MIN..=Self::MAX).contains(size))
+            .map(|(_, key, size)| (key, size))
+    }
+}
+
+/// What decides whether a pinned map can be reused: the kernel never
+/// checks (nor does aya), and a program would misread a map of another
+/// layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapShape {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+impl std::fmt::Display for MapShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {}, key {} B, value {} B, {} entries",
+            self.map_type, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+/// The shape of every map of `object` this agent would create, capacities
+/// as configured.
+pub fn wanted_shapes(
+    object: &[u8],
+    sizes: &MapSizes,
+) -> Result<BTreeMap<String, MapShape>, DataplaneError> {
+    let obj = aya_obj::Object::parse(object)
+        .map_err(|e| DataplaneError::Load(aya::EbpfError::ParseError(e)))?;
+    Ok(obj
+        .maps
+        .iter()
+        .map(|(name, map)| {
+            let configured = sizes
+                .by_map()
+                .into_iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, _, size)| size);
+            let shape = MapShape {
+                map_type: map.map_type(),
+                key_size: map.key_size(),
+                value_size: map.value_size(),
+                max_entries: configured.unwrap_or(map.max_entries()),
+            };
+            (name.clone(), shape)
+        })
+        .collect())
+}
+
+/// Removes every pinned map whose shape differs from what this agent
+/// loads (a resized map in the config, a layout changed by an upgrade), so
+/// the load creates it anew. All such maps hold state the agent rebuilds
+/// (endpoints from its state file, the rest from the cluster), or counters;
+/// until it has, the node's pods see a moment of disruption, as with any
+/// dataplane upgrade. Programs still running keep the old map alive until
+/// their links are upgraded.
+fn replace_misshapen_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DataplaneError> {
+    for (name, wanted) in wanted_shapes(EBPF_OBJECT, sizes)? {
+        let path = pin_dir.join(&name);
+        let Ok(pinned) = MapData::from_pin(&path) else {
+            // Not pinned yet; anything else is reported by the load.
+            continue;
+        };
+        let info = pinned.info().map_err(|source| DataplaneError::Map {
+            name: "pinned map",
+            source,
+        })?;
+        let pinned = MapShape {
+            map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        if pinned != wanted {
+            warn!(map = %name, pinned = %pinned, wanted = %wanted, "replacing a pinned map of another shape; its contents are rebuilt");
+            std::fs::remove_file(&path).map_err(|source| DataplaneError::Io { path, source })?;
+        }
+    }
+    Ok(())
 }
 
 /// The node's pin directory.
@@ -156,11 +295,13 @@ impl Dataplane {
             path: links.clone(),
             source,
         })?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .map_max_entries(maps::ENDPOINTS, sizes.endpoints)
-            .map_max_entries(maps::IPCACHE, sizes.ipcache)
-            .load(EBPF_OBJECT)?;
+        replace_misshapen_pins(pin_dir, &sizes)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir);
+        for (name, _, size) in sizes.by_map() {
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
         let endpoints =
@@ -388,28 +529,45 @@ impl PolicyMaps {
         isolation: &BTreeMap<u32, Isolation>,
     ) -> Result<SyncStats, DataplaneError> {
         let mut stats = SyncStats::default();
-        stats.written += write_prefixes(&mut self.cidr, cidrs, maps::CIDR_IDENTITY)?;
-        // A rule that does not fit (full map) must not stop the rest of
-        // the sync: isolation still applies and stale rules still go, so
-        // the missing rules deny (fail closed); the error is reported after.
-        let mut rules_error = None;
-        for ((rule, prefix), entry) in rules {
+        // A map that is full (or any failed write) must not stop the rest
+        // of the sync: isolation still applies and stale entries still go,
+        // so what is missing denies (fails closed). The first error is
+        // reported after.
+        let mut first_error = None;
+        // If not every ipBlock region fits, an address of a missing region
+        // would fall into a wider one, perhaps allowed where the missing
+        // one is an `except`: then no rule may name a CIDR identity.
+        let cidrs_complete = match write_prefixes(&mut self.cidr, cidrs, maps::CIDR_IDENTITY) {
+            Ok(written) => {
+                stats.written += written;
+                true
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+                false
+            }
+        };
+        let usable = |rule: &PolicyKey| cidrs_complete || rule.identity < identity::FIRST_CIDR;
+        for ((rule, prefix), entry) in rules.iter().filter(|((r, _), _)| usable(r)) {
             let key = Key::new(*prefix, *rule);
             if self.policy.get(&key, 0).ok().as_ref() != Some(entry) {
                 match self.policy.insert(&key, entry, 0) {
                     Ok(()) => stats.written += 1,
                     Err(e) => {
-                        rules_error.get_or_insert(map_error(maps::POLICY)(e));
+                        first_error.get_or_insert(map_error(maps::POLICY)(e));
                     }
                 }
             }
         }
         for (endpoint, iso) in isolation {
             if self.isolation.get(endpoint, 0).ok().as_ref() != Some(iso) {
-                self.isolation
-                    .insert(endpoint, iso, 0)
-                    .map_err(map_error(maps::ISOLATION))?;
-                stats.written += 1;
+                // Sized like the endpoint map, so it cannot be full.
+                match self.isolation.insert(endpoint, iso, 0) {
+                    Ok(()) => stats.written += 1,
+                    Err(e) => {
+                        first_error.get_or_insert(map_error(maps::ISOLATION)(e));
+                    }
+                }
             }
         }
         let stale: Vec<u32> = self
@@ -426,14 +584,14 @@ impl PolicyMaps {
             .policy
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !rules.contains_key(&(k.data(), k.prefix_len())))
+            .filter(|k| !usable(&k.data()) || !rules.contains_key(&(k.data(), k.prefix_len())))
             .collect();
         for key in stale {
             remove_ok(self.policy.remove(&key), maps::POLICY)?;
             stats.removed += 1;
         }
         stats.removed += remove_stale_prefixes(&mut self.cidr, cidrs, maps::CIDR_IDENTITY)?;
-        match rules_error {
+        match first_error {
             Some(e) => Err(e),
             None => Ok(stats),
         }

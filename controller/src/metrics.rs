@@ -29,6 +29,14 @@ pub mod sync {
     pub const ALL: [&str; 3] = [NODES, POLICY, IDENTITIES];
 }
 
+/// The maps the agent fills from the cluster, which can overflow.
+pub const FILLED_MAPS: [&str; 4] = [
+    sluice_common::maps::POLICY,
+    sluice_common::maps::ISOLATION,
+    sluice_common::maps::CIDR_IDENTITY,
+    sluice_common::maps::IPCACHE,
+];
+
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +56,14 @@ pub struct Metrics {
     /// `sluice_kube_watch_errors_total{kind}`: failed list/watch calls to
     /// the Kubernetes API (retried with backoff).
     pub kube_watch_errors: IntCounterVec,
+    /// `sluice_bpf_map_capacity{map}`: configured capacity of each sized map.
+    pub map_capacity: IntGaugeVec,
+    /// `sluice_bpf_map_entries{map}`: entries the agent wants in each
+    /// policy map.
+    pub map_entries: IntGaugeVec,
+    /// `sluice_bpf_map_full_total{map}`: writes refused because the map was
+    /// full (what did not fit denies; raise `mapSizes`).
+    pub map_full: IntCounterVec,
 }
 
 impl Metrics {
@@ -108,6 +124,37 @@ impl Metrics {
             ),
         );
 
+        let map_capacity = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "sluice_bpf_map_capacity",
+                    "Configured capacity of the dataplane's maps (mapSizes), by map.",
+                ),
+                &["map"],
+            ),
+        );
+        let map_entries = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "sluice_bpf_map_entries",
+                    "Entries the agent wants in each NetworkPolicy map, by map.",
+                ),
+                &["map"],
+            ),
+        );
+        let map_full = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_bpf_map_full_total",
+                    "Writes refused because a dataplane map was full (what did not fit denies), by map.",
+                ),
+                &["map"],
+            ),
+        );
+
         // Export every series from the start: a counter that appears only on
         // its first increment breaks `rate()` and "is it zero?" alerts.
         for reason in reason::ALL {
@@ -120,6 +167,9 @@ impl Metrics {
         for what in sync::ALL {
             sync_errors.with_label_values(&[what]);
         }
+        for map in FILLED_MAPS {
+            map_full.with_label_values(&[map]);
+        }
 
         Metrics {
             registry,
@@ -129,6 +179,9 @@ impl Metrics {
             node_problems,
             policy_problems,
             kube_watch_errors,
+            map_capacity,
+            map_entries,
+            map_full,
         }
     }
 

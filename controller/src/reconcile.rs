@@ -7,11 +7,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use sluice_common::maps;
 use tracing::{info, warn};
 
 use crate::{
     cluster::{ClusterState, Event, Kind},
-    dataplane::PolicyMaps,
+    dataplane::{DataplaneError, PolicyMaps},
     metrics::{sync, Metrics},
     node_sync::NodeSync,
     policy::{
@@ -114,7 +115,8 @@ impl Reconciler {
                     self.dirty_nodes = true;
                 }
                 Err(e) => {
-                    warn!(error = %e, "applying policy failed; retrying");
+                    self.count_full(&e);
+                    warn!(error = %e, "applying policy failed; what did not fit denies; retrying");
                     self.metrics
                         .sync_errors
                         .with_label_values(&[sync::POLICY])
@@ -130,6 +132,9 @@ impl Reconciler {
             {
                 Ok(_) => self.dirty_nodes = false,
                 Err(e) => {
+                    if let crate::node_sync::NodeSyncError::Dataplane(e) = &e {
+                        self.count_full(e);
+                    }
                     warn!(error = %e, "applying the node topology failed; retrying");
                     self.metrics
                         .sync_errors
@@ -150,7 +155,17 @@ impl Reconciler {
         }
     }
 
-    fn sync_policy(&mut self) -> Result<bool, crate::dataplane::DataplaneError> {
+    fn count_full(&self, error: &DataplaneError) {
+        if let Some(map) = error.full_map() {
+            warn!(
+                map,
+                "eBPF map full: raise its mapSizes entry in the agent config"
+            );
+            self.metrics.map_full.with_label_values(&[map]).inc();
+        }
+    }
+
+    fn sync_policy(&mut self) -> Result<bool, DataplaneError> {
         let desired = compile(&self.state, &self.local, &mut self.identities);
         if desired.problems != self.problems {
             for p in &desired.problems {
@@ -170,6 +185,16 @@ impl Reconciler {
         self.metrics
             .policy_problems
             .set(desired.problems.len() as i64);
+        for (map, entries) in [
+            (maps::POLICY, desired.rules.len()),
+            (maps::ISOLATION, desired.isolation.len()),
+            (maps::CIDR_IDENTITY, desired.cidr_identities.len()),
+        ] {
+            self.metrics
+                .map_entries
+                .with_label_values(&[map])
+                .set(entries as i64);
+        }
         let stats =
             self.policy_maps
                 .sync(&desired.cidr_identities, &desired.rules, &desired.isolation)?;

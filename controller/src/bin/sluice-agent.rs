@@ -143,7 +143,7 @@ async fn uninstall(mut flags: FlagConfig, file: Option<PathBuf>) -> anyhow::Resu
 async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     bpffs::ensure_mounted(&config.bpffs)?;
-    let mut dataplane = Dataplane::load(&config.pin_dir(), config.map_sizes())
+    let mut dataplane = Dataplane::load(&config.pin_dir(), config.map_sizes)
         .context("loading the eBPF dataplane")?;
     let mut remote_maps = dataplane
         .take_remote_maps()
@@ -151,6 +151,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let policy_maps = dataplane
         .take_policy_maps()
         .context("eBPF policy maps missing")?;
+    for (map, _, size) in config.map_sizes.by_map() {
+        metrics
+            .map_capacity
+            .with_label_values(&[map])
+            .set(size.into());
+    }
     metrics
         .register_dataplane(&config.pin_dir())
         .context("exporting the dataplane counters")?;

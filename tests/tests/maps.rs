@@ -1,0 +1,175 @@
+//! Map capacities come from the configuration; a full map fails closed and
+//! says so; a pinned map of another shape (resized, or changed by an
+//! upgrade) is replaced instead of silently reused.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use aya::maps::{HashMap, LpmTrie, Map, MapData};
+use ipnet::Ipv4Net;
+use sluice_common::{
+    identity, maps,
+    policy::{direction, entry, Isolation, PolicyEntry, PolicyKey, KEY_FULL_BITS},
+};
+use sluice_controller::dataplane::{Dataplane, MapSizes, PolicyMaps};
+use sluice_tests::{require_root, unique};
+
+/// A private pin directory, removed on drop.
+struct Pins(PathBuf);
+
+impl Pins {
+    fn new() -> Self {
+        sluice_controller::bpffs::ensure_mounted(std::path::Path::new("/sys/fs/bpf"))
+            .expect("bpffs");
+        Self(PathBuf::from("/sys/fs/bpf/sluice").join(unique("maps")))
+    }
+
+    fn load(&self, sizes: MapSizes) -> Dataplane {
+        Dataplane::load(&self.0, sizes).expect("loading the dataplane")
+    }
+
+    fn max_entries(&self, name: &str) -> u32 {
+        MapData::from_pin(self.0.join(name))
+            .and_then(|m| m.info())
+            .expect("pinned map info")
+            .max_entries()
+    }
+
+    fn policy_keys(&self) -> Vec<PolicyKey> {
+        let data = MapData::from_pin(self.0.join(maps::POLICY)).expect("policy map");
+        let trie: LpmTrie<_, PolicyKey, PolicyEntry> =
+            LpmTrie::try_from(Map::LpmTrie(data)).expect("policy map type");
+        trie.keys().map(|k| k.expect("key").data()).collect()
+    }
+
+    fn isolation(&self) -> Vec<u32> {
+        let data = MapData::from_pin(self.0.join(maps::ISOLATION)).expect("isolation map");
+        let map: HashMap<_, u32, Isolation> =
+            HashMap::try_from(Map::HashMap(data)).expect("isolation map type");
+        map.keys().map(|k| k.expect("key")).collect()
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = sluice_controller::dataplane::remove_pins(&self.0);
+    }
+}
+
+fn small() -> MapSizes {
+    MapSizes {
+        endpoints: 64,
+        ipcache: 64,
+        policy: 64,
+        conntrack: 1024,
+        cidr_identities: 64,
+    }
+}
+
+fn rule(endpoint: u32, identity: u32, port: u16) -> ((PolicyKey, u32), PolicyEntry) {
+    let key = PolicyKey {
+        endpoint,
+        identity,
+        direction: direction::INGRESS,
+        protocol: 6,
+        dport: port.to_be_bytes(),
+    };
+    let allow = PolicyEntry {
+        flags: entry::ALLOW,
+        _pad: 0,
+    };
+    ((key, KEY_FULL_BITS), allow)
+}
+
+fn isolated(endpoints: &[u32]) -> BTreeMap<u32, Isolation> {
+    endpoints
+        .iter()
+        .map(|e| {
+            let iso = Isolation {
+                ingress: 1,
+                egress: 0,
+                _pad: [0; 2],
+            };
+            (*e, iso)
+        })
+        .collect()
+}
+
+fn policy_maps(dataplane: &mut Dataplane) -> PolicyMaps {
+    dataplane.take_policy_maps().expect("policy maps")
+}
+
+#[test]
+fn capacities_follow_the_config_and_reshaped_pins_are_replaced() {
+    require_root!();
+    let pins = Pins::new();
+    let sizes = small();
+    let mut dataplane = pins.load(sizes);
+    for (name, _, size) in sizes.by_map() {
+        assert_eq!(pins.max_entries(name), size, "{name}");
+    }
+    // Same shape: the pinned map and what it holds are kept.
+    let rules = BTreeMap::from([rule(7, 300, 80)]);
+    policy_maps(&mut dataplane)
+        .sync(&BTreeMap::new(), &rules, &isolated(&[7]))
+        .expect("sync");
+    drop(dataplane);
+    drop(pins.load(sizes));
+    assert_eq!(pins.policy_keys().len(), 1, "kept across a reload");
+    // Resized: replaced, empty until the agent fills it again.
+    let bigger = MapSizes {
+        policy: 128,
+        ..sizes
+    };
+    drop(pins.load(bigger));
+    assert_eq!(pins.max_entries(maps::POLICY), 128);
+    assert_eq!(pins.policy_keys().len(), 0, "a new map");
+    assert_eq!(pins.isolation(), vec![7], "other maps untouched");
+}
+
+#[test]
+fn a_full_policy_map_still_isolates_and_reports_it() {
+    require_root!();
+    let pins = Pins::new();
+    let mut dataplane = pins.load(small());
+    let mut maps = policy_maps(&mut dataplane);
+    let rules: BTreeMap<_, _> = (0..100).map(|p| rule(7, 300, 1000 + p)).collect();
+    let err = maps
+        .sync(&BTreeMap::new(), &rules, &isolated(&[7, 8]))
+        .expect_err("100 rules in a 64-entry map");
+    assert_eq!(err.full_map(), Some(maps::POLICY), "{err}");
+    let mut isolation = pins.isolation();
+    isolation.sort();
+    assert_eq!(isolation, vec![7, 8], "isolation applied all the same");
+    assert_eq!(pins.policy_keys().len(), 64, "as many rules as fit");
+}
+
+#[test]
+fn ipblock_rules_are_withheld_while_their_regions_do_not_fit() {
+    require_root!();
+    let pins = Pins::new();
+    let mut dataplane = pins.load(small());
+    let mut maps = policy_maps(&mut dataplane);
+    let cidr_identity = identity::FIRST_CIDR + 1;
+    let rules = BTreeMap::from([rule(7, 300, 80), rule(7, cidr_identity, 80)]);
+    let one_region = BTreeMap::from([("192.0.2.0/24".parse().expect("cidr"), cidr_identity)]);
+    maps.sync(&one_region, &rules, &isolated(&[7]))
+        .expect("everything fits");
+    assert_eq!(pins.policy_keys().len(), 2);
+
+    // 100 regions cannot fit in 64: an address of a missing region could
+    // land in an allowed wider one, so no rule may name a CIDR identity.
+    let regions: BTreeMap<Ipv4Net, u32> = (0..100u32)
+        .map(|i| {
+            let net = Ipv4Net::new([198, 18, i as u8, 0].into(), 24).expect("cidr");
+            (net, identity::FIRST_CIDR + 1 + i)
+        })
+        .collect();
+    let err = maps
+        .sync(&regions, &rules, &isolated(&[7]))
+        .expect_err("100 regions in a 64-entry map");
+    assert_eq!(err.full_map(), Some(maps::CIDR_IDENTITY), "{err}");
+    let keys = pins.policy_keys();
+    assert_eq!(keys.len(), 1, "only the label rule is left: {keys:?}");
+    assert_eq!(keys[0].identity, 300);
+    assert_eq!(pins.isolation(), vec![7]);
+}
