@@ -27,7 +27,7 @@ use sluice_common::{
     identity,
     ipcache::{DataplaneConfig, Ipv4Prefix, RemoteInfo},
     maps,
-    policy::{Isolation, PolicyEntry, PolicyKey},
+    policy::{Isolation, PolicyEntry, PolicyKey, ALL_PORTS, KEY_FIXED_BITS, KEY_FULL_BITS},
     programs,
 };
 use tracing::{info, warn};
@@ -133,8 +133,8 @@ pub struct MapSizes {
     pub endpoints: u32,
     /// Other nodes' pod CIDRs and addresses, and every pod's address.
     pub ipcache: u32,
-    /// Policy rules of this node's pods, after port ranges are split
-    /// into prefixes.
+    /// Policy rules of this node's pods, in each of the two rule maps
+    /// (exact ports and all-ports rules; port ranges split into prefixes).
     pub policy: u32,
     /// Tracked flows; when full the least recently used one is evicted
     /// and its next packet is checked against policy again.
@@ -161,11 +161,12 @@ impl MapSizes {
     pub const MAX: u32 = 1 << 24;
 
     /// (map name, config key, capacity) of every sized map.
-    pub fn by_map(&self) -> [(&'static str, &'static str, u32); 6] {
+    pub fn by_map(&self) -> [(&'static str, &'static str, u32); 7] {
         [
             (maps::ENDPOINTS, "endpoints", self.endpoints),
             (maps::ISOLATION, "endpoints", self.endpoints),
             (maps::IPCACHE, "ipcache", self.ipcache),
+            (maps::POLICY_EXACT, "policy", self.policy),
             (maps::POLICY, "policy", self.policy),
             (maps::CONNTRACK, "conntrack", self.conntrack),
             (maps::CIDR_IDENTITY, "cidrIdentities", self.cidr_identities),
@@ -277,7 +278,8 @@ pub struct Dataplane {
 
 /// The NetworkPolicy maps; owned by the policy syncer.
 pub struct PolicyMaps {
-    policy: LpmTrie<MapData, PolicyKey, PolicyEntry>,
+    exact: HashMap<MapData, PolicyKey, PolicyEntry>,
+    ranges: LpmTrie<MapData, PolicyKey, PolicyEntry>,
     isolation: HashMap<MapData, u32, Isolation>,
     cidr: LpmTrie<MapData, Ipv4Prefix, u32>,
 }
@@ -309,7 +311,9 @@ impl Dataplane {
         let ipcache = LpmTrie::try_from(take(maps::IPCACHE)?).map_err(map_error(maps::IPCACHE))?;
         let config = Array::try_from(take(maps::CONFIG)?).map_err(map_error(maps::CONFIG))?;
         let policy = PolicyMaps {
-            policy: LpmTrie::try_from(take(maps::POLICY)?).map_err(map_error(maps::POLICY))?,
+            exact: HashMap::try_from(take(maps::POLICY_EXACT)?)
+                .map_err(map_error(maps::POLICY_EXACT))?,
+            ranges: LpmTrie::try_from(take(maps::POLICY)?).map_err(map_error(maps::POLICY))?,
             isolation: HashMap::try_from(take(maps::ISOLATION)?)
                 .map_err(map_error(maps::ISOLATION))?,
             cidr: LpmTrie::try_from(take(maps::CIDR_IDENTITY)?)
@@ -518,10 +522,12 @@ impl RemoteMaps {
 }
 
 impl PolicyMaps {
-    /// Makes the maps hold exactly `desired`, writing only differences and
-    /// in an order that never opens more than either state allows: new
-    /// regions and rules first, then isolation, then stale rules and
-    /// regions. Returns whether anything changed.
+    /// Makes the maps hold exactly the compiled rules (key, prefix length),
+    /// isolation and ipBlock regions, writing only differences and in an
+    /// order that never opens more than either state allows: new regions
+    /// and rules first, then isolation, then stale rules and regions.
+    /// Rules on one port or all ports go to the exact hash, port ranges
+    /// to the trie.
     pub fn sync(
         &mut self,
         cidrs: &BTreeMap<Ipv4Net, u32>,
@@ -548,10 +554,21 @@ impl PolicyMaps {
             }
         };
         let usable = |rule: &PolicyKey| cidrs_complete || rule.identity < identity::FIRST_CIDR;
-        for ((rule, prefix), entry) in rules.iter().filter(|((r, _), _)| usable(r)) {
+        let placed = place_rules(rules.iter().filter(|((r, _), _)| usable(r)), isolation);
+        for (key, entry) in &placed.exact {
+            if self.exact.get(key, 0).ok().as_ref() != Some(entry) {
+                match self.exact.insert(key, entry, 0) {
+                    Ok(()) => stats.written += 1,
+                    Err(e) => {
+                        first_error.get_or_insert(map_error(maps::POLICY_EXACT)(e));
+                    }
+                }
+            }
+        }
+        for ((rule, prefix), entry) in &placed.ranges {
             let key = Key::new(*prefix, *rule);
-            if self.policy.get(&key, 0).ok().as_ref() != Some(entry) {
-                match self.policy.insert(&key, entry, 0) {
+            if self.ranges.get(&key, 0).ok().as_ref() != Some(entry) {
+                match self.ranges.insert(&key, entry, 0) {
                     Ok(()) => stats.written += 1,
                     Err(e) => {
                         first_error.get_or_insert(map_error(maps::POLICY)(e));
@@ -559,7 +576,7 @@ impl PolicyMaps {
                 }
             }
         }
-        for (endpoint, iso) in isolation {
+        for (endpoint, iso) in &placed.isolation {
             if self.isolation.get(endpoint, 0).ok().as_ref() != Some(iso) {
                 // Sized like the endpoint map, so it cannot be full.
                 match self.isolation.insert(endpoint, iso, 0) {
@@ -580,14 +597,24 @@ impl PolicyMaps {
             remove_ok(self.isolation.remove(&endpoint), maps::ISOLATION)?;
             stats.removed += 1;
         }
-        let stale: Vec<Key<PolicyKey>> = self
-            .policy
+        let stale: Vec<PolicyKey> = self
+            .exact
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !usable(&k.data()) || !rules.contains_key(&(k.data(), k.prefix_len())))
+            .filter(|k| !placed.exact.contains_key(k))
             .collect();
         for key in stale {
-            remove_ok(self.policy.remove(&key), maps::POLICY)?;
+            remove_ok(self.exact.remove(&key), maps::POLICY_EXACT)?;
+            stats.removed += 1;
+        }
+        let stale: Vec<Key<PolicyKey>> = self
+            .ranges
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !placed.ranges.contains_key(&(k.data(), k.prefix_len())))
+            .collect();
+        for key in stale {
+            remove_ok(self.ranges.remove(&key), maps::POLICY)?;
             stats.removed += 1;
         }
         stats.removed += remove_stale_prefixes(&mut self.cidr, cidrs, maps::CIDR_IDENTITY)?;
@@ -596,6 +623,59 @@ impl PolicyMaps {
             None => Ok(stats),
         }
     }
+}
+
+/// Whether a compiled rule of this prefix length goes to the exact-port
+/// hash (one port, or all ports) rather than the port-range trie.
+pub fn is_exact_rule(prefix: u32) -> bool {
+    prefix == KEY_FULL_BITS || prefix == KEY_FIXED_BITS
+}
+
+/// Compiled rules as the maps hold them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PlacedRules {
+    /// Rules on one port, or on all ports (`ALL_PORTS`): the hash.
+    exact: BTreeMap<PolicyKey, PolicyEntry>,
+    /// Port ranges: the LPM trie.
+    ranges: BTreeMap<(PolicyKey, u32), PolicyEntry>,
+    /// Isolation, with the `ranges` bits of the endpoints that have some.
+    isolation: BTreeMap<u32, Isolation>,
+}
+
+/// Splits compiled rules (key, prefix length) between the exact-port hash
+/// and the port-range trie, and marks which endpoints need the trie.
+fn place_rules<'a>(
+    rules: impl Iterator<Item = (&'a (PolicyKey, u32), &'a PolicyEntry)>,
+    isolation: &BTreeMap<u32, Isolation>,
+) -> PlacedRules {
+    let mut placed = PlacedRules {
+        isolation: isolation.clone(),
+        ..PlacedRules::default()
+    };
+    for (&(rule, prefix), entry) in rules {
+        match prefix {
+            KEY_FULL_BITS => {
+                placed.exact.insert(rule, *entry);
+            }
+            // No port bits matched: the port field means nothing.
+            KEY_FIXED_BITS => {
+                let all_ports = PolicyKey {
+                    dport: ALL_PORTS,
+                    ..rule
+                };
+                placed.exact.insert(all_ports, *entry);
+            }
+            _ => {
+                placed.ranges.insert((rule, prefix), *entry);
+                // Rules exist only for endpoints isolated in their
+                // direction; without isolation the bit would not matter.
+                if let Some(iso) = placed.isolation.get_mut(&rule.endpoint) {
+                    iso.ranges |= 1 << rule.direction;
+                }
+            }
+        }
+    }
+    placed
 }
 
 fn prefix_key(net: &Ipv4Net) -> Key<Ipv4Prefix> {
@@ -739,5 +819,79 @@ pub fn remove_pins(pin_dir: &Path) -> io::Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_common::policy::{direction, entry, ANY_PROTOCOL};
+
+    use super::*;
+
+    fn rule(endpoint: u32, dir: u8, protocol: u8, port: u16, prefix: u32) -> (PolicyKey, u32) {
+        let key = PolicyKey {
+            endpoint,
+            identity: 300,
+            direction: dir,
+            protocol,
+            dport: port.to_be_bytes(),
+        };
+        (key, prefix)
+    }
+
+    #[test]
+    fn exact_and_all_port_rules_go_to_the_hash_ranges_to_the_trie() {
+        let allow = PolicyEntry {
+            flags: entry::ALLOW,
+            _pad: 0,
+        };
+        let ingress = direction::INGRESS;
+        let rules = BTreeMap::from([
+            (rule(1, ingress, 6, 80, KEY_FULL_BITS), allow),
+            // A rule without ports, as the compiler writes it (port bits
+            // unmatched, whatever they hold).
+            (rule(1, ingress, ANY_PROTOCOL, 0, KEY_FIXED_BITS), allow),
+            (rule(1, ingress, 17, 53, KEY_FIXED_BITS), allow),
+            // 1024-2047 for endpoint 2's egress.
+            (
+                rule(2, direction::EGRESS, 6, 1024, KEY_FULL_BITS - 10),
+                allow,
+            ),
+        ]);
+        let isolation = BTreeMap::from([
+            (
+                1,
+                Isolation {
+                    ingress: 1,
+                    ..Isolation::default()
+                },
+            ),
+            (
+                2,
+                Isolation {
+                    egress: 1,
+                    ..Isolation::default()
+                },
+            ),
+        ]);
+        let placed = place_rules(rules.iter(), &isolation);
+        let exact: Vec<_> = placed
+            .exact
+            .keys()
+            .map(|k| (k.endpoint, k.protocol, u16::from_be_bytes(k.dport)))
+            .collect();
+        assert_eq!(exact, vec![(1, ANY_PROTOCOL, 0), (1, 6, 80), (1, 17, 0)]);
+        assert_eq!(
+            placed
+                .ranges
+                .keys()
+                .map(|(k, p)| (k.endpoint, *p))
+                .collect::<Vec<_>>(),
+            vec![(2, KEY_FULL_BITS - 10)]
+        );
+        assert!(!placed.isolation[&1].has_ranges(ingress));
+        assert!(placed.isolation[&2].has_ranges(direction::EGRESS));
+        assert!(!placed.isolation[&2].has_ranges(direction::INGRESS));
+        assert_eq!(placed.isolation[&2].egress, 1, "isolation itself kept");
     }
 }

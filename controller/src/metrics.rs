@@ -30,7 +30,8 @@ pub mod sync {
 }
 
 /// The maps the agent fills from the cluster, which can overflow.
-pub const FILLED_MAPS: [&str; 4] = [
+pub const FILLED_MAPS: [&str; 5] = [
+    sluice_common::maps::POLICY_EXACT,
     sluice_common::maps::POLICY,
     sluice_common::maps::ISOLATION,
     sluice_common::maps::CIDR_IDENTITY,

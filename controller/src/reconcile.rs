@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::{
     cluster::{ClusterState, Event, Kind},
-    dataplane::{DataplaneError, PolicyMaps},
+    dataplane::{is_exact_rule, DataplaneError, PolicyMaps},
     metrics::{sync, Metrics},
     node_sync::NodeSync,
     policy::{
@@ -185,8 +185,14 @@ impl Reconciler {
         self.metrics
             .policy_problems
             .set(desired.problems.len() as i64);
+        let exact = desired
+            .rules
+            .keys()
+            .filter(|(_, prefix)| is_exact_rule(*prefix))
+            .count();
         for (map, entries) in [
-            (maps::POLICY, desired.rules.len()),
+            (maps::POLICY_EXACT, exact),
+            (maps::POLICY, desired.rules.len() - exact),
             (maps::ISOLATION, desired.isolation.len()),
             (maps::CIDR_IDENTITY, desired.cidr_identities.len()),
         ] {

@@ -29,6 +29,9 @@ pub static IPCACHE: LpmTrie<Ipv4Prefix, RemoteInfo> = LpmTrie::pinned(16384, 0);
 #[map(name = "SLUICE_CONFIG")]
 pub static CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
 
+#[map(name = "SLUICE_POLICY_EXACT")]
+pub static POLICY_EXACT: HashMap<PolicyKey, PolicyEntry> = HashMap::pinned(65536, 0);
+
 #[map(name = "SLUICE_POLICY")]
 pub static POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(65536, 0);
 

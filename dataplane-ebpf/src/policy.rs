@@ -9,11 +9,11 @@ use sluice_common::{
     identity,
     ipcache::Ipv4Prefix,
     metrics::{reason, verdict},
-    policy::{direction, PolicyKey, ANY_IDENTITY, ANY_PROTOCOL, KEY_FULL_BITS},
+    policy::{direction, PolicyKey, ALL_PORTS, ANY_IDENTITY, ANY_PROTOCOL, KEY_FULL_BITS},
 };
 
 use crate::{
-    maps::{CIDR_IDENTITY, CONFIG, CONNTRACK, ISOLATION, POLICY},
+    maps::{CIDR_IDENTITY, CONFIG, CONNTRACK, ISOLATION, POLICY, POLICY_EXACT},
     metrics::count_verdict,
     parse::{Ipv4Packet, Quoted, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     remote,
@@ -42,15 +42,36 @@ fn cidr_identity(addr: [u8; 4]) -> u32 {
         .unwrap_or(ANY_IDENTITY)
 }
 
-fn rule_hits(endpoint: u32, dir: u8, identity: u32, protocol: u8, dport: u16) -> bool {
-    let key = PolicyKey {
+fn key(endpoint: u32, dir: u8, identity: u32, protocol: u8, dport: [u8; 2]) -> PolicyKey {
+    PolicyKey {
         endpoint,
         identity,
         direction: dir,
         protocol,
-        dport: dport.to_be_bytes(),
+        dport,
+    }
+}
+
+/// Whether a rule lets `identity` through: one on this port, on all ports
+/// of the protocol, or on everything (hash lookups); then, for endpoints
+/// with port ranges, a range covering the port (LPM).
+fn rule_hits(endpoint: u32, dir: u8, ranges: bool, identity: u32, protocol: u8, dport: u16) -> bool {
+    let port = dport.to_be_bytes();
+    let exact = |protocol, port| {
+        POLICY_EXACT
+            .get_ptr(key(endpoint, dir, identity, protocol, port))
+            .is_some()
     };
-    POLICY.get(Key::new(KEY_FULL_BITS, key)).is_some()
+    exact(protocol, port)
+        || exact(protocol, ALL_PORTS)
+        || exact(ANY_PROTOCOL, ALL_PORTS)
+        || (ranges
+            && POLICY
+                .get(Key::new(
+                    KEY_FULL_BITS,
+                    key(endpoint, dir, identity, protocol, port),
+                ))
+                .is_some())
 }
 
 /// Whether `endpoint` may exchange this packet with `peer` in `dir`: a fixed
@@ -60,12 +81,11 @@ fn allowed(endpoint: &EndpointInfo, dir: u8, peer: [u8; 4], protocol: u8, dport:
         return true;
     };
     // SAFETY: a map value pointer, valid for this program run.
-    let isolated = unsafe {
-        if dir == direction::INGRESS {
-            (*isolation).ingress
-        } else {
-            (*isolation).egress
-        }
+    let isolation = unsafe { *isolation };
+    let isolated = if dir == direction::INGRESS {
+        isolation.ingress
+    } else {
+        isolation.egress
     };
     if isolated == 0 {
         return true;
@@ -75,11 +95,10 @@ fn allowed(endpoint: &EndpointInfo, dir: u8, peer: [u8; 4], protocol: u8, dport:
     if peer_id == identity::HOST {
         return true;
     }
+    let ranges = isolation.has_ranges(dir);
     let cidr_id = cidr_identity(peer);
     for identity in [peer_id, cidr_id, ANY_IDENTITY] {
-        if rule_hits(endpoint.id, dir, identity, protocol, dport)
-            || rule_hits(endpoint.id, dir, identity, ANY_PROTOCOL, dport)
-        {
+        if rule_hits(endpoint.id, dir, ranges, identity, protocol, dport) {
             return true;
         }
     }

@@ -98,7 +98,8 @@ fn impossible() -> String {
 /// test fails.
 struct Cleanup {
     lab: LabConfig,
-    cases: PathBuf,
+    /// Fixture cases written for the test.
+    cases: Option<PathBuf>,
 }
 
 impl Drop for Cleanup {
@@ -106,7 +107,9 @@ impl Drop for Cleanup {
         if let Err(e) = teardown::down(&self.lab) {
             eprintln!("removing {}: {e}", self.lab.name);
         }
-        let _ = std::fs::remove_dir_all(&self.cases);
+        if let Some(cases) = &self.cases {
+            let _ = std::fs::remove_dir_all(cases);
+        }
     }
 }
 
@@ -131,10 +134,11 @@ fn conformance_runner_judges_fixture_cases() {
     let base = TestLab::new("cf");
     let cleanup = Cleanup {
         lab: conformance::lab_config(&base.config).expect("runner lab config"),
-        cases: std::env::temp_dir().join(unique("sluice-cases")),
+        cases: Some(std::env::temp_dir().join(unique("sluice-cases"))),
     };
-    write_cases(&cleanup.cases);
-    let cases = cleanup.cases.display().to_string();
+    let cases = cleanup.cases.clone().expect("fixture dir");
+    write_cases(&cases);
+    let cases = cases.display().to_string();
 
     let out = base.sluice(&["conformance", &cases, "--wait", "1"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -190,4 +194,42 @@ fn conformance_runner_judges_fixture_cases() {
         .manifests()
         .object_path("NetworkPolicy", Some("x"), "allow-cidr");
     assert!(!policy.exists(), "step 3 deleted {}", policy.display());
+}
+
+/// Every policy case passes on the real dataplane: the shared upstream
+/// cases through the tunnel, this repository's own (port ranges, named
+/// ports, label updates, ipBlock with ranges; `tests/conformance/cases`)
+/// with native routing. Only SCTP may be skipped, and only for the kernel.
+#[test]
+fn policy_cases_pass_end_to_end() {
+    require_root!();
+    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases");
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cases");
+    for (dir, routing) in [(shared, "tunnel"), (own, "native")] {
+        if !dir.is_dir() {
+            panic!("no conformance cases at {}", dir.display());
+        }
+        let base = TestLab::new("cp");
+        let _cleanup = Cleanup {
+            lab: conformance::lab_config(&base.config).expect("runner lab config"),
+            cases: None,
+        };
+        let dir = dir.display().to_string();
+        let out = base.sluice(&["conformance", &dir, "--routing", routing]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let context = format!(
+            "stdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{dir} ({routing})\n{context}");
+        let summary = stdout.lines().last().unwrap_or_default();
+        assert!(
+            summary.contains(" passed, 0 failed, "),
+            "{dir}: {summary}\n{context}"
+        );
+        for skipped in stdout.lines().filter(|l| l.starts_with("SKIP ")) {
+            assert!(skipped.contains("sctp"), "{skipped}\n{context}");
+        }
+        eprintln!("{dir} ({routing}): {summary}");
+    }
 }

@@ -115,7 +115,8 @@ impl Loaded {
         let isolation = Isolation {
             ingress: 1,
             egress: 0,
-            _pad: [0; 2],
+            ranges: 0,
+            _pad: 0,
         };
         iso.insert(B_ENDPOINT_ID, isolation, 0).expect("isolate b");
     }

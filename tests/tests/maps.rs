@@ -34,11 +34,19 @@ impl Pins {
             .max_entries()
     }
 
+    /// The rules in both policy maps.
     fn policy_keys(&self) -> Vec<PolicyKey> {
-        let data = MapData::from_pin(self.0.join(maps::POLICY)).expect("policy map");
-        let trie: LpmTrie<_, PolicyKey, PolicyEntry> =
-            LpmTrie::try_from(Map::LpmTrie(data)).expect("policy map type");
-        trie.keys().map(|k| k.expect("key").data()).collect()
+        let data = MapData::from_pin(self.0.join(maps::POLICY_EXACT)).expect("exact map");
+        let exact: HashMap<_, PolicyKey, PolicyEntry> =
+            HashMap::try_from(Map::HashMap(data)).expect("exact map type");
+        let data = MapData::from_pin(self.0.join(maps::POLICY)).expect("range map");
+        let ranges: LpmTrie<_, PolicyKey, PolicyEntry> =
+            LpmTrie::try_from(Map::LpmTrie(data)).expect("range map type");
+        exact
+            .keys()
+            .map(|k| k.expect("key"))
+            .chain(ranges.keys().map(|k| k.expect("key").data()))
+            .collect()
     }
 
     fn isolation(&self) -> Vec<u32> {
@@ -65,7 +73,13 @@ fn small() -> MapSizes {
     }
 }
 
-fn rule(endpoint: u32, identity: u32, port: u16) -> ((PolicyKey, u32), PolicyEntry) {
+/// A rule on one port (`range_bits` 0) or on a range of 2^range_bits ports.
+fn rule(
+    endpoint: u32,
+    identity: u32,
+    port: u16,
+    range_bits: u32,
+) -> ((PolicyKey, u32), PolicyEntry) {
     let key = PolicyKey {
         endpoint,
         identity,
@@ -77,9 +91,10 @@ fn rule(endpoint: u32, identity: u32, port: u16) -> ((PolicyKey, u32), PolicyEnt
         flags: entry::ALLOW,
         _pad: 0,
     };
-    ((key, KEY_FULL_BITS), allow)
+    ((key, KEY_FULL_BITS - range_bits), allow)
 }
 
+/// Isolation as the compiler writes it (the syncer adds the range bits).
 fn isolated(endpoints: &[u32]) -> BTreeMap<u32, Isolation> {
     endpoints
         .iter()
@@ -87,7 +102,8 @@ fn isolated(endpoints: &[u32]) -> BTreeMap<u32, Isolation> {
             let iso = Isolation {
                 ingress: 1,
                 egress: 0,
-                _pad: [0; 2],
+                ranges: 0,
+                _pad: 0,
             };
             (*e, iso)
         })
@@ -108,13 +124,13 @@ fn capacities_follow_the_config_and_reshaped_pins_are_replaced() {
         assert_eq!(pins.max_entries(name), size, "{name}");
     }
     // Same shape: the pinned map and what it holds are kept.
-    let rules = BTreeMap::from([rule(7, 300, 80)]);
+    let rules = BTreeMap::from([rule(7, 300, 80, 0), rule(7, 300, 1024, 8)]);
     policy_maps(&mut dataplane)
         .sync(&BTreeMap::new(), &rules, &isolated(&[7]))
         .expect("sync");
     drop(dataplane);
     drop(pins.load(sizes));
-    assert_eq!(pins.policy_keys().len(), 1, "kept across a reload");
+    assert_eq!(pins.policy_keys().len(), 2, "kept across a reload");
     // Resized: replaced, empty until the agent fills it again.
     let bigger = MapSizes {
         policy: 128,
@@ -132,11 +148,11 @@ fn a_full_policy_map_still_isolates_and_reports_it() {
     let pins = Pins::new();
     let mut dataplane = pins.load(small());
     let mut maps = policy_maps(&mut dataplane);
-    let rules: BTreeMap<_, _> = (0..100).map(|p| rule(7, 300, 1000 + p)).collect();
+    let rules: BTreeMap<_, _> = (0..100).map(|p| rule(7, 300, 1000 + p, 0)).collect();
     let err = maps
         .sync(&BTreeMap::new(), &rules, &isolated(&[7, 8]))
         .expect_err("100 rules in a 64-entry map");
-    assert_eq!(err.full_map(), Some(maps::POLICY), "{err}");
+    assert_eq!(err.full_map(), Some(maps::POLICY_EXACT), "{err}");
     let mut isolation = pins.isolation();
     isolation.sort();
     assert_eq!(isolation, vec![7, 8], "isolation applied all the same");
@@ -150,7 +166,7 @@ fn ipblock_rules_are_withheld_while_their_regions_do_not_fit() {
     let mut dataplane = pins.load(small());
     let mut maps = policy_maps(&mut dataplane);
     let cidr_identity = identity::FIRST_CIDR + 1;
-    let rules = BTreeMap::from([rule(7, 300, 80), rule(7, cidr_identity, 80)]);
+    let rules = BTreeMap::from([rule(7, 300, 80, 0), rule(7, cidr_identity, 80, 0)]);
     let one_region = BTreeMap::from([("192.0.2.0/24".parse().expect("cidr"), cidr_identity)]);
     maps.sync(&one_region, &rules, &isolated(&[7]))
         .expect("everything fits");

@@ -27,7 +27,7 @@ use sluice_common::{
     endpoint::{flags, EndpointInfo, IpKey},
     ipcache::{Ipv4Prefix, RemoteInfo},
     maps,
-    policy::{direction, entry, Isolation, PolicyEntry, PolicyKey, KEY_FULL_BITS},
+    policy::{direction, entry, Isolation, PolicyEntry, PolicyKey},
     programs,
 };
 
@@ -144,33 +144,30 @@ fn populate(loaded: &mut Loaded, rules: usize) -> Result<(), CostError> {
         Isolation {
             ingress: 0,
             egress: 1,
-            _pad: [0; 2],
+            ranges: 0,
+            _pad: 0,
         },
         0,
     )?;
-    let mut policy: LpmTrie<&mut MapData, PolicyKey, PolicyEntry> =
-        LpmTrie::try_from(loaded.ebpf.map_mut(maps::POLICY).expect("policy"))?;
+    // Rules on single ports, as most are: the exact-port hash.
+    let mut policy: HashMap<&mut MapData, PolicyKey, PolicyEntry> =
+        HashMap::try_from(loaded.ebpf.map_mut(maps::POLICY_EXACT).expect("policy"))?;
     let allow = PolicyEntry {
         flags: entry::ALLOW,
         _pad: 0,
     };
-    let key = |identity: u32, port: u16| {
-        Key::new(
-            KEY_FULL_BITS,
-            PolicyKey {
-                endpoint: ENDPOINT_A,
-                identity,
-                direction: direction::EGRESS,
-                protocol: 6,
-                dport: port.to_be_bytes(),
-            },
-        )
+    let key = |identity: u32, port: u16| PolicyKey {
+        endpoint: ENDPOINT_A,
+        identity,
+        direction: direction::EGRESS,
+        protocol: 6,
+        dport: port.to_be_bytes(),
     };
-    policy.insert(&key(ID_B, 8080), allow, 0)?;
+    policy.insert(key(ID_B, 8080), allow, 0)?;
     for i in 0..rules {
         // 100 ports for each of rules/100 other identities.
         let identity = 1000 + (i / 100) as u32;
-        policy.insert(&key(identity, 1 + (i % 100) as u16), allow, 0)?;
+        policy.insert(key(identity, 1 + (i % 100) as u16), allow, 0)?;
     }
     Ok(())
 }

@@ -82,7 +82,8 @@ fn isolation(ingress: u8, egress: u8) -> Isolation {
     Isolation {
         ingress,
         egress,
-        _pad: [0; 2],
+        ranges: 0,
+        _pad: 0,
     }
 }
 
