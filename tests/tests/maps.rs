@@ -27,6 +27,18 @@ impl Pins {
         Dataplane::load(&self.0, sizes).expect("loading the dataplane")
     }
 
+    /// Kernel id of every pinned map, by name.
+    fn map_ids(&self) -> BTreeMap<String, u32> {
+        std::fs::read_dir(&self.0)
+            .expect("pin dir")
+            .flatten()
+            .filter_map(|e| {
+                let info = MapData::from_pin(e.path()).ok()?.info().ok()?;
+                Some((e.file_name().to_string_lossy().into_owned(), info.id()))
+            })
+            .collect()
+    }
+
     fn max_entries(&self, name: &str) -> u32 {
         MapData::from_pin(self.0.join(name))
             .and_then(|m| m.info())
@@ -129,7 +141,10 @@ fn capacities_follow_the_config_and_reshaped_pins_are_replaced() {
         .sync(&BTreeMap::new(), &rules, &isolated(&[7]))
         .expect("sync");
     drop(dataplane);
+    let before = pins.map_ids();
+    assert!(before.len() >= sizes.by_map().len(), "{before:?}");
     drop(pins.load(sizes));
+    assert_eq!(pins.map_ids(), before, "every map kept across a reload");
     assert_eq!(pins.policy_keys().len(), 2, "kept across a reload");
     // Resized: replaced, empty until the agent fills it again.
     let bigger = MapSizes {
@@ -140,6 +155,11 @@ fn capacities_follow_the_config_and_reshaped_pins_are_replaced() {
     assert_eq!(pins.max_entries(maps::POLICY), 128);
     assert_eq!(pins.policy_keys().len(), 0, "a new map");
     assert_eq!(pins.isolation(), vec![7], "other maps untouched");
+    let after = pins.map_ids();
+    for (name, id) in &before {
+        let replaced = name == maps::POLICY || name == maps::POLICY_EXACT;
+        assert_eq!(after[name] != *id, replaced, "{name}");
+    }
 }
 
 #[test]
