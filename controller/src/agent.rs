@@ -165,6 +165,10 @@ impl<D: Datapath> Agent<D> {
         &self.datapath
     }
 
+    pub fn datapath_mut(&mut self) -> &mut D {
+        &mut self.datapath
+    }
+
     pub fn gateway(&self) -> std::net::Ipv4Addr {
         self.ipam.gateway()
     }

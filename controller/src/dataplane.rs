@@ -205,7 +205,7 @@ impl std::fmt::Display for MapShape {
 
 /// The shape of every map of `object` this agent would create, capacities
 /// as configured.
-pub fn wanted_shapes(
+fn wanted_shapes(
     object: &[u8],
     sizes: &MapSizes,
 ) -> Result<BTreeMap<String, MapShape>, DataplaneError> {
@@ -233,12 +233,13 @@ pub fn wanted_shapes(
 
 /// Removes every pinned map whose shape differs from what this agent
 /// loads (a resized map in the config, a layout changed by an upgrade), so
-/// the load creates it anew. All such maps hold state the agent rebuilds
-/// (endpoints from its state file, the rest from the cluster), or counters;
-/// until it has, the node's pods see a moment of disruption, as with any
-/// dataplane upgrade. Programs still running keep the old map alive until
-/// their links are upgraded.
-fn replace_misshapen_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DataplaneError> {
+/// the load creates it anew; returns their names. All such maps hold state
+/// the agent rebuilds (endpoints from its state file, the rest from the
+/// cluster) or counters (which restart from zero). The programs running
+/// keep the old maps alive until their links are upgraded, which waits
+/// until the new maps are filled ([`Dataplane::complete_upgrade`]).
+fn replace_misshapen_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<String>, DataplaneError> {
+    let mut replaced = Vec::new();
     for (name, wanted) in wanted_shapes(EBPF_OBJECT, sizes)? {
         let path = pin_dir.join(&name);
         let Ok(pinned) = MapData::from_pin(&path) else {
@@ -258,9 +259,10 @@ fn replace_misshapen_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<(), Datapl
         if pinned != wanted {
             warn!(map = %name, pinned = %pinned, wanted = %wanted, "replacing a pinned map of another shape; its contents are rebuilt");
             std::fs::remove_file(&path).map_err(|source| DataplaneError::Io { path, source })?;
+            replaced.push(name);
         }
     }
-    Ok(())
+    Ok(replaced)
 }
 
 /// The node's pin directory.
@@ -274,6 +276,9 @@ pub struct Dataplane {
     endpoints: HashMap<MapData, IpKey, EndpointInfo>,
     remote: Option<RemoteMaps>,
     policy: Option<PolicyMaps>,
+    /// Maps were replaced at load: the links keep the previous programs,
+    /// with the previous maps, until the new maps are filled.
+    upgrade_pending: bool,
 }
 
 /// The NetworkPolicy maps; owned by the policy syncer.
@@ -297,7 +302,7 @@ impl Dataplane {
             path: links.clone(),
             source,
         })?;
-        replace_misshapen_pins(pin_dir, &sizes)?;
+        let replaced = replace_misshapen_pins(pin_dir, &sizes)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
         for (name, _, size) in sizes.by_map() {
@@ -325,6 +330,7 @@ impl Dataplane {
             endpoints,
             remote: Some(RemoteMaps { ipcache, config }),
             policy: Some(policy),
+            upgrade_pending: !replaced.is_empty(),
         };
         for (name, _) in PROGRAMS {
             dataplane
@@ -332,8 +338,31 @@ impl Dataplane {
                 .load()
                 .map_err(program_error(name))?;
         }
-        dataplane.upgrade_links();
+        if replaced.is_empty() {
+            dataplane.upgrade_links();
+        } else {
+            // New programs on the new, still empty maps would see no
+            // endpoints, no isolation, no rules: fail open. The running
+            // programs keep their old, consistent maps meanwhile.
+            info!(maps = ?replaced, "running programs keep the previous maps until the new ones are filled");
+        }
         Ok(dataplane)
+    }
+
+    /// Whether [`Self::complete_upgrade`] has links to upgrade.
+    pub fn upgrade_pending(&self) -> bool {
+        self.upgrade_pending
+    }
+
+    /// Swaps this agent's programs into the links a previous agent left,
+    /// once the agent has filled the maps that were replaced at load
+    /// (endpoints restored, cluster state applied). Without replaced maps
+    /// that happens at load already.
+    pub fn complete_upgrade(&mut self) {
+        if std::mem::take(&mut self.upgrade_pending) {
+            self.upgrade_links();
+            info!("links upgraded to the new programs and maps");
+        }
     }
 
     /// The policy maps, handed to the policy syncer (once).

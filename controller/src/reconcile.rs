@@ -91,6 +91,12 @@ impl Reconciler {
         self.sync().await;
     }
 
+    /// Whether the kernel holds the complete cluster state: every kind
+    /// listed, and nothing left to apply.
+    pub fn synced(&self) -> bool {
+        self.listed.len() == Kind::ALL.len() && !self.dirty_policy && !self.dirty_nodes
+    }
+
     /// The pods registered on this node changed (CNI ADD/DEL).
     pub async fn set_local_endpoints(&mut self, local: LocalEndpoints) {
         if local != self.local {

@@ -8,7 +8,7 @@ use sluice_common::{
     endpoint::EndpointInfo,
     identity,
     ipcache::Ipv4Prefix,
-    metrics::{reason, verdict},
+    metrics::reason,
     policy::{direction, PolicyKey, ALL_PORTS, ANY_IDENTITY, ANY_PROTOCOL, KEY_FULL_BITS},
 };
 

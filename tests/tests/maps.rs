@@ -10,7 +10,10 @@ use sluice_common::{
     identity, maps,
     policy::{direction, entry, Isolation, PolicyEntry, PolicyKey, KEY_FULL_BITS},
 };
-use sluice_controller::dataplane::{Dataplane, MapSizes, PolicyMaps};
+use sluice_controller::{
+    dataplane::{Dataplane, MapSizes, PolicyMaps},
+    lab::netns::Netns,
+};
 use sluice_tests::{require_root, unique};
 
 /// A private pin directory, removed on drop.
@@ -208,4 +211,56 @@ fn ipblock_rules_are_withheld_while_their_regions_do_not_fit() {
     assert_eq!(keys.len(), 1, "only the label rule is left: {keys:?}");
     assert_eq!(keys[0].identity, 300);
     assert_eq!(pins.isolation(), vec![7]);
+}
+
+/// The program a pinned TCX link runs.
+fn link_program(pin: &std::path::Path) -> u32 {
+    use aya::programs::links::{FdLink, PinnedLink};
+    let link = FdLink::from(PinnedLink::from_pin(pin).expect("link pin"));
+    link.info().expect("link info").program_id()
+}
+
+/// A reload with replaced (empty) maps must not put new programs on them
+/// while the agent has not filled them: that would open every isolated
+/// pod. The links keep the previous programs until `complete_upgrade`; a
+/// reload with the same shapes upgrades them at once.
+#[test]
+fn links_keep_the_old_maps_until_the_new_ones_are_filled() {
+    require_root!();
+    let pins = Pins::new();
+    let ns = Netns::create(&unique("slmap")).expect("netns");
+    ns.ip("link add sl0 type veth peer name sl1")
+        .expect("veth pair");
+    ns.ip("link set sl0 up").expect("link up");
+    let dir = pins.0.clone();
+    let programs = ns
+        .run(move || {
+            let pin = dir.join("links/sl0");
+            let ifindex = nix::net::if_::if_nametoindex("sl0").expect("ifindex");
+            let mut dataplane = Dataplane::load(&dir, small()).expect("load");
+            dataplane.attach("sl0", ifindex).expect("attach");
+            let first = link_program(&pin);
+            drop(dataplane);
+
+            let resized = MapSizes {
+                policy: 128,
+                ..small()
+            };
+            let mut dataplane = Dataplane::load(&dir, resized).expect("reload, resized");
+            assert!(dataplane.upgrade_pending());
+            let pending = link_program(&pin);
+            dataplane.complete_upgrade();
+            assert!(!dataplane.upgrade_pending());
+            let upgraded = link_program(&pin);
+            drop(dataplane);
+
+            let dataplane = Dataplane::load(&dir, resized).expect("reload, same shapes");
+            assert!(!dataplane.upgrade_pending());
+            [first, pending, upgraded, link_program(&pin)]
+        })
+        .expect("entering the netns");
+    let [first, pending, upgraded, same_shape] = programs;
+    assert_eq!(pending, first, "upgraded before the new maps were filled");
+    assert_ne!(upgraded, first, "not upgraded by complete_upgrade");
+    assert_ne!(same_shape, upgraded, "a same-shape reload upgrades at load");
 }

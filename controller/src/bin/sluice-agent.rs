@@ -246,6 +246,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .set_local_endpoints(agent.local_endpoints())
         .await;
     reconciler.sync().await;
+    if reconciler.synced() {
+        agent.datapath_mut().dataplane.complete_upgrade();
+    }
     let listener = server::bind(&config.socket).await?;
     info!(node = %config.node_name, pod_cidr = %config.pod_cidr, routing = %config.routing, mtu, socket = %config.socket.display(), metrics = %config.metrics_address, pins = %config.pin_dir().display(), "agent ready");
 
@@ -264,6 +267,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             },
             Some(event) = events.recv() => reconciler.handle(event).await,
             _ = retry.tick() => reconciler.sync().await,
+        }
+        // Maps replaced at load (resized, or a new layout) are filled now.
+        if agent.datapath().dataplane.upgrade_pending() && reconciler.synced() {
+            agent.datapath_mut().dataplane.complete_upgrade();
         }
     }
     let _ = std::fs::remove_file(&config.socket);
