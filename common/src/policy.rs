@@ -32,6 +32,25 @@ pub const ANY_PROTOCOL: u8 = 0;
 /// that allows all ports is right anyway.
 pub const ALL_PORTS: [u8; 2] = [0, 0];
 
+/// Bit set in the `direction` of an exact-map key that marks a peer: the
+/// key (endpoint, identity, direction | PEER_MARK, 0, ALL_PORTS) exists when
+/// some rule of the endpoint in that direction names the identity. A
+/// lookup of an identity without its mark stops at one miss, so a denied
+/// flow costs one lookup per identity instead of one per rule shape. No
+/// rule's direction has the bit, so a mark never allows anything itself.
+pub const PEER_MARK: u8 = 0x80;
+
+/// The mark of `identity` among `endpoint`'s rules in `direction`.
+pub const fn peer_mark(endpoint: u32, identity: u32, direction: u8) -> PolicyKey {
+    PolicyKey {
+        endpoint,
+        identity,
+        direction: direction | PEER_MARK,
+        protocol: ANY_PROTOCOL,
+        dport: ALL_PORTS,
+    }
+}
+
 /// Directions, seen from the local endpoint.
 pub mod direction {
     pub const INGRESS: u8 = 0;

@@ -27,7 +27,9 @@ use sluice_common::{
     identity,
     ipcache::{DataplaneConfig, Ipv4Prefix, RemoteInfo},
     maps,
-    policy::{Isolation, PolicyEntry, PolicyKey, ALL_PORTS, KEY_FIXED_BITS, KEY_FULL_BITS},
+    policy::{
+        peer_mark, Isolation, PolicyEntry, PolicyKey, ALL_PORTS, KEY_FIXED_BITS, KEY_FULL_BITS,
+    },
     programs,
 };
 use tracing::{info, warn};
@@ -663,7 +665,8 @@ pub fn is_exact_rule(prefix: u32) -> bool {
 /// Compiled rules as the maps hold them.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct PlacedRules {
-    /// Rules on one port, or on all ports (`ALL_PORTS`): the hash.
+    /// Rules on one port, or on all ports (`ALL_PORTS`), and the marks of
+    /// the identities any rule names: the hash.
     exact: BTreeMap<PolicyKey, PolicyEntry>,
     /// Port ranges: the LPM trie.
     ranges: BTreeMap<(PolicyKey, u32), PolicyEntry>,
@@ -672,7 +675,8 @@ struct PlacedRules {
 }
 
 /// Splits compiled rules (key, prefix length) between the exact-port hash
-/// and the port-range trie, and marks which endpoints need the trie.
+/// and the port-range trie, marks every identity a rule names, and marks
+/// which endpoints need the trie.
 fn place_rules<'a>(
     rules: impl Iterator<Item = (&'a (PolicyKey, u32), &'a PolicyEntry)>,
     isolation: &BTreeMap<u32, Isolation>,
@@ -682,6 +686,10 @@ fn place_rules<'a>(
         ..PlacedRules::default()
     };
     for (&(rule, prefix), entry) in rules {
+        placed.exact.insert(
+            peer_mark(rule.endpoint, rule.identity, rule.direction),
+            *entry,
+        );
         match prefix {
             KEY_FULL_BITS => {
                 placed.exact.insert(rule, *entry);
@@ -853,7 +861,7 @@ pub fn remove_pins(pin_dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use sluice_common::policy::{direction, entry, ANY_PROTOCOL};
+    use sluice_common::policy::{direction, entry, ANY_PROTOCOL, PEER_MARK};
 
     use super::*;
 
@@ -907,9 +915,16 @@ mod tests {
         let exact: Vec<_> = placed
             .exact
             .keys()
+            .filter(|k| k.direction & PEER_MARK == 0)
             .map(|k| (k.endpoint, k.protocol, u16::from_be_bytes(k.dport)))
             .collect();
         assert_eq!(exact, vec![(1, ANY_PROTOCOL, 0), (1, 6, 80), (1, 17, 0)]);
+        // Identity 300 is marked for both endpoints, ranges included.
+        assert!(placed.exact.contains_key(&peer_mark(1, 300, ingress)));
+        assert!(placed
+            .exact
+            .contains_key(&peer_mark(2, 300, direction::EGRESS)));
+        assert_eq!(placed.exact.len(), 5);
         assert_eq!(
             placed
                 .ranges

@@ -9,7 +9,9 @@ use sluice_common::{
     identity,
     ipcache::Ipv4Prefix,
     metrics::reason,
-    policy::{direction, PolicyKey, ALL_PORTS, ANY_IDENTITY, ANY_PROTOCOL, KEY_FULL_BITS},
+    policy::{
+        direction, peer_mark, PolicyKey, ALL_PORTS, ANY_IDENTITY, ANY_PROTOCOL, KEY_FULL_BITS,
+    },
 };
 
 use crate::{
@@ -52,10 +54,17 @@ fn key(endpoint: u32, dir: u8, identity: u32, protocol: u8, dport: [u8; 2]) -> P
     }
 }
 
-/// Whether a rule lets `identity` through: one on this port, on all ports
-/// of the protocol, or on everything (hash lookups); then, for endpoints
-/// with port ranges, a range covering the port (LPM).
+/// Whether a rule lets `identity` through: none unless the identity is
+/// marked; then one on this port, on all ports of the protocol, or on
+/// everything (hash lookups); then, for endpoints with port ranges, a
+/// range covering the port (LPM).
 fn rule_hits(endpoint: u32, dir: u8, ranges: bool, identity: u32, protocol: u8, dport: u16) -> bool {
+    if POLICY_EXACT
+        .get_ptr(peer_mark(endpoint, identity, dir))
+        .is_none()
+    {
+        return false;
+    }
     let port = dport.to_be_bytes();
     let exact = |protocol, port| {
         POLICY_EXACT
@@ -96,13 +105,10 @@ fn allowed(endpoint: &EndpointInfo, dir: u8, peer: [u8; 4], protocol: u8, dport:
         return true;
     }
     let ranges = isolation.has_ranges(dir);
+    let hits = |identity| rule_hits(endpoint.id, dir, ranges, identity, protocol, dport);
     let cidr_id = cidr_identity(peer);
-    for identity in [peer_id, cidr_id, ANY_IDENTITY] {
-        if rule_hits(endpoint.id, dir, ranges, identity, protocol, dport) {
-            return true;
-        }
-    }
-    false
+    // An address in no ipBlock region has only the ANY identity's rules.
+    hits(peer_id) || (cidr_id != ANY_IDENTITY && hits(cidr_id)) || hits(ANY_IDENTITY)
 }
 
 /// Policy for a flow's first packet (or a re-check): egress of a local

@@ -8,7 +8,7 @@ use aya::maps::{HashMap, LpmTrie, Map, MapData};
 use ipnet::Ipv4Net;
 use sluice_common::{
     identity, maps,
-    policy::{direction, entry, Isolation, PolicyEntry, PolicyKey, KEY_FULL_BITS},
+    policy::{direction, entry, Isolation, PolicyEntry, PolicyKey, KEY_FULL_BITS, PEER_MARK},
 };
 use sluice_controller::{
     dataplane::{Dataplane, MapSizes, PolicyMaps},
@@ -49,7 +49,7 @@ impl Pins {
             .max_entries()
     }
 
-    /// The rules in both policy maps.
+    /// The rules in both policy maps (not the peer marks).
     fn policy_keys(&self) -> Vec<PolicyKey> {
         let data = MapData::from_pin(self.0.join(maps::POLICY_EXACT)).expect("exact map");
         let exact: HashMap<_, PolicyKey, PolicyEntry> =
@@ -61,6 +61,7 @@ impl Pins {
             .keys()
             .map(|k| k.expect("key"))
             .chain(ranges.keys().map(|k| k.expect("key").data()))
+            .filter(|k| k.direction & PEER_MARK == 0)
             .collect()
     }
 

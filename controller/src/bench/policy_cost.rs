@@ -27,7 +27,7 @@ use sluice_common::{
     endpoint::{flags, EndpointInfo, IpKey},
     ipcache::{Ipv4Prefix, RemoteInfo},
     maps,
-    policy::{direction, entry, Isolation, PolicyEntry, PolicyKey},
+    policy::{direction, entry, peer_mark, Isolation, PolicyEntry, PolicyKey},
     programs,
 };
 
@@ -163,11 +163,15 @@ fn populate(loaded: &mut Loaded, rules: usize) -> Result<(), CostError> {
         protocol: 6,
         dport: port.to_be_bytes(),
     };
+    // B is marked as named by a rule (the 8080 one), so the denied SYN to
+    // port 80 takes the longest path: mark hit, then every rule shape.
     policy.insert(key(ID_B, 8080), allow, 0)?;
+    policy.insert(peer_mark(ENDPOINT_A, ID_B, direction::EGRESS), allow, 0)?;
     for i in 0..rules {
         // 100 ports for each of rules/100 other identities.
         let identity = 1000 + (i / 100) as u32;
         policy.insert(key(identity, 1 + (i % 100) as u16), allow, 0)?;
+        policy.insert(peer_mark(ENDPOINT_A, identity, direction::EGRESS), allow, 0)?;
     }
     Ok(())
 }
