@@ -235,17 +235,23 @@ fn wanted_shapes(
 
 /// Removes every pinned map whose shape differs from what this agent
 /// loads (a resized map in the config, a layout changed by an upgrade), so
-/// the load creates it anew; returns their names. All such maps hold state
+/// the load creates it anew; returns their names, and those of the maps not
+/// pinned at all (new in this version, or a fresh node). All such maps hold state
 /// the agent rebuilds (endpoints from its state file, the rest from the
 /// cluster) or counters (which restart from zero). The programs running
 /// keep the old maps alive until their links are upgraded, which waits
 /// until the new maps are filled ([`Dataplane::complete_upgrade`]).
-fn replace_misshapen_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<String>, DataplaneError> {
-    let mut replaced = Vec::new();
+fn recreate_misshapen_pins(
+    pin_dir: &Path,
+    sizes: &MapSizes,
+) -> Result<Vec<String>, DataplaneError> {
+    let mut created = Vec::new();
     for (name, wanted) in wanted_shapes(EBPF_OBJECT, sizes)? {
         let path = pin_dir.join(&name);
         let Ok(pinned) = MapData::from_pin(&path) else {
-            // Not pinned yet; anything else is reported by the load.
+            // Not pinned yet (anything else is reported by the load): the
+            // load creates it empty, just as if it had been created.
+            created.push(name);
             continue;
         };
         let info = pinned.info().map_err(|source| DataplaneError::Map {
@@ -261,10 +267,10 @@ fn replace_misshapen_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<String
         if pinned != wanted {
             warn!(map = %name, pinned = %pinned, wanted = %wanted, "replacing a pinned map of another shape; its contents are rebuilt");
             std::fs::remove_file(&path).map_err(|source| DataplaneError::Io { path, source })?;
-            replaced.push(name);
+            created.push(name);
         }
     }
-    Ok(replaced)
+    Ok(created)
 }
 
 /// The node's pin directory.
@@ -278,8 +284,8 @@ pub struct Dataplane {
     endpoints: HashMap<MapData, IpKey, EndpointInfo>,
     remote: Option<RemoteMaps>,
     policy: Option<PolicyMaps>,
-    /// Maps were replaced at load: the links keep the previous programs,
-    /// with the previous maps, until the new maps are filled.
+    /// Maps were created or replaced at load: the links keep the previous
+    /// programs, with the previous maps, until the new maps are filled.
     upgrade_pending: bool,
 }
 
@@ -304,7 +310,7 @@ impl Dataplane {
             path: links.clone(),
             source,
         })?;
-        let replaced = replace_misshapen_pins(pin_dir, &sizes)?;
+        let created = recreate_misshapen_pins(pin_dir, &sizes)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
         for (name, _, size) in sizes.by_map() {
@@ -332,7 +338,7 @@ impl Dataplane {
             endpoints,
             remote: Some(RemoteMaps { ipcache, config }),
             policy: Some(policy),
-            upgrade_pending: !replaced.is_empty(),
+            upgrade_pending: !created.is_empty(),
         };
         for (name, _) in PROGRAMS {
             dataplane
@@ -340,13 +346,14 @@ impl Dataplane {
                 .load()
                 .map_err(program_error(name))?;
         }
-        if replaced.is_empty() {
+        if created.is_empty() {
             dataplane.upgrade_links();
         } else {
-            // New programs on the new, still empty maps would see no
-            // endpoints, no isolation, no rules: fail open. The running
-            // programs keep their old, consistent maps meanwhile.
-            info!(maps = ?replaced, "running programs keep the previous maps until the new ones are filled");
+            // New programs on new, still empty maps would see no endpoints,
+            // no isolation, no rules: fail open (or drop everything). The
+            // running programs, if any, keep their old, consistent maps
+            // meanwhile.
+            info!(maps = ?created, "new maps: links keep their programs until the maps are filled");
         }
         Ok(dataplane)
     }
@@ -357,9 +364,9 @@ impl Dataplane {
     }
 
     /// Swaps this agent's programs into the links a previous agent left,
-    /// once the agent has filled the maps that were replaced at load
-    /// (endpoints restored, cluster state applied). Without replaced maps
-    /// that happens at load already.
+    /// once the agent has filled the maps created or replaced at load
+    /// (endpoints restored, cluster state applied). When every map was
+    /// pinned already, that happened at load.
     pub fn complete_upgrade(&mut self) {
         if std::mem::take(&mut self.upgrade_pending) {
             self.upgrade_links();
