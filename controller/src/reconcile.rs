@@ -46,6 +46,7 @@ pub struct Reconciler {
     /// state is partial: applying it would remove pinned entries (open
     /// isolated pods, forget identities) that a restarted agent must keep.
     listed: BTreeSet<Kind>,
+    applied: bool,
 }
 
 impl Reconciler {
@@ -70,6 +71,7 @@ impl Reconciler {
             dirty_nodes: true,
             dirty_policy: true,
             listed,
+            applied: false,
         }
     }
 
@@ -91,10 +93,11 @@ impl Reconciler {
         self.sync().await;
     }
 
-    /// Whether the kernel holds the complete cluster state: every kind
-    /// listed, and nothing left to apply.
-    pub fn synced(&self) -> bool {
-        self.listed.len() == Kind::ALL.len() && !self.dirty_policy && !self.dirty_nodes
+    /// Whether the complete cluster state (every kind listed) has been
+    /// applied to the kernel at least once. Parts that failed (a full map)
+    /// stay as they failed, closed, and are retried.
+    pub fn applied(&self) -> bool {
+        self.applied
     }
 
     /// The pods registered on this node changed (CNI ADD/DEL).
@@ -159,6 +162,7 @@ impl Reconciler {
                 Err(e) => warn!(error = %e, "bumping the policy revision"),
             }
         }
+        self.applied = true;
     }
 
     fn count_full(&self, error: &DataplaneError) {

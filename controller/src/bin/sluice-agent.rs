@@ -246,7 +246,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .set_local_endpoints(agent.local_endpoints())
         .await;
     reconciler.sync().await;
-    if reconciler.synced() {
+    if reconciler.applied() {
         agent.datapath_mut().dataplane.complete_upgrade();
     }
     let listener = server::bind(&config.socket).await?;
@@ -268,8 +268,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Some(event) = events.recv() => reconciler.handle(event).await,
             _ = retry.tick() => reconciler.sync().await,
         }
-        // Maps replaced at load (resized, or a new layout) are filled now.
-        if agent.datapath().dataplane.upgrade_pending() && reconciler.synced() {
+        // Maps created or replaced at load (resized, new layout) are filled.
+        if agent.datapath().dataplane.upgrade_pending() && reconciler.applied() {
             agent.datapath_mut().dataplane.complete_upgrade();
         }
     }
