@@ -45,6 +45,14 @@ pub mod ct_flags {
     pub const SEEN_REPLY: u32 = 1 << 0;
     /// A TCP FIN or RST was seen: the flow winds down.
     pub const CLOSING: u32 = 1 << 1;
+    /// The policy of the entry's revision denies the flow: the destination's
+    /// ingress, or the source's egress. The entry stays (a tombstone) so
+    /// that no packet of the flow, from either end, is taken for the first
+    /// packet of a new flow in the other direction, which the other end's
+    /// policy might allow; the next policy change checks it again.
+    pub const DENIED_INGRESS: u32 = 1 << 2;
+    pub const DENIED_EGRESS: u32 = 1 << 3;
+    pub const DENIED: u32 = DENIED_INGRESS | DENIED_EGRESS;
 }
 
 /// Lifetimes, in nanoseconds, renewed by every packet.

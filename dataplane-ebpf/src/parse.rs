@@ -139,7 +139,7 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, ParseError> {
             ) {
                 // An error quoting less than it must is unrelated to any
                 // flow, not malformed: policy decides it as plain ICMP.
-                pkt.quoted = quoted(ctx, l4 + ICMP_ERROR_HLEN);
+                pkt.quoted = quoted(ctx, l4 + ICMP_ERROR_HLEN, ETH_HLEN + tot_len);
             }
         }
         _ => {}
@@ -147,10 +147,12 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, ParseError> {
     Ok(pkt)
 }
 
-fn quoted(ctx: &TcContext, at: usize) -> Option<Quoted> {
+/// The quoted header at `at`, if it and 8 bytes of its L4 header lie
+/// within the packet (before `end`, so never in an L2 trailer).
+fn quoted(ctx: &TcContext, at: usize, end: usize) -> Option<Quoted> {
     let hdr: Ipv4Hdr = ctx.load(at).ok()?;
     let ihl = ((hdr.version_ihl & 0x0f) as usize) * 4;
-    if hdr.version_ihl >> 4 != 4 || ihl < 20 {
+    if hdr.version_ihl >> 4 != 4 || ihl < 20 || at + ihl + 8 > end {
         return None;
     }
     let l4: [u16; 4] = ctx.load(at + ihl).ok()?;

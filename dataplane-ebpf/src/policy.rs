@@ -83,11 +83,20 @@ fn rule_hits(endpoint: u32, dir: u8, ranges: bool, identity: u32, protocol: u8, 
                 .is_some())
 }
 
+/// What policy says about one direction of a flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// No policy isolates the endpoint in this direction.
+    Open,
+    Allowed,
+    Denied,
+}
+
 /// Whether `endpoint` may exchange this packet with `peer` in `dir`: a fixed
 /// number of lookups, whatever the number of rules.
-fn allowed(endpoint: &EndpointInfo, dir: u8, peer: [u8; 4], protocol: u8, dport: u16) -> bool {
+fn decide(endpoint: &EndpointInfo, dir: u8, peer: [u8; 4], protocol: u8, dport: u16) -> Decision {
     let Some(isolation) = ISOLATION.get_ptr(&endpoint.id) else {
-        return true;
+        return Decision::Open;
     };
     // SAFETY: a map value pointer, valid for this program run.
     let isolation = unsafe { *isolation };
@@ -97,37 +106,47 @@ fn allowed(endpoint: &EndpointInfo, dir: u8, peer: [u8; 4], protocol: u8, dport:
         isolation.egress
     };
     if isolated == 0 {
-        return true;
+        return Decision::Open;
     }
     let peer_id = peer_identity(peer);
-    // The pod's own node (kubelet probes, and the replies to them).
-    if peer_id == identity::HOST {
-        return true;
-    }
     let ranges = isolation.has_ranges(dir);
     let hits = |identity| rule_hits(endpoint.id, dir, ranges, identity, protocol, dport);
     let cidr_id = cidr_identity(peer);
-    // An address in no ipBlock region has only the ANY identity's rules.
-    hits(peer_id) || (cidr_id != ANY_IDENTITY && hits(cidr_id)) || hits(ANY_IDENTITY)
+    // The pod's own node (kubelet probes, and the replies to them) always
+    // passes; an address in no ipBlock region has only the ANY identity's
+    // rules.
+    if peer_id == identity::HOST
+        || hits(peer_id)
+        || (cidr_id != ANY_IDENTITY && hits(cidr_id))
+        || hits(ANY_IDENTITY)
+    {
+        Decision::Allowed
+    } else {
+        Decision::Denied
+    }
 }
 
 /// Policy for a flow's first packet (or a re-check): egress of a local
-/// source, ingress of a local destination.
+/// source, ingress of a local destination. Verdicts are counted where a
+/// policy decided: a denial for the direction that denied, allowances only
+/// when the flow passes as a whole.
 fn check(key: &CtKey, src: Option<&EndpointInfo>, dst: Option<&EndpointInfo>) -> Result<(), u32> {
     let dport = policy_port(key);
-    if let Some(src) = src {
-        let ok = allowed(src, direction::EGRESS, key.daddr, key.protocol, dport);
-        count_verdict(ok, direction::EGRESS);
-        if !ok {
-            return Err(reason::DROP_POLICY_EGRESS);
-        }
+    let egress = src.map(|src| decide(src, direction::EGRESS, key.daddr, key.protocol, dport));
+    if egress == Some(Decision::Denied) {
+        count_verdict(false, direction::EGRESS);
+        return Err(reason::DROP_POLICY_EGRESS);
     }
-    if let Some(dst) = dst {
-        let ok = allowed(dst, direction::INGRESS, key.saddr, key.protocol, dport);
-        count_verdict(ok, direction::INGRESS);
-        if !ok {
-            return Err(reason::DROP_POLICY_INGRESS);
-        }
+    let ingress = dst.map(|dst| decide(dst, direction::INGRESS, key.saddr, key.protocol, dport));
+    if ingress == Some(Decision::Denied) {
+        count_verdict(false, direction::INGRESS);
+        return Err(reason::DROP_POLICY_INGRESS);
+    }
+    if egress == Some(Decision::Allowed) {
+        count_verdict(true, direction::EGRESS);
+    }
+    if ingress == Some(Decision::Allowed) {
+        count_verdict(true, direction::INGRESS);
     }
     Ok(())
 }
@@ -162,18 +181,33 @@ fn ct_key(saddr: [u8; 4], daddr: [u8; 4], protocol: u8, sport: u16, dport: u16) 
     }
 }
 
+/// A flow allowed by the current policy.
 fn live(entry: Option<*mut CtEntry>, now: u64, revision: u32) -> bool {
     // SAFETY: a map value pointer, valid for this program run.
-    entry.is_some_and(|e| unsafe { (*e).expires > now && (*e).revision == revision })
+    entry.is_some_and(|e| unsafe {
+        (*e).expires > now && (*e).revision == revision && (*e).flags & ct_flags::DENIED == 0
+    })
 }
 
 /// Whether an ICMP error reports on a flow conntrack knows, checked
 /// against the current policy: it then belongs to that flow (path MTU
-/// discovery, port unreachable, ...). The error must travel back to the
-/// quoted packet's sender, so a pod cannot smuggle errors to a third
-/// party by quoting someone else's flow.
-fn related(quoted: &Quoted, outer_daddr: [u8; 4], now: u64, revision: u32) -> bool {
-    if quoted.saddr != outer_daddr {
+/// discovery, port unreachable, ...). It must travel back to the quoted
+/// packet's sender, and come from the quoted packet's destination or, for
+/// errors from other nodes, from a node on the path (a node's own address
+/// cannot be spoofed: pods' sources are checked, tunnel sources too). So a
+/// pod can only report errors on its own flows, never use someone else's
+/// flow to get past policy.
+fn related(quoted: &Quoted, pkt: &Ipv4Packet, from_local_pod: bool, now: u64, revision: u32) -> bool {
+    if quoted.saddr != pkt.hdr.daddr {
+        return false;
+    }
+    if quoted.daddr != pkt.hdr.saddr
+        && (from_local_pod
+            || !matches!(
+                peer_identity(pkt.hdr.saddr),
+                identity::HOST | identity::REMOTE_NODE
+            ))
+    {
         return false;
     }
     // For a quoted ICMP packet, l4[0] is its type/code and l4[2] its id.
@@ -204,6 +238,62 @@ fn lifetime(pkt: &Ipv4Packet, flags: u32) -> u64 {
     }
 }
 
+/// A tracked flow against the current policy, seen from its first packet
+/// (`flow`, with `src`/`dst` its local endpoints): checked again once per
+/// policy revision. A denial turns the entry into a tombstone for that
+/// revision, and every later packet of the flow, in either direction, is
+/// dropped with the same reason until the next policy change. Inlined:
+/// BPF calls take at most five arguments.
+#[inline(always)]
+fn revalidate(
+    entry: *mut CtEntry,
+    pkt: &Ipv4Packet,
+    flow: &CtKey,
+    src: Option<&EndpointInfo>,
+    dst: Option<&EndpointInfo>,
+    now: u64,
+    revision: u32,
+) -> Result<(), u32> {
+    // SAFETY: a map value pointer, valid for this program run.
+    let (flags, checked_at) = unsafe { ((*entry).flags, (*entry).revision) };
+    let verdict = if checked_at == revision {
+        match flags & ct_flags::DENIED {
+            0 => return Ok(()),
+            ct_flags::DENIED_EGRESS => Err(reason::DROP_POLICY_EGRESS),
+            _ => Err(reason::DROP_POLICY_INGRESS),
+        }
+    } else {
+        check(flow, src, dst)
+    };
+    let denied = match verdict {
+        Ok(()) => 0,
+        Err(reason::DROP_POLICY_EGRESS) => ct_flags::DENIED_EGRESS,
+        Err(_) => ct_flags::DENIED_INGRESS,
+    };
+    if checked_at == revision && denied != 0 {
+        count_verdict(false, denied_direction(denied));
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*entry).flags = (flags & !ct_flags::DENIED) | denied;
+        if denied != 0 {
+            // Kept alive by the flow's own attempts, so a retransmission
+            // long after the change still finds it.
+            (*entry).revision = revision;
+            (*entry).expires = now + lifetime(pkt, flags);
+        }
+    }
+    verdict
+}
+
+fn denied_direction(denied: u32) -> u8 {
+    if denied == ct_flags::DENIED_EGRESS {
+        direction::EGRESS
+    } else {
+        direction::INGRESS
+    }
+}
+
 fn refresh(entry: *mut CtEntry, pkt: &Ipv4Packet, now: u64, revision: u32, reply: bool) {
     unsafe {
         let mut flags = (*entry).flags;
@@ -229,7 +319,7 @@ pub fn enforce(
     let now = unsafe { bpf_ktime_get_ns() };
     let revision = CONFIG.get(0).map(|c| c.policy_revision).unwrap_or(0);
     if let Some(quoted) = &pkt.quoted {
-        if related(quoted, pkt.hdr.daddr, now, revision) {
+        if related(quoted, pkt, src.is_some(), now, revision) {
             return Ok(());
         }
     }
@@ -242,12 +332,7 @@ pub fn enforce(
     );
     if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
         if unsafe { (*entry).expires } > now {
-            if unsafe { (*entry).revision } != revision {
-                if let Err(r) = check(&key, src, dst) {
-                    let _ = CONNTRACK.remove(&key);
-                    return Err(r);
-                }
-            }
+            revalidate(entry, pkt, &key, src, dst, now, revision)?;
             refresh(entry, pkt, now, revision, false);
             return Ok(());
         }
@@ -257,12 +342,7 @@ pub fn enforce(
         if unsafe { (*entry).expires } > now {
             // A reply: what counts is whether the original direction is
             // still allowed.
-            if unsafe { (*entry).revision } != revision {
-                if let Err(r) = check(&reverse, dst, src) {
-                    let _ = CONNTRACK.remove(&reverse);
-                    return Err(r);
-                }
-            }
+            revalidate(entry, pkt, &reverse, dst, src, now, revision)?;
             refresh(entry, pkt, now, revision, true);
             return Ok(());
         }

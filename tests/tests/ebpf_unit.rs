@@ -5,15 +5,16 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use aya::{
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
     Ebpf, EbpfLoader,
 };
 use sluice_common::{
     conntrack::{CtEntry, CtKey},
     endpoint::{flags, EndpointInfo, IpKey},
+    ipcache::DataplaneConfig,
     maps,
-    policy::Isolation,
+    policy::{direction, entry, peer_mark, Isolation, PolicyEntry, PolicyKey, ANY_IDENTITY},
     programs,
 };
 use sluice_controller::{
@@ -31,6 +32,8 @@ const POD_B: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 3);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const B_POD_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x01];
 const B_HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x02];
+/// Pod A's endpoint id and veth ifindex (test runs see ifindex 1).
+const A_ENDPOINT_ID: u32 = 1;
 /// Pod B's endpoint id and veth ifindex.
 const B_ENDPOINT_ID: u32 = 42;
 
@@ -62,7 +65,7 @@ impl Loaded {
                 .expect("endpoint map type");
         eps.insert(
             IpKey::v4(POD_A.octets()),
-            endpoint(1, [2, 0xaa, 0, 0, 0, 1], [2, 0xaa, 0, 0, 0, 2]),
+            endpoint(A_ENDPOINT_ID, [2, 0xaa, 0, 0, 0, 1], [2, 0xaa, 0, 0, 0, 2]),
             0,
         )
         .expect("insert a");
@@ -109,16 +112,52 @@ impl Loaded {
 
     /// Isolates pod B for ingress, with no rule letting anything in.
     fn isolate_b_ingress(&mut self) {
+        self.isolate(B_ENDPOINT_ID, 1, 0);
+    }
+
+    fn isolate(&mut self, endpoint: u32, ingress: u8, egress: u8) {
         let mut iso: HashMap<&mut MapData, u32, Isolation> =
             HashMap::try_from(self.ebpf.map_mut(maps::ISOLATION).expect("isolation map"))
                 .expect("isolation map type");
         let isolation = Isolation {
-            ingress: 1,
-            egress: 0,
+            ingress,
+            egress,
             ranges: 0,
             _pad: 0,
         };
-        iso.insert(B_ENDPOINT_ID, isolation, 0).expect("isolate b");
+        iso.insert(endpoint, isolation, 0).expect("isolate");
+    }
+
+    /// What the agent does after every policy change.
+    fn set_policy_revision(&mut self, revision: u32) {
+        let mut config: Array<&mut MapData, DataplaneConfig> =
+            Array::try_from(self.ebpf.map_mut(maps::CONFIG).expect("config map"))
+                .expect("config map type");
+        let mut current = config.get(&0, 0).expect("config");
+        current.policy_revision = revision;
+        config.set(0, current, 0).expect("set config");
+    }
+
+    /// Isolates pod A for egress, allowing TCP port 80 to anyone.
+    fn allow_a_egress_tcp_80(&mut self) {
+        self.isolate(A_ENDPOINT_ID, 0, 1);
+        let mut exact: HashMap<&mut MapData, PolicyKey, PolicyEntry> =
+            HashMap::try_from(self.ebpf.map_mut(maps::POLICY_EXACT).expect("policy map"))
+                .expect("policy map type");
+        let allow = PolicyEntry {
+            flags: entry::ALLOW,
+            _pad: 0,
+        };
+        let rule = PolicyKey {
+            endpoint: A_ENDPOINT_ID,
+            identity: ANY_IDENTITY,
+            direction: direction::EGRESS,
+            protocol: 6,
+            dport: 80u16.to_be_bytes(),
+        };
+        exact.insert(rule, allow, 0).expect("rule");
+        let mark = peer_mark(A_ENDPOINT_ID, ANY_IDENTITY, direction::EGRESS);
+        exact.insert(mark, allow, 0).expect("mark");
     }
 
     /// A conntrack entry for `key`, live and checked at the current
@@ -375,25 +414,86 @@ fn icmp_errors_of_tracked_flows_pass_isolation() {
     let third = ipv4(OUTSIDE, POD_A, 17, 64, 0, &udp(5000, 53))[14..].to_vec();
     let smuggled = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(3, 3, &third));
     assert_eq!(bpf.run(&smuggled).0, TC_ACT_SHOT, "third party's flow");
-    assert_eq!(bpf.counter("drop_policy_ingress"), 4);
+    // B's own flow to someone else, "reported" by A: A is neither the
+    // flow's peer nor a node on its path.
+    bpf.track(udp_key(POD_B, OUTSIDE, 5001, 53));
+    let b_out = ipv4(POD_B, OUTSIDE, 17, 64, 0, &udp(5001, 53))[14..].to_vec();
+    let forged = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(3, 4, &b_out));
+    assert_eq!(
+        bpf.run(&forged).0,
+        TC_ACT_SHOT,
+        "error forged by a bystander"
+    );
+    assert_eq!(bpf.counter("drop_policy_ingress"), 5);
+    // An error whose quote runs past the packet's end relates to nothing.
+    let cut = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(3, 3, &b_to_a)[..32]);
+    assert_eq!(bpf.run(&cut).0, TC_ACT_SHOT, "quote cut short");
 }
 
-/// Each policy check counts one verdict per direction: allowed for a new
-/// flow and not again while conntrack carries it; denied for every packet.
+/// Verdicts count policy decisions: an allowance once per admitted flow
+/// (conntrack carries the rest), a denial per refused packet, for the
+/// direction that refused it; endpoints no policy isolates count nothing.
 #[test]
 fn policy_verdicts_are_counted_per_direction() {
     require_root!();
     let mut bpf = Loaded::new();
+    bpf.allow_a_egress_tcp_80();
     let syn = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40000, 80));
     assert_eq!(bpf.run(&syn).0, TC_ACT_REDIRECT);
     assert_eq!(bpf.run(&syn).0, TC_ACT_REDIRECT);
     assert_eq!(bpf.verdicts("egress", "allowed"), 1, "A's egress, once");
-    assert_eq!(bpf.verdicts("ingress", "allowed"), 1, "B's ingress, once");
+    assert_eq!(bpf.verdicts("ingress", "allowed"), 0, "B is not isolated");
+    let udp_pkt = ipv4(POD_A, POD_B, 17, 64, 0, &udp(40001, 53));
+    assert_eq!(bpf.run(&udp_pkt).0, TC_ACT_SHOT);
+    assert_eq!(bpf.run(&udp_pkt).0, TC_ACT_SHOT);
+    assert_eq!(bpf.verdicts("egress", "denied"), 2);
+    assert_eq!(bpf.counter("drop_policy_egress"), 2);
+
     bpf.isolate_b_ingress();
-    let other = ipv4(POD_A, POD_B, 17, 64, 0, &udp(40001, 53));
+    let other = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40002, 80));
     assert_eq!(bpf.run(&other).0, TC_ACT_SHOT);
-    assert_eq!(bpf.run(&other).0, TC_ACT_SHOT);
-    assert_eq!(bpf.verdicts("ingress", "denied"), 2);
-    assert_eq!(bpf.verdicts("egress", "allowed"), 3);
-    assert_eq!(bpf.verdicts("egress", "denied"), 0);
+    assert_eq!(bpf.verdicts("ingress", "denied"), 1);
+    assert_eq!(
+        bpf.verdicts("egress", "allowed"),
+        1,
+        "a flow that ingress refuses is no egress allowance"
+    );
+}
+
+/// A revoked flow stays revoked whoever speaks next: when a policy change
+/// denies an established flow, its entry becomes a tombstone, so the
+/// server's next segment is not taken for a new flow of its own (which its
+/// open egress would allow); the next policy change that allows the flow
+/// again brings it back.
+#[test]
+fn revoked_flows_stay_revoked_from_both_ends() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    // B connected to A's port 80 while nothing isolated A.
+    bpf.track(CtKey {
+        protocol: 6,
+        ..udp_key(POD_B, POD_A, 5000, 80)
+    });
+    let syn_ack = {
+        let mut seg = tcp_syn(80, 5000);
+        seg[13] = 0x12;
+        ipv4(POD_A, POD_B, 6, 64, 0, &seg)
+    };
+    assert_eq!(bpf.run(&syn_ack).0, TC_ACT_REDIRECT, "before the policy");
+
+    bpf.isolate(A_ENDPOINT_ID, 1, 0);
+    bpf.set_policy_revision(1);
+    for attempt in 0..3 {
+        assert_eq!(
+            bpf.run(&syn_ack).0,
+            TC_ACT_SHOT,
+            "A's segment {attempt} after A's ingress was closed"
+        );
+    }
+    assert_eq!(bpf.counter("drop_policy_ingress"), 3);
+    assert_eq!(bpf.verdicts("ingress", "denied"), 3);
+
+    bpf.isolate(A_ENDPOINT_ID, 0, 0);
+    bpf.set_policy_revision(2);
+    assert_eq!(bpf.run(&syn_ack).0, TC_ACT_REDIRECT, "allowed again");
 }
