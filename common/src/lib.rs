@@ -24,7 +24,7 @@ pub mod maps {
     pub const POLICY_VERDICTS: &str = "SLUICE_POLICY_VERDICTS";
     pub const IPCACHE: &str = "SLUICE_IPCACHE";
     pub const CONFIG: &str = "SLUICE_CONFIG";
-    pub const POLICY: &str = "SLUICE_POLICY";
+    pub const POLICY_RANGES: &str = "SLUICE_POLICY_RANGES";
     pub const POLICY_EXACT: &str = "SLUICE_POLICY_EXACT";
     pub const ISOLATION: &str = "SLUICE_ISOLATION";
     pub const CIDR_IDENTITY: &str = "SLUICE_CIDR_IDENTITY";

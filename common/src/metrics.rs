@@ -106,10 +106,10 @@ pub const fn index(reason: u32, direction: u32) -> u32 {
 
 const _: () = assert!(index(reason::COUNT, 0) <= MAX_ENTRIES);
 
-/// Policy verdicts, per policy direction (`policy::direction`): counted each
-/// time a flow direction is checked against policy, that is on a flow's
-/// first packet and on the first packet after a policy change. A denied
-/// flow opens no conntrack entry, so every packet of it counts as denied.
+/// Policy verdicts, per policy direction (`policy::direction`), where a
+/// policy isolates the endpoint: an allowance when a flow is admitted (its
+/// first packet, and the first after a policy change), a denial for every
+/// refused packet, counted for the direction that refused it.
 pub mod verdict {
     use crate::policy::direction;
 

@@ -5,7 +5,7 @@
 //! - `SLUICE_POLICY_EXACT` (hash): [`PolicyKey`] → [`PolicyEntry`] for rules
 //!   on one port, or on all ports ([`ALL_PORTS`]). Most rules are of this
 //!   kind, and a hash lookup costs the same with 10 or 10,000 of them.
-//! - `SLUICE_POLICY` (LPM trie): the same keys for port ranges (`endPort`):
+//! - `SLUICE_POLICY_RANGES` (LPM trie): the same keys for port ranges (`endPort`):
 //!   every field but the port is matched in full, the port by prefix, so a
 //!   range is a handful of prefixes, not a loop. Consulted only for
 //!   endpoints that have range rules ([`Isolation::ranges`]).

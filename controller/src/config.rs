@@ -96,6 +96,9 @@ pub struct FileConfig {
     pub bpffs: Option<PathBuf>,
     pub mtu: Option<u32>,
     pub map_sizes: Option<MapSizes>,
+    /// Deprecated spelling of `mapSizes.endpoints`, still read so that
+    /// existing config files keep working.
+    pub max_endpoints: Option<u32>,
     pub datastore: Option<Datastore>,
     pub routing: Option<Routing>,
     pub masquerade: Option<bool>,
@@ -164,6 +167,8 @@ pub enum ConfigError {
         MapSizes::MAX
     )]
     MapSize { key: &'static str, size: u32 },
+    #[error("config keys {0} and {1} both set; keep {1}")]
+    Conflict(&'static str, &'static str),
 }
 
 impl Config {
@@ -198,7 +203,17 @@ impl Config {
         if !name_ok {
             return Err(ConfigError::NodeName(node_name));
         }
-        let map_sizes = file.map_sizes.unwrap_or_default();
+        let mut map_sizes = file.map_sizes.unwrap_or_default();
+        if let Some(endpoints) = file.max_endpoints {
+            if file
+                .map_sizes
+                .is_some_and(|m| m.endpoints != MapSizes::default().endpoints)
+            {
+                return Err(ConfigError::Conflict("maxEndpoints", "mapSizes.endpoints"));
+            }
+            tracing::warn!("config key maxEndpoints is deprecated: use mapSizes.endpoints");
+            map_sizes.endpoints = endpoints;
+        }
         if let Some((key, size)) = map_sizes.invalid() {
             return Err(ConfigError::MapSize { key, size });
         }
@@ -300,6 +315,15 @@ mod tests {
         assert!(serde_yaml::from_str::<FileConfig>("nodeNam: typo\n").is_err());
         assert!(serde_yaml::from_str::<FileConfig>("routing: vxlan\n").is_err());
         assert!(serde_yaml::from_str::<FileConfig>("mapSizes: {polcy: 10}\n").is_err());
+        let old: FileConfig = serde_yaml::from_str("maxEndpoints: 256\n").expect("yaml");
+        let cfg = Config::merge(flags(), old).expect("the deprecated key still works");
+        assert_eq!(cfg.map_sizes.endpoints, 256);
+        let both: FileConfig =
+            serde_yaml::from_str("maxEndpoints: 256\nmapSizes: {endpoints: 512}\n").expect("yaml");
+        assert!(matches!(
+            Config::merge(flags(), both),
+            Err(ConfigError::Conflict(..))
+        ));
         let file: FileConfig = serde_yaml::from_str("mapSizes: {policy: 10}\n").expect("yaml");
         let err = Config::merge(flags(), file).unwrap_err();
         assert_eq!(

@@ -167,7 +167,7 @@ impl Collector {
             verdicts: IntCounterVec::new(
                 Opts::new(
                     "sluice_policy_verdicts_total",
-                    "NetworkPolicy decisions by policy direction: allowed counts flows admitted (first packet, and again after a policy change), denied counts refused packets.",
+                    "Decisions of NetworkPolicies isolating a pod, by policy direction: allowed counts flows admitted (first packet, and again after a policy change), denied counts refused packets, for the direction that refused them.",
                 ),
                 &["direction", "verdict"],
             )?,

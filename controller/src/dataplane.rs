@@ -29,6 +29,7 @@ use sluice_common::{
     maps,
     policy::{
         peer_mark, Isolation, PolicyEntry, PolicyKey, ALL_PORTS, KEY_FIXED_BITS, KEY_FULL_BITS,
+        PEER_MARK,
     },
     programs,
 };
@@ -169,7 +170,7 @@ impl MapSizes {
             (maps::ISOLATION, "endpoints", self.endpoints),
             (maps::IPCACHE, "ipcache", self.ipcache),
             (maps::POLICY_EXACT, "policy", self.policy),
-            (maps::POLICY, "policy", self.policy),
+            (maps::POLICY_RANGES, "policy", self.policy),
             (maps::CONNTRACK, "conntrack", self.conntrack),
             (maps::CIDR_IDENTITY, "cidrIdentities", self.cidr_identities),
         ]
@@ -233,44 +234,85 @@ fn wanted_shapes(
         .collect())
 }
 
-/// Removes every pinned map whose shape differs from what this agent
-/// loads (a resized map in the config, a layout changed by an upgrade), so
-/// the load creates it anew; returns their names, and those of the maps not
-/// pinned at all (new in this version, or a fresh node). All such maps hold state
-/// the agent rebuilds (endpoints from its state file, the rest from the
-/// cluster) or counters (which restart from zero). The programs running
-/// keep the old maps alive until their links are upgraded, which waits
-/// until the new maps are filled ([`Dataplane::complete_upgrade`]).
-fn recreate_misshapen_pins(
-    pin_dir: &Path,
-    sizes: &MapSizes,
-) -> Result<Vec<String>, DataplaneError> {
-    let mut created = Vec::new();
+/// A directory in the pin directory (bpffs holds no plain files) saying
+/// that maps were created or replaced and the agent has not yet filled
+/// them: made before any map is removed and removed once the links run the
+/// new programs, so an agent that dies in between leaves it for the next.
+const UPGRADE_PENDING: &str = "upgrade-pending";
+
+/// The shape of the map pinned at `path`; `None` when nothing is pinned.
+fn pinned_shape(path: &Path) -> Result<Option<MapShape>, DataplaneError> {
+    let Ok(pinned) = MapData::from_pin(path) else {
+        // Not pinned (anything else is reported by the load).
+        return Ok(None);
+    };
+    let info = pinned.info().map_err(|source| DataplaneError::Map {
+        name: "pinned map",
+        source,
+    })?;
+    Ok(Some(MapShape {
+        map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+    }))
+}
+
+/// Prepares the pin directory for a load: every pinned map whose shape
+/// differs from what this agent loads (a resized map in the config, a
+/// layout changed by an upgrade) is removed so the load creates it anew.
+/// Returns whether maps are (or, after an interrupted start, still are)
+/// new and unfilled: the load creates missing maps empty too. All maps
+/// hold state the agent rebuilds (endpoints from its state file, the rest
+/// from the cluster) or counters (which restart from zero). The programs
+/// running keep the old maps alive until their links are upgraded, which
+/// waits until the new maps are filled ([`Dataplane::complete_upgrade`]).
+fn prepare_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<bool, DataplaneError> {
+    let mut missing = Vec::new();
+    let mut misshapen = Vec::new();
     for (name, wanted) in wanted_shapes(EBPF_OBJECT, sizes)? {
-        let path = pin_dir.join(&name);
-        let Ok(pinned) = MapData::from_pin(&path) else {
-            // Not pinned yet (anything else is reported by the load): the
-            // load creates it empty, just as if it had been created.
-            created.push(name);
-            continue;
-        };
-        let info = pinned.info().map_err(|source| DataplaneError::Map {
-            name: "pinned map",
-            source,
-        })?;
-        let pinned = MapShape {
-            map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
-            key_size: info.key_size(),
-            value_size: info.value_size(),
-            max_entries: info.max_entries(),
-        };
-        if pinned != wanted {
-            warn!(map = %name, pinned = %pinned, wanted = %wanted, "replacing a pinned map of another shape; its contents are rebuilt");
-            std::fs::remove_file(&path).map_err(|source| DataplaneError::Io { path, source })?;
-            created.push(name);
+        match pinned_shape(&pin_dir.join(&name))? {
+            None => missing.push(name),
+            Some(pinned) if pinned != wanted => {
+                warn!(map = %name, pinned = %pinned, wanted = %wanted, "replacing a pinned map of another shape; its contents are rebuilt");
+                misshapen.push(name);
+            }
+            Some(_) => {}
         }
     }
-    Ok(created)
+    let marker = pin_dir.join(UPGRADE_PENDING);
+    let io = |path: PathBuf| move |source| DataplaneError::Io { path, source };
+    if !missing.is_empty() || !misshapen.is_empty() {
+        std::fs::create_dir_all(&marker).map_err(io(marker.clone()))?;
+        info!(?missing, replaced = ?misshapen, "new maps: links keep their programs until the maps are filled");
+    }
+    for name in misshapen {
+        let path = pin_dir.join(name);
+        std::fs::remove_file(&path).map_err(io(path.clone()))?;
+    }
+    Ok(marker.is_dir())
+}
+
+/// Removes pinned maps this agent's object does not have (an older
+/// version's), once no link runs a program that could use them.
+fn remove_foreign_pins(pin_dir: &Path) -> Result<(), DataplaneError> {
+    let ours = wanted_shapes(EBPF_OBJECT, &MapSizes::default())?;
+    let entries = std::fs::read_dir(pin_dir).map_err(|source| DataplaneError::Io {
+        path: pin_dir.to_owned(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir && !ours.contains_key(&name) {
+            info!(map = %name, "removing a map of an earlier version");
+            std::fs::remove_file(entry.path()).map_err(|source| DataplaneError::Io {
+                path: entry.path(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The node's pin directory.
@@ -295,6 +337,8 @@ pub struct PolicyMaps {
     ranges: LpmTrie<MapData, PolicyKey, PolicyEntry>,
     isolation: HashMap<MapData, u32, Isolation>,
     cidr: LpmTrie<MapData, Ipv4Prefix, u32>,
+    /// Entries the last sync wanted in each map.
+    wanted: [(&'static str, usize); 4],
 }
 
 /// The maps describing other nodes; owned by whoever syncs the nodes.
@@ -310,7 +354,7 @@ impl Dataplane {
             path: links.clone(),
             source,
         })?;
-        let created = recreate_misshapen_pins(pin_dir, &sizes)?;
+        let upgrade_pending = prepare_pins(pin_dir, &sizes)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
         for (name, _, size) in sizes.by_map() {
@@ -326,11 +370,13 @@ impl Dataplane {
         let policy = PolicyMaps {
             exact: HashMap::try_from(take(maps::POLICY_EXACT)?)
                 .map_err(map_error(maps::POLICY_EXACT))?,
-            ranges: LpmTrie::try_from(take(maps::POLICY)?).map_err(map_error(maps::POLICY))?,
+            ranges: LpmTrie::try_from(take(maps::POLICY_RANGES)?)
+                .map_err(map_error(maps::POLICY_RANGES))?,
             isolation: HashMap::try_from(take(maps::ISOLATION)?)
                 .map_err(map_error(maps::ISOLATION))?,
             cidr: LpmTrie::try_from(take(maps::CIDR_IDENTITY)?)
                 .map_err(map_error(maps::CIDR_IDENTITY))?,
+            wanted: Default::default(),
         };
         let mut dataplane = Self {
             ebpf,
@@ -338,7 +384,7 @@ impl Dataplane {
             endpoints,
             remote: Some(RemoteMaps { ipcache, config }),
             policy: Some(policy),
-            upgrade_pending: !created.is_empty(),
+            upgrade_pending,
         };
         for (name, _) in PROGRAMS {
             dataplane
@@ -346,14 +392,13 @@ impl Dataplane {
                 .load()
                 .map_err(program_error(name))?;
         }
-        if created.is_empty() {
+        // New programs on new, still empty maps would see no endpoints, no
+        // isolation, no rules: fail open (or drop everything). Then the
+        // running programs, if any, keep their old, consistent maps until
+        // `complete_upgrade`.
+        if !upgrade_pending {
             dataplane.upgrade_links();
-        } else {
-            // New programs on new, still empty maps would see no endpoints,
-            // no isolation, no rules: fail open (or drop everything). The
-            // running programs, if any, keep their old, consistent maps
-            // meanwhile.
-            info!(maps = ?created, "new maps: links keep their programs until the maps are filled");
+            remove_foreign_pins(pin_dir)?;
         }
         Ok(dataplane)
     }
@@ -367,11 +412,20 @@ impl Dataplane {
     /// once the agent has filled the maps created or replaced at load
     /// (endpoints restored, cluster state applied). When every map was
     /// pinned already, that happened at load.
-    pub fn complete_upgrade(&mut self) {
-        if std::mem::take(&mut self.upgrade_pending) {
-            self.upgrade_links();
-            info!("links upgraded to the new programs and maps");
+    pub fn complete_upgrade(&mut self) -> Result<(), DataplaneError> {
+        if !self.upgrade_pending {
+            return Ok(());
         }
+        self.upgrade_links();
+        remove_foreign_pins(&self.pin_dir)?;
+        let marker = self.pin_dir.join(UPGRADE_PENDING);
+        std::fs::remove_dir(&marker).map_err(|source| DataplaneError::Io {
+            path: marker,
+            source,
+        })?;
+        self.upgrade_pending = false;
+        info!("links upgraded to the new programs and maps");
+        Ok(())
     }
 
     /// The policy maps, handed to the policy syncer (once).
@@ -560,6 +614,12 @@ impl RemoteMaps {
 }
 
 impl PolicyMaps {
+    /// Entries the last [`Self::sync`] wanted in each map (rules held back
+    /// for a full ipBlock map not counted), to compare with capacities.
+    pub fn wanted_entries(&self) -> [(&'static str, usize); 4] {
+        self.wanted
+    }
+
     /// Makes the maps hold exactly the compiled rules (key, prefix length),
     /// isolation and ipBlock regions, writing only differences and in an
     /// order that never opens more than either state allows: new regions
@@ -593,7 +653,19 @@ impl PolicyMaps {
         };
         let usable = |rule: &PolicyKey| cidrs_complete || rule.identity < identity::FIRST_CIDR;
         let placed = place_rules(rules.iter().filter(|((r, _), _)| usable(r)), isolation);
-        for (key, entry) in &placed.exact {
+        self.wanted = [
+            (maps::POLICY_EXACT, placed.exact.len()),
+            (maps::POLICY_RANGES, placed.ranges.len()),
+            (maps::ISOLATION, placed.isolation.len()),
+            (maps::CIDR_IDENTITY, cidrs.len()),
+        ];
+        // Marks first: if the map fills up, the rules that made it in are
+        // reachable (a rule without its mark is never looked up).
+        let (marks, exact_rules): (Vec<_>, Vec<_>) = placed
+            .exact
+            .iter()
+            .partition(|(k, _)| k.direction & PEER_MARK != 0);
+        for (key, entry) in marks.into_iter().chain(exact_rules) {
             if self.exact.get(key, 0).ok().as_ref() != Some(entry) {
                 match self.exact.insert(key, entry, 0) {
                     Ok(()) => stats.written += 1,
@@ -609,7 +681,7 @@ impl PolicyMaps {
                 match self.ranges.insert(&key, entry, 0) {
                     Ok(()) => stats.written += 1,
                     Err(e) => {
-                        first_error.get_or_insert(map_error(maps::POLICY)(e));
+                        first_error.get_or_insert(map_error(maps::POLICY_RANGES)(e));
                     }
                 }
             }
@@ -652,7 +724,7 @@ impl PolicyMaps {
             .filter(|k| !placed.ranges.contains_key(&(k.data(), k.prefix_len())))
             .collect();
         for key in stale {
-            remove_ok(self.ranges.remove(&key), maps::POLICY)?;
+            remove_ok(self.ranges.remove(&key), maps::POLICY_RANGES)?;
             stats.removed += 1;
         }
         stats.removed += remove_stale_prefixes(&mut self.cidr, cidrs, maps::CIDR_IDENTITY)?;
@@ -661,12 +733,6 @@ impl PolicyMaps {
             None => Ok(stats),
         }
     }
-}
-
-/// Whether a compiled rule of this prefix length goes to the exact-port
-/// hash (one port, or all ports) rather than the port-range trie.
-pub fn is_exact_rule(prefix: u32) -> bool {
-    prefix == KEY_FULL_BITS || prefix == KEY_FIXED_BITS
 }
 
 /// Compiled rules as the maps hold them.

@@ -32,7 +32,7 @@ pub mod sync {
 /// The maps the agent fills from the cluster, which can overflow.
 pub const FILLED_MAPS: [&str; 5] = [
     sluice_common::maps::POLICY_EXACT,
-    sluice_common::maps::POLICY,
+    sluice_common::maps::POLICY_RANGES,
     sluice_common::maps::ISOLATION,
     sluice_common::maps::CIDR_IDENTITY,
     sluice_common::maps::IPCACHE,
@@ -62,7 +62,7 @@ pub struct Metrics {
     /// `sluice_bpf_map_entries{map}`: entries the agent wants in each
     /// policy map.
     pub map_entries: IntGaugeVec,
-    /// `sluice_bpf_map_full_total{map}`: writes refused because the map was
+    /// `sluice_bpf_map_full_total{map}`: sync attempts that found the map
     /// full (what did not fit denies; raise `mapSizes`).
     pub map_full: IntCounterVec,
 }
@@ -140,7 +140,7 @@ impl Metrics {
             IntGaugeVec::new(
                 Opts::new(
                     "sluice_bpf_map_entries",
-                    "Entries the agent wants in each NetworkPolicy map, by map.",
+                    "Entries the agent wants in each NetworkPolicy map (rules, peer marks, isolation, ipBlock regions), by map.",
                 ),
                 &["map"],
             ),
@@ -150,7 +150,7 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "sluice_bpf_map_full_total",
-                    "Writes refused because a dataplane map was full (what did not fit denies), by map.",
+                    "Sync attempts (retried every 2 s) that found a dataplane map full; what did not fit denies. By map.",
                 ),
                 &["map"],
             ),

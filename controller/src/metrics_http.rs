@@ -1,20 +1,30 @@
 //! The agent's HTTP endpoint for Prometheus: `GET /metrics` (text
 //! exposition format) and `GET /healthz`. HTTP/1 only, one task per
-//! connection, so a slow scraper never holds the agent's main loop.
+//! connection, so a slow scraper never holds the agent's main loop. Every
+//! pod can reach its node, so the endpoint bounds what a client can hold:
+//! a few connections at a time, each with deadlines for its headers and
+//! its whole life; the agent's file descriptors belong to the CNI socket
+//! and the maps.
 
-use std::{convert::Infallible, net::SocketAddr};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
 
 /// Content type of the Prometheus text format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 16;
+/// Time for a request's headers to arrive.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Life of one (keep-alive) connection; scrapers reconnect.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Binds the metrics address; a taken port is a configuration error the
 /// agent reports at start, not something to discover at the first scrape.
@@ -24,6 +34,7 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves scrapes until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Metrics) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -35,17 +46,25 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "too many metrics connections; closing");
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |request| {
                 let metrics = metrics.clone();
                 async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
             });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, %error, "metrics connection");
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => debug!(%peer, %error, "metrics connection"),
+                Err(_) => debug!(%peer, "metrics connection lived too long; closed"),
             }
         });
     }
@@ -115,6 +134,43 @@ mod tests {
         // Garbage is the client's problem; the server keeps serving.
         let _ = get(address, "NOT HTTP\r\n\r\n").await;
         let response = get(address, &format!("GET /healthz HTTP/1.1\r\n{close}")).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn idle_clients_cannot_take_every_connection_for_long() {
+        let listener = bind("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(serve(listener, Metrics::new()));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(
+                tokio::net::TcpStream::connect(address)
+                    .await
+                    .expect("connect"),
+            );
+        }
+        // Let the server take them all.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut extra = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0))),
+            "connection over the limit stays open: {read:?}"
+        );
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let response = get(
+            address,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         server.abort();
     }

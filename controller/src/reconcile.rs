@@ -7,12 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sluice_common::maps;
 use tracing::{info, warn};
 
 use crate::{
     cluster::{ClusterState, Event, Kind},
-    dataplane::{is_exact_rule, DataplaneError, PolicyMaps},
+    dataplane::{DataplaneError, PolicyMaps},
     metrics::{sync, Metrics},
     node_sync::NodeSync,
     policy::{
@@ -46,7 +45,9 @@ pub struct Reconciler {
     /// state is partial: applying it would remove pinned entries (open
     /// isolated pods, forget identities) that a restarted agent must keep.
     listed: BTreeSet<Kind>,
-    applied: bool,
+    /// See [`Self::applied`].
+    policy_filled: bool,
+    nodes_filled: bool,
 }
 
 impl Reconciler {
@@ -71,7 +72,8 @@ impl Reconciler {
             dirty_nodes: true,
             dirty_policy: true,
             listed,
-            applied: false,
+            policy_filled: false,
+            nodes_filled: false,
         }
     }
 
@@ -94,10 +96,11 @@ impl Reconciler {
     }
 
     /// Whether the complete cluster state (every kind listed) has been
-    /// applied to the kernel at least once. Parts that failed (a full map)
-    /// stay as they failed, closed, and are retried.
+    /// written to the maps at least once: policy and the ipcache each
+    /// applied, or stopped only by a full map, whose missing entries deny
+    /// (fail closed) while the sync retries.
     pub fn applied(&self) -> bool {
-        self.applied
+        self.policy_filled && self.nodes_filled
     }
 
     /// The pods registered on this node changed (CNI ADD/DEL).
@@ -119,12 +122,13 @@ impl Reconciler {
             match self.sync_policy() {
                 Ok(changed) => {
                     self.dirty_policy = false;
+                    self.policy_filled = true;
                     verdicts_may_change |= changed;
                     // Pod identities live in the ipcache.
                     self.dirty_nodes = true;
                 }
                 Err(e) => {
-                    self.count_full(&e);
+                    self.policy_filled |= self.count_full(&e);
                     warn!(error = %e, "applying policy failed; what did not fit denies; retrying");
                     self.metrics
                         .sync_errors
@@ -139,11 +143,17 @@ impl Reconciler {
                 .apply(&self.state.nodes, &self.pod_identities)
                 .await
             {
-                Ok(_) => self.dirty_nodes = false,
+                Ok(_) => {
+                    self.dirty_nodes = false;
+                    self.nodes_filled = true;
+                }
                 Err(e) => {
-                    if let crate::node_sync::NodeSyncError::Dataplane(e) = &e {
-                        self.count_full(e);
-                    }
+                    // The ipcache is written first: any later failure (a
+                    // route, the masquerade rules) leaves it complete.
+                    self.nodes_filled |= match &e {
+                        crate::node_sync::NodeSyncError::Dataplane(e) => self.count_full(e),
+                        _ => true,
+                    };
                     warn!(error = %e, "applying the node topology failed; retrying");
                     self.metrics
                         .sync_errors
@@ -162,17 +172,19 @@ impl Reconciler {
                 Err(e) => warn!(error = %e, "bumping the policy revision"),
             }
         }
-        self.applied = true;
     }
 
-    fn count_full(&self, error: &DataplaneError) {
-        if let Some(map) = error.full_map() {
-            warn!(
-                map,
-                "eBPF map full: raise its mapSizes entry in the agent config"
-            );
-            self.metrics.map_full.with_label_values(&[map]).inc();
-        }
+    /// Counts a full map; returns whether `error` is one.
+    fn count_full(&self, error: &DataplaneError) -> bool {
+        let Some(map) = error.full_map() else {
+            return false;
+        };
+        warn!(
+            map,
+            "eBPF map full: raise its mapSizes entry in the agent config"
+        );
+        self.metrics.map_full.with_label_values(&[map]).inc();
+        true
     }
 
     fn sync_policy(&mut self) -> Result<bool, DataplaneError> {
@@ -195,25 +207,16 @@ impl Reconciler {
         self.metrics
             .policy_problems
             .set(desired.problems.len() as i64);
-        let exact = desired
-            .rules
-            .keys()
-            .filter(|(_, prefix)| is_exact_rule(*prefix))
-            .count();
-        for (map, entries) in [
-            (maps::POLICY_EXACT, exact),
-            (maps::POLICY, desired.rules.len() - exact),
-            (maps::ISOLATION, desired.isolation.len()),
-            (maps::CIDR_IDENTITY, desired.cidr_identities.len()),
-        ] {
+        let synced =
+            self.policy_maps
+                .sync(&desired.cidr_identities, &desired.rules, &desired.isolation);
+        for (map, entries) in self.policy_maps.wanted_entries() {
             self.metrics
                 .map_entries
                 .with_label_values(&[map])
                 .set(entries as i64);
         }
-        let stats =
-            self.policy_maps
-                .sync(&desired.cidr_identities, &desired.rules, &desired.isolation)?;
+        let stats = synced?;
         let identities_changed = self.pod_identities != desired.pod_identities;
         self.pod_identities = desired.pod_identities;
         if stats.written + stats.removed > 0 {

@@ -32,8 +32,8 @@ pub static CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
 #[map(name = "SLUICE_POLICY_EXACT")]
 pub static POLICY_EXACT: HashMap<PolicyKey, PolicyEntry> = HashMap::pinned(65536, 0);
 
-#[map(name = "SLUICE_POLICY")]
-pub static POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(65536, 0);
+#[map(name = "SLUICE_POLICY_RANGES")]
+pub static POLICY_RANGES: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(65536, 0);
 
 #[map(name = "SLUICE_ISOLATION")]
 pub static ISOLATION: HashMap<u32, Isolation> = HashMap::pinned(65536, 0);

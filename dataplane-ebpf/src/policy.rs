@@ -15,7 +15,7 @@ use sluice_common::{
 };
 
 use crate::{
-    maps::{CIDR_IDENTITY, CONFIG, CONNTRACK, ISOLATION, POLICY, POLICY_EXACT},
+    maps::{CIDR_IDENTITY, CONFIG, CONNTRACK, ISOLATION, POLICY_EXACT, POLICY_RANGES},
     metrics::count_verdict,
     parse::{Ipv4Packet, Quoted, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     remote,
@@ -75,7 +75,7 @@ fn rule_hits(endpoint: u32, dir: u8, ranges: bool, identity: u32, protocol: u8, 
         || exact(protocol, ALL_PORTS)
         || exact(ANY_PROTOCOL, ALL_PORTS)
         || (ranges
-            && POLICY
+            && POLICY_RANGES
                 .get(Key::new(
                     KEY_FULL_BITS,
                     key(endpoint, dir, identity, protocol, port),

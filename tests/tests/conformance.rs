@@ -223,9 +223,18 @@ fn policy_cases_pass_end_to_end() {
         );
         assert!(out.status.success(), "{dir} ({routing})\n{context}");
         let summary = stdout.lines().last().unwrap_or_default();
+        let counts: Vec<usize> = summary
+            .split(", ")
+            .filter_map(|part| part.split(' ').next()?.parse().ok())
+            .collect();
+        let cases = std::fs::read_dir(&dir)
+            .expect("case dir")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+            .count();
         assert!(
-            summary.contains(" passed, 0 failed, "),
-            "{dir}: {summary}\n{context}"
+            matches!(counts[..], [passed, 0, skipped] if passed > 0 && passed + skipped == cases),
+            "{dir}: {summary}, {cases} case files\n{context}"
         );
         for skipped in stdout.lines().filter(|l| l.starts_with("SKIP ")) {
             assert!(skipped.contains("sctp"), "{skipped}\n{context}");

@@ -49,12 +49,19 @@ impl Pins {
             .max_entries()
     }
 
+    fn has_exact(&self, key: &PolicyKey) -> bool {
+        let data = MapData::from_pin(self.0.join(maps::POLICY_EXACT)).expect("exact map");
+        let exact: HashMap<_, PolicyKey, PolicyEntry> =
+            HashMap::try_from(Map::HashMap(data)).expect("exact map type");
+        exact.get(key, 0).is_ok()
+    }
+
     /// The rules in both policy maps (not the peer marks).
     fn policy_keys(&self) -> Vec<PolicyKey> {
         let data = MapData::from_pin(self.0.join(maps::POLICY_EXACT)).expect("exact map");
         let exact: HashMap<_, PolicyKey, PolicyEntry> =
             HashMap::try_from(Map::HashMap(data)).expect("exact map type");
-        let data = MapData::from_pin(self.0.join(maps::POLICY)).expect("range map");
+        let data = MapData::from_pin(self.0.join(maps::POLICY_RANGES)).expect("range map");
         let ranges: LpmTrie<_, PolicyKey, PolicyEntry> =
             LpmTrie::try_from(Map::LpmTrie(data)).expect("range map type");
         exact
@@ -156,12 +163,12 @@ fn capacities_follow_the_config_and_reshaped_pins_are_replaced() {
         ..sizes
     };
     drop(pins.load(bigger));
-    assert_eq!(pins.max_entries(maps::POLICY), 128);
+    assert_eq!(pins.max_entries(maps::POLICY_RANGES), 128);
     assert_eq!(pins.policy_keys().len(), 0, "a new map");
     assert_eq!(pins.isolation(), vec![7], "other maps untouched");
     let after = pins.map_ids();
     for (name, id) in &before {
-        let replaced = name == maps::POLICY || name == maps::POLICY_EXACT;
+        let replaced = name == maps::POLICY_RANGES || name == maps::POLICY_EXACT;
         assert_eq!(after[name] != *id, replaced, "{name}");
     }
 }
@@ -180,7 +187,16 @@ fn a_full_policy_map_still_isolates_and_reports_it() {
     let mut isolation = pins.isolation();
     isolation.sort();
     assert_eq!(isolation, vec![7, 8], "isolation applied all the same");
-    assert_eq!(pins.policy_keys().len(), 64, "as many rules as fit");
+    // The mark went in first, so the 63 rules that fit are reachable.
+    assert_eq!(pins.policy_keys().len(), 63, "as many rules as fit");
+    assert!(
+        pins.has_exact(&sluice_common::policy::peer_mark(
+            7,
+            300,
+            direction::INGRESS
+        )),
+        "the mark is in"
+    );
 }
 
 #[test]
@@ -247,11 +263,23 @@ fn links_keep_the_old_maps_until_the_new_ones_are_filled() {
                 policy: 128,
                 ..small()
             };
-            let mut dataplane = Dataplane::load(&dir, resized).expect("reload, resized");
+            // A map an earlier version had, under a name this one lacks.
+            MapData::from_pin(dir.join(maps::CONFIG))
+                .expect("config map")
+                .pin(dir.join("SLUICE_POLICY"))
+                .expect("pinning an old map name");
+            let dataplane = Dataplane::load(&dir, resized).expect("reload, resized");
             assert!(dataplane.upgrade_pending());
+            // The agent dies before it filled the new maps: the next one
+            // must not take the new maps for filled.
+            drop(dataplane);
+            let mut dataplane = Dataplane::load(&dir, resized).expect("reload after a crash");
+            assert!(dataplane.upgrade_pending(), "pending across restarts");
             let pending = link_program(&pin);
-            dataplane.complete_upgrade();
+            assert!(dir.join("SLUICE_POLICY").exists());
+            dataplane.complete_upgrade().expect("complete the upgrade");
             assert!(!dataplane.upgrade_pending());
+            assert!(!dir.join("SLUICE_POLICY").exists(), "old map left behind");
             let upgraded = link_program(&pin);
             drop(dataplane);
 

@@ -246,9 +246,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .set_local_endpoints(agent.local_endpoints())
         .await;
     reconciler.sync().await;
-    if reconciler.applied() {
-        agent.datapath_mut().dataplane.complete_upgrade();
-    }
+    complete_upgrade(&mut agent, &reconciler);
     let listener = server::bind(&config.socket).await?;
     info!(node = %config.node_name, pod_cidr = %config.pod_cidr, routing = %config.routing, mtu, socket = %config.socket.display(), metrics = %config.metrics_address, pins = %config.pin_dir().display(), "agent ready");
 
@@ -269,13 +267,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
             _ = retry.tick() => reconciler.sync().await,
         }
         // Maps created or replaced at load (resized, new layout) are filled.
-        if agent.datapath().dataplane.upgrade_pending() && reconciler.applied() {
-            agent.datapath_mut().dataplane.complete_upgrade();
-        }
+        complete_upgrade(&mut agent, &reconciler);
     }
     let _ = std::fs::remove_file(&config.socket);
     info!("agent stopped; dataplane stays pinned");
     Ok(())
+}
+
+/// Once the cluster state is in the maps created or replaced at load,
+/// moves the links over to this agent's programs (retried on failure).
+fn complete_upgrade(agent: &mut Agent<KernelDatapath>, reconciler: &Reconciler) {
+    let dataplane = &mut agent.datapath_mut().dataplane;
+    if dataplane.upgrade_pending() && reconciler.applied() {
+        if let Err(error) = dataplane.complete_upgrade() {
+            warn!(%error, "completing the dataplane upgrade; retrying");
+        }
+    }
 }
 
 /// Cross-node routing starts from this node's own Node object (its
