@@ -9,6 +9,7 @@ pub const ETH_P_ARP: u16 = 0x0806;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_SCTP: u8 = 132;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -117,8 +118,10 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, ParseError> {
             pkt.dport = u16::from_be(ports[1]);
             pkt.tcp_flags = ctx.load(l4 + 13).map_err(|_| ParseError::Malformed)?;
         }
-        IPPROTO_UDP => {
-            if l4_len < 8 {
+        // SCTP's common header starts with the ports too (12 bytes in all);
+        // policy matches its ports whether or not the kernel speaks SCTP.
+        IPPROTO_UDP | IPPROTO_SCTP => {
+            if l4_len < if hdr.protocol == IPPROTO_UDP { 8 } else { 12 } {
                 return Err(ParseError::Malformed);
             }
             let ports: [u16; 2] = ctx.load(l4).map_err(|_| ParseError::Malformed)?;

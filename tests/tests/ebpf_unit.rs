@@ -138,8 +138,8 @@ impl Loaded {
         config.set(0, current, 0).expect("set config");
     }
 
-    /// Isolates pod A for egress, allowing TCP port 80 to anyone.
-    fn allow_a_egress_tcp_80(&mut self) {
+    /// Isolates pod A for egress, allowing `protocol` to `port` of anyone.
+    fn allow_a_egress(&mut self, protocol: u8, port: u16) {
         self.isolate(A_ENDPOINT_ID, 0, 1);
         let mut exact: HashMap<&mut MapData, PolicyKey, PolicyEntry> =
             HashMap::try_from(self.ebpf.map_mut(maps::POLICY_EXACT).expect("policy map"))
@@ -152,8 +152,8 @@ impl Loaded {
             endpoint: A_ENDPOINT_ID,
             identity: ANY_IDENTITY,
             direction: direction::EGRESS,
-            protocol: 6,
-            dport: 80u16.to_be_bytes(),
+            protocol,
+            dport: port.to_be_bytes(),
         };
         exact.insert(rule, allow, 0).expect("rule");
         let mark = peer_mark(A_ENDPOINT_ID, ANY_IDENTITY, direction::EGRESS);
@@ -437,7 +437,7 @@ fn icmp_errors_of_tracked_flows_pass_isolation() {
 fn policy_verdicts_are_counted_per_direction() {
     require_root!();
     let mut bpf = Loaded::new();
-    bpf.allow_a_egress_tcp_80();
+    bpf.allow_a_egress(6, 80);
     let syn = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40000, 80));
     assert_eq!(bpf.run(&syn).0, TC_ACT_REDIRECT);
     assert_eq!(bpf.run(&syn).0, TC_ACT_REDIRECT);
@@ -496,4 +496,31 @@ fn revoked_flows_stay_revoked_from_both_ends() {
     bpf.isolate(A_ENDPOINT_ID, 0, 0);
     bpf.set_policy_revision(2);
     assert_eq!(bpf.run(&syn_ack).0, TC_ACT_REDIRECT, "allowed again");
+}
+
+/// SCTP ports are policy ports like TCP's and UDP's: enforced from the
+/// packet, whether or not this kernel speaks SCTP itself.
+#[test]
+fn sctp_ports_are_enforced() {
+    require_root!();
+    let mut bpf = Loaded::new();
+    bpf.allow_a_egress(132, 80);
+    // Common header: ports, verification tag, checksum.
+    let sctp = |dport: u16| {
+        let mut l4 = 40000u16.to_be_bytes().to_vec();
+        l4.extend_from_slice(&dport.to_be_bytes());
+        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+        ipv4(POD_A, POD_B, 132, 64, 0, &l4)
+    };
+    assert_eq!(
+        bpf.run(&sctp(80)).0,
+        TC_ACT_REDIRECT,
+        "SCTP to the allowed port"
+    );
+    assert_eq!(bpf.run(&sctp(81)).0, TC_ACT_SHOT, "SCTP to another port");
+    let tcp = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40000, 80));
+    assert_eq!(bpf.run(&tcp).0, TC_ACT_SHOT, "TCP to the SCTP rule's port");
+    let short = ipv4(POD_A, POD_B, 132, 64, 0, &sctp(80)[34..42]);
+    assert_eq!(bpf.run(&short).0, TC_ACT_SHOT, "SCTP header cut short");
+    assert_eq!(bpf.counter("drop_malformed"), 1);
 }
