@@ -35,6 +35,9 @@ pub mod maps {
 pub mod programs {
     /// TC ingress of the host side of a pod's veth: packets leaving the pod.
     pub const FROM_CONTAINER: &str = "from_container";
+    /// TC egress of the host side of a pod's veth: what the host stack
+    /// delivers to the pod (the rest arrives by redirect, past this hook).
+    pub const TO_CONTAINER: &str = "to_container";
     /// TC ingress of the node's VXLAN device: packets from other nodes.
     pub const FROM_OVERLAY: &str = "from_overlay";
     /// TC egress of the node's VXLAN device: sets the tunnel key for

@@ -56,8 +56,11 @@ pub mod reason {
     pub const DROP_POLICY_INGRESS: u32 = 11;
     /// Dropped: the source's egress policy does not allow the peer.
     pub const DROP_POLICY_EGRESS: u32 = 12;
+    /// Delivered to a pod by the host stack: the node's own traffic,
+    /// traffic routed in from outside, replies of masqueraded flows.
+    pub const FROM_STACK: u32 = 13;
     /// Number of reasons; sizes the counter map.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// Metric label of a reason.
     pub const fn name(reason: u32) -> &'static str {
@@ -75,6 +78,7 @@ pub mod reason {
             DROP_NO_TUNNEL_ENDPOINT => "drop_no_tunnel_endpoint",
             DROP_POLICY_INGRESS => "drop_policy_ingress",
             DROP_POLICY_EGRESS => "drop_policy_egress",
+            FROM_STACK => "from_stack",
             _ => "unknown",
         }
     }

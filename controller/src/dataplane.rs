@@ -99,8 +99,9 @@ impl DataplaneError {
 }
 
 /// The programs and where each attaches.
-const PROGRAMS: [(&str, TcAttachType); 4] = [
+const PROGRAMS: [(&str, TcAttachType); 5] = [
     (programs::FROM_CONTAINER, TcAttachType::Ingress),
+    (programs::TO_CONTAINER, TcAttachType::Egress),
     (programs::FROM_OVERLAY, TcAttachType::Ingress),
     (programs::TO_OVERLAY, TcAttachType::Egress),
     (programs::FROM_NETDEV, TcAttachType::Ingress),
@@ -498,12 +499,16 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches `from_container` to the host side of a pod's veth (TCX
-    /// ingress) and pins the link. Idempotent: a live link already pinned
-    /// for this interface is kept (after a restart it already runs this
-    /// agent's program, see `upgrade_links`); a pin left from an earlier veth
-    /// of the same name is replaced.
+    /// Attaches the pod programs to the host side of a pod's veth:
+    /// `from_container` on TCX ingress, `to_container` on TCX egress, and
+    /// pins the links. Idempotent: a live link already pinned for this
+    /// interface is kept (after a restart it already runs this agent's
+    /// program, see `upgrade_links`); a pin left from an earlier veth of the
+    /// same name is replaced.
     pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), DataplaneError> {
+        // Ingress policy first: nothing reaches the pod unchecked once it
+        // can send.
+        self.attach_program(programs::TO_CONTAINER, ifname, ifindex)?;
         self.attach_program(programs::FROM_CONTAINER, ifname, ifindex)
     }
 
@@ -545,9 +550,11 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Detaches by dropping the pin (the last reference to the link).
+    /// Detaches the pod programs by dropping their pins (the last
+    /// references to the links).
     pub fn detach(&mut self, ifname: &str) -> Result<(), DataplaneError> {
-        self.detach_program(programs::FROM_CONTAINER, ifname)
+        self.detach_program(programs::FROM_CONTAINER, ifname)?;
+        self.detach_program(programs::TO_CONTAINER, ifname)
     }
 
     pub fn detach_program(&mut self, program: &str, ifname: &str) -> Result<(), DataplaneError> {

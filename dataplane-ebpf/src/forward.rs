@@ -69,6 +69,34 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     remote::forward(ctx, &pkt.hdr)
 }
 
+/// A packet the host stack sends to a pod (the host itself, traffic it
+/// routed in from outside the cluster, replies it de-masqueraded):
+/// everything that reaches a pod without the redirects above, which skip
+/// this hook. Its ingress policy applies like anyone else's; the node's own
+/// addresses carry the `host` identity and pass.
+pub fn to_container(ctx: &TcContext) -> Verdict {
+    let Ok(eth) = parse::eth(ctx) else {
+        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
+    };
+    if u16::from_be(eth.proto) != ETH_P_IP {
+        // ARP and the like from the host; the pod drops what it does not
+        // speak.
+        return verdict(TC_ACT_OK, reason::FROM_STACK);
+    }
+    let Ok(pkt) = parse::ipv4(ctx) else {
+        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
+    };
+    let Some(dst) = ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.daddr)) else {
+        // Not addressed to the pod's own IP (broadcast and the like).
+        return verdict(TC_ACT_OK, reason::FROM_STACK);
+    };
+    let dst = unsafe { *dst };
+    match policy::enforce(&pkt, None, Some(&dst)) {
+        Ok(()) => verdict(TC_ACT_OK, reason::FROM_STACK),
+        Err(drop) => verdict(TC_ACT_SHOT, drop),
+    }
+}
+
 /// A packet from another node (overlay or underlay): local pods get it
 /// directly, everything else is the host's.
 pub fn to_local_pod(ctx: &TcContext, pkt: &parse::Ipv4Packet) -> Option<Verdict> {

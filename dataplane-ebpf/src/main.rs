@@ -26,6 +26,13 @@ pub fn from_container(ctx: TcContext) -> i32 {
     run(&ctx, forward::from_container, dir::EGRESS)
 }
 
+/// TC egress of the host side of a pod's veth: what the host stack routes
+/// to the pod, checked against its ingress policy.
+#[classifier]
+pub fn to_container(ctx: TcContext) -> i32 {
+    run(&ctx, forward::to_container, dir::INGRESS)
+}
+
 /// TC ingress of the node's VXLAN device: pod traffic from other nodes.
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {

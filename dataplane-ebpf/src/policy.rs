@@ -192,11 +192,12 @@ fn live(entry: Option<*mut CtEntry>, now: u64, revision: u32) -> bool {
 /// Whether an ICMP error reports on a flow conntrack knows, checked
 /// against the current policy: it then belongs to that flow (path MTU
 /// discovery, port unreachable, ...). It must travel back to the quoted
-/// packet's sender, and come from the quoted packet's destination or, for
-/// errors from other nodes, from a node on the path (a node's own address
-/// cannot be spoofed: pods' sources are checked, tunnel sources too). So a
-/// pod can only report errors on its own flows, never use someone else's
-/// flow to get past policy.
+/// packet's sender, and come from the quoted packet's destination or, when
+/// not sent by a local pod, from a router on the path: a node, or a host
+/// outside the cluster. No pod's address passes as a router's (pods'
+/// sources are checked, tunnel sources too), so a pod can only report
+/// errors on its own flows, never use someone else's flow to get past
+/// policy.
 fn related(quoted: &Quoted, pkt: &Ipv4Packet, from_local_pod: bool, now: u64, revision: u32) -> bool {
     if quoted.saddr != pkt.hdr.daddr {
         return false;
@@ -205,7 +206,7 @@ fn related(quoted: &Quoted, pkt: &Ipv4Packet, from_local_pod: bool, now: u64, re
         && (from_local_pod
             || !matches!(
                 peer_identity(pkt.hdr.saddr),
-                identity::HOST | identity::REMOTE_NODE
+                identity::HOST | identity::REMOTE_NODE | identity::WORLD
             ))
     {
         return false;

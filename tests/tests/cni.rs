@@ -158,7 +158,11 @@ fn del_is_idempotent_and_leaves_nothing() {
     let capacity = node.status().free_addresses;
     let pod = node.add_pod("p");
     assert_eq!(node.status().endpoints, 1);
-    assert_eq!(node.link_pins().len(), 1);
+    // One link each way: from_container (ingress) and to_container (egress).
+    let mut pins = node.link_pins();
+    pins.sort();
+    assert_eq!(pins.len(), 2, "{pins:?}");
+    assert_eq!(pins[1], format!("to_container@{}", pins[0]));
     assert_eq!(node.endpoint_entries(), 1);
     let del = pod.del_call();
     for round in 0..2 {
@@ -398,7 +402,7 @@ fn retried_add_rewires_with_the_same_address() {
     let again = out.json().expect("result");
     assert_eq!(again["ips"][0]["address"], pod.result["ips"][0]["address"]);
     assert_eq!(node.status().endpoints, 2);
-    assert_eq!(node.link_pins().len(), 2);
+    assert_eq!(node.link_pins().len(), 4, "two links per pod");
     assert!(sluice_tests::probe::icmp(
         &pod.ns,
         peer.ip,

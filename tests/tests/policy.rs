@@ -169,3 +169,69 @@ fn replies_and_own_node_pass_isolation() {
     );
     let _ = std::fs::remove_file(file);
 }
+
+const ALLOW_EXT_TO_X: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-ext, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - ipBlock: {cidr: 203.0.113.0/24}
+    ports:
+    - {protocol: TCP, port: 80}
+";
+
+/// Ingress policy also holds for what the node's stack routes into a pod:
+/// here a host outside the cluster, reaching x/a through node1 in tunnel
+/// mode (no program sees the underlay there). ipBlock rules decide it.
+#[test]
+fn ingress_from_outside_the_cluster_is_enforced() {
+    require_root!();
+    let lab = TestLab::up("ex", 2, "tunnel");
+    let pod = lab.pod_add("x/a", "node1");
+    let node1 = lab.lab().state().node("node1").expect("node1").clone();
+    // The external host's router learns where node1's pods are.
+    let fabric = sluice_tests::Netns::existing(&sluice_controller::lab::topology::fabric_netns(
+        &lab.config.name,
+    ));
+    fabric
+        .ip(&format!("route add {} via {}", node1.pod_cidr, node1.ip))
+        .expect("route to node1's pods");
+    let ext = lab.lab().ext_netns();
+    let dst = SocketAddr::new(pod.ip, PORT);
+    assert!(
+        lab.eventually(CONVERGE, || probe::tcp(&ext, dst, TIMEOUT)),
+        "the external host cannot reach {dst} before any policy\n{}",
+        lab.agent_logs()
+    );
+
+    let deny = write_policy(&lab, "deny", DENY_INGRESS_X);
+    lab.sluice_ok(&["apply", "-f", deny.to_str().expect("utf-8 path")]);
+    assert!(
+        lab.eventually(CONVERGE, || !probe::tcp(&ext, dst, TIMEOUT)),
+        "the external host still reaches {dst} through a deny-all ingress policy\n{}",
+        lab.agent_logs()
+    );
+    assert!(
+        probe::tcp(&lab.node_netns("node1"), dst, TIMEOUT),
+        "x/a's own node is blocked"
+    );
+
+    let allow = write_policy(&lab, "allow", ALLOW_EXT_TO_X);
+    lab.sluice_ok(&["apply", "-f", allow.to_str().expect("utf-8 path")]);
+    assert!(
+        lab.eventually(CONVERGE, || probe::tcp(&ext, dst, TIMEOUT)),
+        "the ipBlock rule does not let the external host in\n{}",
+        lab.agent_logs()
+    );
+    let other_port = SocketAddr::new(pod.ip, 81);
+    assert!(
+        !probe::tcp(&ext, other_port, TIMEOUT),
+        "the external host reaches a port its rule does not allow"
+    );
+    let _ = std::fs::remove_file(deny);
+    let _ = std::fs::remove_file(allow);
+}
