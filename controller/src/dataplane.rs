@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
@@ -268,13 +268,16 @@ fn pinned_shape(path: &Path) -> Result<Option<MapShape>, DataplaneError> {
 /// from the cluster) or counters (which restart from zero). The programs
 /// running keep the old maps alive until their links are upgraded, which
 /// waits until the new maps are filled ([`Dataplane::complete_upgrade`]).
-fn prepare_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<bool, DataplaneError> {
+fn prepare_pins(
+    pin_dir: &Path,
+    shapes: &BTreeMap<String, MapShape>,
+) -> Result<bool, DataplaneError> {
     let mut missing = Vec::new();
     let mut misshapen = Vec::new();
-    for (name, wanted) in wanted_shapes(EBPF_OBJECT, sizes)? {
-        match pinned_shape(&pin_dir.join(&name))? {
+    for (name, wanted) in shapes {
+        match pinned_shape(&pin_dir.join(name))? {
             None => missing.push(name),
-            Some(pinned) if pinned != wanted => {
+            Some(pinned) if pinned != *wanted => {
                 warn!(map = %name, pinned = %pinned, wanted = %wanted, "replacing a pinned map of another shape; its contents are rebuilt");
                 misshapen.push(name);
             }
@@ -294,10 +297,9 @@ fn prepare_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<bool, DataplaneError
     Ok(marker.is_dir())
 }
 
-/// Removes pinned maps this agent's object does not have (an older
-/// version's), once no link runs a program that could use them.
-fn remove_foreign_pins(pin_dir: &Path) -> Result<(), DataplaneError> {
-    let ours = wanted_shapes(EBPF_OBJECT, &MapSizes::default())?;
+/// Removes pinned maps other than `ours` (an older version's), once no
+/// link runs a program that could use them.
+fn remove_foreign_pins(pin_dir: &Path, ours: &BTreeSet<String>) -> Result<(), DataplaneError> {
     let entries = std::fs::read_dir(pin_dir).map_err(|source| DataplaneError::Io {
         path: pin_dir.to_owned(),
         source,
@@ -305,7 +307,7 @@ fn remove_foreign_pins(pin_dir: &Path) -> Result<(), DataplaneError> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if !is_dir && !ours.contains_key(&name) {
+        if !is_dir && !ours.contains(&name) {
             info!(map = %name, "removing a map of an earlier version");
             std::fs::remove_file(entry.path()).map_err(|source| DataplaneError::Io {
                 path: entry.path(),
@@ -327,6 +329,9 @@ pub struct Dataplane {
     endpoints: HashMap<MapData, IpKey, EndpointInfo>,
     remote: Option<RemoteMaps>,
     policy: Option<PolicyMaps>,
+    /// The maps of this agent's object; any other pinned map is an earlier
+    /// version's.
+    map_names: BTreeSet<String>,
     /// Maps were created or replaced at load: the links keep the previous
     /// programs, with the previous maps, until the new maps are filled.
     upgrade_pending: bool,
@@ -355,7 +360,8 @@ impl Dataplane {
             path: links.clone(),
             source,
         })?;
-        let upgrade_pending = prepare_pins(pin_dir, &sizes)?;
+        let shapes = wanted_shapes(EBPF_OBJECT, &sizes)?;
+        let upgrade_pending = prepare_pins(pin_dir, &shapes)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pin_dir);
         for (name, _, size) in sizes.by_map() {
@@ -385,6 +391,7 @@ impl Dataplane {
             endpoints,
             remote: Some(RemoteMaps { ipcache, config }),
             policy: Some(policy),
+            map_names: shapes.into_keys().collect(),
             upgrade_pending,
         };
         for (name, _) in PROGRAMS {
@@ -398,8 +405,7 @@ impl Dataplane {
         // running programs, if any, keep their old, consistent maps until
         // `complete_upgrade`.
         if !upgrade_pending {
-            dataplane.upgrade_links();
-            remove_foreign_pins(pin_dir)?;
+            dataplane.switch_links()?;
         }
         Ok(dataplane)
     }
@@ -417,8 +423,7 @@ impl Dataplane {
         if !self.upgrade_pending {
             return Ok(());
         }
-        self.upgrade_links();
-        remove_foreign_pins(&self.pin_dir)?;
+        self.switch_links()?;
         let marker = self.pin_dir.join(UPGRADE_PENDING);
         std::fs::remove_dir(&marker).map_err(|source| DataplaneError::Io {
             path: marker,
@@ -451,6 +456,13 @@ impl Dataplane {
         self.pin_dir
             .join("links")
             .join(link_pin_name(program, ifname))
+    }
+
+    /// Moves every link to this agent's programs, then drops the maps only
+    /// earlier programs used.
+    fn switch_links(&mut self) -> Result<(), DataplaneError> {
+        self.upgrade_links();
+        remove_foreign_pins(&self.pin_dir, &self.map_names)
     }
 
     /// Swaps this agent's programs into every link a previous agent pinned,
