@@ -29,6 +29,14 @@ pub const fn verdict(action: i32, reason: u32) -> Verdict {
     Verdict { action, reason }
 }
 
+/// The pod on this node with this address.
+fn local_endpoint(addr: [u8; 4]) -> Option<EndpointInfo> {
+    // SAFETY: a map value pointer, valid for this program run; copied out.
+    ENDPOINTS
+        .get_ptr(IpKey::v4(addr))
+        .map(|endpoint| unsafe { *endpoint })
+}
+
 pub fn from_container(ctx: &TcContext) -> Verdict {
     let Ok(eth) = parse::eth(ctx) else {
         return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
@@ -57,9 +65,7 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     if pkt.hdr.ttl <= 1 {
         return verdict(TC_ACT_OK, reason::TO_STACK);
     }
-    let dst = ENDPOINTS
-        .get_ptr(IpKey::v4(pkt.hdr.daddr))
-        .map(|dst| unsafe { *dst });
+    let dst = local_endpoint(pkt.hdr.daddr);
     if let Err(drop) = policy::enforce(&pkt, Some(&src), dst.as_ref()) {
         return verdict(TC_ACT_SHOT, drop);
     }
@@ -86,11 +92,10 @@ pub fn to_container(ctx: &TcContext) -> Verdict {
     let Ok(pkt) = parse::ipv4(ctx) else {
         return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
     };
-    let Some(dst) = ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.daddr)) else {
+    let Some(dst) = local_endpoint(pkt.hdr.daddr) else {
         // Not addressed to the pod's own IP (broadcast and the like).
         return verdict(TC_ACT_OK, reason::FROM_STACK);
     };
-    let dst = unsafe { *dst };
     match policy::enforce(&pkt, None, Some(&dst)) {
         Ok(()) => verdict(TC_ACT_OK, reason::FROM_STACK),
         Err(drop) => verdict(TC_ACT_SHOT, drop),
@@ -100,8 +105,7 @@ pub fn to_container(ctx: &TcContext) -> Verdict {
 /// A packet from another node (overlay or underlay): local pods get it
 /// directly, everything else is the host's.
 pub fn to_local_pod(ctx: &TcContext, pkt: &parse::Ipv4Packet) -> Option<Verdict> {
-    let dst = ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.daddr))?;
-    let dst = unsafe { *dst };
+    let dst = local_endpoint(pkt.hdr.daddr)?;
     if pkt.hdr.ttl <= 1 {
         return Some(verdict(TC_ACT_OK, reason::TO_STACK));
     }

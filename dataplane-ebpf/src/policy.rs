@@ -111,15 +111,15 @@ fn decide(endpoint: &EndpointInfo, dir: u8, peer: [u8; 4], protocol: u8, dport: 
     let peer_id = peer_identity(peer);
     let ranges = isolation.has_ranges(dir);
     let hits = |identity| rule_hits(endpoint.id, dir, ranges, identity, protocol, dport);
-    let cidr_id = cidr_identity(peer);
     // The pod's own node (kubelet probes, and the replies to them) always
-    // passes; an address in no ipBlock region has only the ANY identity's
-    // rules.
-    if peer_id == identity::HOST
-        || hits(peer_id)
-        || (cidr_id != ANY_IDENTITY && hits(cidr_id))
-        || hits(ANY_IDENTITY)
-    {
+    // passes; the ipBlock region is looked up only when the peer's labels
+    // did not decide, and an address in no region has only the ANY
+    // identity's rules.
+    let in_ip_block = || {
+        let cidr_id = cidr_identity(peer);
+        cidr_id != ANY_IDENTITY && hits(cidr_id)
+    };
+    if peer_id == identity::HOST || hits(peer_id) || in_ip_block() || hits(ANY_IDENTITY) {
         Decision::Allowed
     } else {
         Decision::Denied
