@@ -15,16 +15,16 @@ use std::{
 
 use serde_json::Value;
 use sluice_common::api::{self, AgentStatus, Request, Response};
-pub use sluice_controller::lab::{
+pub use sluice_lab::{
     agent_proc::{AgentOptions, AgentProcess},
     cni::{sluice_netconf, CniCall, CniOutput},
     netns::Netns,
     probe,
 };
-pub use sluice_controller::lab::{
+pub use sluice_lab::{
     cluster::{Lab, LabConfig},
+    inventory::PodState,
     matrix::{probe_matrix, Check, TruthTable},
-    state::PodState,
     teardown,
     topology::PodName,
 };
@@ -203,8 +203,8 @@ impl Node {
 
     /// Packets counted by the dataplane for a reason.
     pub fn counter(&self, reason: &str) -> u64 {
-        let rows = sluice_controller::counters::read(&self.pin_dir()).expect("reading counters");
-        sluice_controller::counters::packets(&rows, reason)
+        let rows = sluice_agent::kernel::counters::read(&self.pin_dir()).expect("reading counters");
+        sluice_agent::kernel::counters::packets(&rows, reason)
     }
 
     /// Entries of the pinned endpoint map.
@@ -238,7 +238,7 @@ impl Drop for Node {
         if let Err(e) = self.agent.uninstall() {
             eprintln!("uninstalling agent of {}: {e}", self.name);
         }
-        let _ = sluice_controller::dataplane::remove_pins(&self.pin_dir());
+        let _ = sluice_agent::kernel::bpf::remove_pins(&self.pin_dir());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -318,17 +318,17 @@ impl TestLab {
 
     /// Packets a node's dataplane counted for a reason.
     pub fn counter(&self, node: &str, reason: &str) -> u64 {
-        let pins = sluice_controller::dataplane::pin_dir(&self.config.bpffs().join("sluice"), node);
-        let rows = sluice_controller::counters::read(&pins)
+        let pins = sluice_agent::kernel::bpf::pin_dir(&self.config.bpffs().join("sluice"), node);
+        let rows = sluice_agent::kernel::counters::read(&pins)
             .unwrap_or_else(|e| panic!("reading {node}'s counters: {e}"));
-        sluice_controller::counters::packets(&rows, reason)
+        sluice_agent::kernel::counters::packets(&rows, reason)
     }
 
     /// A node agent's Prometheus page, fetched over HTTP inside the node's
     /// netns as a scraper would.
     pub fn scrape(&self, node: &str) -> String {
         use std::io::{Read as _, Write as _};
-        let address: std::net::SocketAddr = sluice_controller::config::DEFAULT_METRICS_ADDRESS
+        let address: std::net::SocketAddr = sluice_agent::config::DEFAULT_METRICS_ADDRESS
             .parse::<std::net::SocketAddr>()
             .map(|a| std::net::SocketAddr::new([127, 0, 0, 1].into(), a.port()))
             .expect("metrics address");

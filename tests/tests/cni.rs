@@ -174,7 +174,7 @@ fn del_is_idempotent_and_leaves_nothing() {
     // DEL after the netns is gone (the runtime may remove it first).
     let gone = node.add_pod("g");
     let call = gone.del_call();
-    sluice_controller::lab::netns::delete(gone.ns.path()).expect("deleting the pod netns");
+    sluice_lab::netns::delete(gone.ns.path()).expect("deleting the pod netns");
     let out = call.invoke().expect("DEL");
     assert!(out.success, "DEL with the netns gone: {}", out.stdout);
     // DEL with no CNI_NETNS at all, and for a container never added.

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sluice_controller::lab::conformance;
+use sluice_lab::conformance;
 use sluice_tests::{require_root, teardown, unique, Lab, LabConfig, TestLab};
 
 const HEADER: &str = "from\\to x/a x/b x/c y/a y/b y/c z/a z/b z/c";
@@ -196,16 +196,17 @@ fn conformance_runner_judges_fixture_cases() {
     assert!(!policy.exists(), "step 3 deleted {}", policy.display());
 }
 
-/// Every policy case passes on the real dataplane: the shared upstream
-/// cases through the tunnel, this repository's own (port ranges, named
-/// ports, label updates, ipBlock with ranges; `tests/conformance/cases`)
-/// with native routing. Only SCTP may be skipped, and only for the kernel.
+/// Every policy case passes on the real dataplane: the 48 upstream cases
+/// (`tests/conformance/upstream`) through the tunnel, this repository's own
+/// (port ranges, named ports, label updates, ipBlock with ranges;
+/// `tests/conformance/sluice`) with native routing. Only SCTP may be
+/// skipped, and only for the kernel.
 #[test]
 fn policy_cases_pass_end_to_end() {
     require_root!();
-    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/cases");
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cases");
-    for (dir, routing) in [(shared, "tunnel"), (own, "native")] {
+    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/sluice");
+    let upstream = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/upstream/cases");
+    for (dir, routing) in [(upstream, "tunnel"), (own, "native")] {
         if !dir.is_dir() {
             panic!("no conformance cases at {}", dir.display());
         }

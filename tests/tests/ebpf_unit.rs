@@ -9,6 +9,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
     Ebpf, EbpfLoader,
 };
+use sluice_agent::kernel::counters;
 use sluice_common::{
     conntrack::{CtEntry, CtKey},
     endpoint::{flags, EndpointInfo, IpKey},
@@ -17,10 +18,7 @@ use sluice_common::{
     policy::{direction, entry, peer_mark, Isolation, PolicyEntry, PolicyKey, ANY_IDENTITY},
     programs,
 };
-use sluice_controller::{
-    bench::frame::{checksum, ipv4},
-    counters,
-};
+use sluice_lab::bench::frame::{checksum, ipv4};
 use sluice_tests::{require_root, unique};
 
 const TC_ACT_OK: u32 = 0;
@@ -46,14 +44,14 @@ struct Loaded {
 
 impl Loaded {
     fn new() -> Self {
-        sluice_controller::bpffs::ensure_mounted(std::path::Path::new("/sys/fs/bpf"))
+        sluice_agent::kernel::bpffs::ensure_mounted(std::path::Path::new("/sys/fs/bpf"))
             .expect("bpffs");
         let pin_dir = PathBuf::from("/sys/fs/bpf/sluice").join(unique("unit"));
         std::fs::create_dir_all(&pin_dir).expect("pin dir");
         let mut loaded = Self {
             ebpf: EbpfLoader::new()
                 .default_map_pin_directory(&pin_dir)
-                .load(sluice_controller::EBPF_OBJECT)
+                .load(sluice_agent::EBPF_OBJECT)
                 .expect("loading the eBPF object"),
             pin_dir,
         };
@@ -177,7 +175,7 @@ impl Loaded {
 
 impl Drop for Loaded {
     fn drop(&mut self) {
-        let _ = sluice_controller::dataplane::remove_pins(&self.pin_dir);
+        let _ = sluice_agent::kernel::bpf::remove_pins(&self.pin_dir);
     }
 }
 

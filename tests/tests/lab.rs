@@ -406,7 +406,7 @@ fn snapshot(lab: &TestLab) -> HostSnapshot {
         .collect();
     mounts.sort();
     HostSnapshot {
-        netns: sluice_controller::lab::netns::list(name),
+        netns: sluice_lab::netns::list(name),
         links,
         mounts,
         processes: processes_of(name),
@@ -424,8 +424,7 @@ fn processes_of(name: &str) -> Vec<String> {
         .filter_map(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (cmdline.contains(name) && sluice_controller::lab::procs::is_alive(pid))
-                .then_some(cmdline)
+            (cmdline.contains(name) && sluice_lab::procs::is_alive(pid)).then_some(cmdline)
         })
         .collect();
     found.sort();
@@ -460,7 +459,7 @@ fn down_leaves_host_as_it_was() {
         .filter_map(|n| n.agent_pid)
         .collect();
     assert_eq!(pids.len(), 2);
-    sluice_controller::lab::procs::kill_now(&pids);
+    sluice_lab::procs::kill_now(&pids);
     std::fs::remove_file(lab.config.dir.join("lab.json")).expect("removing lab.json");
     let out = lab.sluice(&["up", "--nodes", "2"]);
     assert!(
@@ -511,7 +510,7 @@ fn failed_pod_add_leaves_nothing() {
     assert!(err.contains("sluice-cni ADD"), "{err}");
     let netns = format!("{}-pod-x-a", lab.config.name);
     assert!(
-        !sluice_controller::lab::netns::list(&lab.config.name).contains(&netns),
+        !sluice_lab::netns::list(&lab.config.name).contains(&netns),
         "the pod's netns is left"
     );
     assert!(!lab

@@ -6,14 +6,12 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 use ipnet::Ipv4Net;
+use sluice_agent::kernel::bpf::{Dataplane, MapSizes, PolicyMaps};
 use sluice_common::{
     identity, maps,
     policy::{direction, entry, Isolation, PolicyEntry, PolicyKey, KEY_FULL_BITS, PEER_MARK},
 };
-use sluice_controller::{
-    dataplane::{Dataplane, MapSizes, PolicyMaps},
-    lab::netns::Netns,
-};
+use sluice_lab::netns::Netns;
 use sluice_tests::{require_root, unique};
 
 /// A private pin directory, removed on drop.
@@ -21,7 +19,7 @@ struct Pins(PathBuf);
 
 impl Pins {
     fn new() -> Self {
-        sluice_controller::bpffs::ensure_mounted(std::path::Path::new("/sys/fs/bpf"))
+        sluice_agent::kernel::bpffs::ensure_mounted(std::path::Path::new("/sys/fs/bpf"))
             .expect("bpffs");
         Self(PathBuf::from("/sys/fs/bpf/sluice").join(unique("maps")))
     }
@@ -82,7 +80,7 @@ impl Pins {
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        let _ = sluice_controller::dataplane::remove_pins(&self.0);
+        let _ = sluice_agent::kernel::bpf::remove_pins(&self.0);
     }
 }
 

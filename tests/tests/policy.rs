@@ -194,9 +194,8 @@ fn ingress_from_outside_the_cluster_is_enforced() {
     let pod = lab.pod_add("x/a", "node1");
     let node1 = lab.lab().state().node("node1").expect("node1").clone();
     // The external host's router learns where node1's pods are.
-    let fabric = sluice_tests::Netns::existing(&sluice_controller::lab::topology::fabric_netns(
-        &lab.config.name,
-    ));
+    let fabric =
+        sluice_tests::Netns::existing(&sluice_lab::topology::fabric_netns(&lab.config.name));
     fabric
         .ip(&format!("route add {} via {}", node1.pod_cidr, node1.ip))
         .expect("route to node1's pods");

@@ -45,8 +45,8 @@ enum Cmd {
     /// NetworkPolicy conformance: every case of DIR on fresh two-node labs
     /// (`sluice lab conformance`); fails if any case fails.
     Conformance {
-        /// Case directory [default: ../shared/conformance/cases from the
-        /// workspace root].
+        /// Case directory [default: tests/conformance/upstream/cases, the
+        /// 48 upstream cases].
         dir: Option<PathBuf>,
         /// Extra arguments for `sluice lab conformance`, after `--` (e.g.
         /// -- --routing native --case 21).
@@ -109,7 +109,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Conformance { dir, args } => {
             build()?;
-            let dir = dir.unwrap_or_else(|| workspace_root().join("../shared/conformance/cases"));
+            let dir =
+                dir.unwrap_or_else(|| workspace_root().join("tests/conformance/upstream/cases"));
             run(Command::new(workspace_root().join("target/debug/sluice"))
                 .args(["lab", "conformance"])
                 .arg(dir)

@@ -1,0 +1,368 @@
+//! Agent configuration: command-line flags, optionally on top of a YAML
+//! file. A flag given on the command line wins over the file.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use crate::kernel::bpf::MapSizes;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+/// Pod MTU when nothing else decides it (no underlay known).
+pub const DEFAULT_MTU: u32 = 1500;
+/// Where the agent serves `/metrics` unless configured otherwise.
+pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9965";
+
+/// Where the agent learns cluster objects (Nodes, Namespaces, Pods,
+/// NetworkPolicies) from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Datastore {
+    /// A directory of Kubernetes YAML manifests, watched like the API (the lab).
+    Dir(PathBuf),
+    /// The Kubernetes API server: in-cluster service account credentials,
+    /// or those of a kubeconfig file.
+    Kubernetes { kubeconfig: Option<PathBuf> },
+}
+
+impl std::str::FromStr for Datastore {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("dir", path)) if !path.is_empty() => Ok(Self::Dir(path.into())),
+            Some(("kubernetes", path)) if !path.is_empty() => Ok(Self::Kubernetes {
+                kubeconfig: Some(path.into()),
+            }),
+            None if s == "kubernetes" => Ok(Self::Kubernetes { kubeconfig: None }),
+            _ => Err(format!(
+                "invalid datastore {s:?}: want dir:PATH, kubernetes or kubernetes:KUBECONFIG"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Datastore {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// How packets reach pods on other nodes; one choice per cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// VXLAN (collect-metadata device) between nodes; works on any underlay.
+    #[default]
+    Tunnel,
+    /// Plain routing on the underlay: every node routes the others' pod CIDRs.
+    Native,
+}
+
+impl Routing {
+    /// Bytes the encapsulation adds to every packet (outer IPv4 + UDP +
+    /// VXLAN + inner Ethernet).
+    pub fn overhead(self) -> u32 {
+        match self {
+            Routing::Tunnel => 50,
+            Routing::Native => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Routing::Tunnel => "tunnel",
+            Routing::Native => "native",
+        })
+    }
+}
+
+/// The config file; every key optional.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    pub node_name: Option<String>,
+    pub pod_cidr: Option<Ipv4Net>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub bpffs: Option<PathBuf>,
+    pub mtu: Option<u32>,
+    pub map_sizes: Option<MapSizes>,
+    /// Deprecated spelling of `mapSizes.endpoints`, still read so that
+    /// existing config files keep working.
+    pub max_endpoints: Option<u32>,
+    pub datastore: Option<Datastore>,
+    pub routing: Option<Routing>,
+    pub masquerade: Option<bool>,
+    pub metrics_address: Option<SocketAddr>,
+}
+
+/// Flags as given; `None` when absent.
+#[derive(Debug, Default, Clone)]
+pub struct FlagConfig {
+    pub node_name: Option<String>,
+    pub pod_cidr: Option<Ipv4Net>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub bpffs: Option<PathBuf>,
+    pub mtu: Option<u32>,
+    pub datastore: Option<Datastore>,
+    pub routing: Option<Routing>,
+    pub masquerade: Option<bool>,
+    pub metrics_address: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub node_name: String,
+    pub pod_cidr: Ipv4Net,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Where bpffs is (or gets) mounted.
+    pub bpffs: PathBuf,
+    /// Pod MTU; `None`: the underlay's MTU minus the routing overhead.
+    pub mtu: Option<u32>,
+    pub map_sizes: MapSizes,
+    pub datastore: Option<Datastore>,
+    pub routing: Routing,
+    /// SNAT pod traffic leaving the cluster to the node's address.
+    pub masquerade: bool,
+    /// Where `/metrics` and `/healthz` are served.
+    pub metrics_address: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{0} is required (flag or config file)")]
+    Missing(&'static str),
+    #[error(
+        "invalid node name {0:?}: want 1-63 characters of [a-z0-9.-] (it names the pin directory)"
+    )]
+    NodeName(String),
+    #[error("mtu {0} out of range 576..=65535")]
+    Mtu(u32),
+    #[error(
+        "mapSizes.{key} {size} out of range {}..={}",
+        MapSizes::MIN,
+        MapSizes::MAX
+    )]
+    MapSize { key: &'static str, size: u32 },
+    #[error("config keys {0} and {1} both set; keep {1}")]
+    Conflict(&'static str, &'static str),
+}
+
+impl Config {
+    pub fn resolve(flags: FlagConfig, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                serde_yaml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::merge(flags, file)
+    }
+
+    pub fn merge(flags: FlagConfig, file: FileConfig) -> Result<Self, ConfigError> {
+        let node_name = flags
+            .node_name
+            .or(file.node_name)
+            .ok_or(ConfigError::Missing("--node-name"))?;
+        let name_ok = !node_name.is_empty()
+            && node_name.len() <= 63
+            && node_name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !node_name.starts_with('.');
+        if !name_ok {
+            return Err(ConfigError::NodeName(node_name));
+        }
+        let mut map_sizes = file.map_sizes.unwrap_or_default();
+        if let Some(endpoints) = file.max_endpoints {
+            if file
+                .map_sizes
+                .is_some_and(|m| m.endpoints != MapSizes::default().endpoints)
+            {
+                return Err(ConfigError::Conflict("maxEndpoints", "mapSizes.endpoints"));
+            }
+            tracing::warn!("config key maxEndpoints is deprecated: use mapSizes.endpoints");
+            map_sizes.endpoints = endpoints;
+        }
+        if let Some((key, size)) = map_sizes.invalid() {
+            return Err(ConfigError::MapSize { key, size });
+        }
+        let mtu = flags.mtu.or(file.mtu);
+        if let Some(mtu) = mtu.filter(|m| !(576..=65535).contains(m)) {
+            return Err(ConfigError::Mtu(mtu));
+        }
+        Ok(Self {
+            node_name,
+            pod_cidr: flags
+                .pod_cidr
+                .or(file.pod_cidr)
+                .ok_or(ConfigError::Missing("--pod-cidr"))?
+                .trunc(),
+            state_dir: flags
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            socket: flags
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(|| sluice_common::api::DEFAULT_SOCKET.into()),
+            bpffs: flags
+                .bpffs
+                .or(file.bpffs)
+                .unwrap_or_else(|| DEFAULT_BPFFS.into()),
+            mtu,
+            map_sizes,
+            datastore: flags.datastore.or(file.datastore),
+            routing: flags.routing.or(file.routing).unwrap_or_default(),
+            masquerade: flags.masquerade.or(file.masquerade).unwrap_or(true),
+            metrics_address: flags
+                .metrics_address
+                .or(file.metrics_address)
+                .unwrap_or_else(|| DEFAULT_METRICS_ADDRESS.parse().expect("literal address")),
+        })
+    }
+
+    /// `<bpffs>/sluice/<node-name>`: one directory per node, so several
+    /// agents on one host (the lab) never share pins.
+    pub fn pin_dir(&self) -> PathBuf {
+        crate::kernel::bpf::pin_dir(&self.bpffs.join("sluice"), &self.node_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> FlagConfig {
+        FlagConfig {
+            node_name: Some("node-1".into()),
+            pod_cidr: Some("10.1.2.0/24".parse().expect("cidr")),
+            ..FlagConfig::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_the_rest() {
+        let cfg = Config::merge(flags(), FileConfig::default()).expect("config");
+        assert_eq!(cfg.socket, PathBuf::from("/var/run/sluice/sluice.sock"));
+        assert_eq!(cfg.pin_dir(), PathBuf::from("/sys/fs/bpf/sluice/node-1"));
+        assert_eq!(cfg.mtu, None);
+        assert_eq!(cfg.routing, Routing::Tunnel);
+        assert!(cfg.masquerade);
+        assert_eq!(cfg.datastore, None);
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let file: FileConfig =
+            serde_yaml::from_str("nodeName: from-file\nmtu: 1400\nmapSizes: {endpoints: 128, conntrack: 1048576}\nrouting: native\ndatastore: dir:/etc/sluice/manifests\nmasquerade: false\n")
+                .expect("yaml");
+        let cfg = Config::merge(flags(), file).expect("config");
+        assert_eq!(cfg.node_name, "node-1");
+        assert_eq!(cfg.mtu, Some(1400));
+        assert_eq!(cfg.map_sizes.endpoints, 128);
+        assert_eq!(cfg.map_sizes.conntrack, 1 << 20);
+        // Keys not given keep their defaults.
+        assert_eq!(cfg.map_sizes.policy, MapSizes::default().policy);
+        assert_eq!(cfg.routing, Routing::Native);
+        assert!(!cfg.masquerade);
+        assert_eq!(
+            cfg.datastore,
+            Some(Datastore::Dir("/etc/sluice/manifests".into()))
+        );
+    }
+
+    #[test]
+    fn missing_and_invalid_values_are_named() {
+        let err = Config::merge(FlagConfig::default(), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("--node-name"), "{err}");
+        let mut bad = flags();
+        bad.node_name = Some("../etc".into());
+        assert!(matches!(
+            Config::merge(bad, FileConfig::default()),
+            Err(ConfigError::NodeName(_))
+        ));
+        assert!(serde_yaml::from_str::<FileConfig>("nodeNam: typo\n").is_err());
+        assert!(serde_yaml::from_str::<FileConfig>("routing: vxlan\n").is_err());
+        assert!(serde_yaml::from_str::<FileConfig>("mapSizes: {polcy: 10}\n").is_err());
+        let old: FileConfig = serde_yaml::from_str("maxEndpoints: 256\n").expect("yaml");
+        let cfg = Config::merge(flags(), old).expect("the deprecated key still works");
+        assert_eq!(cfg.map_sizes.endpoints, 256);
+        let both: FileConfig =
+            serde_yaml::from_str("maxEndpoints: 256\nmapSizes: {endpoints: 512}\n").expect("yaml");
+        assert!(matches!(
+            Config::merge(flags(), both),
+            Err(ConfigError::Conflict(..))
+        ));
+        let file: FileConfig = serde_yaml::from_str("mapSizes: {policy: 10}\n").expect("yaml");
+        let err = Config::merge(flags(), file).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mapSizes.policy 10 out of range 64..=16777216"
+        );
+        assert!("file:/x".parse::<Datastore>().is_err());
+        assert!("dir:".parse::<Datastore>().is_err());
+        assert!("kubernetes:".parse::<Datastore>().is_err());
+        assert!("kube".parse::<Datastore>().is_err());
+    }
+
+    #[test]
+    fn kubernetes_datastore_with_and_without_kubeconfig() {
+        assert_eq!(
+            "kubernetes".parse::<Datastore>(),
+            Ok(Datastore::Kubernetes { kubeconfig: None })
+        );
+        assert_eq!(
+            "kubernetes:/etc/sluice/kubeconfig".parse::<Datastore>(),
+            Ok(Datastore::Kubernetes {
+                kubeconfig: Some("/etc/sluice/kubeconfig".into())
+            })
+        );
+        let file: FileConfig =
+            serde_yaml::from_str("datastore: kubernetes:/root/.kube/config\n").expect("yaml");
+        assert_eq!(
+            file.datastore,
+            Some(Datastore::Kubernetes {
+                kubeconfig: Some("/root/.kube/config".into())
+            })
+        );
+        // A flag wins over the file here too.
+        let mut flags = flags();
+        flags.datastore = Some(Datastore::Kubernetes { kubeconfig: None });
+        let cfg = Config::merge(flags, file).expect("config");
+        assert_eq!(
+            cfg.datastore,
+            Some(Datastore::Kubernetes { kubeconfig: None })
+        );
+    }
+}

@@ -1,0 +1,872 @@
+//! The manifest-directory datastore (`--datastore dir:PATH`): ordinary
+//! Kubernetes YAML/JSON files stand in for the API server, for the lab.
+//!
+//! The directory is polled, not watched. Polling a handful of small files
+//! every few hundred milliseconds costs next to nothing, needs no inotify
+//! dependency, and is immune to the ways editors and tools write files
+//! (rename over, truncate and rewrite, ConfigMap volumes swapping a `..data`
+//! symlink), each of which an inotify watcher has to special-case.
+//!
+//! Rules, chosen so a mistake in one file never takes the cluster down:
+//! - `*.yaml`, `*.yml`, `*.json` regular files (symlinks followed), in
+//!   subdirectories too (symlinked directories are not followed, so there
+//!   are no loops); hidden names and editor backups (`foo~`) are skipped.
+//! - A malformed document is logged, counted and skipped; the rest of its
+//!   file still loads. While a file has any malformed document, nothing it
+//!   used to define is deleted: a half-written file keeps its last good
+//!   objects until it parses cleanly again.
+//! - An unreadable file or directory likewise keeps what it had.
+//! - The same object in two places: the first in path order wins.
+//!
+//! Write files atomically (temporary file + rename) where you can: a writer
+//! that truncates first may be seen mid-way, and a prefix of a file that
+//! happens to be valid (whole documents) is taken at its word.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::cluster_state::Event;
+use super::resource::{parse_documents, parse_json, Kind, ObjectKey, Resource};
+use crate::metrics::{reason, Metrics};
+
+/// A file modified this recently may have changed again, within the same
+/// timestamp tick, after we read it; such files are re-read until they are
+/// older ("racy git"). Generous, because file times come from a coarse clock.
+const RACY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirSourceError {
+    #[error("manifest directory {0} does not exist")]
+    Missing(PathBuf),
+    #[error("manifest directory {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("manifest directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub struct DirSource {
+    dir: PathBuf,
+    metrics: Metrics,
+    files: BTreeMap<PathBuf, FileState>,
+    /// What the previous scan handed out; `None` until the first scan.
+    published: Option<BTreeMap<ObjectKey, Resource>>,
+    /// Reported problems still present, so each is logged and counted once
+    /// rather than on every poll.
+    read_errors: BTreeMap<PathBuf, String>,
+    conflicts: BTreeSet<(ObjectKey, PathBuf)>,
+}
+
+/// Identifies a file version without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+struct FileState {
+    stamp: Stamp,
+    read_at: SystemTime,
+    content: Vec<u8>,
+    /// What the file contributes: its good objects, plus, while it has
+    /// malformed documents, those it had before that are not among them.
+    objects: Vec<Resource>,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+
+    /// `None` for times `SystemTime` cannot hold.
+    fn modified(&self) -> Option<SystemTime> {
+        let (secs, nanos) = self.mtime;
+        let whole = Duration::from_secs(secs.unsigned_abs());
+        let base = if secs >= 0 {
+            SystemTime::UNIX_EPOCH.checked_add(whole)
+        } else {
+            SystemTime::UNIX_EPOCH.checked_sub(whole)
+        };
+        base?.checked_add(Duration::from_nanos(nanos.try_into().ok()?))
+    }
+}
+
+impl FileState {
+    fn is_current(&self, stamp: Stamp) -> bool {
+        // Unrepresentable times count as recent: re-reading is always safe.
+        self.stamp == stamp
+            && stamp
+                .modified()
+                .and_then(|t| t.checked_add(RACY))
+                .is_some_and(|t| t < self.read_at)
+    }
+}
+
+impl DirSource {
+    pub fn new(dir: PathBuf, metrics: Metrics) -> Result<Self, DirSourceError> {
+        match fs::metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(DirSourceError::NotADirectory(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(DirSourceError::Missing(dir))
+            }
+            Err(source) => return Err(DirSourceError::Io { path: dir, source }),
+        }
+        // Unreadable (permissions) is a setup mistake too: say so at start.
+        if let Err(source) = fs::read_dir(&dir) {
+            return Err(DirSourceError::Io { path: dir, source });
+        }
+        Ok(DirSource {
+            dir,
+            metrics,
+            files: BTreeMap::new(),
+            published: None,
+            read_errors: BTreeMap::new(),
+            conflicts: BTreeSet::new(),
+        })
+    }
+
+    /// Polls the directory and returns what changed since the last call:
+    /// first one `Resync` with everything, then `Delete`s and `Apply`s.
+    /// The events of one call belong together; a consumer should apply all
+    /// of them before acting.
+    pub fn scan(&mut self) -> Vec<Event> {
+        let listing = list(&self.dir);
+        let mut read_errors = listing.errors;
+        let mut changed = self.published.is_none();
+        let mut present = BTreeSet::new();
+
+        for (path, stamp) in listing.files {
+            if self.files.get(&path).is_some_and(|f| f.is_current(stamp))
+                && !self.read_errors.contains_key(&path)
+            {
+                present.insert(path);
+                continue;
+            }
+            let read_at = SystemTime::now();
+            match fs::read(&path) {
+                // Gone between listing and reading: as if not listed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    read_errors.insert(path.clone(), e.to_string());
+                    present.insert(path);
+                }
+                Ok(content) => {
+                    changed |= self.load(&path, stamp, read_at, content);
+                    present.insert(path);
+                }
+            }
+        }
+
+        // A file is gone only if we could look where it was.
+        let before = self.files.len();
+        self.files.retain(|path, _| {
+            present.contains(path) || read_errors.keys().any(|bad| path.starts_with(bad))
+        });
+        changed |= self.files.len() != before;
+        // The first event is a Resync, which deletes whatever a restarted
+        // agent's consumer still has; never send one for a directory we
+        // could not even list.
+        let unlisted = read_errors.contains_key(&self.dir);
+        self.report_read_errors(read_errors);
+
+        if !changed || (unlisted && self.published.is_none()) {
+            return Vec::new();
+        }
+        let (objects, conflicts) = merge(&self.files);
+        self.report_conflicts(conflicts);
+        for kind in Kind::ALL {
+            let count = objects.keys().filter(|k| k.kind == kind).count();
+            self.metrics
+                .datastore_objects
+                .with_label_values(&[kind.label()])
+                .set(count as i64);
+        }
+        let events = match &self.published {
+            None => {
+                info!(
+                    dir = %self.dir.display(),
+                    objects = objects.len(),
+                    files = self.files.len(),
+                    "loaded manifest directory"
+                );
+                vec![Event::Resync(objects.values().cloned().collect())]
+            }
+            Some(published) => diff(published, &objects),
+        };
+        self.published = Some(objects);
+        events
+    }
+
+    /// Polls every `interval` and sends the changes until the receiver is
+    /// dropped.
+    pub async fn run(mut self, tx: mpsc::Sender<Event>, interval: Duration) {
+        loop {
+            // Blocking file I/O: keep it off the (current-thread) runtime.
+            let scanned = tokio::task::spawn_blocking(move || {
+                let events = self.scan();
+                (self, events)
+            })
+            .await;
+            let events;
+            (self, events) = match scanned {
+                Ok(scanned) => scanned,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => return, // the runtime is shutting down
+            };
+            for event in events {
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = tx.closed() => return,
+            }
+        }
+    }
+
+    /// Takes a newly read version of a file; true if its objects may have
+    /// changed.
+    fn load(&mut self, path: &Path, stamp: Stamp, read_at: SystemTime, content: Vec<u8>) -> bool {
+        if let Some(state) = self.files.get_mut(path) {
+            if state.content == content {
+                // Touched, or rewritten with the same bytes.
+                state.stamp = stamp;
+                state.read_at = read_at;
+                return false;
+            }
+        }
+
+        let (mut objects, malformed) = self.parse(path, &content);
+        if let (true, Some(state)) = (malformed, self.files.get(path)) {
+            let fresh: BTreeSet<ObjectKey> = objects.iter().map(Resource::key).collect();
+            let kept: Vec<Resource> = state
+                .objects
+                .iter()
+                .filter(|o| !fresh.contains(&o.key()))
+                .cloned()
+                .collect();
+            if !kept.is_empty() {
+                warn!(
+                    file = %path.display(),
+                    kept = kept.len(),
+                    "keeping objects the file defined before until it parses again"
+                );
+            }
+            objects.extend(kept);
+        }
+        self.files.insert(
+            path.to_owned(),
+            FileState {
+                stamp,
+                read_at,
+                content,
+                objects,
+            },
+        );
+        true
+    }
+
+    /// The good objects of a file, and whether anything in it was malformed.
+    fn parse(&self, path: &Path, content: &[u8]) -> (Vec<Resource>, bool) {
+        let text = match std::str::from_utf8(content) {
+            Ok(text) => text,
+            Err(error) => {
+                warn!(file = %path.display(), %error, "skipping manifest that is not UTF-8");
+                self.count(reason::MALFORMED);
+                return (Vec::new(), true);
+            }
+        };
+        let is_json = path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
+        let results = if is_json {
+            parse_json(text)
+        } else {
+            parse_documents(text)
+        };
+
+        let mut objects = Vec::new();
+        let mut malformed = false;
+        for result in results {
+            match result {
+                Ok(object) => objects.push(object),
+                Err(e) if e.is_unsupported() => {
+                    debug!(file = %path.display(), document = e.location.document, "ignoring {}", e.kind);
+                }
+                Err(e) => {
+                    warn!(
+                        file = %path.display(),
+                        document = e.location.document,
+                        line = e.location.line,
+                        error = %e.kind,
+                        "skipping malformed manifest document"
+                    );
+                    self.count(reason::MALFORMED);
+                    malformed = true;
+                }
+            }
+        }
+        (objects, malformed)
+    }
+
+    fn report_read_errors(&mut self, errors: BTreeMap<PathBuf, String>) {
+        for (path, error) in &errors {
+            if self.read_errors.get(path) != Some(error) {
+                warn!(path = %path.display(), %error, "cannot read manifests; keeping what they defined");
+                self.count(reason::READ);
+            }
+        }
+        self.read_errors = errors;
+    }
+
+    fn report_conflicts(&mut self, conflicts: Vec<Conflict>) {
+        let mut current = BTreeSet::new();
+        for conflict in conflicts {
+            let id = (conflict.key, conflict.ignored);
+            if !self.conflicts.contains(&id) {
+                warn!(
+                    object = %id.0,
+                    ignored = %id.1.display(),
+                    used = %conflict.used.display(),
+                    "object defined more than once; the first definition wins"
+                );
+                self.count(reason::CONFLICT);
+            }
+            current.insert(id);
+        }
+        self.conflicts = current;
+    }
+
+    fn count(&self, reason: &str) {
+        self.metrics
+            .datastore_errors
+            .with_label_values(&[reason])
+            .inc();
+    }
+}
+
+struct Conflict {
+    key: ObjectKey,
+    used: PathBuf,
+    ignored: PathBuf,
+}
+
+/// All files' objects in one map; the first definition (path order, then
+/// document order) of a key wins.
+fn merge(files: &BTreeMap<PathBuf, FileState>) -> (BTreeMap<ObjectKey, Resource>, Vec<Conflict>) {
+    let mut objects = BTreeMap::new();
+    let mut sources: BTreeMap<ObjectKey, &Path> = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    for (path, file) in files {
+        for object in &file.objects {
+            let key = object.key();
+            if let Some(used) = sources.get(&key) {
+                conflicts.push(Conflict {
+                    key,
+                    used: used.to_path_buf(),
+                    ignored: path.clone(),
+                });
+            } else {
+                sources.insert(key.clone(), path);
+                objects.insert(key, object.clone());
+            }
+        }
+    }
+    (objects, conflicts)
+}
+
+/// The events that turn `old` into `new`: deletions first, as a watcher
+/// would see them when an object is replaced by another.
+fn diff(old: &BTreeMap<ObjectKey, Resource>, new: &BTreeMap<ObjectKey, Resource>) -> Vec<Event> {
+    let deleted = old
+        .keys()
+        .filter(|key| !new.contains_key(*key))
+        .map(|key| Event::Delete(key.clone()));
+    let applied = new
+        .iter()
+        .filter(|(key, object)| old.get(*key) != Some(*object))
+        .map(|(_, object)| Event::Apply(object.clone()));
+    deleted.chain(applied).collect()
+}
+
+struct Listing {
+    files: Vec<(PathBuf, Stamp)>,
+    /// Paths (files or directories) that could not be looked at.
+    errors: BTreeMap<PathBuf, String>,
+}
+
+fn list(dir: &Path) -> Listing {
+    let mut listing = Listing {
+        files: Vec::new(),
+        errors: BTreeMap::new(),
+    };
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                listing.errors.insert(dir, e.to_string());
+                continue;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    listing.errors.insert(dir.clone(), e.to_string());
+                    break;
+                }
+            };
+            let path = entry.path();
+            if !is_candidate(&entry.file_name()) {
+                continue;
+            }
+            // file_type() does not follow symlinks: only real directories
+            // are descended into.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(path);
+                continue;
+            }
+            if !is_manifest(&path) {
+                continue;
+            }
+            match fs::metadata(&path) {
+                // Not regular: FIFOs and devices would block or never end.
+                Ok(meta) if meta.is_file() => listing.files.push((path, Stamp::of(&meta))),
+                Ok(_) => {}
+                // Dangling symlink, or removed since read_dir.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    listing.errors.insert(path, e.to_string());
+                }
+            }
+        }
+    }
+    listing
+}
+
+/// Hidden files and directories (`.git`, `.foo.yaml.swp`, ConfigMap
+/// volumes' `..data`) and backups (`foo.yaml~`) are not ours.
+fn is_candidate(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    !name.starts_with('.') && !name.ends_with('~')
+}
+
+fn is_manifest(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| {
+        ["yaml", "yml", "json"]
+            .iter()
+            .any(|want| ext.eq_ignore_ascii_case(want))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::fixtures::{self, join, NAMESPACE, NODE, POD, POLICY, SERVICE};
+
+    struct Lab {
+        dir: tempfile::TempDir,
+        metrics: Metrics,
+        source: DirSource,
+    }
+
+    impl Lab {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let metrics = Metrics::new();
+            let source = DirSource::new(dir.path().to_owned(), metrics.clone()).unwrap();
+            Lab {
+                dir,
+                metrics,
+                source,
+            }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// Writes atomically, as editors and the lab do.
+        fn write(&self, name: &str, content: &str) {
+            let path = self.path(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let temp = path.with_file_name(".tmp-write");
+            fs::write(&temp, content).unwrap();
+            fs::rename(&temp, &path).unwrap();
+        }
+
+        fn remove(&self, name: &str) {
+            fs::remove_file(self.path(name)).unwrap();
+        }
+
+        /// The events of one scan, as short strings.
+        fn scan(&mut self) -> Vec<String> {
+            self.source.scan().iter().map(describe).collect()
+        }
+
+        fn errors(&self, reason: &str) -> u64 {
+            self.metrics
+                .datastore_errors
+                .with_label_values(&[reason])
+                .get()
+        }
+
+        fn objects(&self, kind: Kind) -> i64 {
+            self.metrics
+                .datastore_objects
+                .with_label_values(&[kind.label()])
+                .get()
+        }
+
+        /// What a consumer would hold after every scan so far.
+        fn published(&self) -> Vec<String> {
+            let published = self.source.published.as_ref().expect("scanned");
+            published.keys().map(ObjectKey::to_string).collect()
+        }
+    }
+
+    fn describe(event: &Event) -> String {
+        match event {
+            Event::Apply(o) => format!("apply {}", o.key()),
+            Event::Delete(key) => format!("delete {key}"),
+            Event::Resync(all) => {
+                let keys: Vec<_> = all.iter().map(|o| o.key().to_string()).collect();
+                format!("resync [{}]", keys.join(", "))
+            }
+            Event::ResyncKind(..) => unreachable!("the manifest source resyncs everything"),
+        }
+    }
+
+    const WEB: &str = "Pod shop/web-7d4b9c5f6-x2x9k";
+
+    #[test]
+    fn first_scan_is_one_resync_of_everything_then_quiet() {
+        let mut lab = Lab::new();
+        lab.write("cluster.yaml", &join(&[NODE, NAMESPACE]));
+        lab.write("apps/shop/web.yml", POD);
+        let policy: serde_json::Value = serde_yaml::from_str(POLICY).unwrap();
+        lab.write("apps/shop/policy.json", &policy.to_string());
+
+        assert_eq!(
+            lab.scan(),
+            [format!(
+                "resync [Node node-a, Namespace shop, {WEB}, NetworkPolicy shop/web-allow-frontend]"
+            )]
+        );
+        assert!(lab.scan().is_empty());
+        for kind in Kind::ALL {
+            assert_eq!(lab.objects(kind), 1, "{kind}");
+        }
+    }
+
+    #[test]
+    fn an_empty_directory_resyncs_to_nothing() {
+        let mut lab = Lab::new();
+        assert_eq!(lab.scan(), ["resync []"]);
+        assert!(lab.scan().is_empty());
+    }
+
+    #[test]
+    fn added_changed_and_removed_files() {
+        let mut lab = Lab::new();
+        lab.write("ns.yaml", NAMESPACE);
+        lab.scan();
+
+        lab.write("web.yaml", POD);
+        assert_eq!(lab.scan(), [format!("apply {WEB}")]);
+
+        lab.write("web.yaml", &POD.replace("10.244.1.5", "10.244.1.50"));
+        assert_eq!(lab.scan(), [format!("apply {WEB}")]);
+
+        // Rewritten with the same bytes: nothing to tell.
+        lab.write("web.yaml", &POD.replace("10.244.1.5", "10.244.1.50"));
+        assert!(lab.scan().is_empty());
+
+        lab.remove("web.yaml");
+        assert_eq!(lab.scan(), [format!("delete {WEB}")]);
+        assert_eq!(lab.published(), ["Namespace shop"]);
+        assert_eq!(lab.objects(Kind::Pod), 0);
+    }
+
+    #[test]
+    fn in_place_rewrite_of_the_same_size_is_seen() {
+        // Same inode, same size and (at timestamp granularity) the same
+        // mtime: only the recent-modification re-read catches this.
+        let mut lab = Lab::new();
+        let path = lab.path("web.yaml");
+        fs::write(&path, POD).unwrap();
+        lab.scan();
+        fs::write(&path, POD.replace("10.244.1.5", "10.244.1.6")).unwrap();
+        assert_eq!(lab.scan(), [format!("apply {WEB}")]);
+    }
+
+    #[test]
+    fn multi_document_files_change_per_object() {
+        let mut lab = Lab::new();
+        let db = fixtures::pod("shop", "db", "10.244.1.9");
+        let cache = fixtures::pod("shop", "cache", "10.244.1.10");
+        lab.write("pods.yaml", &join(&[POD, &db, &cache]));
+        lab.scan();
+
+        // One document edited, one removed, one untouched.
+        let db2 = db.replace("10.244.1.9", "10.244.1.99");
+        lab.write("pods.yaml", &join(&[POD, &db2]));
+        assert_eq!(lab.scan(), ["delete Pod shop/cache", "apply Pod shop/db"]);
+        assert_eq!(lab.objects(Kind::Pod), 2);
+    }
+
+    #[test]
+    fn a_malformed_document_among_good_ones_is_skipped_and_counted() {
+        let mut lab = Lab::new();
+        let nameless = "apiVersion: v1\nkind: Pod\nmetadata:\n  labels: {app: x}\n";
+        lab.write("pods.yaml", &join(&[POD, nameless, NAMESPACE]));
+        lab.write("other.yaml", NODE);
+        assert_eq!(
+            lab.scan(),
+            [format!("resync [Node node-a, Namespace shop, {WEB}]")]
+        );
+        assert_eq!(lab.errors(reason::MALFORMED), 1);
+        // Counted once, not on every poll.
+        assert!(lab.scan().is_empty());
+        assert_eq!(lab.errors(reason::MALFORMED), 1);
+    }
+
+    #[test]
+    fn a_file_gone_malformed_keeps_its_objects_until_it_parses_again() {
+        let mut lab = Lab::new();
+        let db = fixtures::pod("shop", "db", "10.244.1.9");
+        lab.write("pods.yaml", &join(&[POD, &db]));
+        lab.scan();
+
+        // Half written: the first document changed, the second cut off.
+        let half = format!(
+            "{}---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: [",
+            POD.replace("10.244.1.5", "10.244.1.6")
+        );
+        lab.write("pods.yaml", &half);
+        assert_eq!(lab.scan(), [format!("apply {WEB}")], "db must stay");
+        assert_eq!(lab.errors(reason::MALFORMED), 1);
+
+        // Garbage altogether: still nothing deleted.
+        lab.write("pods.yaml", "{{{ not yaml");
+        assert!(lab.scan().is_empty());
+        fs::write(lab.path("pods.yaml"), [0xff, 0xfe, 0x00]).unwrap();
+        assert!(lab.scan().is_empty());
+        assert_eq!(lab.published(), ["Pod shop/db", WEB]);
+
+        // Valid again, without db: now it goes.
+        lab.write("pods.yaml", POD);
+        assert_eq!(
+            lab.scan(),
+            ["delete Pod shop/db".to_string(), format!("apply {WEB}")]
+        );
+    }
+
+    #[test]
+    fn unsupported_kinds_are_ignored_not_counted() {
+        let mut lab = Lab::new();
+        let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-abc, namespace: shop}\naddressType: IPv4\nendpoints: []\n";
+        lab.write("web.yaml", &join(&[SERVICE, POD, slice]));
+        lab.write(
+            "config.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n",
+        );
+        assert_eq!(lab.scan(), [format!("resync [{WEB}]")]);
+        for reason in reason::ALL {
+            assert_eq!(lab.errors(reason), 0, "{reason}");
+        }
+    }
+
+    #[test]
+    fn the_first_of_two_definitions_wins_and_the_conflict_is_counted_once() {
+        let mut lab = Lab::new();
+        lab.write("a.yaml", POD);
+        lab.write("b.yaml", &POD.replace("10.244.1.5", "10.244.1.77"));
+        lab.scan();
+        assert_eq!(lab.errors(reason::CONFLICT), 1);
+        let ip = |lab: &Lab| {
+            let key = ObjectKey::namespaced(Kind::Pod, "shop", "web-7d4b9c5f6-x2x9k");
+            let Resource::Pod(pod) = &lab.source.published.as_ref().unwrap()[&key] else {
+                panic!("not a pod")
+            };
+            pod.status.as_ref().unwrap().pod_ip.clone().unwrap()
+        };
+        assert_eq!(ip(&lab), "10.244.1.5");
+
+        // Still in conflict after an unrelated change: not counted again.
+        lab.write("ns.yaml", NAMESPACE);
+        assert_eq!(lab.scan(), ["apply Namespace shop"]);
+        assert_eq!(lab.errors(reason::CONFLICT), 1);
+
+        // The winner goes: the other definition takes over.
+        lab.remove("a.yaml");
+        assert_eq!(lab.scan(), [format!("apply {WEB}")]);
+        assert_eq!(ip(&lab), "10.244.1.77");
+
+        // Twice in one file counts too.
+        lab.write("b.yaml", &join(&[POD, POD]));
+        lab.scan();
+        assert_eq!(lab.errors(reason::CONFLICT), 2);
+    }
+
+    #[test]
+    fn hidden_backup_and_foreign_files_are_skipped() {
+        let mut lab = Lab::new();
+        lab.write("real.yaml", NAMESPACE);
+        let db = fixtures::pod("shop", "db", "10.244.1.9");
+        for name in [
+            ".real.yaml.swp",
+            ".hidden.yaml",
+            "real.yaml~",
+            "#real.yaml#",
+            "notes.txt",
+            "README",
+            ".git/pods.yaml",
+            "..data/pods.yaml",
+        ] {
+            lab.write(name, &db);
+        }
+        assert_eq!(lab.scan(), ["resync [Namespace shop]"]);
+    }
+
+    #[test]
+    fn symlinked_files_are_followed_like_configmap_volumes() {
+        let mut lab = Lab::new();
+        lab.write("..2025_01_01/pods.yaml", POD);
+        std::os::unix::fs::symlink("..2025_01_01", lab.path("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/pods.yaml", lab.path("pods.yaml")).unwrap();
+        assert_eq!(lab.scan(), [format!("resync [{WEB}]")]);
+
+        // The kubelet's update: new timestamped dir, `..data` swapped.
+        lab.write(
+            "..2025_01_02/pods.yaml",
+            &POD.replace("10.244.1.5", "10.244.1.8"),
+        );
+        std::os::unix::fs::symlink("..2025_01_02", lab.path("..data_tmp")).unwrap();
+        fs::rename(lab.path("..data_tmp"), lab.path("..data")).unwrap();
+        assert_eq!(lab.scan(), [format!("apply {WEB}")]);
+    }
+
+    #[test]
+    fn fifos_are_not_opened() {
+        let mut lab = Lab::new();
+        nix::unistd::mkfifo(&lab.path("pipe.yaml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(lab.scan(), ["resync []"]);
+    }
+
+    #[test]
+    fn emptying_the_directory_deletes_everything() {
+        let mut lab = Lab::new();
+        lab.write("all.yaml", &join(&[NODE, POD]));
+        lab.write("sub/ns.yaml", NAMESPACE);
+        lab.scan();
+        fs::remove_file(lab.path("all.yaml")).unwrap();
+        fs::remove_dir_all(lab.path("sub")).unwrap();
+        assert_eq!(
+            lab.scan(),
+            [
+                "delete Node node-a".to_string(),
+                "delete Namespace shop".into(),
+                format!("delete {WEB}"),
+            ]
+        );
+        for kind in Kind::ALL {
+            assert_eq!(lab.objects(kind), 0);
+        }
+    }
+
+    #[test]
+    fn the_directory_vanishing_keeps_everything() {
+        let mut lab = Lab::new();
+        lab.write("ns.yaml", NAMESPACE);
+        lab.scan();
+        fs::remove_file(lab.path("ns.yaml")).unwrap();
+        let dir = lab.dir.path().to_owned();
+        fs::remove_dir(&dir).unwrap();
+        assert!(lab.scan().is_empty());
+        assert_eq!(lab.errors(reason::READ), 1);
+        assert!(lab.scan().is_empty());
+        assert_eq!(lab.errors(reason::READ), 1, "reported once");
+        fs::create_dir(&dir).unwrap();
+        assert_eq!(lab.scan(), ["delete Namespace shop"]);
+    }
+
+    #[test]
+    fn no_resync_before_the_directory_could_be_listed() {
+        let mut lab = Lab::new();
+        lab.write("ns.yaml", NAMESPACE);
+        let dir = lab.dir.path().to_owned();
+        let aside = dir.with_extension("aside");
+        fs::rename(&dir, &aside).unwrap();
+        assert!(lab.scan().is_empty());
+        assert!(lab.source.published.is_none());
+        fs::rename(&aside, &dir).unwrap();
+        assert_eq!(lab.scan(), ["resync [Namespace shop]"]);
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let error = DirSource::new(missing.clone(), Metrics::new())
+            .err()
+            .expect("must fail");
+        assert_eq!(
+            error.to_string(),
+            format!("manifest directory {} does not exist", missing.display())
+        );
+        let file = dir.path().join("file.yaml");
+        fs::write(&file, NAMESPACE).unwrap();
+        assert!(matches!(
+            DirSource::new(file, Metrics::new()),
+            Err(DirSourceError::NotADirectory(_))
+        ));
+    }
+
+    async fn recv(rx: &mut mpsc::Receiver<Event>) -> String {
+        let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("source alive");
+        describe(&event)
+    }
+
+    #[tokio::test]
+    async fn run_sends_changes_and_stops_when_the_receiver_goes() {
+        let lab = Lab::new();
+        lab.write("ns.yaml", NAMESPACE);
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(lab.source.run(tx, Duration::from_millis(10)));
+        assert_eq!(recv(&mut rx).await, "resync [Namespace shop]");
+        let pod = fixtures::pod("shop", "db", "10.244.1.9");
+        let path = lab.dir.path().join("db.yaml");
+        fs::write(&path, pod).unwrap();
+        assert_eq!(recv(&mut rx).await, "apply Pod shop/db");
+
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("run returns once the receiver is dropped")
+            .unwrap();
+    }
+}

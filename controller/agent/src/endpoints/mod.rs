@@ -1,0 +1,682 @@
+//! The agent's request handling: IPAM, endpoint registry and what to ask of
+//! the datapath. Kernel I/O sits behind [`Datapath`], so this logic is
+//! unit-tested with a fake and runs against the kernel in the namespace
+//! tests.
+
+pub mod ipam;
+pub mod state_file;
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use ipnet::Ipv4Net;
+use sluice_common::{
+    api::{
+        AgentStatus, Allocation, Attachment, EndpointSpec, EndpointState, ErrorKind, Request,
+        Response,
+    },
+    endpoint::{flags, EndpointInfo},
+};
+use tracing::{info, warn};
+
+use crate::{
+    endpoints::ipam::{Ipam, IpamError},
+    endpoints::state_file::{Entry, Snapshot, StateError, StateFile},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("eBPF: {0}")]
+    Bpf(String),
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("interface {0} not found")]
+    NoSuchLink(String),
+}
+
+/// What the agent needs from the kernel for one endpoint.
+#[allow(async_fn_in_trait)]
+pub trait Datapath {
+    /// Make the endpoint reachable: map entry, program on its veth, host route.
+    async fn install(
+        &mut self,
+        ep: &EndpointSpec,
+        info: &EndpointInfo,
+    ) -> Result<(), DatapathError>;
+    /// Undo `install`; succeeds when parts are already gone.
+    async fn remove(&mut self, ep: &EndpointSpec) -> Result<(), DatapathError>;
+    /// Delete a host-side veth (CNI GC of a pod whose DEL never came).
+    async fn delete_link(&mut self, ifname: &str) -> Result<(), DatapathError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("state file is for pod CIDR {stored}, but the agent runs with {configured}; remove the state dir only after every pod of this node is gone")]
+    CidrChanged {
+        stored: Ipv4Net,
+        configured: Ipv4Net,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub pod_cidr: Ipv4Net,
+    pub mtu: u32,
+}
+
+pub struct Agent<D> {
+    config: AgentConfig,
+    ipam: Ipam,
+    endpoints: BTreeMap<Attachment, EndpointSpec>,
+    state: StateFile,
+    datapath: D,
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// CNI container ids and interface names end up in file names and netlink
+/// names; refuse anything odd instead of guessing.
+fn validate_attachment(att: &Attachment) -> Result<(), String> {
+    let id_ok = !att.container_id.is_empty()
+        && att.container_id.len() <= 256
+        && att
+            .container_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !id_ok {
+        return Err(format!(
+            "invalid container id {:?}: want 1-256 characters of [A-Za-z0-9_.-]",
+            att.container_id
+        ));
+    }
+    let if_ok = !att.ifname.is_empty()
+        && att.ifname.len() <= 15
+        && att.ifname != "."
+        && att.ifname != ".."
+        && !att
+            .ifname
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+    if !if_ok {
+        return Err(format!("invalid interface name {:?}", att.ifname));
+    }
+    Ok(())
+}
+
+impl<D: Datapath> Agent<D> {
+    /// Opens the agent over its persisted state and re-installs every
+    /// registered endpoint (idempotently: maps and links survive restarts).
+    pub async fn start(
+        config: AgentConfig,
+        state: StateFile,
+        datapath: D,
+    ) -> Result<Self, AgentError> {
+        let mut ipam = Ipam::new(config.pod_cidr)?;
+        let mut endpoints = BTreeMap::new();
+        if let Some(snapshot) = state.load()? {
+            if snapshot.pod_cidr != ipam.cidr() {
+                return Err(AgentError::CidrChanged {
+                    stored: snapshot.pod_cidr,
+                    configured: ipam.cidr(),
+                });
+            }
+            for entry in snapshot.entries {
+                if !ipam.restore(entry.attachment.clone(), entry.ip) {
+                    warn!(attachment = ?entry.attachment, ip = %entry.ip, "dropping conflicting entry from state file");
+                    continue;
+                }
+                if let Some(ep) = entry.endpoint {
+                    endpoints.insert(entry.attachment, ep);
+                }
+            }
+            ipam.set_cursor(snapshot.cursor);
+        }
+        let mut agent = Self {
+            config,
+            ipam,
+            endpoints,
+            state,
+            datapath,
+        };
+        agent.reinstall().await;
+        Ok(agent)
+    }
+
+    async fn reinstall(&mut self) {
+        let eps: Vec<EndpointSpec> = self.endpoints.values().cloned().collect();
+        for ep in eps {
+            let info = self.endpoint_info(&ep);
+            match self.datapath.install(&ep, &info).await {
+                Ok(()) => info!(attachment = ?ep.attachment, ip = %ep.ip, "endpoint restored"),
+                // The pod may have gone while the agent was down; its CNI DEL
+                // (or GC) still releases it.
+                Err(e) => warn!(attachment = ?ep.attachment, error = %e, "cannot restore endpoint"),
+            }
+        }
+    }
+
+    pub fn datapath(&self) -> &D {
+        &self.datapath
+    }
+
+    pub fn datapath_mut(&mut self) -> &mut D {
+        &mut self.datapath
+    }
+
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        self.ipam.gateway()
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let entries = self
+            .ipam
+            .iter()
+            .map(|(attachment, ip)| Entry {
+                endpoint: self.endpoints.get(attachment).cloned(),
+                attachment: attachment.clone(),
+                ip,
+            })
+            .collect();
+        Snapshot::new(self.ipam.cidr(), self.ipam.cursor(), entries)
+    }
+
+    fn persist(&self) -> Result<(), StateError> {
+        self.state.save(&self.snapshot())
+    }
+
+    /// The registered pods of this node: IPv4 address → endpoint id (what
+    /// policy keys name).
+    pub fn local_endpoints(&self) -> BTreeMap<std::net::Ipv4Addr, u32> {
+        self.endpoints
+            .values()
+            .filter_map(|ep| match ep.ip {
+                IpAddr::V4(v4) => Some((v4, self.endpoint_info(ep).id)),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
+
+    fn endpoint_info(&self, ep: &EndpointSpec) -> EndpointInfo {
+        let id = match ep.ip {
+            IpAddr::V4(v4) => u32::from(v4) - u32::from(self.ipam.cidr().network()),
+            IpAddr::V6(_) => 0,
+        };
+        EndpointInfo {
+            id,
+            ifindex: ep.host_ifindex,
+            identity: 0,
+            flags: flags::LOCAL_POD,
+            pod_mac: ep.pod_mac,
+            host_mac: ep.host_mac,
+            _pad: [0; 4],
+        }
+    }
+
+    fn allocation(&self, ip: std::net::Ipv4Addr) -> Allocation {
+        Allocation {
+            ip: IpAddr::V4(ip),
+            cidr_prefix_len: self.ipam.cidr().prefix_len(),
+            gateway: IpAddr::V4(self.ipam.gateway()),
+            mtu: self.config.mtu,
+        }
+    }
+
+    pub async fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::Allocate { attachment } => self.allocate(attachment),
+            Request::Register { endpoint } => self.register(endpoint).await,
+            Request::Release { attachment } => self.release(&attachment).await,
+            Request::Get { attachment } => self.get(&attachment),
+            Request::Gc { valid } => self.gc(valid).await,
+            Request::Status => Response::Status {
+                status: AgentStatus {
+                    node_name: self.config.node_name.clone(),
+                    pod_cidr: self.config.pod_cidr.to_string(),
+                    endpoints: self.endpoints.len(),
+                    free_addresses: self.ipam.free(),
+                },
+            },
+        }
+    }
+
+    fn allocate(&mut self, attachment: Attachment) -> Response {
+        if let Err(msg) = validate_attachment(&attachment) {
+            return error(ErrorKind::Invalid, msg);
+        }
+        let known = self.ipam.get(&attachment).is_some();
+        let ip = match self.ipam.allocate(&attachment) {
+            Ok(ip) => ip,
+            Err(e @ IpamError::Exhausted(_)) => return error(ErrorKind::Exhausted, e.to_string()),
+            Err(e) => return error(ErrorKind::Internal, e.to_string()),
+        };
+        // Durable before the address is handed out.
+        if let Err(e) = self.persist() {
+            if !known {
+                self.ipam.release(&attachment);
+            }
+            return error(ErrorKind::Internal, e.to_string());
+        }
+        info!(?attachment, %ip, "address allocated");
+        Response::Allocated {
+            allocation: self.allocation(ip),
+        }
+    }
+
+    async fn register(&mut self, ep: EndpointSpec) -> Response {
+        if let Err(msg) = validate_attachment(&ep.attachment) {
+            return error(ErrorKind::Invalid, msg);
+        }
+        let Some(ip) = self.ipam.get(&ep.attachment) else {
+            return error(
+                ErrorKind::NotFound,
+                format!("no address allocated for {}", ep.attachment),
+            );
+        };
+        if ep.ip != IpAddr::V4(ip) {
+            return error(
+                ErrorKind::Invalid,
+                format!("{} was allocated {ip}, not {}", ep.attachment, ep.ip),
+            );
+        }
+        // A retried ADD may have rewired the pod under a new ifindex.
+        if let Some(old) = self.endpoints.remove(&ep.attachment) {
+            if let Err(e) = self.datapath.remove(&old).await {
+                warn!(attachment = ?old.attachment, error = %e, "removing the previous registration");
+            }
+        }
+        let info = self.endpoint_info(&ep);
+        if let Err(e) = self.datapath.install(&ep, &info).await {
+            if let Err(undo) = self.datapath.remove(&ep).await {
+                warn!(attachment = ?ep.attachment, error = %undo, "rolling back a failed install");
+            }
+            return error(
+                ErrorKind::Internal,
+                format!("programming the datapath: {e}"),
+            );
+        }
+        self.endpoints.insert(ep.attachment.clone(), ep.clone());
+        if let Err(e) = self.persist() {
+            self.endpoints.remove(&ep.attachment);
+            if let Err(undo) = self.datapath.remove(&ep).await {
+                warn!(attachment = ?ep.attachment, error = %undo, "rolling back after a state write failure");
+            }
+            return error(ErrorKind::Internal, e.to_string());
+        }
+        info!(attachment = ?ep.attachment, ip = %ep.ip, ifname = %ep.host_ifname, "endpoint registered");
+        Response::Ok
+    }
+
+    async fn release(&mut self, attachment: &Attachment) -> Response {
+        if let Some(ep) = self.endpoints.get(attachment).cloned() {
+            if let Err(e) = self.datapath.remove(&ep).await {
+                return error(ErrorKind::Internal, format!("removing endpoint: {e}"));
+            }
+            self.endpoints.remove(attachment);
+        }
+        let freed = self.ipam.release(attachment);
+        if let Err(e) = self.persist() {
+            return error(ErrorKind::Internal, e.to_string());
+        }
+        if let Some(ip) = freed {
+            info!(?attachment, %ip, "released");
+        }
+        Response::Ok
+    }
+
+    fn get(&self, attachment: &Attachment) -> Response {
+        match self.ipam.get(attachment) {
+            Some(ip) => Response::Endpoint {
+                state: EndpointState {
+                    allocation: self.allocation(ip),
+                    endpoint: self.endpoints.get(attachment).cloned(),
+                },
+            },
+            None => error(
+                ErrorKind::NotFound,
+                format!("nothing known about {attachment}"),
+            ),
+        }
+    }
+
+    async fn gc(&mut self, valid: Vec<Attachment>) -> Response {
+        let valid: std::collections::BTreeSet<Attachment> = valid.into_iter().collect();
+        let stale: Vec<Attachment> = self
+            .ipam
+            .iter()
+            .map(|(a, _)| a.clone())
+            .filter(|a| !valid.contains(a))
+            .collect();
+        let mut released = Vec::new();
+        for attachment in stale {
+            if let Some(ep) = self.endpoints.get(&attachment) {
+                let ifname = ep.host_ifname.clone();
+                if let Err(e) = self.datapath.delete_link(&ifname).await {
+                    warn!(?attachment, %ifname, error = %e, "GC: deleting veth");
+                }
+            }
+            match self.release(&attachment).await {
+                Response::Ok => released.push(attachment),
+                other => return other,
+            }
+        }
+        Response::Collected { released }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    /// Records what the agent asked of the kernel; can be told to fail.
+    #[derive(Default)]
+    struct FakeDatapath {
+        calls: Vec<String>,
+        fail_install: bool,
+    }
+
+    impl Datapath for FakeDatapath {
+        async fn install(
+            &mut self,
+            ep: &EndpointSpec,
+            info: &EndpointInfo,
+        ) -> Result<(), DatapathError> {
+            self.calls.push(format!(
+                "install {} {} id={}",
+                ep.host_ifname, ep.ip, info.id
+            ));
+            if self.fail_install {
+                return Err(DatapathError::NoSuchLink(ep.host_ifname.clone()));
+            }
+            Ok(())
+        }
+
+        async fn remove(&mut self, ep: &EndpointSpec) -> Result<(), DatapathError> {
+            self.calls.push(format!("remove {}", ep.host_ifname));
+            Ok(())
+        }
+
+        async fn delete_link(&mut self, ifname: &str) -> Result<(), DatapathError> {
+            self.calls.push(format!("delete_link {ifname}"));
+            Ok(())
+        }
+    }
+
+    fn config() -> AgentConfig {
+        AgentConfig {
+            node_name: "n1".into(),
+            pod_cidr: "10.9.0.0/29".parse().expect("cidr"),
+            mtu: 1450,
+        }
+    }
+
+    fn att(id: &str) -> Attachment {
+        Attachment {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn spec(id: &str, ip: IpAddr) -> EndpointSpec {
+        EndpointSpec {
+            attachment: att(id),
+            netns: format!("/run/netns/{id}"),
+            host_ifname: format!("lxc{id}"),
+            host_ifindex: 7,
+            host_mac: [2, 0, 0, 0, 0, 1],
+            pod_mac: [2, 0, 0, 0, 0, 2],
+            ip,
+        }
+    }
+
+    async fn agent(dir: &std::path::Path, datapath: FakeDatapath) -> Agent<FakeDatapath> {
+        Agent::start(config(), StateFile::new(dir), datapath)
+            .await
+            .expect("agent")
+    }
+
+    async fn allocate(agent: &mut Agent<FakeDatapath>, id: &str) -> Allocation {
+        match agent
+            .handle(Request::Allocate {
+                attachment: att(id),
+            })
+            .await
+        {
+            Response::Allocated { allocation } => allocation,
+            other => panic!("allocate {id}: {other:?}"),
+        }
+    }
+
+    async fn register(agent: &mut Agent<FakeDatapath>, id: &str, ip: IpAddr) {
+        let resp = agent
+            .handle(Request::Register {
+                endpoint: spec(id, ip),
+            })
+            .await;
+        assert_eq!(resp, Response::Ok, "register {id}");
+    }
+
+    fn error_kind(response: Response) -> ErrorKind {
+        match response {
+            Response::Error { kind, .. } => kind,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn allocation_carries_gateway_and_mtu() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = agent(dir.path(), FakeDatapath::default()).await;
+        let a = allocate(&mut agent, "a").await;
+        assert_eq!(a.ip, IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)));
+        assert_eq!(a.gateway, IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)));
+        assert_eq!((a.mtu, a.cidr_prefix_len), (1450, 29));
+        assert_eq!(allocate(&mut agent, "a").await, a, "idempotent");
+    }
+
+    #[tokio::test]
+    async fn register_and_release_drive_the_datapath() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = agent(dir.path(), FakeDatapath::default()).await;
+        let a = allocate(&mut agent, "a").await;
+        register(&mut agent, "a", a.ip).await;
+        assert_eq!(agent.datapath().calls, vec!["install lxca 10.9.0.2 id=2"]);
+        match agent
+            .handle(Request::Get {
+                attachment: att("a"),
+            })
+            .await
+        {
+            Response::Endpoint { state } => assert!(state.endpoint.is_some()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            agent
+                .handle(Request::Release {
+                    attachment: att("a")
+                })
+                .await,
+            Response::Ok
+        );
+        assert_eq!(
+            agent.datapath().calls.last().map(String::as_str),
+            Some("remove lxca")
+        );
+        // Released twice, or never known: still fine (DEL is idempotent).
+        assert_eq!(
+            agent
+                .handle(Request::Release {
+                    attachment: att("a")
+                })
+                .await,
+            Response::Ok
+        );
+        assert_eq!(
+            error_kind(
+                agent
+                    .handle(Request::Get {
+                        attachment: att("a")
+                    })
+                    .await
+            ),
+            ErrorKind::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn register_is_checked_against_the_allocation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = agent(dir.path(), FakeDatapath::default()).await;
+        let unknown = spec("x", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)));
+        assert_eq!(
+            error_kind(agent.handle(Request::Register { endpoint: unknown }).await),
+            ErrorKind::NotFound
+        );
+        allocate(&mut agent, "a").await;
+        let wrong_ip = spec("a", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 6)));
+        assert_eq!(
+            error_kind(agent.handle(Request::Register { endpoint: wrong_ip }).await),
+            ErrorKind::Invalid
+        );
+        assert!(agent.datapath().calls.is_empty(), "nothing installed");
+    }
+
+    #[tokio::test]
+    async fn failed_install_is_rolled_back_and_not_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = FakeDatapath {
+            fail_install: true,
+            ..FakeDatapath::default()
+        };
+        let mut agent = agent(dir.path(), fake).await;
+        let a = allocate(&mut agent, "a").await;
+        let resp = agent
+            .handle(Request::Register {
+                endpoint: spec("a", a.ip),
+            })
+            .await;
+        assert_eq!(error_kind(resp), ErrorKind::Internal);
+        assert_eq!(
+            agent.datapath().calls,
+            vec!["install lxca 10.9.0.2 id=2", "remove lxca"]
+        );
+        match agent
+            .handle(Request::Get {
+                attachment: att("a"),
+            })
+            .await
+        {
+            Response::Endpoint { state } => assert_eq!(state.endpoint, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn exhaustion_and_bad_names_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = agent(dir.path(), FakeDatapath::default()).await;
+        for i in 0..5 {
+            allocate(&mut agent, &format!("c{i}")).await;
+        }
+        let resp = agent
+            .handle(Request::Allocate {
+                attachment: att("full"),
+            })
+            .await;
+        assert_eq!(error_kind(resp), ErrorKind::Exhausted);
+        for bad in ["", "a/b", "../x", "a b"] {
+            let resp = agent
+                .handle(Request::Allocate {
+                    attachment: att(bad),
+                })
+                .await;
+            assert_eq!(error_kind(resp), ErrorKind::Invalid, "container id {bad:?}");
+        }
+        let long_if = Attachment {
+            container_id: "c".into(),
+            ifname: "a-very-long-interface".into(),
+        };
+        let resp = agent
+            .handle(Request::Allocate {
+                attachment: long_if,
+            })
+            .await;
+        assert_eq!(error_kind(resp), ErrorKind::Invalid);
+    }
+
+    #[tokio::test]
+    async fn restart_restores_state_and_reinstalls_endpoints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut first = agent(dir.path(), FakeDatapath::default()).await;
+        let a = allocate(&mut first, "a").await;
+        register(&mut first, "a", a.ip).await;
+        let b = allocate(&mut first, "b").await;
+        drop(first);
+
+        let mut second = agent(dir.path(), FakeDatapath::default()).await;
+        assert_eq!(
+            second.datapath().calls,
+            vec!["install lxca 10.9.0.2 id=2"],
+            "registered endpoint reinstalled"
+        );
+        assert_eq!(allocate(&mut second, "a").await, a);
+        assert_eq!(allocate(&mut second, "b").await, b);
+        let c = allocate(&mut second, "c").await;
+        assert!(c.ip != a.ip && c.ip != b.ip, "never the same address twice");
+    }
+
+    #[tokio::test]
+    async fn changed_pod_cidr_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut first = agent(dir.path(), FakeDatapath::default()).await;
+        allocate(&mut first, "a").await;
+        drop(first);
+        let mut other = config();
+        other.pod_cidr = "10.10.0.0/24".parse().expect("cidr");
+        let result = Agent::start(other, StateFile::new(dir.path()), FakeDatapath::default()).await;
+        assert!(matches!(result, Err(AgentError::CidrChanged { .. })));
+    }
+
+    #[tokio::test]
+    async fn gc_releases_everything_not_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = agent(dir.path(), FakeDatapath::default()).await;
+        let a = allocate(&mut agent, "a").await;
+        let b = allocate(&mut agent, "b").await;
+        allocate(&mut agent, "pending").await;
+        register(&mut agent, "a", a.ip).await;
+        register(&mut agent, "b", b.ip).await;
+        let resp = agent
+            .handle(Request::Gc {
+                valid: vec![att("a")],
+            })
+            .await;
+        assert_eq!(
+            resp,
+            Response::Collected {
+                released: vec![att("b"), att("pending")]
+            }
+        );
+        assert!(agent
+            .datapath()
+            .calls
+            .contains(&"delete_link lxcb".to_string()));
+        match agent.handle(Request::Status).await {
+            Response::Status { status } => {
+                assert_eq!(status.endpoints, 1);
+                assert_eq!(status.free_addresses, 4);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

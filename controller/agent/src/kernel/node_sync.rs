@@ -1,0 +1,207 @@
+//! Applying the node topology to the kernel: the routing devices and
+//! programs once at start, then ipcache entries, routes and masquerade
+//! rules whenever Node objects change.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+use sluice_common::{
+    ipcache::{routing, DataplaneConfig},
+    programs,
+};
+use tracing::{info, warn};
+
+use crate::{
+    config::Routing,
+    kernel::bpf::{Dataplane, DataplaneError, RemoteMaps},
+    kernel::masquerade::{self, MasqueradeError},
+    kernel::netlink::{Netlink, NetlinkError},
+    kernel::underlay::{Device, VXLAN_DEVICE},
+    topology::{self, NodeProblem, Topology},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeSyncError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("masquerade: {0}")]
+    Masquerade(#[from] MasqueradeError),
+    #[error("no device holds this node's InternalIP {0}")]
+    NoUnderlay(Ipv4Addr),
+}
+
+/// The devices cross-node traffic uses, found or made at start.
+#[derive(Debug, Clone)]
+pub struct RoutingSetup {
+    pub routing: Routing,
+    pub underlay: Device,
+    /// Where routes to other nodes' pod ranges point: the VXLAN device
+    /// (tunnel) or the underlay (native).
+    pub route_device: u32,
+}
+
+impl RoutingSetup {
+    /// The pod MTU that fits the underlay once encapsulated.
+    pub fn pod_mtu(&self) -> u32 {
+        self.underlay.mtu - self.routing.overhead()
+    }
+}
+
+/// Sets up cross-node routing for a node whose InternalIP is `node_ip`:
+/// the VXLAN device with its two programs (tunnel) or the program on the
+/// underlay (native), and the programs' configuration.
+pub async fn setup(
+    dataplane: &mut Dataplane,
+    maps: &mut RemoteMaps,
+    netlink: &Netlink,
+    mode: Routing,
+    node_ip: Ipv4Addr,
+) -> Result<RoutingSetup, NodeSyncError> {
+    let underlay = netlink
+        .device_with_address(node_ip)
+        .await?
+        .ok_or(NodeSyncError::NoUnderlay(node_ip))?;
+    let (route_device, config) = match mode {
+        Routing::Tunnel => {
+            let vxlan = netlink.ensure_vxlan(underlay.mtu - mode.overhead()).await?;
+            dataplane.attach_program(programs::FROM_OVERLAY, VXLAN_DEVICE, vxlan)?;
+            dataplane.attach_program(programs::TO_OVERLAY, VXLAN_DEVICE, vxlan)?;
+            // Leave nothing of the other mode behind (a cluster switched modes).
+            dataplane.detach_program(programs::FROM_NETDEV, &underlay.name)?;
+            let config = DataplaneConfig {
+                routing: routing::TUNNEL,
+                tunnel_ifindex: vxlan,
+                underlay_ifindex: underlay.index,
+                policy_revision: 0,
+            };
+            (vxlan, config)
+        }
+        Routing::Native => {
+            dataplane.attach_program(programs::FROM_NETDEV, &underlay.name, underlay.index)?;
+            dataplane.detach_program(programs::FROM_OVERLAY, VXLAN_DEVICE)?;
+            dataplane.detach_program(programs::TO_OVERLAY, VXLAN_DEVICE)?;
+            netlink.delete_link(VXLAN_DEVICE).await?;
+            let config = DataplaneConfig {
+                routing: routing::NATIVE,
+                tunnel_ifindex: 0,
+                underlay_ifindex: underlay.index,
+                policy_revision: 0,
+            };
+            (underlay.index, config)
+        }
+    };
+    maps.set_config(config)?;
+    info!(routing = %mode, underlay = %underlay.name, mtu = underlay.mtu, "cross-node routing set up");
+    Ok(RoutingSetup {
+        routing: mode,
+        underlay,
+        route_device,
+    })
+}
+
+/// Keeps the kernel in line with the Node objects.
+pub struct NodeSync {
+    maps: RemoteMaps,
+    netlink: Netlink,
+    node_name: String,
+    pod_cidr: Ipv4Net,
+    gateway: Ipv4Addr,
+    setup: Option<RoutingSetup>,
+    masquerade: bool,
+    applied_masquerade: Option<String>,
+    problems: Vec<NodeProblem>,
+    ipcache_changed: bool,
+}
+
+pub struct NodeSyncConfig {
+    pub node_name: String,
+    pub pod_cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub masquerade: bool,
+}
+
+impl NodeSync {
+    /// `setup` is `None` on a node without a datastore: no other nodes,
+    /// nothing but masquerade to program.
+    pub fn new(
+        maps: RemoteMaps,
+        netlink: Netlink,
+        config: NodeSyncConfig,
+        setup: Option<RoutingSetup>,
+    ) -> Self {
+        Self {
+            maps,
+            netlink,
+            node_name: config.node_name,
+            pod_cidr: config.pod_cidr,
+            gateway: config.gateway,
+            setup,
+            masquerade: config.masquerade,
+            applied_masquerade: None,
+            problems: Vec::new(),
+            ipcache_changed: false,
+        }
+    }
+
+    /// Programs ipcache, routes and masquerade for `nodes`; returns the
+    /// topology it programmed. Unusable Node objects are logged (once per
+    /// change) and skipped.
+    pub async fn apply(
+        &mut self,
+        nodes: &BTreeMap<String, Node>,
+        pods: &BTreeMap<Ipv4Addr, u32>,
+    ) -> Result<Topology, NodeSyncError> {
+        let topo = topology::topology(nodes, &self.node_name, self.pod_cidr);
+        if topo.problems != self.problems {
+            for p in &topo.problems {
+                warn!(node = %p.node, reason = %p.reason, "skipping Node object");
+            }
+            self.problems = topo.problems.clone();
+        }
+        let stats = self
+            .maps
+            .sync_ipcache(&topo.ipcache_with_pods(pods, self.gateway))?;
+        self.ipcache_changed |= stats.written + stats.removed > 0;
+        if let Some(setup) = &self.setup {
+            let pref_src = (setup.routing == Routing::Tunnel).then_some(self.gateway);
+            self.netlink
+                .sync_node_routes(&topo.routes(setup.routing), setup.route_device, pref_src)
+                .await?;
+        }
+        let rules = masquerade::ruleset(
+            self.masquerade.then_some(self.pod_cidr),
+            &topo.cluster_destinations(self.pod_cidr),
+        );
+        if self.applied_masquerade.as_deref() != Some(rules.as_str()) {
+            masquerade::apply(&rules)?;
+            self.applied_masquerade = Some(rules);
+        }
+        if stats.written + stats.removed > 0 {
+            info!(
+                remote_nodes = topo.remotes.len(),
+                written = stats.written,
+                removed = stats.removed,
+                "node topology applied"
+            );
+        }
+        Ok(topo)
+    }
+
+    /// Whether identities in the ipcache changed since the last call.
+    pub fn take_ipcache_changed(&mut self) -> bool {
+        std::mem::take(&mut self.ipcache_changed)
+    }
+
+    /// Makes every conntrack entry be checked against policy again.
+    pub fn bump_policy_revision(&mut self) -> Result<u32, NodeSyncError> {
+        Ok(self.maps.bump_policy_revision()?)
+    }
+
+    /// Unusable Node objects of the last apply.
+    pub fn problems(&self) -> &[NodeProblem] {
+        &self.problems
+    }
+}

@@ -1,0 +1,337 @@
+//! sluice-agent: the node daemon.
+use std::path::PathBuf;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use sluice_agent::{
+    cni_api,
+    config::{Config, Datastore, FlagConfig, Routing},
+    datastore::{kube_source, ClusterState, DirSource, Event, Kind, KubeSource},
+    endpoints::state_file::StateFile,
+    endpoints::{Agent, AgentConfig},
+    kernel::bpf::{self, Dataplane},
+    kernel::bpffs,
+    kernel::datapath::KernelDatapath,
+    kernel::masquerade,
+    kernel::netlink::{Netlink, HOST_DEVICE},
+    kernel::node_sync::{self, NodeSync, NodeSyncConfig},
+    kernel::underlay::{self, VXLAN_DEVICE},
+    metrics::http,
+    metrics::Metrics,
+    reconcile::{self, Reconciler},
+    topology,
+};
+use tracing::{info, warn};
+
+/// How often the manifest directory is checked for changes.
+const DIR_POLL: Duration = Duration::from_millis(200);
+/// How often a failed sync is retried.
+const RETRY: Duration = Duration::from_secs(2);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice-agent",
+    version,
+    about = "sluice node agent: IPAM, endpoints and the eBPF dataplane"
+)]
+struct Args {
+    /// This node's name (names the pin directory).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's pod CIDR, e.g. 10.244.1.0/24.
+    #[arg(long)]
+    pod_cidr: Option<ipnet::Ipv4Net>,
+    /// Where IPAM and endpoint state persist.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The local API socket for the CNI plugin [default: /var/run/sluice/sluice.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Where bpffs is mounted (mounted there if it is not) [default: /sys/fs/bpf].
+    #[arg(long)]
+    bpffs: Option<PathBuf>,
+    /// Pod interface MTU [default: the underlay's MTU minus the tunnel
+    /// overhead; 1500 without a datastore].
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// Where cluster objects come from: `dir:PATH`, a directory of
+    /// Kubernetes YAML watched like the API server (the lab); `kubernetes`
+    /// (in-cluster service account) or `kubernetes:KUBECONFIG`, the API.
+    #[arg(long)]
+    datastore: Option<Datastore>,
+    /// How pods reach other nodes [default: tunnel].
+    #[arg(long, value_enum)]
+    routing: Option<Routing>,
+    /// Do not masquerade pod traffic leaving the cluster.
+    #[arg(long)]
+    no_masquerade: bool,
+    /// Where to serve Prometheus `/metrics` and `/healthz` [default: 0.0.0.0:9965].
+    #[arg(long)]
+    metrics_address: Option<std::net::SocketAddr>,
+    /// YAML config file; flags override its keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Remove everything the agent installed for this node (links, maps,
+    /// host device, socket) and exit. Pods' veths are left to CNI DEL.
+    #[arg(long)]
+    uninstall: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let flags = FlagConfig {
+        node_name: args.node_name,
+        pod_cidr: args.pod_cidr,
+        state_dir: args.state_dir,
+        socket: args.socket,
+        bpffs: args.bpffs,
+        mtu: args.mtu,
+        datastore: args.datastore,
+        routing: args.routing,
+        masquerade: args.no_masquerade.then_some(false),
+        metrics_address: args.metrics_address,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    if args.uninstall {
+        return runtime.block_on(uninstall(flags, args.config));
+    }
+    let config = Config::resolve(flags, args.config.as_deref())?;
+    runtime.block_on(run(config))
+}
+
+async fn uninstall(mut flags: FlagConfig, file: Option<PathBuf>) -> anyhow::Result<()> {
+    // Uninstall needs no pod CIDR; any placeholder passes validation.
+    flags
+        .pod_cidr
+        .get_or_insert_with(|| "0.0.0.0/24".parse().expect("literal CIDR"));
+    let config = Config::resolve(flags, file.as_deref())?;
+    bpf::remove_pins(&config.pin_dir())
+        .with_context(|| format!("removing {}", config.pin_dir().display()))?;
+    let netlink = Netlink::new()?;
+    netlink.delete_link(HOST_DEVICE).await?;
+    netlink.delete_link(VXLAN_DEVICE).await?;
+    netlink
+        .sync_node_routes(&Default::default(), 0, None)
+        .await
+        .context("removing routes to other nodes")?;
+    if let Err(e) = masquerade::apply(&masquerade::ruleset(None, &Default::default())) {
+        warn!(error = %e, "removing the masquerade rules");
+    }
+    match std::fs::remove_file(&config.socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", config.socket.display()))
+        }
+        _ => {}
+    }
+    info!(node = %config.node_name, "uninstalled");
+    Ok(())
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    bpffs::ensure_mounted(&config.bpffs)?;
+    let mut dataplane = Dataplane::load(&config.pin_dir(), config.map_sizes)
+        .context("loading the eBPF dataplane")?;
+    let mut remote_maps = dataplane
+        .take_remote_maps()
+        .context("eBPF maps for other nodes missing")?;
+    let policy_maps = dataplane
+        .take_policy_maps()
+        .context("eBPF policy maps missing")?;
+    for (map, _, size) in config.map_sizes.by_map() {
+        metrics
+            .map_capacity
+            .with_label_values(&[map])
+            .set(size.into());
+    }
+    metrics
+        .register_dataplane(&config.pin_dir())
+        .context("exporting the dataplane counters")?;
+    let metrics_listener = http::bind(config.metrics_address)
+        .await
+        .with_context(|| format!("serving metrics on {}", config.metrics_address))?;
+    tokio::spawn(http::serve(metrics_listener, metrics.clone()));
+    let netlink = Netlink::new()?;
+    let gateway = sluice_agent::endpoints::ipam::Ipam::new(config.pod_cidr)?.gateway();
+    netlink
+        .ensure_host_device(gateway)
+        .await
+        .context("setting up the host device")?;
+    underlay::enable_ip_forwarding().context("enabling IPv4 forwarding")?;
+
+    let mut state = ClusterState::default();
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(64);
+    let has_source = match &config.datastore {
+        Some(Datastore::Dir(dir)) => {
+            let source = DirSource::new(dir.clone(), metrics.clone())
+                .with_context(|| format!("opening the manifest directory {}", dir.display()))?;
+            tokio::spawn(source.run(events_tx, DIR_POLL));
+            true
+        }
+        Some(Datastore::Kubernetes { kubeconfig }) => {
+            let client = kube_source::client(kubeconfig.clone())
+                .await
+                .context("connecting to the Kubernetes API")?;
+            tokio::spawn(KubeSource::new(client, metrics.clone()).run(events_tx));
+            true
+        }
+        None => false,
+    };
+    let mut listed = std::collections::BTreeSet::new();
+    let setup = if has_source {
+        let node_ip =
+            wait_for_own_node(&config.node_name, &mut events, &mut state, &mut listed).await?;
+        Some(
+            node_sync::setup(
+                &mut dataplane,
+                &mut remote_maps,
+                &netlink,
+                config.routing,
+                node_ip,
+            )
+            .await
+            .context("setting up cross-node routing")?,
+        )
+    } else {
+        listed.extend(Kind::ALL);
+        None
+    };
+    let mtu = config
+        .mtu
+        .or(setup.as_ref().map(|s| s.pod_mtu()))
+        .unwrap_or(sluice_agent::config::DEFAULT_MTU);
+    let node_sync = NodeSync::new(
+        remote_maps,
+        netlink.clone(),
+        NodeSyncConfig {
+            node_name: config.node_name.clone(),
+            pod_cidr: config.pod_cidr,
+            gateway,
+            masquerade: config.masquerade,
+        },
+        setup,
+    );
+    let mut reconciler = Reconciler::new(state, node_sync, policy_maps, metrics.clone(), listed);
+
+    let datapath = KernelDatapath {
+        dataplane,
+        netlink,
+        gateway,
+    };
+    let mut agent = Agent::start(
+        AgentConfig {
+            node_name: config.node_name.clone(),
+            pod_cidr: config.pod_cidr,
+            mtu,
+        },
+        StateFile::new(&config.state_dir),
+        datapath,
+    )
+    .await?;
+    // Policy needs the registered pods (restored from state) to name them.
+    reconciler
+        .set_local_endpoints(agent.local_endpoints())
+        .await;
+    reconciler.sync().await;
+    complete_upgrade(&mut agent, &reconciler);
+    let listener = cni_api::bind(&config.socket).await?;
+    info!(node = %config.node_name, pod_cidr = %config.pod_cidr, routing = %config.routing, mtu, socket = %config.socket.display(), metrics = %config.metrics_address, pins = %config.pin_dir().display(), "agent ready");
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut retry = tokio::time::interval(RETRY);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    cni_api::serve_connection(stream, &mut agent).await;
+                    reconciler.set_local_endpoints(agent.local_endpoints()).await;
+                }
+                Err(e) => warn!(error = %e, "accepting an API connection"),
+            },
+            Some(event) = events.recv() => reconciler.handle(event).await,
+            _ = retry.tick() => reconciler.sync().await,
+        }
+        // Maps created or replaced at load (resized, new layout) are filled.
+        complete_upgrade(&mut agent, &reconciler);
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    info!("agent stopped; dataplane stays pinned");
+    Ok(())
+}
+
+/// Once the cluster state is in the maps created or replaced at load,
+/// moves the links over to this agent's programs (retried on failure).
+fn complete_upgrade(agent: &mut Agent<KernelDatapath>, reconciler: &Reconciler) {
+    let dataplane = &mut agent.datapath_mut().dataplane;
+    if dataplane.upgrade_pending() && reconciler.applied() {
+        if let Err(error) = dataplane.complete_upgrade() {
+            warn!(%error, "completing the dataplane upgrade; retrying");
+        }
+    }
+}
+
+/// Cross-node routing starts from this node's own Node object (its
+/// InternalIP names the underlay), as kubelet registers it; until it shows
+/// up in the datastore there is nothing to route with. Events that arrive
+/// meanwhile update `state`; later ones stay queued for the main loop.
+async fn wait_for_own_node(
+    name: &str,
+    events: &mut tokio::sync::mpsc::Receiver<Event>,
+    state: &mut ClusterState,
+    listed: &mut std::collections::BTreeSet<Kind>,
+) -> anyhow::Result<std::net::Ipv4Addr> {
+    let mut waiting_logged = false;
+    loop {
+        match state.nodes.get(name).map(topology::node_info) {
+            Some(Ok(info)) => return Ok(info.ip),
+            Some(Err(reason)) if !waiting_logged => {
+                warn!(node = name, %reason, "own Node object unusable; waiting for a fix")
+            }
+            None if !waiting_logged => info!(node = name, "waiting for own Node object"),
+            _ => {}
+        }
+        waiting_logged = true;
+        let event = events
+            .recv()
+            .await
+            .context("the datastore stopped before this node's Node object appeared")?;
+        listed.extend(reconcile::listed_by(&event));
+        state.apply(event);
+        // What is queued belongs together (one scan, one relist): apply it
+        // all before looking again.
+        while let Ok(event) = events.try_recv() {
+            listed.extend(reconcile::listed_by(&event));
+            state.apply(event);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the agent still serves; it just dies hard.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,283 @@
+//! The agent's Prometheus metrics: one struct, one registry, so `/metrics`
+//! renders everything the agent knows and tests can build a private set.
+//!
+//! Cloning is cheap (the registry and the metric vectors are `Arc`s inside),
+//! so every component gets its own clone instead of a global.
+
+pub mod http;
+
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::datastore::Kind;
+
+/// `reason` label values of `sluice_datastore_errors_total`.
+pub mod reason {
+    /// A document that is not valid YAML/JSON or not a valid object.
+    pub const MALFORMED: &str = "malformed";
+    /// The same object defined twice; the first definition wins.
+    pub const CONFLICT: &str = "conflict";
+    /// A file or directory that could not be read.
+    pub const READ: &str = "read";
+
+    pub const ALL: [&str; 3] = [MALFORMED, CONFLICT, READ];
+}
+
+/// `what` label values of `sluice_sync_errors_total`.
+pub mod sync {
+    pub const NODES: &str = "nodes";
+    pub const POLICY: &str = "policy";
+    pub const IDENTITIES: &str = "identities";
+
+    pub const ALL: [&str; 3] = [NODES, POLICY, IDENTITIES];
+}
+
+/// The maps the agent fills from the cluster, which can overflow.
+pub const FILLED_MAPS: [&str; 5] = [
+    sluice_common::maps::POLICY_EXACT,
+    sluice_common::maps::POLICY_RANGES,
+    sluice_common::maps::ISOLATION,
+    sluice_common::maps::CIDR_IDENTITY,
+    sluice_common::maps::IPCACHE,
+];
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `sluice_datastore_errors_total{reason}`: problems with the cluster
+    /// object source that were skipped over (see [`reason`]).
+    pub datastore_errors: IntCounterVec,
+    /// `sluice_datastore_objects{kind}`: objects currently known, by kind.
+    pub datastore_objects: IntGaugeVec,
+    /// `sluice_sync_errors_total{what}`: failed attempts to apply desired
+    /// state to the kernel (retried).
+    pub sync_errors: IntCounterVec,
+    /// `sluice_node_problems`: Node objects skipped as unusable.
+    pub node_problems: IntGauge,
+    /// `sluice_policy_problems`: NetworkPolicy rules that could not be
+    /// compiled and allow nothing.
+    pub policy_problems: IntGauge,
+    /// `sluice_kube_watch_errors_total{kind}`: failed list/watch calls to
+    /// the Kubernetes API (retried with backoff).
+    pub kube_watch_errors: IntCounterVec,
+    /// `sluice_bpf_map_capacity{map}`: configured capacity of each sized map.
+    pub map_capacity: IntGaugeVec,
+    /// `sluice_bpf_map_entries{map}`: entries the agent wants in each
+    /// policy map.
+    pub map_entries: IntGaugeVec,
+    /// `sluice_bpf_map_full_total{map}`: sync attempts that found the map
+    /// full (what did not fit denies; raise `mapSizes`).
+    pub map_full: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let datastore_errors = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_datastore_errors_total",
+                    "Cluster objects or files skipped by the datastore, by reason.",
+                ),
+                &["reason"],
+            ),
+        );
+        let datastore_objects = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "sluice_datastore_objects",
+                    "Cluster objects currently known to the agent, by kind.",
+                ),
+                &["kind"],
+            ),
+        );
+        let sync_errors = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_sync_errors_total",
+                    "Failed attempts to apply desired state to the kernel, by what was applied.",
+                ),
+                &["what"],
+            ),
+        );
+        let node_problems = register(
+            &registry,
+            IntGauge::new(
+                "sluice_node_problems",
+                "Node objects skipped because they cannot be used (no InternalIP, bad or overlapping pod CIDR).",
+            ),
+        );
+        let kube_watch_errors = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_kube_watch_errors_total",
+                    "Failed list or watch calls to the Kubernetes API (retried with backoff), by kind.",
+                ),
+                &["kind"],
+            ),
+        );
+        let policy_problems = register(
+            &registry,
+            IntGauge::new(
+                "sluice_policy_problems",
+                "NetworkPolicy rules that could not be compiled; each allows nothing (fails closed).",
+            ),
+        );
+
+        let map_capacity = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "sluice_bpf_map_capacity",
+                    "Configured capacity of the dataplane's maps (mapSizes), by map.",
+                ),
+                &["map"],
+            ),
+        );
+        let map_entries = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "sluice_bpf_map_entries",
+                    "Entries the agent wants in each NetworkPolicy map (rules, peer marks, isolation, ipBlock regions), by map.",
+                ),
+                &["map"],
+            ),
+        );
+        let map_full = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_bpf_map_full_total",
+                    "Sync attempts (retried every 2 s) that found a dataplane map full; what did not fit denies. By map.",
+                ),
+                &["map"],
+            ),
+        );
+
+        // Export every series from the start: a counter that appears only on
+        // its first increment breaks `rate()` and "is it zero?" alerts.
+        for reason in reason::ALL {
+            datastore_errors.with_label_values(&[reason]);
+        }
+        for kind in Kind::ALL {
+            datastore_objects.with_label_values(&[kind.label()]);
+            kube_watch_errors.with_label_values(&[kind.label()]);
+        }
+        for what in sync::ALL {
+            sync_errors.with_label_values(&[what]);
+        }
+        for map in FILLED_MAPS {
+            map_full.with_label_values(&[map]);
+        }
+
+        Metrics {
+            registry,
+            datastore_errors,
+            datastore_objects,
+            sync_errors,
+            node_problems,
+            policy_problems,
+            kube_watch_errors,
+            map_capacity,
+            map_entries,
+            map_full,
+        }
+    }
+
+    /// Adds the dataplane's own counters (packets by reason, policy
+    /// verdicts), read from the maps pinned in `pin_dir` at each scrape.
+    /// Fails when called twice for one registry.
+    pub fn register_dataplane(&self, pin_dir: &std::path::Path) -> prometheus::Result<()> {
+        let collector = crate::kernel::counters::Collector::new(pin_dir)?;
+        self.registry.register(Box::new(collector))
+    }
+
+    /// Everything in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String fails only on a metric family without
+        // metrics or similar misuse, impossible with the fixed set above;
+        // a partial page beats no page, so log and return what there is.
+        if let Err(error) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(%error, "rendering metrics");
+        }
+        out
+    }
+}
+
+/// Registers a freshly defined metric. Both steps fail only on a bad or
+/// duplicate definition, a bug in [`Metrics::new`] that its unit test
+/// (rendering them all) catches.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("fixed, valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series_from_the_start() {
+        let text = Metrics::new().render();
+        for reason in reason::ALL {
+            let line = format!("sluice_datastore_errors_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        for kind in Kind::ALL {
+            let line = format!("sluice_datastore_objects{{kind=\"{}\"}} 0", kind.label());
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+            let line = format!(
+                "sluice_kube_watch_errors_total{{kind=\"{}\"}} 0",
+                kind.label()
+            );
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains("# TYPE sluice_datastore_errors_total counter"));
+        assert!(text.contains("# TYPE sluice_datastore_objects gauge"));
+    }
+
+    #[test]
+    fn clones_share_the_registry() {
+        let metrics = Metrics::new();
+        let clone = metrics.clone();
+        clone
+            .datastore_errors
+            .with_label_values(&[reason::CONFLICT])
+            .inc();
+        clone
+            .datastore_objects
+            .with_label_values(&[Kind::Pod.label()])
+            .set(3);
+        let text = metrics.render();
+        assert!(text.contains("sluice_datastore_errors_total{reason=\"conflict\"} 1"));
+        assert!(text.contains("sluice_datastore_objects{kind=\"pod\"} 3"));
+    }
+
+    #[test]
+    fn separate_instances_are_independent() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.datastore_errors.with_label_values(&[reason::READ]).inc();
+        assert_eq!(
+            b.datastore_errors.with_label_values(&[reason::READ]).get(),
+            0
+        );
+    }
+}

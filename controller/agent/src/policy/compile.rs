@@ -1,0 +1,568 @@
+//! Cluster state → desired contents of the identity and policy maps.
+//!
+//! Pure: the result depends only on the cluster state, the local endpoints
+//! and the allocator's state. Invalid input never widens what is allowed:
+//! a broken rule allows nothing, a policy whose own selector is broken is
+//! skipped (it cannot isolate what it cannot name), and each is reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use sluice_common::policy::{
+    direction, entry, Isolation, PolicyEntry, PolicyKey, ANY_IDENTITY, KEY_FIXED_BITS,
+};
+
+use super::cidr::{parse_block, Block};
+use super::identity::{IdentityAllocator, IdentityError, LabelKey};
+use super::ports::{parse_ports, range_prefixes, resolve_named, PortMatch, PortPrefix};
+use super::selector::{Labels, Selector};
+use crate::datastore::ClusterState;
+
+/// The pods of this node: pod IPv4 → endpoint id.
+pub type LocalEndpoints = BTreeMap<Ipv4Addr, u32>;
+
+/// The label the API server puts on every namespace.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// What the maps should hold.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DesiredPolicy {
+    /// Every pod in the cluster with an IPv4 podIP (all nodes) → its label
+    /// identity.
+    pub pod_identities: BTreeMap<Ipv4Addr, u32>,
+    /// ipBlock regions for the CIDR-identity LPM.
+    pub cidr_identities: BTreeMap<Ipv4Net, u32>,
+    /// Local endpoint id → isolated directions; only endpoints selected by
+    /// at least one policy.
+    pub isolation: BTreeMap<u32, Isolation>,
+    /// Policy map contents: (key, prefix length) → entry.
+    pub rules: BTreeMap<(PolicyKey, u32), PolicyEntry>,
+    /// Policies (or parts of them) that could not be compiled.
+    pub problems: Vec<PolicyProblem>,
+    /// Pods or regions left without an identity because a range ran out.
+    pub identity_errors: Vec<IdentityError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyProblem {
+    /// `namespace/name`.
+    pub policy: String,
+    pub reason: String,
+}
+
+impl fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NetworkPolicy {}: {}", self.policy, self.reason)
+    }
+}
+
+pub fn compile(
+    state: &ClusterState,
+    local: &LocalEndpoints,
+    ids: &mut IdentityAllocator,
+) -> DesiredPolicy {
+    let mut out = DesiredPolicy::default();
+    let cluster = Cluster::new(state);
+
+    let keys: BTreeSet<LabelKey> = cluster.pods.iter().map(|p| cluster.key(p)).collect();
+    out.identity_errors.extend(ids.sync_labels(&keys));
+    let identities: Vec<Option<u32>> = cluster
+        .pods
+        .iter()
+        .map(|p| ids.label(&cluster.key(p)))
+        .collect();
+    for (pod, identity) in cluster.pods.iter().zip(&identities) {
+        if let Some(identity) = identity {
+            out.pod_identities.insert(pod.ip, *identity);
+        }
+    }
+
+    let policies: Vec<Policy> = state
+        .policies
+        .iter()
+        .filter_map(|((ns, name), policy)| Policy::parse(ns, name, policy, &mut out.problems))
+        .collect();
+
+    let regions = regions(&policies, &cluster);
+    out.identity_errors.extend(ids.sync_cidrs(&regions));
+    for net in &regions {
+        if let Some(identity) = ids.cidr(net) {
+            out.cidr_identities.insert(*net, identity);
+        }
+    }
+
+    let ctx = Emitter {
+        cluster: &cluster,
+        identities: &identities,
+        regions: &regions,
+        ids,
+    };
+    for policy in &policies {
+        let selected: Vec<(usize, u32)> = cluster
+            .pods
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.namespace == policy.namespace && policy.selector.matches(p.labels))
+            .filter_map(|(i, p)| local.get(&p.ip).map(|endpoint| (i, *endpoint)))
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        let directions = [
+            (direction::INGRESS, &policy.ingress),
+            (direction::EGRESS, &policy.egress),
+        ];
+        for (dir, rules) in directions {
+            let Some(rules) = rules else { continue };
+            let resolved: Vec<_> = rules.iter().map(|r| ctx.resolve(policy, r)).collect();
+            for &(pod, endpoint) in &selected {
+                let isolation = out.isolation.entry(endpoint).or_default();
+                if dir == direction::INGRESS {
+                    isolation.ingress = 1;
+                } else {
+                    isolation.egress = 1;
+                }
+                for (rule, peers) in rules.iter().zip(&resolved) {
+                    ctx.emit(&mut out.rules, endpoint, dir, pod, rule, peers);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A pod that takes part in policy: it has an IPv4 address and is not done.
+struct LivePod<'a> {
+    namespace: &'a str,
+    pod: &'a Pod,
+    ip: Ipv4Addr,
+    labels: &'a Labels,
+}
+
+/// The cluster as policy sees it.
+struct Cluster<'a> {
+    namespace_labels: BTreeMap<&'a str, Labels>,
+    pods: Vec<LivePod<'a>>,
+}
+
+static NO_LABELS: Labels = Labels::new();
+
+impl<'a> Cluster<'a> {
+    fn new(state: &'a ClusterState) -> Self {
+        let mut namespace_labels: BTreeMap<&str, Labels> = BTreeMap::new();
+        for (name, ns) in &state.namespaces {
+            let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+            labels
+                .entry(NAMESPACE_NAME_LABEL.to_owned())
+                .or_insert_with(|| name.clone());
+            namespace_labels.insert(name, labels);
+        }
+        let mut pods = Vec::new();
+        let mut seen = BTreeSet::new();
+        for ((namespace, _), pod) in &state.pods {
+            let Some(ip) = live_ipv4(pod) else { continue };
+            // Two live pods claiming one address is a transient of IP reuse;
+            // the first (in name order) wins so the result stays deterministic.
+            if !seen.insert(ip) {
+                continue;
+            }
+            // A namespace we have pods of but no object for: the API server
+            // would still have given it its name label.
+            namespace_labels
+                .entry(namespace.as_str())
+                .or_insert_with(|| {
+                    Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), namespace.clone())])
+                });
+            pods.push(LivePod {
+                namespace,
+                pod,
+                ip,
+                labels: pod.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+            });
+        }
+        Cluster {
+            namespace_labels,
+            pods,
+        }
+    }
+
+    fn key(&self, pod: &LivePod) -> LabelKey {
+        LabelKey {
+            namespace: pod.namespace.to_owned(),
+            namespace_labels: self.namespace_labels[pod.namespace].clone(),
+            pod_labels: pod.labels.clone(),
+        }
+    }
+
+    fn namespace_labels(&self, namespace: &str) -> &Labels {
+        self.namespace_labels.get(namespace).unwrap_or(&NO_LABELS)
+    }
+}
+
+/// The pod's IPv4 address, unless it has none, is done (Succeeded/Failed:
+/// its address may already belong to another pod) or shares the node's
+/// address (hostNetwork: the node's identity covers it).
+fn live_ipv4(pod: &Pod) -> Option<Ipv4Addr> {
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.as_str())
+        .chain(status.pod_ip.as_deref())
+        .find_map(|ip| ip.parse::<Ipv4Addr>().ok())
+}
+
+/// A policy, validated.
+struct Policy<'a> {
+    namespace: &'a str,
+    selector: Selector,
+    /// `None`: the policy does not isolate in this direction.
+    ingress: Option<Vec<Rule>>,
+    egress: Option<Vec<Rule>>,
+}
+
+/// A valid rule. Invalid rules are dropped (after a problem is recorded),
+/// so they allow nothing while the policy still isolates.
+struct Rule {
+    /// `None`: any peer.
+    peers: Option<Vec<Peer>>,
+    ports: Vec<PortMatch>,
+}
+
+enum Peer {
+    Pods {
+        /// `None`: the policy's own namespace.
+        namespaces: Option<Selector>,
+        pods: Selector,
+    },
+    Block(Block),
+}
+
+impl<'a> Policy<'a> {
+    fn parse(
+        namespace: &'a str,
+        name: &str,
+        policy: &NetworkPolicy,
+        problems: &mut Vec<PolicyProblem>,
+    ) -> Option<Self> {
+        let mut problem = |reason: String| {
+            problems.push(PolicyProblem {
+                policy: format!("{namespace}/{name}"),
+                reason,
+            })
+        };
+        let default_spec = Default::default();
+        let spec = policy.spec.as_ref().unwrap_or(&default_spec);
+        let selector = match Selector::parse_optional(spec.pod_selector.as_ref()) {
+            Ok(selector) => selector,
+            Err(e) => {
+                problem(format!("spec.podSelector: {e}; policy ignored"));
+                return None;
+            }
+        };
+
+        // The API server's defaulting: Ingress always, Egress if there are
+        // egress rules.
+        let (mut isolates_ingress, mut isolates_egress) = (false, false);
+        match spec.policy_types.as_deref() {
+            None | Some([]) => {
+                isolates_ingress = true;
+                isolates_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+            }
+            Some(types) => {
+                for t in types {
+                    match t.as_str() {
+                        "Ingress" => isolates_ingress = true,
+                        "Egress" => isolates_egress = true,
+                        other => {
+                            problem(format!("spec.policyTypes: unknown type {other:?} ignored"))
+                        }
+                    }
+                }
+            }
+        }
+
+        let ingress = isolates_ingress.then(|| {
+            let raw = spec.ingress.iter().flatten();
+            parse_rules(
+                raw.map(|r| (&r.from, &r.ports)),
+                "ingress",
+                "from",
+                &mut problem,
+            )
+        });
+        let egress = isolates_egress.then(|| {
+            let raw = spec.egress.iter().flatten();
+            parse_rules(raw.map(|r| (&r.to, &r.ports)), "egress", "to", &mut problem)
+        });
+        Some(Policy {
+            namespace,
+            selector,
+            ingress,
+            egress,
+        })
+    }
+}
+
+type RawRule<'a> = (
+    &'a Option<Vec<NetworkPolicyPeer>>,
+    &'a Option<Vec<NetworkPolicyPort>>,
+);
+
+/// The valid rules of one direction; each invalid one becomes a problem.
+fn parse_rules<'a>(
+    raw: impl Iterator<Item = RawRule<'a>>,
+    what: &str,
+    peer_field: &str,
+    problem: &mut impl FnMut(String),
+) -> Vec<Rule> {
+    let mut valid = Vec::new();
+    for (i, (peers, ports)) in raw.enumerate() {
+        match parse_rule(peers.as_deref(), ports.as_deref(), peer_field) {
+            Ok(rule) => valid.push(rule),
+            Err(reason) => problem(format!("spec.{what}[{i}]: {reason}; rule allows nothing")),
+        }
+    }
+    valid
+}
+
+fn parse_rule(
+    peers: Option<&[NetworkPolicyPeer]>,
+    ports: Option<&[NetworkPolicyPort]>,
+    peer_field: &str,
+) -> Result<Rule, String> {
+    let ports = parse_ports(ports).map_err(|e| format!("ports: {e}"))?;
+    let peers = match peers {
+        None | Some([]) => None,
+        Some(peers) => {
+            let mut parsed = Vec::new();
+            for (i, peer) in peers.iter().enumerate() {
+                // `None` is an IPv6 ipBlock: it matches no IPv4 traffic.
+                let peer = parse_peer(peer).map_err(|e| format!("{peer_field}[{i}]: {e}"))?;
+                parsed.extend(peer);
+            }
+            Some(parsed)
+        }
+    };
+    Ok(Rule { peers, ports })
+}
+
+fn parse_peer(peer: &NetworkPolicyPeer) -> Result<Option<Peer>, String> {
+    match (&peer.ip_block, &peer.namespace_selector, &peer.pod_selector) {
+        (Some(block), None, None) => Ok(parse_block(block)
+            .map_err(|e| e.to_string())?
+            .map(Peer::Block)),
+        (Some(_), _, _) => Err("ipBlock cannot be combined with a selector".into()),
+        (None, None, None) => Err("a peer needs podSelector, namespaceSelector or ipBlock".into()),
+        (None, namespaces, pods) => {
+            let namespaces = namespaces
+                .as_ref()
+                .map(Selector::parse)
+                .transpose()
+                .map_err(|e| format!("namespaceSelector: {e}"))?;
+            let pods =
+                Selector::parse_optional(pods.as_ref()).map_err(|e| format!("podSelector: {e}"))?;
+            Ok(Some(Peer::Pods { namespaces, pods }))
+        }
+    }
+}
+
+/// Every region prefix: all cidrs and excepts of valid rules, plus the /32
+/// of each pod an egress named port may reach through an ipBlock, so that
+/// such a port can be granted to that one address.
+fn regions(policies: &[Policy], cluster: &Cluster) -> BTreeSet<Ipv4Net> {
+    let mut regions = BTreeSet::new();
+    for policy in policies {
+        let rules = policy.ingress.iter().flatten().map(|r| (r, false));
+        let rules = rules.chain(policy.egress.iter().flatten().map(|r| (r, true)));
+        for (rule, egress) in rules {
+            let named = rule
+                .ports
+                .iter()
+                .any(|p| matches!(p, PortMatch::Named { .. }));
+            for peer in rule.peers.iter().flatten() {
+                let Peer::Block(block) = peer else { continue };
+                regions.extend(block.prefixes());
+                if egress && named {
+                    regions.extend(
+                        cluster
+                            .pods
+                            .iter()
+                            .filter(|p| block.contains(p.ip))
+                            .map(|p| Ipv4Net::from(p.ip)),
+                    );
+                }
+            }
+        }
+    }
+    regions
+}
+
+/// The peers of one rule, resolved against the cluster.
+struct Resolved {
+    any: bool,
+    /// Indices into `Cluster::pods`.
+    pods: BTreeSet<usize>,
+    /// CIDR identities of the regions the rule's ipBlocks cover.
+    cidr_identities: BTreeSet<u32>,
+    blocks: Vec<Block>,
+}
+
+struct Emitter<'a> {
+    cluster: &'a Cluster<'a>,
+    identities: &'a [Option<u32>],
+    regions: &'a BTreeSet<Ipv4Net>,
+    ids: &'a IdentityAllocator,
+}
+
+type Rules = BTreeMap<(PolicyKey, u32), PolicyEntry>;
+
+impl Emitter<'_> {
+    fn resolve(&self, policy: &Policy, rule: &Rule) -> Resolved {
+        let mut resolved = Resolved {
+            any: rule.peers.is_none(),
+            pods: BTreeSet::new(),
+            cidr_identities: BTreeSet::new(),
+            blocks: Vec::new(),
+        };
+        for peer in rule.peers.iter().flatten() {
+            match peer {
+                Peer::Pods { namespaces, pods } => {
+                    for (i, pod) in self.cluster.pods.iter().enumerate() {
+                        let in_namespace = match namespaces {
+                            None => pod.namespace == policy.namespace,
+                            Some(s) => s.matches(self.cluster.namespace_labels(pod.namespace)),
+                        };
+                        if in_namespace && pods.matches(pod.labels) {
+                            resolved.pods.insert(i);
+                        }
+                    }
+                }
+                Peer::Block(block) => {
+                    resolved.cidr_identities.extend(
+                        block
+                            .regions(self.regions)
+                            .filter_map(|net| self.ids.cidr(&net)),
+                    );
+                    resolved.blocks.push(block.clone());
+                }
+            }
+        }
+        resolved
+    }
+
+    /// The peer identities of a port that does not depend on the peer.
+    fn identities(&self, peers: &Resolved) -> BTreeSet<u32> {
+        if peers.any {
+            return BTreeSet::from([ANY_IDENTITY]);
+        }
+        peers
+            .pods
+            .iter()
+            .filter_map(|&i| self.identities[i])
+            .chain(peers.cidr_identities.iter().copied())
+            .collect()
+    }
+
+    fn emit(
+        &self,
+        out: &mut Rules,
+        endpoint: u32,
+        dir: u8,
+        local_pod: usize,
+        rule: &Rule,
+        peers: &Resolved,
+    ) {
+        let key = |identity: u32, protocol: u8| PolicyKey {
+            endpoint,
+            identity,
+            direction: dir,
+            protocol,
+            dport: [0; 2],
+        };
+        for port in &rule.ports {
+            match port {
+                PortMatch::All { protocol } => {
+                    for identity in self.identities(peers) {
+                        insert(out, key(identity, *protocol), None);
+                    }
+                }
+                PortMatch::Range {
+                    protocol,
+                    first,
+                    last,
+                } => {
+                    let prefixes = range_prefixes(*first, *last);
+                    for identity in self.identities(peers) {
+                        for prefix in &prefixes {
+                            insert(out, key(identity, *protocol), Some(*prefix));
+                        }
+                    }
+                }
+                PortMatch::Named { protocol, name } if dir == direction::INGRESS => {
+                    // The destination is the local pod itself.
+                    let Some(number) =
+                        resolve_named(self.cluster.pods[local_pod].pod, name, *protocol)
+                    else {
+                        continue;
+                    };
+                    for identity in self.identities(peers) {
+                        insert(out, key(identity, *protocol), Some(exact(number)));
+                    }
+                }
+                PortMatch::Named { protocol, name } => {
+                    // Each destination pod names its own port: grant each
+                    // peer pod's identity the number that pod gives it.
+                    for (i, pod) in self.cluster.pods.iter().enumerate() {
+                        let Some(number) = resolve_named(pod.pod, name, *protocol) else {
+                            continue;
+                        };
+                        if peers.any || peers.pods.contains(&i) {
+                            if let Some(identity) = self.identities[i] {
+                                insert(out, key(identity, *protocol), Some(exact(number)));
+                            }
+                        }
+                        if peers.blocks.iter().any(|b| b.contains(pod.ip)) {
+                            if let Some(identity) = self.ids.cidr(&Ipv4Net::from(pod.ip)) {
+                                insert(out, key(identity, *protocol), Some(exact(number)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn exact(port: u16) -> PortPrefix {
+    PortPrefix { port, bits: 16 }
+}
+
+/// `port: None` matches every port of the key's protocol.
+fn insert(out: &mut Rules, mut key: PolicyKey, port: Option<PortPrefix>) {
+    let bits = match port {
+        Some(p) => {
+            key.dport = p.port.to_be_bytes();
+            p.bits
+        }
+        None => 0,
+    };
+    out.insert(
+        (key, KEY_FIXED_BITS + bits),
+        PolicyEntry {
+            flags: entry::ALLOW,
+            _pad: 0,
+        },
+    );
+}

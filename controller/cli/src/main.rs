@@ -1,0 +1,120 @@
+//! sluice: the user CLI.
+mod lab;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use sluice_agent::{config, kernel::counters};
+use sluice_common::api::{self, Request, Response};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice",
+    version,
+    about = "sluice: eBPF networking for Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// A cluster on this host: nodes and pods in network namespaces, wired
+    /// by the real agent and sluice-cni; `sluice lab demo` shows it working.
+    Lab(lab::LabArgs),
+    /// Show the agent's status.
+    Status {
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Show the dataplane's packet counters (forwarded / dropped by reason).
+    Counters {
+        #[arg(long)]
+        node_name: String,
+        #[arg(long, default_value = config::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, leaving out causes the message
+/// above them already quotes (many errors here embed their source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    let mut last = text.clone();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !last.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        last = cause;
+    }
+    text
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Lab(args) => lab::run(args),
+        Command::Status { socket } => {
+            match api::call(&socket, &Request::Status, Duration::from_secs(5))
+                .with_context(|| format!("asking the agent at {}", socket.display()))?
+            {
+                Response::Status { status } => {
+                    println!("node:            {}", status.node_name);
+                    println!("pod CIDR:        {}", status.pod_cidr);
+                    println!("endpoints:       {}", status.endpoints);
+                    println!("free addresses:  {}", status.free_addresses);
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }
+        Command::Counters { node_name, bpffs } => {
+            let pin_dir = sluice_agent::kernel::bpf::pin_dir(&bpffs.join("sluice"), &node_name);
+            print_counters(&counters::read(&pin_dir)?);
+            println!();
+            print_verdicts(&counters::read_verdicts(&pin_dir)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_counters(rows: &[counters::CounterRow]) {
+    println!(
+        "{:<24} {:<8} {:>12} {:>14}",
+        "REASON", "DIR", "PACKETS", "BYTES"
+    );
+    for row in rows.iter().filter(|r| r.packets > 0) {
+        println!(
+            "{:<24} {:<8} {:>12} {:>14}",
+            row.reason, row.direction, row.packets, row.bytes
+        );
+    }
+}
+
+fn print_verdicts(rows: &[counters::VerdictRow]) {
+    println!("{:<24} {:<8} {:>12}", "POLICY VERDICT", "DIR", "COUNT");
+    for row in rows {
+        println!("{:<24} {:<8} {:>12}", row.verdict, row.direction, row.count);
+    }
+}

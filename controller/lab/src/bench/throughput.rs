@@ -1,0 +1,309 @@
+//! Cross-node throughput: sluice's pod-to-pod paths next to the kernel's
+//! own paths over the same kind of fabric, measured in the same run so the
+//! numbers compare (this machine's speed varies from run to run; ratios
+//! within one run do not).
+//!
+//! Baselines, on a fabric built like the lab's (two node namespaces with
+//! veths into a bridge in a third):
+//! - `veth`: node to node over the fabric, no pods, no encapsulation: the
+//!   ceiling for native routing;
+//! - `vxlan`: node to node through a plain kernel VXLAN device (static
+//!   remote) over that fabric: the ceiling for the tunnel.
+//!
+//! sluice: a 2-node lab per routing mode, one pod per node, pod to pod.
+//! All traffic is iperf3 (one TCP stream) between namespaces made here.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use sluice_agent::config::Routing;
+
+use crate::{
+    cluster::{Lab, LabConfig, UpOptions},
+    netns::Netns,
+    pods::PodSpec,
+    teardown,
+    topology::PodName,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+    #[error("lab: {0}")]
+    Lab(#[from] crate::error::LabError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
+    let what = what.into();
+    move |source| BenchError::Io { what, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Seconds per iperf3 run.
+    pub seconds: u32,
+    /// Runs per path; the median is reported.
+    pub runs: u32,
+    /// Where the labs keep their state.
+    pub dir: PathBuf,
+    /// Prefix of every namespace made.
+    pub name: String,
+    pub bin_dir: PathBuf,
+}
+
+/// One path's results, in Gbit/s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    pub path: &'static str,
+    /// The baseline this path is compared with, if any.
+    pub baseline: Option<&'static str>,
+    pub gbits: Vec<f64>,
+}
+
+impl Measurement {
+    pub fn median(&self) -> f64 {
+        let mut v = self.gbits.clone();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+}
+
+pub const VETH: &str = "baseline: node->node over the fabric (veth+bridge)";
+pub const VXLAN: &str = "baseline: node->node over kernel VXLAN";
+pub const NATIVE: &str = "sluice native: pod->pod across nodes";
+pub const TUNNEL: &str = "sluice tunnel: pod->pod across nodes";
+
+/// The table the bench prints.
+pub fn report(results: &[Measurement]) -> String {
+    let mut out = format!(
+        "{:<52} {:>9} {:>22} {:>10}\n",
+        "path", "Gbit/s", "runs", "of base"
+    );
+    for m in results {
+        let runs: Vec<String> = m.gbits.iter().map(|g| format!("{g:.1}")).collect();
+        let ratio = m
+            .baseline
+            .and_then(|b| results.iter().find(|r| r.path == b))
+            .map(|b| format!("{:.0}%", 100.0 * m.median() / b.median()))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<52} {:>9.2} {:>22} {:>10}\n",
+            m.path,
+            m.median(),
+            runs.join(" "),
+            ratio
+        ));
+    }
+    out
+}
+
+/// Runs every path; everything made is removed again, also on failure.
+pub fn run(options: &BenchOptions) -> Result<Vec<Measurement>, BenchError> {
+    let results = run_paths(options);
+    // The labs removed their own directories; this one held them.
+    let _ = std::fs::remove_dir(&options.dir);
+    results
+}
+
+fn run_paths(options: &BenchOptions) -> Result<Vec<Measurement>, BenchError> {
+    let mut results = Vec::new();
+    {
+        let fabric = BaselineFabric::create(&options.name)?;
+        results.push(Measurement {
+            path: VETH,
+            baseline: None,
+            gbits: repeat(options, || {
+                iperf(&fabric.n1, &fabric.n2, "172.31.255.2", options.seconds)
+            })?,
+        });
+        results.push(Measurement {
+            path: VXLAN,
+            baseline: None,
+            gbits: repeat(options, || {
+                iperf(&fabric.n1, &fabric.n2, "10.255.0.2", options.seconds)
+            })?,
+        });
+    }
+    for (routing, path, baseline) in [
+        (Routing::Native, NATIVE, VETH),
+        (Routing::Tunnel, TUNNEL, VXLAN),
+    ] {
+        results.push(Measurement {
+            path,
+            baseline: Some(baseline),
+            gbits: sluice_path(options, routing)?,
+        });
+    }
+    Ok(results)
+}
+
+fn repeat(
+    options: &BenchOptions,
+    mut f: impl FnMut() -> Result<f64, BenchError>,
+) -> Result<Vec<f64>, BenchError> {
+    (0..options.runs.max(1)).map(|_| f()).collect()
+}
+
+fn sluice_path(options: &BenchOptions, routing: Routing) -> Result<Vec<f64>, BenchError> {
+    let config = LabConfig::new(
+        options.dir.join(format!("{}-{routing}", options.name)),
+        &format!("{}-{routing}", options.name),
+        &options.bin_dir,
+    )?;
+    // Removes the lab on every exit path, panics included.
+    struct Down(LabConfig);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = teardown::down(&self.0);
+        }
+    }
+    let _down = Down(config.clone());
+    let mut lab = Lab::up(
+        config,
+        &UpOptions {
+            nodes: 2,
+            routing,
+            ..UpOptions::default()
+        },
+    )?;
+    let client = PodName::new("bench", "client").map_err(|e| BenchError::Failed(e.to_string()))?;
+    let server = PodName::new("bench", "server").map_err(|e| BenchError::Failed(e.to_string()))?;
+    lab.pod_add(&PodSpec::new(client.clone(), "node1"))?;
+    let server_state = lab.pod_add(&PodSpec::new(server.clone(), "node2"))?;
+    let client_ns = lab.pod_netns(&client)?;
+    let server_ns = lab.pod_netns(&server)?;
+    let server_ip = server_state.ip.to_string();
+    repeat(options, || {
+        iperf(&client_ns, &server_ns, &server_ip, options.seconds)
+    })
+}
+
+/// Two node namespaces on a bridge, with a plain VXLAN device each.
+struct BaselineFabric {
+    _fabric: Netns,
+    n1: Netns,
+    n2: Netns,
+}
+
+impl BaselineFabric {
+    fn create(prefix: &str) -> Result<Self, BenchError> {
+        let fabric = Netns::create(&format!("{prefix}-bfab")).map_err(io("creating netns"))?;
+        let n1 = Netns::create(&format!("{prefix}-bn1")).map_err(io("creating netns"))?;
+        let n2 = Netns::create(&format!("{prefix}-bn2")).map_err(io("creating netns"))?;
+        ip(&fabric, "link add br0 type bridge")?;
+        ip(&fabric, "link set br0 up")?;
+        for (i, node) in [(1, &n1), (2, &n2)] {
+            let port = format!("n{i}");
+            ip(
+                &fabric,
+                &format!(
+                    "link add {port} type veth peer name eth0 netns {}",
+                    node.name()
+                ),
+            )?;
+            ip(&fabric, &format!("link set {port} master br0 up"))?;
+            ip(node, &format!("addr add 172.31.255.{i}/24 dev eth0"))?;
+            ip(node, "link set eth0 up")?;
+            ip(node, "link set lo up")?;
+            let peer = 3 - i;
+            ip(
+                node,
+                &format!(
+                    "link add vx0 type vxlan id 42 local 172.31.255.{i} remote 172.31.255.{peer} dstport 4789 dev eth0"
+                ),
+            )?;
+            ip(node, &format!("addr add 10.255.0.{i}/24 dev vx0"))?;
+            ip(node, "link set vx0 up")?;
+        }
+        Ok(Self {
+            _fabric: fabric,
+            n1,
+            n2,
+        })
+    }
+}
+
+fn ip(ns: &Netns, args: &str) -> Result<(), BenchError> {
+    ns.ip(args).map_err(|e| BenchError::Failed(e.to_string()))
+}
+
+/// One iperf3 TCP run; the receiver's rate in Gbit/s.
+fn iperf(client: &Netns, server: &Netns, server_ip: &str, seconds: u32) -> Result<f64, BenchError> {
+    struct Server(Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Server(
+        server
+            .command("iperf3")
+            .map_err(io("iperf3"))?
+            .args(["-s", "-1", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(io("starting iperf3 -s (is iperf3 installed?)"))?,
+    );
+    let mut last_error = String::new();
+    // The server needs a moment to listen.
+    for _ in 0..50 {
+        let out = client
+            .command("iperf3")
+            .map_err(io("iperf3"))?
+            .args(["-c", server_ip, "-p", "5201", "-J", "-t"])
+            .arg(seconds.to_string())
+            .output()
+            .map_err(io("running iperf3 -c"))?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bps) = json["end"]["sum_received"]["bits_per_second"].as_f64() {
+            return Ok(bps / 1e9);
+        }
+        last_error = json["error"].as_str().unwrap_or("no result").to_owned();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(BenchError::Failed(format!(
+        "iperf3 to {server_ip}: {last_error}"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_report_compare_with_the_baseline() {
+        let results = vec![
+            Measurement {
+                path: VXLAN,
+                baseline: None,
+                gbits: vec![10.0, 8.0, 9.0],
+            },
+            Measurement {
+                path: TUNNEL,
+                baseline: Some(VXLAN),
+                gbits: vec![9.0, 7.0],
+            },
+        ];
+        assert_eq!(results[0].median(), 9.0);
+        assert_eq!(results[1].median(), 8.0);
+        let table = report(&results);
+        assert!(table.contains("89%"), "{table}");
+        assert!(table.contains("10.0 8.0 9.0"), "{table}");
+    }
+}
