@@ -9,12 +9,11 @@ use sluice_common::api::{EndpointSpec, EndpointState};
 
 use crate::{
     client::Agent,
-    commands::attachment,
+    commands::{attachment, open_netns},
     config::NetConf,
     dataplane::{Dataplane, Observed},
     env::Target,
     error::Error,
-    netns::NetNs,
     result::{format_mac, parse_mac, CniResult, Route},
     veth,
 };
@@ -34,7 +33,7 @@ pub fn check(
     let expected = Expected::from_prev_result(&prev, &target.ifname, &host_ifname)?;
 
     let state = agent.get(&attachment(&target.container_id, &target.ifname))?;
-    let netns = NetNs::open(&target.netns)?;
+    let netns = open_netns(&target.netns)?;
     let observed = dataplane.observe(&host_ifname, &netns, &target.ifname)?;
     compare(&expected, &state, &observed)
 }

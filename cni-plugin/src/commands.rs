@@ -2,10 +2,11 @@
 //! logic (ordering, rollback, what is idempotent) is tested without a kernel
 //! or an agent.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::Path};
 
 use ipnet::IpNet;
 use sluice_common::api::{Allocation, Attachment, EndpointSpec};
+use sluice_sys::Netns;
 
 use crate::{
     client::Agent,
@@ -13,12 +14,17 @@ use crate::{
     dataplane::{Dataplane, WireRequest, Wired},
     env::Target,
     error::Error,
-    netns::NetNs,
     result::{format_mac, CniResult, Interface, IpConfig, Route},
     veth,
 };
 
 /// VERSION: the requested version echoed, and what this plugin speaks.
+/// The pod's network namespace as `CNI_NETNS` names it; anything wrong with
+/// it is the runtime's bad reference (code 4).
+pub(crate) fn open_netns(path: &Path) -> Result<Netns, Error> {
+    Netns::open(path).map_err(|e| Error::bad_netns(path, e))
+}
+
 pub fn version(stdin: &[u8]) -> Result<String, Error> {
     let requested = requested_version(stdin)?;
     Ok(serde_json::json!({
@@ -44,7 +50,7 @@ pub fn add(
             "sluice-cni must be the first plugin in a chain (got a prevResult)",
         ));
     }
-    let netns = NetNs::open(&target.netns)?;
+    let netns = open_netns(&target.netns)?;
     let attachment = attachment(&target.container_id, &target.ifname);
     let host_ifname = veth::host_ifname(&target.container_id, &target.ifname);
 
@@ -60,7 +66,7 @@ fn wire_and_register(
     target: &Target,
     agent: &impl Agent,
     dataplane: &mut impl Dataplane,
-    netns: &NetNs,
+    netns: &Netns,
     allocation: &Allocation,
     mtu: u32,
 ) -> Result<Wired, Error> {
@@ -387,7 +393,7 @@ pub(crate) mod fakes {
         fn observe(
             &mut self,
             host_ifname: &str,
-            _netns: &NetNs,
+            _netns: &Netns,
             ifname: &str,
         ) -> Result<Observed, Error> {
             self.calls.push(format!("observe {host_ifname} {ifname}"));
@@ -405,6 +411,20 @@ mod tests {
 
     /// A namespace any test can open: its own.
     const OWN_NETNS: &str = "/proc/self/ns/net";
+
+    #[test]
+    fn a_bad_netns_is_code_4_and_names_cni_netns() {
+        for path in [
+            "/nonexistent/netns",
+            "/proc/self/status",
+            "/proc/self/ns/uts",
+        ] {
+            let err = open_netns(Path::new(path)).expect_err(path);
+            assert_eq!(err.code(), code::INVALID_ENVIRONMENT, "{path}");
+            assert!(err.to_string().contains("CNI_NETNS"), "{err}");
+        }
+        open_netns(Path::new(OWN_NETNS)).expect("own netns");
+    }
 
     fn target() -> Target {
         Target {

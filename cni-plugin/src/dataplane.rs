@@ -6,13 +6,15 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::{error::Error, netns::NetNs};
+use sluice_sys::Netns;
+
+use crate::error::Error;
 
 /// Everything needed to wire one attachment.
 #[derive(Debug)]
 pub struct WireRequest<'a> {
     /// The pod's namespace.
-    pub netns: &'a NetNs,
+    pub netns: &'a Netns,
     /// The interface name inside the pod (`CNI_IFNAME`).
     pub ifname: &'a str,
     /// The host side of the veth.
@@ -77,7 +79,7 @@ pub trait Dataplane {
     fn observe(
         &mut self,
         host_ifname: &str,
-        netns: &NetNs,
+        netns: &Netns,
         ifname: &str,
     ) -> Result<Observed, Error>;
 }

@@ -186,6 +186,15 @@ impl Error {
         }
     }
 
+    /// `CNI_NETNS` could not be opened as a network namespace: the runtime
+    /// gave us a bad reference.
+    pub(crate) fn bad_netns(path: &std::path::Path, source: io::Error) -> Self {
+        Error::BadNetns {
+            path: path.to_path_buf(),
+            reason: source.to_string(),
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),

@@ -16,7 +16,6 @@ pub mod dataplane;
 pub mod env;
 pub mod error;
 pub mod netlink;
-pub mod netns;
 pub mod result;
 pub mod veth;
 

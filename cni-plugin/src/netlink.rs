@@ -2,7 +2,7 @@
 //!
 //! One thread does everything, because network namespace membership is per
 //! thread: the pod-side netlink socket is created while this thread is
-//! briefly inside the pod's namespace (see [`NetNs::run_in`]), and no other
+//! briefly inside the pod's namespace (see [`Netns::run_in`]), and no other
 //! thread must ever run a netlink or namespace operation.
 
 use std::net::IpAddr;
@@ -11,17 +11,17 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::{LinkAttribute, LinkFlags, LinkMessage},
+    link::{LinkFlags, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
     AddressFamily,
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use sluice_sys::Netns;
 use tokio::runtime::Runtime;
 
 use crate::{
     dataplane::{Dataplane, LinkState, Observed, PodState, RouteState, WireRequest, Wired},
     error::Error,
-    netns::NetNs,
     veth,
 };
 
@@ -43,8 +43,10 @@ impl NetlinkDataplane {
     }
 
     /// A handle bound to `netns`.
-    fn connect_in(&self, netns: &NetNs) -> Result<Handle, Error> {
-        netns.run_in(|| connect(&self.runtime))?
+    fn connect_in(&self, netns: &Netns) -> Result<Handle, Error> {
+        netns
+            .run_in(|| connect(&self.runtime))
+            .map_err(|e| Error::io("entering the pod's network namespace", e))?
     }
 }
 
@@ -73,7 +75,7 @@ impl Dataplane for NetlinkDataplane {
     fn observe(
         &mut self,
         host_ifname: &str,
-        netns: &NetNs,
+        netns: &Netns,
         ifname: &str,
     ) -> Result<Observed, Error> {
         let pod = self.connect_in(netns)?;
@@ -94,21 +96,14 @@ impl Dataplane for NetlinkDataplane {
     }
 }
 
-fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
-    matches!(err, rtnetlink::Error::NetlinkError(msg) if msg.raw_code().abs() == errno)
-}
-
 /// The link called `name`, or `None` if there is none.
 pub(crate) async fn link_by_name(
     handle: &Handle,
     name: &str,
 ) -> Result<Option<LinkMessage>, Error> {
-    let mut links = handle.link().get().match_name(name).execute();
-    match links.try_next().await {
-        Ok(link) => Ok(link),
-        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
-        Err(e) => Err(Error::netlink(format!("looking up link {name}"), e)),
-    }
+    sluice_sys::netlink::link_by_name(handle, name)
+        .await
+        .map_err(|e| Error::netlink(format!("looking up link {name}"), e))
 }
 
 /// Like [`link_by_name`], for a link that must exist (one just created).
@@ -122,16 +117,9 @@ pub(crate) async fn require_link(handle: &Handle, name: &str) -> Result<LinkMess
 
 /// Deletes the link `name` if it exists; returns whether it did.
 pub(crate) async fn delete_link_by_name(handle: &Handle, name: &str) -> Result<bool, Error> {
-    let Some(link) = link_by_name(handle, name).await? else {
-        return Ok(false);
-    };
-    match handle.link().del(link.header.index).execute().await {
-        Ok(()) => Ok(true),
-        // Gone between lookup and delete (a concurrent DEL, or the pod's
-        // namespace being destroyed took the veth with it): the goal holds.
-        Err(e) if is_errno(&e, libc::ENODEV) => Ok(false),
-        Err(e) => Err(Error::netlink(format!("deleting link {name}"), e)),
-    }
+    sluice_sys::netlink::delete_link(handle, name)
+        .await
+        .map_err(|e| Error::netlink(format!("deleting link {name}"), e))
 }
 
 pub(crate) async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), Error> {
@@ -143,17 +131,10 @@ pub(crate) async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<()
         .map_err(|e| Error::netlink(format!("setting {name} up"), e))
 }
 
-pub(crate) fn mac_of(link: &LinkMessage) -> Option<[u8; 6]> {
-    link.attributes.iter().find_map(|attr| match attr {
-        LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
-        _ => None,
-    })
-}
-
 fn link_state(link: &LinkMessage) -> LinkState {
     LinkState {
         ifindex: link.header.index,
-        mac: mac_of(link),
+        mac: sluice_sys::netlink::mac_of(link),
         up: link.header.flags.contains(LinkFlags::Up),
     }
 }

@@ -97,15 +97,18 @@ pub async fn wire(host: &Handle, pod: &Handle, req: &WireRequest<'_>) -> Result<
     })?;
 
     let host_link = netlink::require_link(host, req.host_ifname).await?;
-    let host_mac = netlink::mac_of(&host_link).ok_or_else(|| Error::Wiring {
+    let host_mac = sluice_sys::netlink::mac_of(&host_link).ok_or_else(|| Error::Wiring {
         message: format!("{} has no MAC address", req.host_ifname),
     })?;
     let temp_link = netlink::require_link(host, req.temp_ifname).await?;
+    let netns_fd = req.netns.fd().ok_or_else(|| Error::Wiring {
+        message: format!("{} is not held open", req.netns.path().display()),
+    })?;
 
     host.link()
         .change(
             LinkUnspec::new_with_index(temp_link.header.index)
-                .setns_by_fd(req.netns.fd().as_raw_fd())
+                .setns_by_fd(netns_fd.as_raw_fd())
                 .build(),
         )
         .execute()
@@ -124,7 +127,7 @@ pub async fn wire(host: &Handle, pod: &Handle, req: &WireRequest<'_>) -> Result<
     // The index can change on the move; find the link again over there.
     let moved = netlink::require_link(pod, req.temp_ifname).await?;
     let pod_index = moved.header.index;
-    let pod_mac = netlink::mac_of(&moved).ok_or_else(|| Error::Wiring {
+    let pod_mac = sluice_sys::netlink::mac_of(&moved).ok_or_else(|| Error::Wiring {
         message: format!("{} has no MAC address", req.temp_ifname),
     })?;
     pod.link()

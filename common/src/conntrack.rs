@@ -40,9 +40,8 @@ pub struct CtEntry {
     pub flags: u32,
 }
 
+/// Entry flags (bit 0, once "reply seen", is unused and stays free).
 pub mod ct_flags {
-    /// A packet of the reversed tuple was seen.
-    pub const SEEN_REPLY: u32 = 1 << 0;
     /// A TCP FIN or RST was seen: the flow winds down.
     pub const CLOSING: u32 = 1 << 1;
     /// The policy of the entry's revision denies the flow: the destination's

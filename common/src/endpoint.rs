@@ -50,32 +50,22 @@ impl From<std::net::IpAddr> for IpKey {
     }
 }
 
-/// Endpoint flags.
-pub mod flags {
-    /// The endpoint is a pod on this node reached through its veth.
-    pub const LOCAL_POD: u32 = 1 << 0;
-}
-
 /// Value of the endpoint map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndpointInfo {
-    /// Agent-assigned endpoint id (policy keys will refer to it).
+    /// Agent-assigned endpoint id: what policy keys name.
     pub id: u32,
     /// ifindex of the host side of the pod's veth.
     pub ifindex: u32,
-    /// Security identity of the pod (0 until identities exist).
-    pub identity: u32,
-    pub flags: u32,
     /// MAC of the pod's own interface (destination of frames sent to it).
     pub pod_mac: [u8; 6],
     /// MAC of the host side of the veth (the pod's gateway MAC).
     pub host_mac: [u8; 6],
-    pub _pad: [u8; 4],
 }
 
 const _: () = assert!(core::mem::size_of::<IpKey>() == 20);
-const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 20);
 
 #[cfg(feature = "user")]
 mod pod_impls {

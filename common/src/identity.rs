@@ -1,8 +1,9 @@
 //! Security identities: numbers standing for "who" a packet comes from.
 //!
 //! Reserved identities sit below [`FIRST_CLUSTER`]; identities of label sets
-//! are allocated above it. They travel in the VXLAN VNI, so every identity
-//! fits in 24 bits.
+//! are allocated above it. Identities are node-local: each agent numbers
+//! the label sets itself. Every identity fits in 24 bits, so that a VXLAN
+//! VNI could carry one once identities are cluster-wide.
 
 /// Not known (yet): e.g. a pod before identities are computed.
 pub const UNKNOWN: u32 = 0;
@@ -16,5 +17,5 @@ pub const REMOTE_NODE: u32 = 6;
 pub const FIRST_CLUSTER: u32 = 256;
 /// First identity of an ipBlock region; label identities stay below it.
 pub const FIRST_CIDR: u32 = 1 << 23;
-/// Largest identity: the VNI is 24 bits wide.
+/// Largest identity (24 bits, the width of a VNI).
 pub const MAX: u32 = (1 << 24) - 1;

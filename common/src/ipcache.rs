@@ -1,7 +1,7 @@
 //! The ipcache: what the dataplane knows about addresses that are not local
-//! endpoints — other nodes' pod ranges and the nodes themselves (later also
-//! remote pods' identities and ipBlocks). An LPM trie, so one lookup finds
-//! the most specific entry whatever the number of prefixes.
+//! endpoints: other nodes' pod ranges and the nodes themselves, and every
+//! pod's label identity (a /32 each). An LPM trie, so one lookup finds the
+//! most specific entry whatever the number of prefixes.
 
 /// Key data of the IPv4 ipcache (the LPM trie's prefix length travels
 /// beside it, in `aya`'s `Key`).
@@ -39,36 +39,9 @@ pub struct RemoteInfo {
 const _: () = assert!(core::mem::size_of::<Ipv4Prefix>() == 4);
 const _: () = assert!(core::mem::size_of::<RemoteInfo>() == 16);
 
-/// Routing modes of [`DataplaneConfig::routing`].
-pub mod routing {
-    /// No other nodes known: everything not local goes to the host stack.
-    pub const NONE: u32 = 0;
-    /// VXLAN with collect-metadata: the program sets the tunnel key.
-    pub const TUNNEL: u32 = 1;
-    /// Routed underlay: bpf_fib_lookup + bpf_redirect_neigh.
-    pub const NATIVE: u32 = 2;
-}
-
-/// The node-wide settings the programs read (one entry, index 0).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DataplaneConfig {
-    pub routing: u32,
-    /// ifindex of the node's VXLAN device (tunnel mode).
-    pub tunnel_ifindex: u32,
-    /// ifindex of the underlay device (native mode).
-    pub underlay_ifindex: u32,
-    /// Bumped by the agent after every policy change; conntrack entries
-    /// checked at an older revision are checked again.
-    pub policy_revision: u32,
-}
-
-const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 16);
-
 #[cfg(feature = "user")]
 mod pod_impls {
     // SAFETY: plain-old-data, repr(C), explicit padding, no pointers.
     unsafe impl aya::Pod for super::Ipv4Prefix {}
     unsafe impl aya::Pod for super::RemoteInfo {}
-    unsafe impl aya::Pod for super::DataplaneConfig {}
 }

@@ -1,122 +1,33 @@
-//! Forwarding decisions: packets leaving a pod, and packets for local pods
-//! arriving from other nodes.
+//! Delivery: into a pod on this node, into the tunnel to another node, or
+//! along the underlay's route (native routing). Each rewrites what a router
+//! would (TTL, MACs) and returns the verdict of the redirect.
+use core::mem::{size_of, zeroed};
+
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::bpf_redirect_peer,
+    bindings::{
+        bpf_fib_lookup, bpf_redir_neigh, bpf_tunnel_key, BPF_FIB_LKUP_RET_SUCCESS,
+        TC_ACT_REDIRECT,
+    },
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
+        bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key,
+    },
     programs::TcContext,
 };
-use sluice_common::{
-    endpoint::{EndpointInfo, IpKey},
-    metrics::reason,
-};
+use sluice_common::{config::TUNNEL_VNI, endpoint::EndpointInfo, reason::Reason};
 
 use crate::{
-    maps::ENDPOINTS,
-    parse::{self, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF},
-    policy, remote,
+    parse::{Ipv4Hdr, ETH_HLEN, IPV4_CSUM_OFF, IPV4_TTL_OFF},
+    verdict::{drop, pass, redirected, Verdict},
 };
 
-/// Reason of a verdict that is not counted: the underlay's own traffic
-/// passing by.
-pub const UNCOUNTED: u32 = u32::MAX;
-
-pub struct Verdict {
-    pub action: i32,
-    pub reason: u32,
-}
-
-pub const fn verdict(action: i32, reason: u32) -> Verdict {
-    Verdict { action, reason }
-}
-
-/// The pod on this node with this address.
-fn local_endpoint(addr: [u8; 4]) -> Option<EndpointInfo> {
-    // SAFETY: a map value pointer, valid for this program run; copied out.
-    ENDPOINTS
-        .get_ptr(IpKey::v4(addr))
-        .map(|endpoint| unsafe { *endpoint })
-}
-
-pub fn from_container(ctx: &TcContext) -> Verdict {
-    let Ok(eth) = parse::eth(ctx) else {
-        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
-    };
-    match u16::from_be(eth.proto) {
-        ETH_P_IP => {}
-        // The pod's gateway is a static neighbour, but the pod may still ask
-        // (e.g. after someone flushed its table); the host answers nothing
-        // for the gateway, which is harmless, and other ARP is the host's.
-        ETH_P_ARP => return verdict(TC_ACT_OK, reason::TO_STACK),
-        _ => return verdict(TC_ACT_SHOT, reason::DROP_UNSUPPORTED_L3),
-    }
-    let Ok(pkt) = parse::ipv4(ctx) else {
-        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
-    };
-
-    // Anti-spoofing: the source must be an endpoint, and the packet must
-    // come in through that endpoint's own veth.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let src = match ENDPOINTS.get_ptr(IpKey::v4(pkt.hdr.saddr)) {
-        Some(src) if unsafe { (*src).ifindex } == ifindex => unsafe { *src },
-        _ => return verdict(TC_ACT_SHOT, reason::DROP_SPOOFED_SOURCE),
-    };
-
-    // Let the host stack answer with ICMP time-exceeded.
-    if pkt.hdr.ttl <= 1 {
-        return verdict(TC_ACT_OK, reason::TO_STACK);
-    }
-    let dst = local_endpoint(pkt.hdr.daddr);
-    if let Err(drop) = policy::enforce(&pkt, Some(&src), dst.as_ref()) {
-        return verdict(TC_ACT_SHOT, drop);
-    }
-    if let Some(dst) = dst {
-        return deliver_local(ctx, &pkt.hdr, &dst);
-    }
-    remote::forward(ctx, &pkt.hdr)
-}
-
-/// A packet the host stack sends to a pod (the host itself, traffic it
-/// routed in from outside the cluster, replies it de-masqueraded):
-/// everything that reaches a pod without the redirects above, which skip
-/// this hook. Its ingress policy applies like anyone else's; the node's own
-/// addresses carry the `host` identity and pass.
-pub fn to_container(ctx: &TcContext) -> Verdict {
-    let Ok(eth) = parse::eth(ctx) else {
-        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
-    };
-    if u16::from_be(eth.proto) != ETH_P_IP {
-        // ARP and the like from the host; the pod drops what it does not
-        // speak.
-        return verdict(TC_ACT_OK, reason::FROM_STACK);
-    }
-    let Ok(pkt) = parse::ipv4(ctx) else {
-        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
-    };
-    let Some(dst) = local_endpoint(pkt.hdr.daddr) else {
-        // Not addressed to the pod's own IP (broadcast and the like).
-        return verdict(TC_ACT_OK, reason::FROM_STACK);
-    };
-    match policy::enforce(&pkt, None, Some(&dst)) {
-        Ok(()) => verdict(TC_ACT_OK, reason::FROM_STACK),
-        Err(drop) => verdict(TC_ACT_SHOT, drop),
-    }
-}
-
-/// A packet from another node (overlay or underlay): local pods get it
-/// directly, everything else is the host's.
-pub fn to_local_pod(ctx: &TcContext, pkt: &parse::Ipv4Packet) -> Option<Verdict> {
-    let dst = local_endpoint(pkt.hdr.daddr)?;
-    if pkt.hdr.ttl <= 1 {
-        return Some(verdict(TC_ACT_OK, reason::TO_STACK));
-    }
-    if let Err(drop) = policy::enforce(pkt, None, Some(&dst)) {
-        return Some(verdict(TC_ACT_SHOT, drop));
-    }
-    Some(deliver_local(ctx, &pkt.hdr, &dst))
-}
+const AF_INET: u8 = 2;
+/// The route is enough; bpf_redirect_neigh resolves the neighbour itself.
+const BPF_FIB_LOOKUP_SKIP_NEIGH: u32 = 1 << 2;
 
 /// Decrements the TTL as a router does; the caller checked it is above 1.
-pub fn decrement_ttl(ctx: &TcContext, hdr: &parse::Ipv4Hdr) -> Result<(), ()> {
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext, hdr: &Ipv4Hdr) -> Result<(), ()> {
     let old_word = u16::from_be_bytes([hdr.ttl, hdr.protocol]);
     let new_word = u16::from_be_bytes([hdr.ttl - 1, hdr.protocol]);
     ctx.l3_csum_replace(
@@ -130,23 +41,131 @@ pub fn decrement_ttl(ctx: &TcContext, hdr: &parse::Ipv4Hdr) -> Result<(), ()> {
         .map_err(|_| ())
 }
 
+/// A redirect helper's answer as a verdict.
+#[inline(always)]
+fn redirect_verdict(ret: i64, ok: Reason, failed: Reason) -> Verdict {
+    if ret == i64::from(TC_ACT_REDIRECT) {
+        redirected(ok)
+    } else {
+        drop(failed)
+    }
+}
+
 /// Route to a pod on this node: decrement TTL, rewrite L2 as the pod's
 /// gateway would, and hand the packet straight to the pod's netns, skipping
 /// the host's routing and netfilter.
-fn deliver_local(ctx: &TcContext, hdr: &parse::Ipv4Hdr, dst: &EndpointInfo) -> Verdict {
+#[inline(always)]
+pub fn deliver_local(ctx: &TcContext, hdr: &Ipv4Hdr, dst: &EndpointInfo) -> Verdict {
     if decrement_ttl(ctx, hdr).is_err() {
-        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
+        return drop(Reason::DropRewriteFailed);
     }
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&dst.pod_mac);
     macs[6..].copy_from_slice(&dst.host_mac);
     if ctx.store(0, &macs, 0).is_err() {
-        return verdict(TC_ACT_SHOT, reason::DROP_MALFORMED);
+        return drop(Reason::DropRewriteFailed);
     }
+    // SAFETY: a helper taking an ifindex and flags; the kernel checks both.
     let ret = unsafe { bpf_redirect_peer(dst.ifindex, 0) };
-    if ret == i64::from(TC_ACT_REDIRECT) {
-        verdict(TC_ACT_REDIRECT, reason::FORWARD_LOCAL)
+    redirect_verdict(ret, Reason::ForwardLocal, Reason::DropLocalRedirectFailed)
+}
+
+/// The sending node's address (network order), from the tunnel metadata
+/// the packet carries; `None` without metadata.
+#[inline(always)]
+pub fn tunnel_source(ctx: &TcContext) -> Option<[u8; 4]> {
+    // SAFETY: bpf_tunnel_key is plain data; all-zero is a valid value.
+    let mut key: bpf_tunnel_key = unsafe { zeroed() };
+    // SAFETY: the helper writes at most `size` bytes into `key`, which
+    // lives on this stack frame.
+    let ret = unsafe {
+        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    // SAFETY: the helper filled the IPv4 member (no BPF_F_TUNINFO_IPV6).
+    (ret == 0).then(|| unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be_bytes())
+}
+
+/// Sets the tunnel key: to node `endpoint` (the VNI carries nothing).
+#[inline(always)]
+pub fn set_tunnel_key(ctx: &TcContext, endpoint: [u8; 4]) -> Result<(), Reason> {
+    // SAFETY: bpf_tunnel_key is plain data; all-zero is a valid value.
+    let mut key: bpf_tunnel_key = unsafe { zeroed() };
+    key.tunnel_id = TUNNEL_VNI;
+    // The helper takes the address in host order.
+    key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(endpoint);
+    key.tunnel_ttl = 64;
+    // SAFETY: the helper reads `size` bytes of `key`, on this stack frame.
+    let ret = unsafe {
+        bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    if ret == 0 {
+        Ok(())
     } else {
-        verdict(TC_ACT_SHOT, reason::DROP_REDIRECT_FAILED)
+        Err(Reason::DropSetTunnelKeyFailed)
     }
+}
+
+/// Into the tunnel to the node at `endpoint`: decrement TTL, set the
+/// tunnel key and hand the packet to the collect-metadata VXLAN device
+/// `ifindex`.
+#[inline(always)]
+pub fn encapsulate(ctx: &TcContext, hdr: &Ipv4Hdr, endpoint: [u8; 4], ifindex: u32) -> Verdict {
+    if decrement_ttl(ctx, hdr).is_err() {
+        return drop(Reason::DropRewriteFailed);
+    }
+    if let Err(reason) = set_tunnel_key(ctx, endpoint) {
+        return drop(reason);
+    }
+    // SAFETY: a helper taking an ifindex and flags; the kernel checks both.
+    let ret = unsafe { bpf_redirect(ifindex, 0) };
+    redirect_verdict(ret, Reason::ForwardTunnel, Reason::DropTunnelRedirectFailed)
+}
+
+/// Native routing: the kernel's FIB picks the underlay device and next hop;
+/// anything it cannot forward directly (no route, MTU exceeded, forwarding
+/// off) goes to the host stack, which answers with the right ICMP error.
+#[inline(always)]
+pub fn route_native(ctx: &TcContext, hdr: &Ipv4Hdr) -> Verdict {
+    // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid value.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = hdr.protocol;
+    params.__bindgen_anon_2.tos = hdr.tos;
+    // __be32 fields: the bytes as on the wire.
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(hdr.saddr);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(hdr.daddr);
+    // SAFETY: the context's skb pointer is valid for this program run.
+    params.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: the helper reads and writes `size` bytes of `params`, on
+    // this stack frame.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return pass(Reason::ToStack);
+    }
+    if decrement_ttl(ctx, hdr).is_err() {
+        return drop(Reason::DropRewriteFailed);
+    }
+    // SAFETY: bpf_redir_neigh is plain data; all-zero is a valid value.
+    let mut nh: bpf_redir_neigh = unsafe { zeroed() };
+    nh.nh_family = u32::from(AF_INET);
+    // SAFETY: after a successful IPv4 lookup the ipv4_dst member holds the
+    // next hop (the gateway, if any).
+    nh.__bindgen_anon_1.ipv4_nh = unsafe { params.__bindgen_anon_4.ipv4_dst };
+    // SAFETY: the helper reads `size` bytes of `nh`, on this stack frame.
+    let ret = unsafe {
+        bpf_redirect_neigh(
+            params.ifindex,
+            &mut nh,
+            size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    };
+    redirect_verdict(ret, Reason::ForwardNative, Reason::DropNativeRedirectFailed)
 }

@@ -1,54 +1,63 @@
-//! sluice's TC programs. Entry points stay thin; each concern has a module.
+//! sluice's TC programs. This file holds only the entry points, one per
+//! attach point; each calls into `programs/` for its decision, which calls
+//! down into the concern modules and never back up:
+//!
+//! ```text
+//! programs/{pod,overlay,netdev}   what a packet does at each attach point
+//!   ├─ policy      NetworkPolicy enforcement: conntrack + the shared decision
+//!   │   └─ conntrack   flow entries, timeouts, tombstones, related ICMP errors
+//!   ├─ forward     delivery: into a local pod, into the tunnel, native routing
+//!   ├─ parse       bounds-checked header parsing
+//!   ├─ lookup      typed access to the maps (endpoints, ipcache, config)
+//!   ├─ metrics     per-CPU counters
+//!   └─ verdict     what a program returns, and the reason it is counted under
+//! maps            the map statics, from the table in sluice_common::maps
+//! ```
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod forward;
+mod lookup;
 mod maps;
 mod metrics;
 mod parse;
 mod policy;
-mod remote;
+mod programs;
+mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use sluice_common::metrics::dir;
-
-/// Runs one program's decision and counts its verdict.
-#[inline(always)]
-fn run(ctx: &TcContext, decide: fn(&TcContext) -> forward::Verdict, direction: u32) -> i32 {
-    let verdict = decide(ctx);
-    metrics::count(verdict.reason, direction, ctx.len());
-    verdict.action
-}
+use sluice_common::direction::Direction;
 
 /// TC ingress of the host side of a pod's veth: every packet the pod sends.
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    run(&ctx, forward::from_container, dir::EGRESS)
+    programs::run(&ctx, programs::pod::from_container, Direction::Egress)
 }
 
 /// TC egress of the host side of a pod's veth: what the host stack routes
 /// to the pod, checked against its ingress policy.
 #[classifier]
 pub fn to_container(ctx: TcContext) -> i32 {
-    run(&ctx, forward::to_container, dir::INGRESS)
+    programs::run(&ctx, programs::pod::to_container, Direction::Ingress)
 }
 
 /// TC ingress of the node's VXLAN device: pod traffic from other nodes.
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
-    run(&ctx, remote::from_overlay, dir::INGRESS)
+    programs::run(&ctx, programs::overlay::from_overlay, Direction::Ingress)
 }
 
 /// TC egress of the node's VXLAN device: host traffic for remote pods.
 #[classifier]
 pub fn to_overlay(ctx: TcContext) -> i32 {
-    run(&ctx, remote::to_overlay, dir::EGRESS)
+    programs::run(&ctx, programs::overlay::to_overlay, Direction::Egress)
 }
 
 /// TC ingress of the underlay device (native routing).
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
-    run(&ctx, remote::from_netdev, dir::INGRESS)
+    programs::run(&ctx, programs::netdev::from_netdev, Direction::Ingress)
 }
 
 #[cfg(not(test))]
@@ -57,6 +66,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// SAFETY: the loader reads the license from this section by name; no
+// other symbol is called `LICENSE` or placed there.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,14 +1,19 @@
-use sluice_common::metrics::{index, verdict};
+//! Per-CPU counters: packets and bytes by (reason, direction), and policy
+//! verdicts by (verdict, direction).
+use sluice_common::{
+    counters::{index, verdict},
+    direction::Direction,
+    reason::Reason,
+};
 
-use crate::maps::{METRICS, POLICY_VERDICTS};
+use crate::maps::{PACKET_COUNTERS, POLICY_VERDICTS};
 
 #[inline(always)]
-pub fn count(reason: u32, direction: u32, bytes: u32) {
-    if reason == crate::forward::UNCOUNTED {
-        return;
-    }
-    if let Some(counter) = METRICS.get_ptr_mut(index(reason, direction)) {
-        // Per-CPU slot: no other CPU writes it, plain adds are safe.
+pub fn count(reason: Reason, direction: Direction, bytes: u32) {
+    if let Some(counter) = PACKET_COUNTERS.get_ptr_mut(index(reason, direction)) {
+        // SAFETY: a per-CPU array slot, valid for this program run; no
+        // other CPU writes it and BPF programs do not preempt each other
+        // on one CPU, so plain adds are race-free.
         unsafe {
             (*counter).packets += 1;
             (*counter).bytes += bytes as u64;
@@ -18,14 +23,9 @@ pub fn count(reason: u32, direction: u32, bytes: u32) {
 
 /// Counts one policy decision for one direction of a flow.
 #[inline(always)]
-pub fn count_verdict(allowed: bool, policy_direction: u8) {
-    let v = if allowed {
-        verdict::ALLOWED
-    } else {
-        verdict::DENIED
-    };
-    if let Some(n) = POLICY_VERDICTS.get_ptr_mut(verdict::index(v, policy_direction)) {
-        // Per-CPU slot, as above.
+pub fn count_verdict(verdict: verdict::Verdict, direction: Direction) {
+    if let Some(n) = POLICY_VERDICTS.get_ptr_mut(verdict::index(verdict, direction)) {
+        // SAFETY: a per-CPU array slot, as in `count`.
         unsafe { *n += 1 };
     }
 }

@@ -1,7 +1,8 @@
 //! Header layouts and bounds-checked parsing. Loads go through
 //! bpf_skb_load_bytes, so a short packet is an error, never an out-of-bounds
-//! read.
+//! read. Errors are the drop reason that names what was wrong.
 use aya_ebpf::programs::TcContext;
+use sluice_common::reason::Reason;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -10,6 +11,10 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_SCTP: u8 = 132;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -72,24 +77,22 @@ const ICMP_PARAMETER_PROB: u8 = 12;
 /// ICMP header length before an error's quoted packet.
 const ICMP_ERROR_HLEN: usize = 8;
 
-#[derive(Clone, Copy)]
-pub enum ParseError {
-    Malformed,
+pub fn eth(ctx: &TcContext) -> Result<EthHdr, Reason> {
+    ctx.load::<EthHdr>(0).map_err(|_| Reason::DropShortFrame)
 }
 
-pub fn eth(ctx: &TcContext) -> Result<EthHdr, ParseError> {
-    ctx.load::<EthHdr>(0).map_err(|_| ParseError::Malformed)
-}
-
-pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, ParseError> {
-    let hdr: Ipv4Hdr = ctx.load(ETH_HLEN).map_err(|_| ParseError::Malformed)?;
+/// The IPv4 packet after the Ethernet header.
+pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, Reason> {
+    const BAD_HEADER: Reason = Reason::DropBadIpv4Header;
+    const TRUNCATED: Reason = Reason::DropTruncatedL4;
+    let hdr: Ipv4Hdr = ctx.load(ETH_HLEN).map_err(|_| BAD_HEADER)?;
     let ihl = ((hdr.version_ihl & 0x0f) as usize) * 4;
     if hdr.version_ihl >> 4 != 4 || ihl < 20 {
-        return Err(ParseError::Malformed);
+        return Err(BAD_HEADER);
     }
     let tot_len = u16::from_be(hdr.tot_len) as usize;
     if tot_len < ihl || ETH_HLEN + tot_len > ctx.len() as usize {
-        return Err(ParseError::Malformed);
+        return Err(BAD_HEADER);
     }
     let mut pkt = Ipv4Packet {
         hdr,
@@ -107,33 +110,33 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, ParseError> {
     match hdr.protocol {
         IPPROTO_TCP => {
             if l4_len < 20 {
-                return Err(ParseError::Malformed);
+                return Err(TRUNCATED);
             }
-            let ports: [u16; 2] = ctx.load(l4).map_err(|_| ParseError::Malformed)?;
-            let doff: u8 = ctx.load(l4 + 12).map_err(|_| ParseError::Malformed)?;
+            let ports: [u16; 2] = ctx.load(l4).map_err(|_| TRUNCATED)?;
+            let doff: u8 = ctx.load(l4 + 12).map_err(|_| TRUNCATED)?;
             if ((doff >> 4) as usize) * 4 < 20 || ((doff >> 4) as usize) * 4 > l4_len {
-                return Err(ParseError::Malformed);
+                return Err(TRUNCATED);
             }
             pkt.sport = u16::from_be(ports[0]);
             pkt.dport = u16::from_be(ports[1]);
-            pkt.tcp_flags = ctx.load(l4 + 13).map_err(|_| ParseError::Malformed)?;
+            pkt.tcp_flags = ctx.load(l4 + 13).map_err(|_| TRUNCATED)?;
         }
         // SCTP's common header starts with the ports too (12 bytes in all);
         // policy matches its ports whether or not the kernel speaks SCTP.
         IPPROTO_UDP | IPPROTO_SCTP => {
             if l4_len < if hdr.protocol == IPPROTO_UDP { 8 } else { 12 } {
-                return Err(ParseError::Malformed);
+                return Err(TRUNCATED);
             }
-            let ports: [u16; 2] = ctx.load(l4).map_err(|_| ParseError::Malformed)?;
+            let ports: [u16; 2] = ctx.load(l4).map_err(|_| TRUNCATED)?;
             pkt.sport = u16::from_be(ports[0]);
             pkt.dport = u16::from_be(ports[1]);
         }
         IPPROTO_ICMP => {
             if l4_len < 8 {
-                return Err(ParseError::Malformed);
+                return Err(TRUNCATED);
             }
-            let type_code: u16 = ctx.load(l4).map_err(|_| ParseError::Malformed)?;
-            let id: u16 = ctx.load(l4 + 4).map_err(|_| ParseError::Malformed)?;
+            let type_code: u16 = ctx.load(l4).map_err(|_| TRUNCATED)?;
+            let id: u16 = ctx.load(l4 + 4).map_err(|_| TRUNCATED)?;
             pkt.sport = u16::from_be(type_code);
             pkt.dport = u16::from_be(id);
             if matches!(

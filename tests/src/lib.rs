@@ -15,6 +15,7 @@ use std::{
 
 use serde_json::Value;
 use sluice_common::api::{self, AgentStatus, Request, Response};
+pub use sluice_common::reason::Reason;
 pub use sluice_lab::{
     agent_proc::{AgentOptions, AgentProcess},
     cni::{sluice_netconf, CniCall, CniOutput},
@@ -202,7 +203,7 @@ impl Node {
     }
 
     /// Packets counted by the dataplane for a reason.
-    pub fn counter(&self, reason: &str) -> u64 {
+    pub fn counter(&self, reason: Reason) -> u64 {
         let rows = sluice_agent::kernel::counters::read(&self.pin_dir()).expect("reading counters");
         sluice_agent::kernel::counters::packets(&rows, reason)
     }
@@ -210,7 +211,7 @@ impl Node {
     /// Entries of the pinned endpoint map.
     pub fn endpoint_entries(&self) -> usize {
         let data =
-            aya::maps::MapData::from_pin(self.pin_dir().join(sluice_common::maps::ENDPOINTS))
+            aya::maps::MapData::from_pin(self.pin_dir().join(sluice_common::maps::ENDPOINTS.name))
                 .expect("opening the endpoint map");
         let map: aya::maps::HashMap<
             _,
@@ -280,12 +281,30 @@ impl Drop for Pod {
     }
 }
 
-/// Skips the calling test (by returning early) unless running as root.
+/// Set by `cargo xtask test`: the privileged suite was asked for, so a
+/// test that cannot run must fail, not pass by skipping.
+pub const PRIVILEGED_ENV: &str = "SLUICE_PRIVILEGED";
+
+/// Returns whether the calling test can run: as root it can; otherwise it
+/// panics when the privileged suite was requested ([`PRIVILEGED_ENV`]) and
+/// says it skips when not.
+pub fn can_run_privileged() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    if std::env::var_os(PRIVILEGED_ENV).is_some() {
+        panic!("this test needs root (network namespaces, BPF), and {PRIVILEGED_ENV} says the privileged suite must run");
+    }
+    eprintln!("skipped: needs root (network namespaces, BPF)");
+    false
+}
+
+/// Skips the calling test (by returning early) unless running as root;
+/// under `cargo xtask test` not running as root fails the test instead.
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: needs root (network namespaces, BPF)");
+        if !$crate::can_run_privileged() {
             return;
         }
     };
@@ -317,7 +336,7 @@ impl TestLab {
     }
 
     /// Packets a node's dataplane counted for a reason.
-    pub fn counter(&self, node: &str, reason: &str) -> u64 {
+    pub fn counter(&self, node: &str, reason: Reason) -> u64 {
         let pins = sluice_agent::kernel::bpf::pin_dir(&self.config.bpffs().join("sluice"), node);
         let rows = sluice_agent::kernel::counters::read(&pins)
             .unwrap_or_else(|e| panic!("reading {node}'s counters: {e}"));

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use sluice_tests::{probe, require_root, Node, TIMEOUT};
+use sluice_tests::{probe, require_root, Node, Reason, TIMEOUT};
 
 const PORT: u16 = 7001;
 
@@ -15,7 +15,7 @@ fn pods_talk_tcp_udp_icmp_and_host_reaches_pods() {
     let b = node.add_pod("b");
     let _sa = probe::EchoServer::start(&a.ns, SocketAddr::new(a.ip, PORT)).expect("server a");
     let _sb = probe::EchoServer::start(&b.ns, SocketAddr::new(b.ip, PORT)).expect("server b");
-    let forwarded_before = node.counter("forward_local");
+    let forwarded_before = node.counter(Reason::ForwardLocal);
 
     for (from, to, label) in [(&a, &b, "a->b"), (&b, &a, "b->a")] {
         let dst = SocketAddr::new(to.ip, PORT);
@@ -24,7 +24,7 @@ fn pods_talk_tcp_udp_icmp_and_host_reaches_pods() {
         assert!(probe::icmp(&from.ns, to.ip, TIMEOUT), "{label}: ICMP");
     }
     assert!(
-        node.counter("forward_local") > forwarded_before,
+        node.counter(Reason::ForwardLocal) > forwarded_before,
         "pod-to-pod traffic must be redirected by eBPF (forward_local counter)"
     );
 
@@ -46,7 +46,10 @@ fn pods_talk_tcp_udp_icmp_and_host_reaches_pods() {
         "pod->host TCP"
     );
     assert!(probe::icmp(&a.ns, gateway, TIMEOUT), "pod->host ICMP");
-    assert!(node.counter("to_stack") > 0, "pod->host goes to the stack");
+    assert!(
+        node.counter(Reason::ToStack) > 0,
+        "pod->host goes to the stack"
+    );
 }
 
 /// Pod-to-pod traffic bypasses the host's routing and netfilter entirely: a
@@ -106,7 +109,7 @@ fn spoofed_source_is_dropped_and_counted() {
             })
             .expect("ip addr add");
     assert!(status.success());
-    let before = node.counter("drop_spoofed_source");
+    let before = node.counter(Reason::DropSpoofedSource);
     let status =
         a.ns.command("ping")
             .and_then(|mut c| {
@@ -127,7 +130,7 @@ fn spoofed_source_is_dropped_and_counted() {
             .expect("ping");
     assert!(!status.success(), "spoofed ping must not be answered");
     assert!(
-        node.counter("drop_spoofed_source") >= before + 3,
+        node.counter(Reason::DropSpoofedSource) >= before + 3,
         "each spoofed packet is counted"
     );
     // The pod's own address still works.
@@ -135,9 +138,9 @@ fn spoofed_source_is_dropped_and_counted() {
 }
 
 /// A frame too short for its IPv4 header, sent raw from a pod, is dropped
-/// and counted as malformed (BPF_PROG_TEST_RUN cannot craft this one).
+/// and counted as a bad IPv4 header (BPF_PROG_TEST_RUN cannot craft this one).
 #[test]
-fn truncated_frame_from_a_pod_is_dropped_as_malformed() {
+fn truncated_frame_from_a_pod_is_dropped_as_a_bad_ipv4_header() {
     require_root!();
     let node = Node::start("tr", "10.94.0.0/24");
     let a = node.add_pod("a");
@@ -147,7 +150,7 @@ fn truncated_frame_from_a_pod_is_dropped_as_malformed() {
         .split(':')
         .map(|h| u8::from_str_radix(h, 16).expect("hex"))
         .collect();
-    let before = node.counter("drop_malformed");
+    let before = node.counter(Reason::DropBadIpv4Header);
     let sent =
         a.ns.run(move || -> std::io::Result<()> {
             // SAFETY: plain socket calls on a zeroed sockaddr_ll.
@@ -182,5 +185,5 @@ fn truncated_frame_from_a_pod_is_dropped_as_malformed() {
         .expect("thread in pod netns");
     sent.expect("sending the raw frame");
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(node.counter("drop_malformed"), before + 1);
+    assert_eq!(node.counter(Reason::DropBadIpv4Header), before + 1);
 }

@@ -1,25 +1,35 @@
-//! The eBPF program's decisions, one crafted packet at a time, with
-//! BPF_PROG_TEST_RUN: fill the maps, run, check verdict, output bytes and
-//! counters. Deterministic; no interfaces involved.
+//! The eBPF programs' decisions, one crafted packet at a time, with
+//! BPF_PROG_TEST_RUN: fill the maps through the agent's own writers, run
+//! every entry point with the device the packet is on (and arrived on) set
+//! in the test-run context, check verdict, output bytes and counters.
+//! Deterministic; nothing is sent anywhere.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use aya::{
-    maps::{Array, HashMap, MapData},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
-    Ebpf, EbpfLoader,
+use aya::maps::{HashMap, Map, MapData};
+use ipnet::Ipv4Net;
+use sluice_agent::{
+    kernel::counters,
+    policy::{ports::PortPrefix, PlacedPolicy},
 };
-use sluice_agent::kernel::counters;
 use sluice_common::{
+    config::{routing, DataplaneConfig},
     conntrack::{CtEntry, CtKey},
-    endpoint::{flags, EndpointInfo, IpKey},
-    ipcache::DataplaneConfig,
+    counters::verdict::Verdict,
+    direction::Direction,
+    endpoint::EndpointInfo,
+    identity,
+    ipcache::{flags, RemoteInfo},
     maps,
-    policy::{direction, entry, peer_mark, Isolation, PolicyEntry, PolicyKey, ANY_IDENTITY},
+    policy::ANY_IDENTITY,
     programs,
 };
-use sluice_lab::bench::frame::{checksum, ipv4};
-use sluice_tests::{require_root, unique};
+use sluice_lab::bench::{
+    frame::{checksum, ipv4},
+    test_run::{SkbContext, TestDataplane},
+};
+use sluice_sys::netns::Entered;
+use sluice_tests::{require_root, unique, Netns, Reason};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -27,143 +37,186 @@ const TC_ACT_REDIRECT: u32 = 7;
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 3);
+/// The node's gateway address: the `host` identity.
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 1);
+/// A pod on another node, behind `REMOTE_NODE`.
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 60, 0, 5);
+const REMOTE_NODE: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const A_POD_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
+const A_HOST_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x02];
 const B_POD_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x01];
 const B_HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x02];
-/// Pod A's endpoint id and veth ifindex (test runs see ifindex 1).
 const A_ENDPOINT_ID: u32 = 1;
-/// Pod B's endpoint id and veth ifindex.
 const B_ENDPOINT_ID: u32 = 42;
+const ID_A: u32 = 300;
+const ID_B: u32 = 301;
 
-/// The program loaded with its maps pinned in a private directory,
-/// removed on drop.
-struct Loaded {
-    ebpf: Ebpf,
-    pin_dir: PathBuf,
+/// The programs loaded over the agent's writers, run from inside a test
+/// netns that holds the devices the packets are on: pod A's and pod B's
+/// host veths, the VXLAN stand-in and the underlay. Everything is removed
+/// on drop, the thread's namespace restored first.
+struct Unit {
+    bpf: TestDataplane,
+    policy: PlacedPolicy,
+    a_if: u32,
+    b_if: u32,
+    tunnel_if: u32,
+    underlay_if: u32,
+    entered: Option<Entered>,
+    _ns: Netns,
 }
 
-impl Loaded {
+impl Unit {
     fn new() -> Self {
-        sluice_agent::kernel::bpffs::ensure_mounted(std::path::Path::new("/sys/fs/bpf"))
-            .expect("bpffs");
-        let pin_dir = PathBuf::from("/sys/fs/bpf/sluice").join(unique("unit"));
-        std::fs::create_dir_all(&pin_dir).expect("pin dir");
-        let mut loaded = Self {
-            ebpf: EbpfLoader::new()
-                .default_map_pin_directory(&pin_dir)
-                .load(sluice_agent::EBPF_OBJECT)
-                .expect("loading the eBPF object"),
-            pin_dir,
+        let ns = Netns::create(&unique("unit")).expect("test netns");
+        for link in [
+            "link add lxca type veth peer name lxca-p",
+            "link add lxcb type veth peer name lxcb-p",
+            "link add tun0 type veth peer name tun0-p",
+            "link add ul0 type veth peer name ul0-p",
+            "link set ul0 up",
+            "link set ul0-p up",
+            "link set lxca up",
+            "link set lxca-p up",
+            "addr add 172.31.0.1/24 dev ul0",
+            "route add 10.60.0.0/24 via 172.31.0.2 dev ul0",
+        ] {
+            ns.ip(link).expect(link);
+        }
+        let sysctl = ns
+            .command("sysctl")
+            .and_then(|mut c| c.args(["-qw", "net.ipv4.conf.all.forwarding=1"]).status())
+            .expect("sysctl");
+        assert!(sysctl.success(), "enabling forwarding in the test netns");
+        let entered = ns.enter().expect("entering the test netns");
+        let index = |name: &str| nix::net::if_::if_nametoindex(name).expect(name);
+        let (a_if, b_if) = (index("lxca"), index("lxcb"));
+        let (tunnel_if, underlay_if) = (index("tun0"), index("ul0"));
+        let mut bpf = TestDataplane::load("unit").expect("loading the eBPF object");
+        for (ip, id, ifindex, pod_mac, host_mac) in [
+            (POD_A, A_ENDPOINT_ID, a_if, A_POD_MAC, A_HOST_MAC),
+            (POD_B, B_ENDPOINT_ID, b_if, B_POD_MAC, B_HOST_MAC),
+        ] {
+            let info = EndpointInfo {
+                id,
+                ifindex,
+                pod_mac,
+                host_mac,
+            };
+            bpf.add_endpoint(ip, info).expect("endpoint");
+        }
+        let remote = |identity, flags| RemoteInfo {
+            identity,
+            tunnel_endpoint: REMOTE_NODE.octets(),
+            flags,
+            _pad: 0,
         };
-        loaded.prog().load().expect("loading from_container");
-        // test_run gives the packet the loopback device (ifindex 1), so pod
-        // A's veth is ifindex 1 here.
-        let mut eps: HashMap<&mut MapData, IpKey, EndpointInfo> =
-            HashMap::try_from(loaded.ebpf.map_mut(maps::ENDPOINTS).expect("endpoint map"))
-                .expect("endpoint map type");
-        eps.insert(
-            IpKey::v4(POD_A.octets()),
-            endpoint(A_ENDPOINT_ID, [2, 0xaa, 0, 0, 0, 1], [2, 0xaa, 0, 0, 0, 2]),
-            0,
-        )
-        .expect("insert a");
-        eps.insert(
-            IpKey::v4(POD_B.octets()),
-            endpoint(B_ENDPOINT_ID, B_POD_MAC, B_HOST_MAC),
-            0,
-        )
-        .expect("insert b");
-        loaded
+        let local = |identity| RemoteInfo {
+            identity,
+            tunnel_endpoint: [0; 4],
+            flags: 0,
+            _pad: 0,
+        };
+        let ipcache: BTreeMap<Ipv4Net, RemoteInfo> = [
+            (Ipv4Net::from(POD_A), local(ID_A)),
+            (Ipv4Net::from(POD_B), local(ID_B)),
+            (Ipv4Net::from(GATEWAY), local(identity::HOST)),
+            (
+                "10.60.0.0/24".parse().expect("cidr"),
+                remote(identity::UNKNOWN, flags::REMOTE_POD_CIDR),
+            ),
+            (
+                Ipv4Net::from(REMOTE_NODE),
+                remote(identity::REMOTE_NODE, flags::NODE),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        bpf.set_ipcache(&ipcache).expect("ipcache");
+        Self {
+            bpf,
+            policy: PlacedPolicy::default(),
+            a_if,
+            b_if,
+            tunnel_if,
+            underlay_if,
+            entered: Some(entered),
+            _ns: ns,
+        }
     }
 
-    fn prog(&mut self) -> &mut SchedClassifier {
-        self.ebpf
-            .program_mut(programs::FROM_CONTAINER)
-            .expect("program")
-            .try_into()
-            .expect("sched_cls")
+    /// Runs `program` on `pkt` as if it were on device `ifindex`, having
+    /// arrived on `ingress`: (verdict, output packet).
+    fn run_on(
+        &mut self,
+        program: &'static str,
+        pkt: &[u8],
+        ifindex: u32,
+        ingress: u32,
+    ) -> (u32, Vec<u8>) {
+        let skb = SkbContext {
+            ifindex,
+            ingress_ifindex: ingress,
+        };
+        self.bpf
+            .run(program, pkt, skb)
+            .unwrap_or_else(|e| panic!("{program}: {e}"))
     }
 
-    /// Runs the program on `pkt`: (verdict, output packet).
-    fn run(&mut self, pkt: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; pkt.len() + 256];
-        let res = self
-            .prog()
-            .test_run(TestRunOptions {
-                data_in: Some(pkt),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+    /// `from_container` on pod A's veth: a packet pod A sent.
+    fn sent_by_a(&mut self, pkt: &[u8]) -> u32 {
+        let a = self.a_if;
+        self.run_on(programs::FROM_CONTAINER, pkt, a, a).0
     }
 
-    fn counter(&self, reason: &str) -> u64 {
-        counters::packets(&counters::read(&self.pin_dir).expect("counters"), reason)
+    fn counter(&self, reason: Reason) -> u64 {
+        let rows = counters::read(self.bpf.pin_dir()).expect("counters");
+        counters::packets(&rows, reason)
     }
 
-    fn verdicts(&self, direction: &str, verdict: &str) -> u64 {
-        let rows = counters::read_verdicts(&self.pin_dir).expect("verdicts");
+    fn verdicts(&self, direction: Direction, verdict: Verdict) -> u64 {
+        let rows = counters::read_verdicts(self.bpf.pin_dir()).expect("verdicts");
         counters::verdicts(&rows, direction, verdict)
     }
 
-    /// Isolates pod B for ingress, with no rule letting anything in.
-    fn isolate_b_ingress(&mut self) {
-        self.isolate(B_ENDPOINT_ID, 1, 0);
+    /// Writes the policy built so far, as the agent's syncer does.
+    fn apply(&mut self) {
+        self.bpf.apply_policy(&self.policy).expect("policy");
     }
 
-    fn isolate(&mut self, endpoint: u32, ingress: u8, egress: u8) {
-        let mut iso: HashMap<&mut MapData, u32, Isolation> =
-            HashMap::try_from(self.ebpf.map_mut(maps::ISOLATION).expect("isolation map"))
-                .expect("isolation map type");
-        let isolation = Isolation {
-            ingress,
-            egress,
-            ranges: 0,
-            _pad: 0,
-        };
-        iso.insert(endpoint, isolation, 0).expect("isolate");
-    }
-
-    /// What the agent does after every policy change.
-    fn set_policy_revision(&mut self, revision: u32) {
-        let mut config: Array<&mut MapData, DataplaneConfig> =
-            Array::try_from(self.ebpf.map_mut(maps::CONFIG).expect("config map"))
-                .expect("config map type");
-        let mut current = config.get(&0, 0).expect("config");
-        current.policy_revision = revision;
-        config.set(0, current, 0).expect("set config");
+    fn isolate(&mut self, endpoint: u32, direction: Direction) {
+        self.policy.isolate(endpoint, direction);
+        self.apply();
     }
 
     /// Isolates pod A for egress, allowing `protocol` to `port` of anyone.
     fn allow_a_egress(&mut self, protocol: u8, port: u16) {
-        self.isolate(A_ENDPOINT_ID, 0, 1);
-        let mut exact: HashMap<&mut MapData, PolicyKey, PolicyEntry> =
-            HashMap::try_from(self.ebpf.map_mut(maps::POLICY_EXACT).expect("policy map"))
-                .expect("policy map type");
-        let allow = PolicyEntry {
-            flags: entry::ALLOW,
-            _pad: 0,
-        };
-        let rule = PolicyKey {
-            endpoint: A_ENDPOINT_ID,
-            identity: ANY_IDENTITY,
-            direction: direction::EGRESS,
+        self.policy.isolate(A_ENDPOINT_ID, Direction::Egress);
+        let port = PortPrefix { port, bits: 16 };
+        self.policy.allow(
+            A_ENDPOINT_ID,
+            Direction::Egress,
+            ANY_IDENTITY,
             protocol,
-            dport: port.to_be_bytes(),
-        };
-        exact.insert(rule, allow, 0).expect("rule");
-        let mark = peer_mark(A_ENDPOINT_ID, ANY_IDENTITY, direction::EGRESS);
-        exact.insert(mark, allow, 0).expect("mark");
+            Some(port),
+        );
+        self.apply();
     }
 
-    /// A conntrack entry for `key`, live and checked at the current
-    /// policy revision.
+    /// Clears every policy: nothing isolated.
+    fn open_everything(&mut self) {
+        self.policy = PlacedPolicy::default();
+        self.apply();
+    }
+
+    /// A conntrack entry for `key`, live and checked at revision 0, as a
+    /// flow that passed before any policy change.
     fn track(&mut self, key: CtKey) {
-        let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map_mut(maps::CONNTRACK).expect("conntrack map"))
-                .expect("conntrack map type");
+        let path = self.bpf.pin_dir().join(maps::CONNTRACK.name);
+        let data = MapData::from_pin(&path).expect("conntrack map");
+        let mut ct: HashMap<_, CtKey, CtEntry> =
+            HashMap::try_from(Map::LruHashMap(data)).expect("conntrack map type");
         let entry = CtEntry {
             expires: u64::MAX,
             revision: 0,
@@ -171,31 +224,35 @@ impl Loaded {
         };
         ct.insert(key, entry, 0).expect("conntrack insert");
     }
-}
 
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        let _ = sluice_agent::kernel::bpf::remove_pins(&self.pin_dir);
+    fn set_routing(&mut self, mode: u32) {
+        let config = DataplaneConfig {
+            routing: mode,
+            tunnel_ifindex: self.tunnel_if,
+        };
+        self.bpf.set_config(config).expect("config");
     }
 }
 
-fn endpoint(ifindex: u32, pod_mac: [u8; 6], host_mac: [u8; 6]) -> EndpointInfo {
-    EndpointInfo {
-        id: ifindex,
-        ifindex,
-        identity: 0,
-        flags: flags::LOCAL_POD,
-        pod_mac,
-        host_mac,
-        _pad: [0; 4],
+impl Drop for Unit {
+    fn drop(&mut self) {
+        if let Some(entered) = self.entered.take() {
+            if let Err(e) = entered.leave() {
+                eprintln!("leaving the test netns: {e}");
+            }
+        }
     }
 }
 
 fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
+    tcp(sport, dport, 0x02)
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut tcp = Vec::new();
     tcp.extend_from_slice(&sport.to_be_bytes());
     tcp.extend_from_slice(&dport.to_be_bytes());
-    tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     tcp
 }
 
@@ -209,142 +266,191 @@ fn udp(sport: u16, dport: u16) -> Vec<u8> {
 
 const ICMP_ECHO: [u8; 8] = [8, 0, 0, 0, 0, 1, 0, 1];
 
+fn arp_from_a() -> Vec<u8> {
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&A_POD_MAC);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&A_POD_MAC);
+    arp.extend_from_slice(&POD_A.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&GATEWAY.octets());
+    arp
+}
+
+fn ipv6_frame() -> Vec<u8> {
+    let mut v6 = vec![0x33, 0x33, 0, 0, 0, 1];
+    v6.extend_from_slice(&A_POD_MAC);
+    v6.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 59, 64]);
+    v6.extend_from_slice(&[0; 32]);
+    v6
+}
+
+/// Checks a delivered packet: MACs as the destination pod's gateway
+/// writes them, TTL one less with a valid header checksum, L4 untouched.
+fn assert_routed_to(out: &[u8], pkt: &[u8], pod_mac: [u8; 6], host_mac: [u8; 6]) {
+    assert_eq!(out.len(), pkt.len());
+    assert_eq!(&out[0..6], &pod_mac, "destination MAC is the pod's");
+    assert_eq!(&out[6..12], &host_mac, "source MAC is the pod's gateway");
+    assert_eq!(out[14 + 8], pkt[14 + 8] - 1, "TTL decremented");
+    assert_eq!(checksum(&out[14..34]), 0, "IPv4 header checksum valid");
+    assert_eq!(&out[34..], &pkt[34..], "L4 untouched");
+}
+
+// from_container: TCX ingress of a pod's host veth.
+
 #[test]
 fn local_pod_is_redirected_with_l2_rewritten_and_ttl_decremented() {
     require_root!();
-    let mut bpf = Loaded::new();
+    let mut unit = Unit::new();
     for (proto, l4) in [
         (6, tcp_syn(40000, 80)),
         (17, udp(40000, 53)),
         (1, ICMP_ECHO.to_vec()),
     ] {
         let pkt = ipv4(POD_A, POD_B, proto, 64, 0, &l4);
-        let (verdict, out) = bpf.run(&pkt);
+        let a = unit.a_if;
+        let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &pkt, a, a);
         assert_eq!(verdict, TC_ACT_REDIRECT, "proto {proto}");
-        assert_eq!(out.len(), pkt.len());
-        assert_eq!(&out[0..6], &B_POD_MAC, "dst MAC is pod B's");
-        assert_eq!(
-            &out[6..12],
-            &B_HOST_MAC,
-            "src MAC is B's gateway (host veth)"
-        );
-        assert_eq!(out[14 + 8], 63, "TTL decremented");
-        assert_eq!(
-            checksum(&out[14..34]),
-            0,
-            "IPv4 header checksum still valid"
-        );
-        assert_eq!(&out[34..], &pkt[34..], "L4 untouched");
+        assert_routed_to(&out, &pkt, B_POD_MAC, B_HOST_MAC);
     }
-    assert_eq!(bpf.counter("forward_local"), 3);
+    assert_eq!(unit.counter(Reason::ForwardLocal), 3);
 }
 
 #[test]
 fn unknown_destination_goes_to_the_host_stack() {
     require_root!();
-    let mut bpf = Loaded::new();
+    let mut unit = Unit::new();
     let pkt = ipv4(POD_A, OUTSIDE, 6, 64, 0, &tcp_syn(40000, 443));
-    let (verdict, out) = bpf.run(&pkt);
+    let a = unit.a_if;
+    let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &pkt, a, a);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, pkt, "packets to the stack are not modified");
-    assert_eq!(bpf.counter("to_stack"), 1);
+    assert_eq!(unit.counter(Reason::ToStack), 1);
 }
 
 #[test]
 fn expiring_ttl_is_left_to_the_stack() {
     require_root!();
-    let mut bpf = Loaded::new();
-    let (verdict, _) = bpf.run(&ipv4(POD_A, POD_B, 1, 1, 0, &ICMP_ECHO));
+    let mut unit = Unit::new();
+    let verdict = unit.sent_by_a(&ipv4(POD_A, POD_B, 1, 1, 0, &ICMP_ECHO));
     assert_eq!(verdict, TC_ACT_OK, "the stack sends time-exceeded");
+    assert_eq!(unit.counter(Reason::ToStack), 1);
 }
 
+/// The source must be the endpoint whose veth the packet came in on: the
+/// device is the test-run context's, so each pod's own veth is tried.
 #[test]
 fn spoofed_sources_are_dropped_and_counted() {
     require_root!();
-    let mut bpf = Loaded::new();
+    let mut unit = Unit::new();
     // Not an endpoint at all.
-    let (verdict, _) = bpf.run(&ipv4(OUTSIDE, POD_B, 6, 64, 0, &tcp_syn(1, 80)));
+    let verdict = unit.sent_by_a(&ipv4(OUTSIDE, POD_B, 6, 64, 0, &tcp_syn(1, 80)));
     assert_eq!(verdict, TC_ACT_SHOT);
-    // Pod B's address, but arriving on pod A's veth (ifindex 1).
-    let (verdict, _) = bpf.run(&ipv4(POD_B, POD_A, 17, 64, 0, &udp(1, 53)));
-    assert_eq!(verdict, TC_ACT_SHOT);
-    assert_eq!(bpf.counter("drop_spoofed_source"), 2);
-    assert_eq!(bpf.counter("forward_local"), 0);
+    // Pod B's address, but arriving on pod A's veth.
+    let b_to_a = ipv4(POD_B, POD_A, 17, 64, 0, &udp(1, 53));
+    assert_eq!(unit.sent_by_a(&b_to_a), TC_ACT_SHOT);
+    assert_eq!(unit.counter(Reason::DropSpoofedSource), 2);
+    assert_eq!(unit.counter(Reason::ForwardLocal), 0);
+    // The same packet on B's own veth is B's.
+    let b = unit.b_if;
+    let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &b_to_a, b, b);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_routed_to(&out, &b_to_a, A_POD_MAC, A_HOST_MAC);
 }
 
 #[test]
-fn malformed_and_truncated_packets_are_dropped_and_counted() {
+fn bad_headers_are_dropped_under_the_reason_that_names_them() {
     require_root!();
-    let mut bpf = Loaded::new();
+    let mut unit = Unit::new();
     let good = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40000, 80));
-    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut bad_ipv4: Vec<(&str, Vec<u8>)> = Vec::new();
     // (A frame too short for an IPv4 header is refused by BPF_PROG_TEST_RUN
     // itself, so it cannot be crafted here; the namespace tests cover it.)
     let mut long_ihl = good.clone();
     long_ihl[14] = 0x4f;
-    cases.push(("IHL claims options beyond the packet", long_ihl));
+    bad_ipv4.push(("IHL claims options beyond the packet", long_ihl));
     let mut bad_ihl = good.clone();
     bad_ihl[14] = 0x44;
-    cases.push(("IHL below 5", bad_ihl));
+    bad_ipv4.push(("IHL below 5", bad_ihl));
     let mut bad_version = good.clone();
     bad_version[14] = 0x65;
-    cases.push(("IP version 6 in an IPv4 frame", bad_version));
+    bad_ipv4.push(("IP version 6 in an IPv4 frame", bad_version));
     let mut long_len = good.clone();
     long_len[16..18].copy_from_slice(&200u16.to_be_bytes());
-    cases.push(("total length beyond the packet", long_len));
-    cases.push((
-        "TCP header cut short",
-        ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(1, 80)[..12]),
-    ));
+    bad_ipv4.push(("total length beyond the packet", long_len));
     let mut bad_doff = tcp_syn(1, 80);
     bad_doff[12] = 0x40;
-    cases.push((
-        "TCP data offset below 5",
-        ipv4(POD_A, POD_B, 6, 64, 0, &bad_doff),
-    ));
-    cases.push((
-        "UDP header cut short",
-        ipv4(POD_A, POD_B, 17, 64, 0, &udp(1, 53)[..6]),
-    ));
-    cases.push((
-        "ICMP header cut short",
-        ipv4(POD_A, POD_B, 1, 64, 0, &ICMP_ECHO[..4]),
-    ));
-    let n = cases.len() as u64;
-    for (what, pkt) in cases {
-        let (verdict, _) = bpf.run(&pkt);
-        assert_eq!(verdict, TC_ACT_SHOT, "{what}");
+    let truncated: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "TCP header cut short",
+            ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(1, 80)[..12]),
+        ),
+        (
+            "TCP data offset below 5",
+            ipv4(POD_A, POD_B, 6, 64, 0, &bad_doff),
+        ),
+        (
+            "UDP header cut short",
+            ipv4(POD_A, POD_B, 17, 64, 0, &udp(1, 53)[..6]),
+        ),
+        (
+            "ICMP header cut short",
+            ipv4(POD_A, POD_B, 1, 64, 0, &ICMP_ECHO[..4]),
+        ),
+    ];
+    let (n_ipv4, n_l4) = (bad_ipv4.len() as u64, truncated.len() as u64);
+    for (what, pkt) in bad_ipv4.into_iter().chain(truncated) {
+        assert_eq!(unit.sent_by_a(&pkt), TC_ACT_SHOT, "{what}");
     }
-    assert_eq!(bpf.counter("drop_malformed"), n);
-    assert_eq!(bpf.counter("forward_local"), 0);
+    assert_eq!(unit.counter(Reason::DropBadIpv4Header), n_ipv4);
+    assert_eq!(unit.counter(Reason::DropTruncatedL4), n_l4);
+    assert_eq!(unit.counter(Reason::ForwardLocal), 0);
 }
 
 #[test]
 fn non_first_fragments_need_no_l4_header() {
     require_root!();
-    let mut bpf = Loaded::new();
+    let mut unit = Unit::new();
     // Offset 185 * 8 bytes, no TCP header in this fragment.
-    let (verdict, _) = bpf.run(&ipv4(POD_A, POD_B, 6, 64, 185, &[0u8; 8]));
+    let verdict = unit.sent_by_a(&ipv4(POD_A, POD_B, 6, 64, 185, &[0u8; 8]));
     assert_eq!(verdict, TC_ACT_REDIRECT);
 }
 
 #[test]
 fn arp_passes_and_other_l3_is_dropped() {
     require_root!();
-    let mut bpf = Loaded::new();
-    let mut arp = vec![0xff; 6];
-    arp.extend_from_slice(&[2, 0xaa, 0, 0, 0, 1, 0x08, 0x06]);
-    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    arp.extend_from_slice(&[2, 0xaa, 0, 0, 0, 1]);
-    arp.extend_from_slice(&POD_A.octets());
-    arp.extend_from_slice(&[0; 6]);
-    arp.extend_from_slice(&[10, 50, 0, 1]);
-    assert_eq!(bpf.run(&arp).0, TC_ACT_OK);
-    let mut v6 = vec![0x33, 0x33, 0, 0, 0, 1, 2, 0xaa, 0, 0, 0, 1, 0x86, 0xdd];
-    v6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
-    v6.extend_from_slice(&[0; 32]);
-    assert_eq!(bpf.run(&v6).0, TC_ACT_SHOT);
-    assert_eq!(bpf.counter("drop_unsupported_l3"), 1);
+    let mut unit = Unit::new();
+    assert_eq!(unit.sent_by_a(&arp_from_a()), TC_ACT_OK);
+    assert_eq!(unit.sent_by_a(&ipv6_frame()), TC_ACT_SHOT);
+    assert_eq!(unit.counter(Reason::DropUnsupportedL3), 1);
+    assert_eq!(unit.counter(Reason::ToStack), 1, "ARP goes to the stack");
+}
+
+/// A pod on another node: through the tunnel in tunnel mode (TTL
+/// decremented, redirected to the VXLAN device), along the FIB's route in
+/// native mode, to the stack while no routing is set up.
+#[test]
+fn remote_pods_are_reached_through_the_tunnel_or_the_fib() {
+    require_root!();
+    let mut unit = Unit::new();
+    let pkt = ipv4(POD_A, REMOTE_POD, 6, 64, 0, &tcp_syn(40000, 80));
+    assert_eq!(unit.sent_by_a(&pkt), TC_ACT_OK, "no routing set up yet");
+    assert_eq!(unit.counter(Reason::ToStack), 1);
+
+    unit.set_routing(routing::TUNNEL);
+    let a = unit.a_if;
+    let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &pkt, a, a);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out[14 + 8], 63, "TTL decremented");
+    assert_eq!(checksum(&out[14..34]), 0);
+    assert_eq!(unit.counter(Reason::ForwardTunnel), 1);
+
+    unit.set_routing(routing::NATIVE);
+    assert_eq!(unit.sent_by_a(&pkt), TC_ACT_REDIRECT, "the FIB has a route");
+    assert_eq!(unit.counter(Reason::ForwardNative), 1);
+    let unrouted = ipv4(POD_A, OUTSIDE, 6, 64, 0, &tcp_syn(40000, 80));
+    assert_eq!(unit.sent_by_a(&unrouted), TC_ACT_OK, "not a pod CIDR");
+    assert_eq!(unit.counter(Reason::ToStack), 2);
 }
 
 /// ICMP `type`/`code` quoting `quoted` (an IPv4 packet without Ethernet),
@@ -375,57 +481,63 @@ fn udp_key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> CtKey {
 #[test]
 fn icmp_errors_of_tracked_flows_pass_isolation() {
     require_root!();
-    let mut bpf = Loaded::new();
-    bpf.isolate_b_ingress();
+    let mut unit = Unit::new();
+    unit.isolate(B_ENDPOINT_ID, Direction::Ingress);
     // B's datagram to A, as A's port unreachable quotes it.
     let b_to_a = ipv4(POD_B, POD_A, 17, 64, 0, &udp(5000, 53))[14..].to_vec();
     let unreachable = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(3, 3, &b_to_a));
 
-    let (verdict, _) = bpf.run(&unreachable);
-    assert_eq!(verdict, TC_ACT_SHOT, "error about an untracked flow");
-    assert_eq!(bpf.counter("drop_policy_ingress"), 1);
+    assert_eq!(
+        unit.sent_by_a(&unreachable),
+        TC_ACT_SHOT,
+        "error about an untracked flow"
+    );
+    assert_eq!(unit.counter(Reason::DropPolicyIngress), 1);
 
-    bpf.track(udp_key(POD_B, POD_A, 5000, 53));
-    let (verdict, _) = bpf.run(&unreachable);
-    assert_eq!(verdict, TC_ACT_REDIRECT, "error about B's own flow");
+    unit.track(udp_key(POD_B, POD_A, 5000, 53));
+    assert_eq!(
+        unit.sent_by_a(&unreachable),
+        TC_ACT_REDIRECT,
+        "error about B's own flow"
+    );
     // Time exceeded and fragmentation needed relate the same way.
     for (t, c) in [(11, 0), (3, 4)] {
         let pkt = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(t, c, &b_to_a));
-        assert_eq!(bpf.run(&pkt).0, TC_ACT_REDIRECT, "ICMP {t}/{c}");
+        assert_eq!(unit.sent_by_a(&pkt), TC_ACT_REDIRECT, "ICMP {t}/{c}");
     }
 
     // The same flow quoted in reverse (an error about a reply) relates too.
     let a_to_b = ipv4(POD_A, POD_B, 17, 64, 0, &udp(6000, 7))[14..].to_vec();
     let about_reply = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(3, 3, &a_to_b));
-    assert_eq!(bpf.run(&about_reply).0, TC_ACT_SHOT, "before tracking");
-    bpf.track(udp_key(POD_B, POD_A, 7, 6000));
+    assert_eq!(unit.sent_by_a(&about_reply), TC_ACT_SHOT, "before tracking");
+    unit.track(udp_key(POD_B, POD_A, 7, 6000));
     // Quoting A's packet to B: the error goes to B but A sent the quoted
     // packet, so it does not travel back to the quoted sender.
     assert_eq!(
-        bpf.run(&about_reply).0,
+        unit.sent_by_a(&about_reply),
         TC_ACT_SHOT,
         "quoted sender is not B"
     );
 
     // A third party's flow, quoted in an error sent to B.
-    bpf.track(udp_key(OUTSIDE, POD_A, 5000, 53));
+    unit.track(udp_key(OUTSIDE, POD_A, 5000, 53));
     let third = ipv4(OUTSIDE, POD_A, 17, 64, 0, &udp(5000, 53))[14..].to_vec();
     let smuggled = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(3, 3, &third));
-    assert_eq!(bpf.run(&smuggled).0, TC_ACT_SHOT, "third party's flow");
+    assert_eq!(unit.sent_by_a(&smuggled), TC_ACT_SHOT, "third party's flow");
     // B's own flow to someone else, "reported" by A: A is neither the
     // flow's peer nor a node on its path.
-    bpf.track(udp_key(POD_B, OUTSIDE, 5001, 53));
+    unit.track(udp_key(POD_B, OUTSIDE, 5001, 53));
     let b_out = ipv4(POD_B, OUTSIDE, 17, 64, 0, &udp(5001, 53))[14..].to_vec();
     let forged = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(3, 4, &b_out));
     assert_eq!(
-        bpf.run(&forged).0,
+        unit.sent_by_a(&forged),
         TC_ACT_SHOT,
         "error forged by a bystander"
     );
-    assert_eq!(bpf.counter("drop_policy_ingress"), 5);
+    assert_eq!(unit.counter(Reason::DropPolicyIngress), 5);
     // An error whose quote runs past the packet's end relates to nothing.
     let cut = ipv4(POD_A, POD_B, 1, 64, 0, &icmp_error(3, 3, &b_to_a)[..32]);
-    assert_eq!(bpf.run(&cut).0, TC_ACT_SHOT, "quote cut short");
+    assert_eq!(unit.sent_by_a(&cut), TC_ACT_SHOT, "quote cut short");
 }
 
 /// Verdicts count policy decisions: an allowance once per admitted flow
@@ -434,25 +546,34 @@ fn icmp_errors_of_tracked_flows_pass_isolation() {
 #[test]
 fn policy_verdicts_are_counted_per_direction() {
     require_root!();
-    let mut bpf = Loaded::new();
-    bpf.allow_a_egress(6, 80);
+    let mut unit = Unit::new();
+    unit.allow_a_egress(6, 80);
     let syn = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40000, 80));
-    assert_eq!(bpf.run(&syn).0, TC_ACT_REDIRECT);
-    assert_eq!(bpf.run(&syn).0, TC_ACT_REDIRECT);
-    assert_eq!(bpf.verdicts("egress", "allowed"), 1, "A's egress, once");
-    assert_eq!(bpf.verdicts("ingress", "allowed"), 0, "B is not isolated");
-    let udp_pkt = ipv4(POD_A, POD_B, 17, 64, 0, &udp(40001, 53));
-    assert_eq!(bpf.run(&udp_pkt).0, TC_ACT_SHOT);
-    assert_eq!(bpf.run(&udp_pkt).0, TC_ACT_SHOT);
-    assert_eq!(bpf.verdicts("egress", "denied"), 2);
-    assert_eq!(bpf.counter("drop_policy_egress"), 2);
-
-    bpf.isolate_b_ingress();
-    let other = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40002, 80));
-    assert_eq!(bpf.run(&other).0, TC_ACT_SHOT);
-    assert_eq!(bpf.verdicts("ingress", "denied"), 1);
+    assert_eq!(unit.sent_by_a(&syn), TC_ACT_REDIRECT);
+    assert_eq!(unit.sent_by_a(&syn), TC_ACT_REDIRECT);
+    let (egress, ingress) = (Direction::Egress, Direction::Ingress);
     assert_eq!(
-        bpf.verdicts("egress", "allowed"),
+        unit.verdicts(egress, Verdict::Allowed),
+        1,
+        "A's egress, once"
+    );
+    assert_eq!(
+        unit.verdicts(ingress, Verdict::Allowed),
+        0,
+        "B is not isolated"
+    );
+    let udp_pkt = ipv4(POD_A, POD_B, 17, 64, 0, &udp(40001, 53));
+    assert_eq!(unit.sent_by_a(&udp_pkt), TC_ACT_SHOT);
+    assert_eq!(unit.sent_by_a(&udp_pkt), TC_ACT_SHOT);
+    assert_eq!(unit.verdicts(egress, Verdict::Denied), 2);
+    assert_eq!(unit.counter(Reason::DropPolicyEgress), 2);
+
+    unit.isolate(B_ENDPOINT_ID, Direction::Ingress);
+    let other = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40002, 80));
+    assert_eq!(unit.sent_by_a(&other), TC_ACT_SHOT);
+    assert_eq!(unit.verdicts(ingress, Verdict::Denied), 1);
+    assert_eq!(
+        unit.verdicts(egress, Verdict::Allowed),
         1,
         "a flow that ingress refuses is no egress allowance"
     );
@@ -466,34 +587,34 @@ fn policy_verdicts_are_counted_per_direction() {
 #[test]
 fn revoked_flows_stay_revoked_from_both_ends() {
     require_root!();
-    let mut bpf = Loaded::new();
+    let mut unit = Unit::new();
     // B connected to A's port 80 while nothing isolated A.
-    bpf.track(CtKey {
+    unit.track(CtKey {
         protocol: 6,
         ..udp_key(POD_B, POD_A, 5000, 80)
     });
-    let syn_ack = {
-        let mut seg = tcp_syn(80, 5000);
-        seg[13] = 0x12;
-        ipv4(POD_A, POD_B, 6, 64, 0, &seg)
-    };
-    assert_eq!(bpf.run(&syn_ack).0, TC_ACT_REDIRECT, "before the policy");
+    let syn_ack = ipv4(POD_A, POD_B, 6, 64, 0, &tcp(80, 5000, 0x12));
+    assert_eq!(
+        unit.sent_by_a(&syn_ack),
+        TC_ACT_REDIRECT,
+        "before the policy"
+    );
 
-    bpf.isolate(A_ENDPOINT_ID, 1, 0);
-    bpf.set_policy_revision(1);
+    unit.isolate(A_ENDPOINT_ID, Direction::Ingress);
+    unit.bpf.bump_revision().expect("revision");
     for attempt in 0..3 {
         assert_eq!(
-            bpf.run(&syn_ack).0,
+            unit.sent_by_a(&syn_ack),
             TC_ACT_SHOT,
             "A's segment {attempt} after A's ingress was closed"
         );
     }
-    assert_eq!(bpf.counter("drop_policy_ingress"), 3);
-    assert_eq!(bpf.verdicts("ingress", "denied"), 3);
+    assert_eq!(unit.counter(Reason::DropPolicyIngress), 3);
+    assert_eq!(unit.verdicts(Direction::Ingress, Verdict::Denied), 3);
 
-    bpf.isolate(A_ENDPOINT_ID, 0, 0);
-    bpf.set_policy_revision(2);
-    assert_eq!(bpf.run(&syn_ack).0, TC_ACT_REDIRECT, "allowed again");
+    unit.open_everything();
+    unit.bpf.bump_revision().expect("revision");
+    assert_eq!(unit.sent_by_a(&syn_ack), TC_ACT_REDIRECT, "allowed again");
 }
 
 /// SCTP ports are policy ports like TCP's and UDP's: enforced from the
@@ -501,8 +622,8 @@ fn revoked_flows_stay_revoked_from_both_ends() {
 #[test]
 fn sctp_ports_are_enforced() {
     require_root!();
-    let mut bpf = Loaded::new();
-    bpf.allow_a_egress(132, 80);
+    let mut unit = Unit::new();
+    unit.allow_a_egress(132, 80);
     // Common header: ports, verification tag, checksum.
     let sctp = |dport: u16| {
         let mut l4 = 40000u16.to_be_bytes().to_vec();
@@ -511,14 +632,144 @@ fn sctp_ports_are_enforced() {
         ipv4(POD_A, POD_B, 132, 64, 0, &l4)
     };
     assert_eq!(
-        bpf.run(&sctp(80)).0,
+        unit.sent_by_a(&sctp(80)),
         TC_ACT_REDIRECT,
         "SCTP to the allowed port"
     );
-    assert_eq!(bpf.run(&sctp(81)).0, TC_ACT_SHOT, "SCTP to another port");
+    assert_eq!(
+        unit.sent_by_a(&sctp(81)),
+        TC_ACT_SHOT,
+        "SCTP to another port"
+    );
     let tcp = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40000, 80));
-    assert_eq!(bpf.run(&tcp).0, TC_ACT_SHOT, "TCP to the SCTP rule's port");
+    assert_eq!(
+        unit.sent_by_a(&tcp),
+        TC_ACT_SHOT,
+        "TCP to the SCTP rule's port"
+    );
     let short = ipv4(POD_A, POD_B, 132, 64, 0, &sctp(80)[34..42]);
-    assert_eq!(bpf.run(&short).0, TC_ACT_SHOT, "SCTP header cut short");
-    assert_eq!(bpf.counter("drop_malformed"), 1);
+    assert_eq!(unit.sent_by_a(&short), TC_ACT_SHOT, "SCTP header cut short");
+    assert_eq!(unit.counter(Reason::DropTruncatedL4), 1);
+}
+
+// to_container: TCX egress of a pod's host veth, what the stack delivers.
+
+/// What the host stack delivers to a pod meets the pod's ingress policy:
+/// the node itself (the `host` identity) always passes, the outside world
+/// only if a rule lets it in; ARP passes.
+#[test]
+fn host_stack_deliveries_meet_the_pods_ingress_policy() {
+    require_root!();
+    let mut unit = Unit::new();
+    let b = unit.b_if;
+    let from_outside = ipv4(OUTSIDE, POD_B, 6, 63, 0, &tcp_syn(40000, 80));
+    let from_host = ipv4(GATEWAY, POD_B, 6, 64, 0, &tcp_syn(40001, 80));
+    let (verdict, out) = unit.run_on(programs::TO_CONTAINER, &from_outside, b, 0);
+    assert_eq!(verdict, TC_ACT_OK, "B is not isolated");
+    assert_eq!(out, from_outside, "delivered as the stack built it");
+
+    unit.isolate(B_ENDPOINT_ID, Direction::Ingress);
+    let from_outside = ipv4(OUTSIDE, POD_B, 6, 63, 0, &tcp_syn(40002, 80));
+    assert_eq!(
+        unit.run_on(programs::TO_CONTAINER, &from_outside, b, 0).0,
+        TC_ACT_SHOT,
+        "the world is not allowed in"
+    );
+    assert_eq!(
+        unit.run_on(programs::TO_CONTAINER, &from_host, b, 0).0,
+        TC_ACT_OK,
+        "the node (kubelet probes) always is"
+    );
+    let mut arp = arp_from_a();
+    arp[0..6].copy_from_slice(&B_POD_MAC);
+    assert_eq!(unit.run_on(programs::TO_CONTAINER, &arp, b, 0).0, TC_ACT_OK);
+    assert_eq!(unit.counter(Reason::DropPolicyIngress), 1);
+    assert_eq!(unit.counter(Reason::FromStack), 3);
+}
+
+// from_overlay / to_overlay: the VXLAN device.
+
+/// A test run carries no tunnel metadata: the overlay's ingress refuses
+/// the packet as not from the tunnel.
+#[test]
+fn overlay_ingress_refuses_packets_without_tunnel_metadata() {
+    require_root!();
+    let mut unit = Unit::new();
+    let tun = unit.tunnel_if;
+    let pkt = ipv4(REMOTE_POD, POD_B, 6, 63, 0, &tcp_syn(40000, 80));
+    assert_eq!(
+        unit.run_on(programs::FROM_OVERLAY, &pkt, tun, tun).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(unit.counter(Reason::DropNoTunnelKey), 1);
+    assert_eq!(unit.counter(Reason::ForwardLocal), 0);
+}
+
+/// What the host routes into the VXLAN device gets its tunnel key from the
+/// ipcache; an address no node owns, or anything but IPv4, is dropped.
+#[test]
+fn overlay_egress_keys_host_traffic_for_remote_pods() {
+    require_root!();
+    let mut unit = Unit::new();
+    let tun = unit.tunnel_if;
+    let to_remote = ipv4(GATEWAY, REMOTE_POD, 6, 64, 0, &tcp_syn(40000, 80));
+    let (verdict, out) = unit.run_on(programs::TO_OVERLAY, &to_remote, tun, 0);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, to_remote, "only the metadata is set");
+    assert_eq!(unit.counter(Reason::ForwardTunnel), 1);
+    let nowhere = ipv4(GATEWAY, OUTSIDE, 6, 64, 0, &tcp_syn(40000, 80));
+    assert_eq!(
+        unit.run_on(programs::TO_OVERLAY, &nowhere, tun, 0).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(unit.counter(Reason::DropNoTunnelEndpoint), 1);
+    assert_eq!(
+        unit.run_on(programs::TO_OVERLAY, &ipv6_frame(), tun, 0).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(unit.counter(Reason::DropUnsupportedL3), 1);
+}
+
+// from_netdev: TCX ingress of the underlay device (native routing).
+
+/// Packets for local pods arriving on the underlay go straight into the
+/// pod, under the pod's ingress policy; anything else is the node's own
+/// business and passes uncounted.
+#[test]
+fn underlay_ingress_delivers_local_pods_and_leaves_the_rest() {
+    require_root!();
+    let mut unit = Unit::new();
+    let ul = unit.underlay_if;
+    let pkt = ipv4(REMOTE_POD, POD_B, 6, 63, 0, &tcp_syn(40000, 80));
+    let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &pkt, ul, ul);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_routed_to(&out, &pkt, B_POD_MAC, B_HOST_MAC);
+    assert_eq!(unit.counter(Reason::ForwardLocal), 1);
+
+    let for_node = ipv4(
+        REMOTE_NODE,
+        Ipv4Addr::new(172, 31, 0, 1),
+        6,
+        64,
+        0,
+        &tcp_syn(1, 22),
+    );
+    assert_eq!(
+        unit.run_on(programs::FROM_NETDEV, &for_node, ul, ul).0,
+        TC_ACT_OK
+    );
+    assert_eq!(
+        unit.run_on(programs::FROM_NETDEV, &ipv6_frame(), ul, ul).0,
+        TC_ACT_OK
+    );
+    let total: u64 = Reason::ALL.iter().map(|r| unit.counter(*r)).sum();
+    assert_eq!(total, 1, "the node's own traffic is not counted");
+
+    unit.isolate(B_ENDPOINT_ID, Direction::Ingress);
+    let other = ipv4(REMOTE_POD, POD_B, 6, 63, 0, &tcp_syn(40001, 80));
+    assert_eq!(
+        unit.run_on(programs::FROM_NETDEV, &other, ul, ul).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(unit.counter(Reason::DropPolicyIngress), 1);
 }

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use sluice_tests::{probe, require_root, Check, Netns, TestLab, TruthTable, TIMEOUT};
+use sluice_tests::{probe, require_root, Check, Netns, Reason, TestLab, TruthTable, TIMEOUT};
 
 /// How long agents may take to learn about pods on other nodes.
 const CONVERGE: Duration = Duration::from_secs(15);
@@ -299,13 +299,13 @@ fn tunnel_rejects_sources_not_owned_by_the_sender() {
             victim.ip
         ),
     );
-    let before = lab.counter("node1", "drop_tunnel_source");
+    let before = lab.counter("node1", Reason::DropTunnelSource);
     assert!(
         !probe::icmp(&ext, victim.ip, TIMEOUT),
         "a spoofed tunnel packet reached {}",
         victim.ip
     );
-    let after = lab.counter("node1", "drop_tunnel_source");
+    let after = lab.counter("node1", Reason::DropTunnelSource);
     assert!(
         after > before,
         "node1 did not count the spoofed packet as drop_tunnel_source ({before} -> {after})"

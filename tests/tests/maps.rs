@@ -6,10 +6,14 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 use ipnet::Ipv4Net;
-use sluice_agent::kernel::bpf::{Dataplane, MapSizes, PolicyMaps};
+use sluice_agent::{
+    kernel::bpf::{Dataplane, MapSizes, PolicyMaps},
+    policy::{ports::PortPrefix, PlacedPolicy},
+};
 use sluice_common::{
+    direction::Direction,
     identity, maps,
-    policy::{direction, entry, Isolation, PolicyEntry, PolicyKey, KEY_FULL_BITS, PEER_MARK},
+    policy::{Isolation, PolicyEntry, PolicyKey, PEER_MARK},
 };
 use sluice_lab::netns::Netns;
 use sluice_tests::{require_root, unique};
@@ -48,7 +52,7 @@ impl Pins {
     }
 
     fn has_exact(&self, key: &PolicyKey) -> bool {
-        let data = MapData::from_pin(self.0.join(maps::POLICY_EXACT)).expect("exact map");
+        let data = MapData::from_pin(self.0.join(maps::POLICY_EXACT.name)).expect("exact map");
         let exact: HashMap<_, PolicyKey, PolicyEntry> =
             HashMap::try_from(Map::HashMap(data)).expect("exact map type");
         exact.get(key, 0).is_ok()
@@ -56,10 +60,10 @@ impl Pins {
 
     /// The rules in both policy maps (not the peer marks).
     fn policy_keys(&self) -> Vec<PolicyKey> {
-        let data = MapData::from_pin(self.0.join(maps::POLICY_EXACT)).expect("exact map");
+        let data = MapData::from_pin(self.0.join(maps::POLICY_EXACT.name)).expect("exact map");
         let exact: HashMap<_, PolicyKey, PolicyEntry> =
             HashMap::try_from(Map::HashMap(data)).expect("exact map type");
-        let data = MapData::from_pin(self.0.join(maps::POLICY_RANGES)).expect("range map");
+        let data = MapData::from_pin(self.0.join(maps::POLICY_RANGES.name)).expect("range map");
         let ranges: LpmTrie<_, PolicyKey, PolicyEntry> =
             LpmTrie::try_from(Map::LpmTrie(data)).expect("range map type");
         exact
@@ -71,7 +75,7 @@ impl Pins {
     }
 
     fn isolation(&self) -> Vec<u32> {
-        let data = MapData::from_pin(self.0.join(maps::ISOLATION)).expect("isolation map");
+        let data = MapData::from_pin(self.0.join(maps::ISOLATION.name)).expect("isolation map");
         let map: HashMap<_, u32, Isolation> =
             HashMap::try_from(Map::HashMap(data)).expect("isolation map type");
         map.keys().map(|k| k.expect("key")).collect()
@@ -94,45 +98,26 @@ fn small() -> MapSizes {
     }
 }
 
-/// A rule on one port (`range_bits` 0) or on a range of 2^range_bits ports.
-fn rule(
-    endpoint: u32,
-    identity: u32,
-    port: u16,
-    range_bits: u32,
-) -> ((PolicyKey, u32), PolicyEntry) {
-    let key = PolicyKey {
-        endpoint,
-        identity,
-        direction: direction::INGRESS,
-        protocol: 6,
-        dport: port.to_be_bytes(),
-    };
-    let allow = PolicyEntry {
-        flags: entry::ALLOW,
-        _pad: 0,
-    };
-    ((key, KEY_FULL_BITS - range_bits), allow)
-}
-
-/// Isolation as the compiler writes it (the syncer adds the range bits).
-fn isolated(endpoints: &[u32]) -> BTreeMap<u32, Isolation> {
-    endpoints
-        .iter()
-        .map(|e| {
-            let iso = Isolation {
-                ingress: 1,
-                egress: 0,
-                ranges: 0,
-                _pad: 0,
-            };
-            (*e, iso)
-        })
-        .collect()
+/// `endpoints` isolated for ingress, and for each (endpoint, identity,
+/// port, range_bits) a TCP rule on one port (`range_bits` 0) or on a range
+/// of 2^range_bits ports, placed as the compiler places them.
+fn policy(endpoints: &[u32], rules: &[(u32, u32, u16, u32)]) -> PlacedPolicy {
+    let mut placed = PlacedPolicy::default();
+    for endpoint in endpoints {
+        placed.isolate(*endpoint, Direction::Ingress);
+    }
+    for &(endpoint, identity, port, range_bits) in rules {
+        let prefix = PortPrefix {
+            port,
+            bits: 16 - range_bits,
+        };
+        placed.allow(endpoint, Direction::Ingress, identity, 6, Some(prefix));
+    }
+    placed
 }
 
 fn policy_maps(dataplane: &mut Dataplane) -> PolicyMaps {
-    dataplane.take_policy_maps().expect("policy maps")
+    dataplane.take_sync_maps().expect("sync maps").policy
 }
 
 #[test]
@@ -145,10 +130,9 @@ fn capacities_follow_the_config_and_reshaped_pins_are_replaced() {
         assert_eq!(pins.max_entries(name), size, "{name}");
     }
     // Same shape: the pinned map and what it holds are kept.
-    let rules = BTreeMap::from([rule(7, 300, 80, 0), rule(7, 300, 1024, 8)]);
     policy_maps(&mut dataplane)
-        .sync(&BTreeMap::new(), &rules, &isolated(&[7]))
-        .expect("sync");
+        .apply(&policy(&[7], &[(7, 300, 80, 0), (7, 300, 1024, 8)]))
+        .expect("apply");
     drop(dataplane);
     let before = pins.map_ids();
     assert!(before.len() >= sizes.by_map().len(), "{before:?}");
@@ -161,12 +145,12 @@ fn capacities_follow_the_config_and_reshaped_pins_are_replaced() {
         ..sizes
     };
     drop(pins.load(bigger));
-    assert_eq!(pins.max_entries(maps::POLICY_RANGES), 128);
+    assert_eq!(pins.max_entries(maps::POLICY_RANGES.name), 128);
     assert_eq!(pins.policy_keys().len(), 0, "a new map");
     assert_eq!(pins.isolation(), vec![7], "other maps untouched");
     let after = pins.map_ids();
     for (name, id) in &before {
-        let replaced = name == maps::POLICY_RANGES || name == maps::POLICY_EXACT;
+        let replaced = name == maps::POLICY_RANGES.name || name == maps::POLICY_EXACT.name;
         assert_eq!(after[name] != *id, replaced, "{name}");
     }
 }
@@ -177,11 +161,11 @@ fn a_full_policy_map_still_isolates_and_reports_it() {
     let pins = Pins::new();
     let mut dataplane = pins.load(small());
     let mut maps = policy_maps(&mut dataplane);
-    let rules: BTreeMap<_, _> = (0..100).map(|p| rule(7, 300, 1000 + p, 0)).collect();
+    let rules: Vec<_> = (0..100).map(|p| (7, 300, 1000 + p, 0)).collect();
     let err = maps
-        .sync(&BTreeMap::new(), &rules, &isolated(&[7, 8]))
+        .apply(&policy(&[7, 8], &rules))
         .expect_err("100 rules in a 64-entry map");
-    assert_eq!(err.full_map(), Some(maps::POLICY_EXACT), "{err}");
+    assert_eq!(err.full_map(), Some(maps::POLICY_EXACT.name), "{err}");
     let mut isolation = pins.isolation();
     isolation.sort();
     assert_eq!(isolation, vec![7, 8], "isolation applied all the same");
@@ -191,7 +175,7 @@ fn a_full_policy_map_still_isolates_and_reports_it() {
         pins.has_exact(&sluice_common::policy::peer_mark(
             7,
             300,
-            direction::INGRESS
+            Direction::Ingress
         )),
         "the mark is in"
     );
@@ -204,10 +188,9 @@ fn ipblock_rules_are_withheld_while_their_regions_do_not_fit() {
     let mut dataplane = pins.load(small());
     let mut maps = policy_maps(&mut dataplane);
     let cidr_identity = identity::FIRST_CIDR + 1;
-    let rules = BTreeMap::from([rule(7, 300, 80, 0), rule(7, cidr_identity, 80, 0)]);
-    let one_region = BTreeMap::from([("192.0.2.0/24".parse().expect("cidr"), cidr_identity)]);
-    maps.sync(&one_region, &rules, &isolated(&[7]))
-        .expect("everything fits");
+    let mut placed = policy(&[7], &[(7, 300, 80, 0), (7, cidr_identity, 80, 0)]);
+    placed.regions = BTreeMap::from([("192.0.2.0/24".parse().expect("cidr"), cidr_identity)]);
+    maps.apply(&placed).expect("everything fits");
     assert_eq!(pins.policy_keys().len(), 2);
 
     // 100 regions cannot fit in 64: an address of a missing region could
@@ -218,10 +201,11 @@ fn ipblock_rules_are_withheld_while_their_regions_do_not_fit() {
             (net, identity::FIRST_CIDR + 1 + i)
         })
         .collect();
+    placed.regions = regions;
     let err = maps
-        .sync(&regions, &rules, &isolated(&[7]))
+        .apply(&placed)
         .expect_err("100 regions in a 64-entry map");
-    assert_eq!(err.full_map(), Some(maps::CIDR_IDENTITY), "{err}");
+    assert_eq!(err.full_map(), Some(maps::CIDR_IDENTITY.name), "{err}");
     let keys = pins.policy_keys();
     assert_eq!(keys.len(), 1, "only the label rule is left: {keys:?}");
     assert_eq!(keys[0].identity, 300);
@@ -262,7 +246,7 @@ fn links_keep_the_old_maps_until_the_new_ones_are_filled() {
                 ..small()
             };
             // A map an earlier version had, under a name this one lacks.
-            MapData::from_pin(dir.join(maps::CONFIG))
+            MapData::from_pin(dir.join(maps::CONFIG.name))
                 .expect("config map")
                 .pin(dir.join("SLUICE_POLICY"))
                 .expect("pinning an old map name");

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluice_tests::{probe, require_root, TestLab, TIMEOUT};
+use sluice_tests::{probe, require_root, Reason, TestLab, TIMEOUT};
 
 const PORT: u16 = 80;
 /// A port no lab pod listens on.
@@ -85,7 +85,7 @@ fn policy_change_cuts_established_connections() {
         "new connections still pass the deny policy"
     );
     assert!(
-        lab.counter("node1", "drop_policy_ingress") > 0,
+        lab.counter("node1", Reason::DropPolicyIngress) > 0,
         "node1 counted no drop_policy_ingress"
     );
     // The agent exports the same through /metrics.

@@ -132,7 +132,9 @@ fn main() -> anyhow::Result<()> {
             run(cargo().args(["test", "--workspace", "--exclude", "sluice-tests"]))?;
             let mut e2e = cargo();
             e2e.args(["test", "-p", "sluice-tests", "--"])
-                .env("SLUICE_BIN_DIR", workspace_root().join("target/debug"));
+                .env("SLUICE_BIN_DIR", workspace_root().join("target/debug"))
+                // A test that cannot run as root fails instead of skipping.
+                .env("SLUICE_PRIVILEGED", "1");
             if let Some(filter) = filter {
                 e2e.arg(filter);
             }

@@ -11,7 +11,7 @@ use sluice_agent::{
     datastore::{kube_source, ClusterState, DirSource, Event, Kind, KubeSource},
     endpoints::state_file::StateFile,
     endpoints::{Agent, AgentConfig},
-    kernel::bpf::{self, Dataplane},
+    kernel::bpf::{self, Dataplane, SyncMaps},
     kernel::bpffs,
     kernel::datapath::KernelDatapath,
     kernel::masquerade,
@@ -20,7 +20,7 @@ use sluice_agent::{
     kernel::underlay::{self, VXLAN_DEVICE},
     metrics::http,
     metrics::Metrics,
-    reconcile::{self, Reconciler},
+    reconcile::{self, Reconciler, ReconcilerMaps},
     topology,
 };
 use tracing::{info, warn};
@@ -145,12 +145,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     bpffs::ensure_mounted(&config.bpffs)?;
     let mut dataplane = Dataplane::load(&config.pin_dir(), config.map_sizes)
         .context("loading the eBPF dataplane")?;
-    let mut remote_maps = dataplane
-        .take_remote_maps()
-        .context("eBPF maps for other nodes missing")?;
-    let policy_maps = dataplane
-        .take_policy_maps()
-        .context("eBPF policy maps missing")?;
+    let SyncMaps {
+        policy,
+        revision,
+        ipcache,
+        config: mut config_map,
+    } = dataplane
+        .take_sync_maps()
+        .context("eBPF maps to sync missing")?;
     for (map, _, size) in config.map_sizes.by_map() {
         metrics
             .map_capacity
@@ -197,7 +199,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(
             node_sync::setup(
                 &mut dataplane,
-                &mut remote_maps,
+                &mut config_map,
                 &netlink,
                 config.routing,
                 node_ip,
@@ -214,7 +216,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .or(setup.as_ref().map(|s| s.pod_mtu()))
         .unwrap_or(sluice_agent::config::DEFAULT_MTU);
     let node_sync = NodeSync::new(
-        remote_maps,
         netlink.clone(),
         NodeSyncConfig {
             node_name: config.node_name.clone(),
@@ -224,7 +225,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
         setup,
     );
-    let mut reconciler = Reconciler::new(state, node_sync, policy_maps, metrics.clone(), listed);
+    let maps = ReconcilerMaps {
+        policy,
+        revision,
+        ipcache,
+    };
+    let mut reconciler = Reconciler::new(state, node_sync, maps, metrics.clone(), listed);
 
     let datapath = KernelDatapath {
         dataplane,

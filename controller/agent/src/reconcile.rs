@@ -1,23 +1,36 @@
 //! The agent's one event path: cluster objects from any source update the
 //! cluster state, and what depends on the changed kinds is recomputed and
-//! applied to the kernel: node topology (ipcache, routes, masquerade) and
-//! NetworkPolicy (identities, policy maps). After any change that can
-//! alter a verdict the policy revision moves, so established flows are
-//! checked again with their next packet.
+//! applied to the kernel, each output by its own writer:
+//!
+//! ```text
+//! Nodes ──────────► topology ──► routes, masquerade      (NodeSync)
+//!                      │
+//!                      ├───────► ipcache ◄── pod identities
+//! Pods, Namespaces,    │                          │
+//! NetworkPolicies ──► compile ─► PlacedPolicy ──► policy maps
+//!                                       └──► policy revision (any verdict change)
+//! ```
+//!
+//! After any change that can alter a verdict the policy revision moves, so
+//! established flows are checked again with their next packet.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use tracing::{info, warn};
 
 use crate::{
     datastore::{ClusterState, Event, Kind},
-    kernel::bpf::{DataplaneError, PolicyMaps},
-    kernel::node_sync::NodeSync,
+    kernel::{
+        bpf::{DataplaneError, Ipcache, PolicyMaps, PolicyRevision},
+        node_sync::NodeSync,
+    },
     metrics::{sync, Metrics},
     policy::{
         compile::{compile, LocalEndpoints, PolicyProblem},
         identity::IdentityAllocator,
     },
+    topology::{NodeProblem, Topology},
 };
 
 /// The kinds whose complete list `event` carries.
@@ -29,25 +42,37 @@ pub fn listed_by(event: &Event) -> Vec<Kind> {
     }
 }
 
+/// The maps the reconciler writes, one writer each.
+pub struct ReconcilerMaps {
+    pub policy: PolicyMaps,
+    pub revision: PolicyRevision,
+    pub ipcache: Ipcache,
+}
+
 pub struct Reconciler {
     state: ClusterState,
     nodes: NodeSync,
-    policy_maps: PolicyMaps,
+    maps: ReconcilerMaps,
     identities: IdentityAllocator,
     local: LocalEndpoints,
-    pod_identities: BTreeMap<std::net::Ipv4Addr, u32>,
+    topology: Topology,
+    pod_identities: BTreeMap<Ipv4Addr, u32>,
     problems: Vec<PolicyProblem>,
+    node_problems: Vec<NodeProblem>,
     metrics: Metrics,
-    /// What must be (re)applied; stays set while applying fails.
-    dirty_nodes: bool,
+    /// What must be recomputed or (re)applied; stays set while applying
+    /// fails.
+    dirty_topology: bool,
+    dirty_routes: bool,
     dirty_policy: bool,
+    dirty_ipcache: bool,
     /// Kinds whose complete list has arrived. Until every kind has, the
     /// state is partial: applying it would remove pinned entries (open
     /// isolated pods, forget identities) that a restarted agent must keep.
     listed: BTreeSet<Kind>,
     /// See [`Self::applied`].
     policy_filled: bool,
-    nodes_filled: bool,
+    ipcache_filled: bool,
 }
 
 impl Reconciler {
@@ -56,24 +81,28 @@ impl Reconciler {
     pub fn new(
         state: ClusterState,
         nodes: NodeSync,
-        policy_maps: PolicyMaps,
+        maps: ReconcilerMaps,
         metrics: Metrics,
         listed: BTreeSet<Kind>,
     ) -> Self {
         Self {
             state,
             nodes,
-            policy_maps,
+            maps,
             identities: IdentityAllocator::new(),
             local: LocalEndpoints::new(),
+            topology: Topology::default(),
             pod_identities: BTreeMap::new(),
             problems: Vec::new(),
+            node_problems: Vec::new(),
             metrics,
-            dirty_nodes: true,
+            dirty_topology: true,
+            dirty_routes: true,
             dirty_policy: true,
+            dirty_ipcache: true,
             listed,
             policy_filled: false,
-            nodes_filled: false,
+            ipcache_filled: false,
         }
     }
 
@@ -90,7 +119,7 @@ impl Reconciler {
                 .with_label_values(&[kind.label()])
                 .set(self.state.count(kind) as i64);
         }
-        self.dirty_nodes |= changed.nodes;
+        self.dirty_topology |= changed.nodes;
         self.dirty_policy |= changed.pods || changed.namespaces || changed.policies;
         self.sync().await;
     }
@@ -100,7 +129,7 @@ impl Reconciler {
     /// applied, or stopped only by a full map, whose missing entries deny
     /// (fail closed) while the sync retries.
     pub fn applied(&self) -> bool {
-        self.policy_filled && self.nodes_filled
+        self.policy_filled && self.ipcache_filled
     }
 
     /// The pods registered on this node changed (CNI ADD/DEL).
@@ -117,6 +146,9 @@ impl Reconciler {
         if self.listed.len() < Kind::ALL.len() {
             return;
         }
+        if self.dirty_topology {
+            self.refresh_topology();
+        }
         let mut verdicts_may_change = false;
         if self.dirty_policy {
             match self.sync_policy() {
@@ -124,54 +156,84 @@ impl Reconciler {
                     self.dirty_policy = false;
                     self.policy_filled = true;
                     verdicts_may_change |= changed;
-                    // Pod identities live in the ipcache.
-                    self.dirty_nodes = true;
                 }
                 Err(e) => {
                     self.policy_filled |= self.count_full(&e);
                     warn!(error = %e, "applying policy failed; what did not fit denies; retrying");
-                    self.metrics
-                        .sync_errors
-                        .with_label_values(&[sync::POLICY])
-                        .inc();
+                    self.count_error(sync::POLICY);
                 }
             }
         }
-        if self.dirty_nodes {
-            match self
-                .nodes
-                .apply(&self.state.nodes, &self.pod_identities)
-                .await
-            {
-                Ok(_) => {
-                    self.dirty_nodes = false;
-                    self.nodes_filled = true;
+        if self.dirty_ipcache {
+            let desired = self
+                .topology
+                .ipcache_with_pods(&self.pod_identities, self.nodes.gateway());
+            match self.maps.ipcache.sync(&desired) {
+                Ok(stats) => {
+                    self.dirty_ipcache = false;
+                    self.ipcache_filled = true;
+                    // Identities live here: a changed entry can change a
+                    // verdict.
+                    verdicts_may_change |= stats.changed();
+                    if stats.changed() {
+                        info!(
+                            entries = desired.len(),
+                            written = stats.written,
+                            removed = stats.removed,
+                            "ipcache applied"
+                        );
+                    }
                 }
                 Err(e) => {
-                    // The ipcache is written first: any later failure (a
-                    // route, the masquerade rules) leaves it complete.
-                    self.nodes_filled |= match &e {
-                        crate::kernel::node_sync::NodeSyncError::Dataplane(e) => self.count_full(e),
-                        _ => true,
-                    };
-                    warn!(error = %e, "applying the node topology failed; retrying");
-                    self.metrics
-                        .sync_errors
-                        .with_label_values(&[sync::NODES])
-                        .inc();
+                    self.ipcache_filled |= self.count_full(&e);
+                    warn!(error = %e, "applying the ipcache failed; retrying");
+                    self.count_error(sync::IPCACHE);
                 }
             }
-            self.metrics
-                .node_problems
-                .set(self.nodes.problems().len() as i64);
         }
-        verdicts_may_change |= self.nodes.take_ipcache_changed();
+        if self.dirty_routes {
+            match self.nodes.apply(&self.topology).await {
+                Ok(()) => self.dirty_routes = false,
+                Err(e) => {
+                    warn!(error = %e, "applying routes and masquerade failed; retrying");
+                    self.count_error(sync::NODES);
+                }
+            }
+        }
         if verdicts_may_change {
-            match self.nodes.bump_policy_revision() {
+            match self.maps.revision.bump() {
                 Ok(revision) => info!(revision, "policy revision"),
                 Err(e) => warn!(error = %e, "bumping the policy revision"),
             }
         }
+    }
+
+    /// The Node objects changed: what this node makes of them.
+    fn refresh_topology(&mut self) {
+        let topology = self.nodes.topology(&self.state.nodes);
+        if topology.problems != self.node_problems {
+            for p in &topology.problems {
+                warn!(node = %p.node, reason = %p.reason, "skipping Node object");
+            }
+            self.node_problems = topology.problems.clone();
+        }
+        self.metrics
+            .node_problems
+            .set(self.node_problems.len() as i64);
+        if topology != self.topology {
+            info!(
+                remote_nodes = topology.remotes.len(),
+                "node topology changed"
+            );
+            self.topology = topology;
+            self.dirty_ipcache = true;
+            self.dirty_routes = true;
+        }
+        self.dirty_topology = false;
+    }
+
+    fn count_error(&self, what: &str) {
+        self.metrics.sync_errors.with_label_values(&[what]).inc();
     }
 
     /// Counts a full map; returns whether `error` is one.
@@ -187,6 +249,7 @@ impl Reconciler {
         true
     }
 
+    /// Compiles and writes policy; returns whether the maps changed.
     fn sync_policy(&mut self) -> Result<bool, DataplaneError> {
         let desired = compile(&self.state, &self.local, &mut self.identities);
         if desired.problems != self.problems {
@@ -199,35 +262,31 @@ impl Reconciler {
             // The pods concerned get no identity: peers' rules cannot name
             // them (fail closed), and the next change retries.
             warn!(error = %e, "identity allocation failed");
-            self.metrics
-                .sync_errors
-                .with_label_values(&[sync::IDENTITIES])
-                .inc();
+            self.count_error(sync::IDENTITIES);
         }
         self.metrics
             .policy_problems
             .set(desired.problems.len() as i64);
-        let synced =
-            self.policy_maps
-                .sync(&desired.cidr_identities, &desired.rules, &desired.isolation);
-        for (map, entries) in self.policy_maps.wanted_entries() {
+        if self.pod_identities != desired.pod_identities {
+            self.pod_identities = desired.pod_identities;
+            self.dirty_ipcache = true;
+        }
+        let applied = self.maps.policy.apply(&desired.placed);
+        for (map, entries) in self.maps.policy.wanted_entries() {
             self.metrics
                 .map_entries
                 .with_label_values(&[map])
                 .set(entries as i64);
         }
-        let stats = synced?;
-        let identities_changed = self.pod_identities != desired.pod_identities;
-        self.pod_identities = desired.pod_identities;
-        if stats.written + stats.removed > 0 {
+        let stats = applied?;
+        if stats.changed() {
             info!(
-                rules = desired.rules.len(),
-                isolated = desired.isolation.len(),
+                isolated = desired.placed.isolation.len(),
                 written = stats.written,
                 removed = stats.removed,
                 "policy applied"
             );
         }
-        Ok(stats.written + stats.removed > 0 || identities_changed)
+        Ok(stats.changed())
     }
 }

@@ -107,7 +107,10 @@ fn print_counters(rows: &[counters::CounterRow]) {
     for row in rows.iter().filter(|r| r.packets > 0) {
         println!(
             "{:<24} {:<8} {:>12} {:>14}",
-            row.reason, row.direction, row.packets, row.bytes
+            row.reason.name(),
+            row.direction.name(),
+            row.packets,
+            row.bytes
         );
     }
 }
@@ -115,6 +118,11 @@ fn print_counters(rows: &[counters::CounterRow]) {
 fn print_verdicts(rows: &[counters::VerdictRow]) {
     println!("{:<24} {:<8} {:>12}", "POLICY VERDICT", "DIR", "COUNT");
     for row in rows {
-        println!("{:<24} {:<8} {:>12}", row.verdict, row.direction, row.count);
+        println!(
+            "{:<24} {:<8} {:>12}",
+            row.verdict.name(),
+            row.direction.name(),
+            row.count
+        );
     }
 }

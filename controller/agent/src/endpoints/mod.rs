@@ -14,7 +14,7 @@ use sluice_common::{
         AgentStatus, Allocation, Attachment, EndpointSpec, EndpointState, ErrorKind, Request,
         Response,
     },
-    endpoint::{flags, EndpointInfo},
+    endpoint::EndpointInfo,
 };
 use tracing::{info, warn};
 
@@ -213,11 +213,8 @@ impl<D: Datapath> Agent<D> {
         EndpointInfo {
             id,
             ifindex: ep.host_ifindex,
-            identity: 0,
-            flags: flags::LOCAL_POD,
             pod_mac: ep.pod_mac,
             host_mac: ep.host_mac,
-            _pad: [0; 4],
         }
     }
 

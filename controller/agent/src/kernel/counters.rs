@@ -5,16 +5,20 @@ use std::path::Path;
 
 use aya::maps::{Map, MapData, PerCpuArray};
 use sluice_common::{
+    counters::{
+        index,
+        verdict::{self, Verdict},
+        Counter,
+    },
+    direction::Direction,
     maps,
-    metrics::{dir, index, reason, verdict, Counter},
-    policy::direction,
+    reason::Reason,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CounterRow {
-    pub reason: &'static str,
-    pub direction: &'static str,
-    pub drop: bool,
+    pub reason: Reason,
+    pub direction: Direction,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -35,24 +39,19 @@ pub enum CountersError {
     },
 }
 
-fn direction_name(d: u32) -> &'static str {
-    if d == dir::INGRESS {
-        "ingress"
-    } else {
-        "egress"
-    }
-}
-
-/// Policy decisions for one policy direction.
+/// Policy decisions for one direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerdictRow {
-    pub direction: &'static str,
-    pub verdict: &'static str,
+    pub direction: Direction,
+    pub verdict: Verdict,
     pub count: u64,
 }
 
-fn open<T: aya::Pod>(pin_dir: &Path, name: &str) -> Result<PerCpuArray<MapData, T>, CountersError> {
-    let path = pin_dir.join(name);
+fn open<T: aya::Pod>(
+    pin_dir: &Path,
+    map: maps::MapDef,
+) -> Result<PerCpuArray<MapData, T>, CountersError> {
+    let path = pin_dir.join(map.name);
     let open = |source| CountersError::Open {
         path: path.display().to_string(),
         source,
@@ -63,11 +62,11 @@ fn open<T: aya::Pod>(pin_dir: &Path, name: &str) -> Result<PerCpuArray<MapData, 
 
 /// Sums every CPU's counters, one row per (reason, direction).
 pub fn read(pin_dir: &Path) -> Result<Vec<CounterRow>, CountersError> {
-    let array = open::<Counter>(pin_dir, maps::METRICS)?;
+    let array = open::<Counter>(pin_dir, maps::PACKET_COUNTERS)?;
     let mut rows = Vec::new();
-    for r in 0..reason::COUNT {
-        for d in 0..dir::COUNT {
-            let i = index(r, d);
+    for reason in Reason::ALL {
+        for direction in Direction::ALL {
+            let i = index(reason, direction);
             let per_cpu = array
                 .get(&i, 0)
                 .map_err(|source| CountersError::Read { index: i, source })?;
@@ -75,9 +74,8 @@ pub fn read(pin_dir: &Path) -> Result<Vec<CounterRow>, CountersError> {
                 .iter()
                 .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
             rows.push(CounterRow {
-                reason: reason::name(r),
-                direction: direction_name(d),
-                drop: reason::is_drop(r),
+                reason,
+                direction,
                 packets,
                 bytes,
             });
@@ -86,20 +84,19 @@ pub fn read(pin_dir: &Path) -> Result<Vec<CounterRow>, CountersError> {
     Ok(rows)
 }
 
-/// Sums every CPU's policy verdicts, one row per (policy direction,
-/// verdict).
+/// Sums every CPU's policy verdicts, one row per (direction, verdict).
 pub fn read_verdicts(pin_dir: &Path) -> Result<Vec<VerdictRow>, CountersError> {
     let array = open::<u64>(pin_dir, maps::POLICY_VERDICTS)?;
     let mut rows = Vec::new();
-    for d in verdict::DIRECTIONS {
-        for v in [verdict::ALLOWED, verdict::DENIED] {
-            let i = verdict::index(v, d);
+    for direction in Direction::ALL {
+        for v in Verdict::ALL {
+            let i = verdict::index(v, direction);
             let per_cpu = array
                 .get(&i, 0)
                 .map_err(|source| CountersError::Read { index: i, source })?;
             rows.push(VerdictRow {
-                direction: policy_direction_name(d),
-                verdict: verdict::name(v),
+                direction,
+                verdict: v,
                 count: per_cpu.iter().sum(),
             });
         }
@@ -107,16 +104,8 @@ pub fn read_verdicts(pin_dir: &Path) -> Result<Vec<VerdictRow>, CountersError> {
     Ok(rows)
 }
 
-fn policy_direction_name(d: u8) -> &'static str {
-    if d == direction::INGRESS {
-        "ingress"
-    } else {
-        "egress"
-    }
-}
-
-/// The count of one (policy direction, verdict) pair.
-pub fn verdicts(rows: &[VerdictRow], direction: &str, verdict: &str) -> u64 {
+/// The count of one (direction, verdict) pair.
+pub fn verdicts(rows: &[VerdictRow], direction: Direction, verdict: Verdict) -> u64 {
     rows.iter()
         .filter(|r| r.direction == direction && r.verdict == verdict)
         .map(|r| r.count)
@@ -124,7 +113,7 @@ pub fn verdicts(rows: &[VerdictRow], direction: &str, verdict: &str) -> u64 {
 }
 
 /// Packets counted for one reason, both directions.
-pub fn packets(rows: &[CounterRow], reason: &str) -> u64 {
+pub fn packets(rows: &[CounterRow], reason: Reason) -> u64 {
     rows.iter()
         .filter(|r| r.reason == reason)
         .map(|r| r.packets)
@@ -182,13 +171,13 @@ impl Collector {
         self.bytes.reset();
         self.verdicts.reset();
         for row in rows {
-            let labels = [row.reason, row.direction];
+            let labels = [row.reason.name(), row.direction.name()];
             self.packets.with_label_values(&labels).inc_by(row.packets);
             self.bytes.with_label_values(&labels).inc_by(row.bytes);
         }
         for row in verdicts {
             self.verdicts
-                .with_label_values(&[row.direction, row.verdict])
+                .with_label_values(&[row.direction.name(), row.verdict.name()])
                 .inc_by(row.count);
         }
         Ok(())

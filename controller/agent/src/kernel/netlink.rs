@@ -29,17 +29,7 @@ pub enum NetlinkError {
     },
 }
 
-pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(msg) => Some(-msg.raw_code()),
-        _ => None,
-    }
-}
-
-/// `ENOENT`, `ENODEV`, `ESRCH`: the thing to delete is already gone.
-pub(crate) fn is_gone(e: &rtnetlink::Error) -> bool {
-    matches!(errno(e), Some(libc::ENOENT | libc::ENODEV | libc::ESRCH))
-}
+use sluice_sys::netlink::{is_exists, is_gone};
 
 #[derive(Clone)]
 pub struct Netlink {
@@ -66,18 +56,10 @@ impl Netlink {
     }
 
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match links.try_next().await {
-            Ok(Some(msg)) => Ok(Some(msg.header.index)),
-            Ok(None) => Ok(None),
-            Err(e) if is_gone(&e) => Ok(None),
-            Err(e) => Err(Self::req(format!("looking up link {name}"))(e)),
-        }
+        sluice_sys::netlink::link_by_name(&self.handle, name)
+            .await
+            .map(|link| link.map(|l| l.header.index))
+            .map_err(Self::req(format!("looking up link {name}")))
     }
 
     /// The MAC address of a link, if it has one.
@@ -110,13 +92,7 @@ impl Netlink {
                     .add(LinkVeth::new(HOST_DEVICE, HOST_PEER).build())
                     .execute()
                     .await
-                    .or_else(|e| {
-                        if errno(&e) == Some(libc::EEXIST) {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
+                    .or_else(|e| if is_exists(&e) { Ok(()) } else { Err(e) })
                     .map_err(Self::req(format!("creating {HOST_DEVICE}")))?;
                 self.link_index(HOST_DEVICE).await?.ok_or_else(|| {
                     NetlinkError::Socket(std::io::Error::other(format!(
@@ -196,13 +172,9 @@ impl Netlink {
     }
 
     pub async fn delete_link(&self, name: &str) -> Result<(), NetlinkError> {
-        let Some(index) = self.link_index(name).await? else {
-            return Ok(());
-        };
-        match self.handle.link().del(index).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if is_gone(&e) => Ok(()),
-            Err(e) => Err(Self::req(format!("deleting link {name}"))(e)),
-        }
+        sluice_sys::netlink::delete_link(&self.handle, name)
+            .await
+            .map(drop)
+            .map_err(Self::req(format!("deleting link {name}")))
     }
 }

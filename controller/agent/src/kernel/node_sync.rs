@@ -7,18 +7,20 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use sluice_common::{
-    ipcache::{routing, DataplaneConfig},
+    config::{routing, DataplaneConfig},
     programs,
 };
-use tracing::{info, warn};
+use tracing::info;
 
+use super::{
+    bpf::{ConfigMap, Dataplane, DataplaneError},
+    masquerade::{self, MasqueradeError},
+    netlink::{Netlink, NetlinkError},
+    underlay::{Device, VXLAN_DEVICE},
+};
 use crate::{
     config::Routing,
-    kernel::bpf::{Dataplane, DataplaneError, RemoteMaps},
-    kernel::masquerade::{self, MasqueradeError},
-    kernel::netlink::{Netlink, NetlinkError},
-    kernel::underlay::{Device, VXLAN_DEVICE},
-    topology::{self, NodeProblem, Topology},
+    topology::{self, Topology},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +57,7 @@ impl RoutingSetup {
 /// underlay (native), and the programs' configuration.
 pub async fn setup(
     dataplane: &mut Dataplane,
-    maps: &mut RemoteMaps,
+    config_map: &mut ConfigMap,
     netlink: &Netlink,
     mode: Routing,
     node_ip: Ipv4Addr,
@@ -74,8 +76,6 @@ pub async fn setup(
             let config = DataplaneConfig {
                 routing: routing::TUNNEL,
                 tunnel_ifindex: vxlan,
-                underlay_ifindex: underlay.index,
-                policy_revision: 0,
             };
             (vxlan, config)
         }
@@ -87,13 +87,11 @@ pub async fn setup(
             let config = DataplaneConfig {
                 routing: routing::NATIVE,
                 tunnel_ifindex: 0,
-                underlay_ifindex: underlay.index,
-                policy_revision: 0,
             };
             (underlay.index, config)
         }
     };
-    maps.set_config(config)?;
+    config_map.set(config)?;
     info!(routing = %mode, underlay = %underlay.name, mtu = underlay.mtu, "cross-node routing set up");
     Ok(RoutingSetup {
         routing: mode,
@@ -104,7 +102,6 @@ pub async fn setup(
 
 /// Keeps the kernel in line with the Node objects.
 pub struct NodeSync {
-    maps: RemoteMaps,
     netlink: Netlink,
     node_name: String,
     pod_cidr: Ipv4Net,
@@ -112,8 +109,6 @@ pub struct NodeSync {
     setup: Option<RoutingSetup>,
     masquerade: bool,
     applied_masquerade: Option<String>,
-    problems: Vec<NodeProblem>,
-    ipcache_changed: bool,
 }
 
 pub struct NodeSyncConfig {
@@ -126,14 +121,8 @@ pub struct NodeSyncConfig {
 impl NodeSync {
     /// `setup` is `None` on a node without a datastore: no other nodes,
     /// nothing but masquerade to program.
-    pub fn new(
-        maps: RemoteMaps,
-        netlink: Netlink,
-        config: NodeSyncConfig,
-        setup: Option<RoutingSetup>,
-    ) -> Self {
+    pub fn new(netlink: Netlink, config: NodeSyncConfig, setup: Option<RoutingSetup>) -> Self {
         Self {
-            maps,
             netlink,
             node_name: config.node_name,
             pod_cidr: config.pod_cidr,
@@ -141,30 +130,12 @@ impl NodeSync {
             setup,
             masquerade: config.masquerade,
             applied_masquerade: None,
-            problems: Vec::new(),
-            ipcache_changed: false,
         }
     }
 
-    /// Programs ipcache, routes and masquerade for `nodes`; returns the
-    /// topology it programmed. Unusable Node objects are logged (once per
-    /// change) and skipped.
-    pub async fn apply(
-        &mut self,
-        nodes: &BTreeMap<String, Node>,
-        pods: &BTreeMap<Ipv4Addr, u32>,
-    ) -> Result<Topology, NodeSyncError> {
-        let topo = topology::topology(nodes, &self.node_name, self.pod_cidr);
-        if topo.problems != self.problems {
-            for p in &topo.problems {
-                warn!(node = %p.node, reason = %p.reason, "skipping Node object");
-            }
-            self.problems = topo.problems.clone();
-        }
-        let stats = self
-            .maps
-            .sync_ipcache(&topo.ipcache_with_pods(pods, self.gateway))?;
-        self.ipcache_changed |= stats.written + stats.removed > 0;
+    /// Programs routes and masquerade for the topology the Node objects
+    /// give (`topology::topology`).
+    pub async fn apply(&mut self, topo: &Topology) -> Result<(), NodeSyncError> {
         if let Some(setup) = &self.setup {
             let pref_src = (setup.routing == Routing::Tunnel).then_some(self.gateway);
             self.netlink
@@ -179,29 +150,16 @@ impl NodeSync {
             masquerade::apply(&rules)?;
             self.applied_masquerade = Some(rules);
         }
-        if stats.written + stats.removed > 0 {
-            info!(
-                remote_nodes = topo.remotes.len(),
-                written = stats.written,
-                removed = stats.removed,
-                "node topology applied"
-            );
-        }
-        Ok(topo)
+        Ok(())
     }
 
-    /// Whether identities in the ipcache changed since the last call.
-    pub fn take_ipcache_changed(&mut self) -> bool {
-        std::mem::take(&mut self.ipcache_changed)
+    /// The Node objects as this node sees them: itself and the others.
+    pub fn topology(&self, nodes: &BTreeMap<String, Node>) -> Topology {
+        topology::topology(nodes, &self.node_name, self.pod_cidr)
     }
 
-    /// Makes every conntrack entry be checked against policy again.
-    pub fn bump_policy_revision(&mut self) -> Result<u32, NodeSyncError> {
-        Ok(self.maps.bump_policy_revision()?)
-    }
-
-    /// Unusable Node objects of the last apply.
-    pub fn problems(&self) -> &[NodeProblem] {
-        &self.problems
+    /// This node's gateway address (the `host` identity in the ipcache).
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway
     }
 }

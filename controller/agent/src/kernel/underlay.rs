@@ -15,10 +15,11 @@ use netlink_packet_route::{
     AddressFamily,
 };
 use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use sluice_sys::netlink::{errno, is_gone};
 use tracing::info;
 
 use crate::{
-    kernel::netlink::{errno, is_gone, Netlink, NetlinkError},
+    kernel::netlink::{Netlink, NetlinkError},
     topology::NodeRoute,
 };
 

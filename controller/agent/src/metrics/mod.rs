@@ -24,20 +24,22 @@ pub mod reason {
 
 /// `what` label values of `sluice_sync_errors_total`.
 pub mod sync {
+    /// Routes to other nodes and the masquerade rules.
     pub const NODES: &str = "nodes";
+    pub const IPCACHE: &str = "ipcache";
     pub const POLICY: &str = "policy";
     pub const IDENTITIES: &str = "identities";
 
-    pub const ALL: [&str; 3] = [NODES, POLICY, IDENTITIES];
+    pub const ALL: [&str; 4] = [NODES, IPCACHE, POLICY, IDENTITIES];
 }
 
 /// The maps the agent fills from the cluster, which can overflow.
 pub const FILLED_MAPS: [&str; 5] = [
-    sluice_common::maps::POLICY_EXACT,
-    sluice_common::maps::POLICY_RANGES,
-    sluice_common::maps::ISOLATION,
-    sluice_common::maps::CIDR_IDENTITY,
-    sluice_common::maps::IPCACHE,
+    sluice_common::maps::POLICY_EXACT.name,
+    sluice_common::maps::POLICY_RANGES.name,
+    sluice_common::maps::ISOLATION.name,
+    sluice_common::maps::CIDR_IDENTITY.name,
+    sluice_common::maps::IPCACHE.name,
 ];
 
 #[derive(Clone, Debug)]

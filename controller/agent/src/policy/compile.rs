@@ -12,12 +12,11 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
-use sluice_common::policy::{
-    direction, entry, Isolation, PolicyEntry, PolicyKey, ANY_IDENTITY, KEY_FIXED_BITS,
-};
+use sluice_common::{direction::Direction, policy::ANY_IDENTITY};
 
 use super::cidr::{parse_block, Block};
 use super::identity::{IdentityAllocator, IdentityError, LabelKey};
+use super::placed::PlacedPolicy;
 use super::ports::{parse_ports, range_prefixes, resolve_named, PortMatch, PortPrefix};
 use super::selector::{Labels, Selector};
 use crate::datastore::ClusterState;
@@ -32,15 +31,10 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DesiredPolicy {
     /// Every pod in the cluster with an IPv4 podIP (all nodes) → its label
-    /// identity.
+    /// identity, for the ipcache.
     pub pod_identities: BTreeMap<Ipv4Addr, u32>,
-    /// ipBlock regions for the CIDR-identity LPM.
-    pub cidr_identities: BTreeMap<Ipv4Net, u32>,
-    /// Local endpoint id → isolated directions; only endpoints selected by
-    /// at least one policy.
-    pub isolation: BTreeMap<u32, Isolation>,
-    /// Policy map contents: (key, prefix length) → entry.
-    pub rules: BTreeMap<(PolicyKey, u32), PolicyEntry>,
+    /// The policy maps' contents: isolation, rules, marks, ipBlock regions.
+    pub placed: PlacedPolicy,
     /// Policies (or parts of them) that could not be compiled.
     pub problems: Vec<PolicyProblem>,
     /// Pods or regions left without an identity because a range ran out.
@@ -91,7 +85,7 @@ pub fn compile(
     out.identity_errors.extend(ids.sync_cidrs(&regions));
     for net in &regions {
         if let Some(identity) = ids.cidr(net) {
-            out.cidr_identities.insert(*net, identity);
+            out.placed.regions.insert(*net, identity);
         }
     }
 
@@ -113,21 +107,16 @@ pub fn compile(
             continue;
         }
         let directions = [
-            (direction::INGRESS, &policy.ingress),
-            (direction::EGRESS, &policy.egress),
+            (Direction::Ingress, &policy.ingress),
+            (Direction::Egress, &policy.egress),
         ];
         for (dir, rules) in directions {
             let Some(rules) = rules else { continue };
             let resolved: Vec<_> = rules.iter().map(|r| ctx.resolve(policy, r)).collect();
             for &(pod, endpoint) in &selected {
-                let isolation = out.isolation.entry(endpoint).or_default();
-                if dir == direction::INGRESS {
-                    isolation.ingress = 1;
-                } else {
-                    isolation.egress = 1;
-                }
+                out.placed.isolate(endpoint, dir);
                 for (rule, peers) in rules.iter().zip(&resolved) {
-                    ctx.emit(&mut out.rules, endpoint, dir, pod, rule, peers);
+                    ctx.emit(&mut out.placed, endpoint, dir, pod, rule, peers);
                 }
             }
         }
@@ -426,8 +415,6 @@ struct Emitter<'a> {
     ids: &'a IdentityAllocator,
 }
 
-type Rules = BTreeMap<(PolicyKey, u32), PolicyEntry>;
-
 impl Emitter<'_> {
     fn resolve(&self, policy: &Policy, rule: &Rule) -> Resolved {
         let mut resolved = Resolved {
@@ -477,25 +464,21 @@ impl Emitter<'_> {
 
     fn emit(
         &self,
-        out: &mut Rules,
+        out: &mut PlacedPolicy,
         endpoint: u32,
-        dir: u8,
+        dir: Direction,
         local_pod: usize,
         rule: &Rule,
         peers: &Resolved,
     ) {
-        let key = |identity: u32, protocol: u8| PolicyKey {
-            endpoint,
-            identity,
-            direction: dir,
-            protocol,
-            dport: [0; 2],
+        let mut allow = |identity: u32, protocol: u8, port: Option<PortPrefix>| {
+            out.allow(endpoint, dir, identity, protocol, port)
         };
         for port in &rule.ports {
             match port {
                 PortMatch::All { protocol } => {
                     for identity in self.identities(peers) {
-                        insert(out, key(identity, *protocol), None);
+                        allow(identity, *protocol, None);
                     }
                 }
                 PortMatch::Range {
@@ -506,11 +489,11 @@ impl Emitter<'_> {
                     let prefixes = range_prefixes(*first, *last);
                     for identity in self.identities(peers) {
                         for prefix in &prefixes {
-                            insert(out, key(identity, *protocol), Some(*prefix));
+                            allow(identity, *protocol, Some(*prefix));
                         }
                     }
                 }
-                PortMatch::Named { protocol, name } if dir == direction::INGRESS => {
+                PortMatch::Named { protocol, name } if dir == Direction::Ingress => {
                     // The destination is the local pod itself.
                     let Some(number) =
                         resolve_named(self.cluster.pods[local_pod].pod, name, *protocol)
@@ -518,7 +501,7 @@ impl Emitter<'_> {
                         continue;
                     };
                     for identity in self.identities(peers) {
-                        insert(out, key(identity, *protocol), Some(exact(number)));
+                        allow(identity, *protocol, Some(exact(number)));
                     }
                 }
                 PortMatch::Named { protocol, name } => {
@@ -530,12 +513,12 @@ impl Emitter<'_> {
                         };
                         if peers.any || peers.pods.contains(&i) {
                             if let Some(identity) = self.identities[i] {
-                                insert(out, key(identity, *protocol), Some(exact(number)));
+                                allow(identity, *protocol, Some(exact(number)));
                             }
                         }
                         if peers.blocks.iter().any(|b| b.contains(pod.ip)) {
                             if let Some(identity) = self.ids.cidr(&Ipv4Net::from(pod.ip)) {
-                                insert(out, key(identity, *protocol), Some(exact(number)));
+                                allow(identity, *protocol, Some(exact(number)));
                             }
                         }
                     }
@@ -547,22 +530,4 @@ impl Emitter<'_> {
 
 fn exact(port: u16) -> PortPrefix {
     PortPrefix { port, bits: 16 }
-}
-
-/// `port: None` matches every port of the key's protocol.
-fn insert(out: &mut Rules, mut key: PolicyKey, port: Option<PortPrefix>) {
-    let bits = match port {
-        Some(p) => {
-            key.dport = p.port.to_be_bytes();
-            p.bits
-        }
-        None => 0,
-    };
-    out.insert(
-        (key, KEY_FIXED_BITS + bits),
-        PolicyEntry {
-            flags: entry::ALLOW,
-            _pad: 0,
-        },
-    );
 }

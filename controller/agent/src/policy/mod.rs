@@ -1,17 +1,19 @@
 //! NetworkPolicy → identities and policy map contents.
 //!
 //! ```text
-//! ClusterState ─► compile ─► DesiredPolicy (pod/CIDR identities, isolation, rules)
-//!                    ▲
+//! ClusterState ─► compile ─► DesiredPolicy: pod identities (for the ipcache)
+//!                    ▲                     + PlacedPolicy (the policy maps' contents)
 //!        IdentityAllocator (numbers stable across compiles)
 //! ```
 //!
-//! Everything here is pure and kernel-free; the syncer diffs
-//! [`DesiredPolicy`] against the maps.
+//! Everything here is pure and kernel-free; the kernel writer copies
+//! [`PlacedPolicy`] into the maps, and [`placed::InMemory`] decides packets
+//! over it with the dataplane's own decision function.
 
 pub mod cidr;
 pub mod compile;
 pub mod identity;
+pub mod placed;
 pub mod ports;
 pub mod selector;
 
@@ -20,4 +22,5 @@ mod tests;
 
 pub use compile::{compile, DesiredPolicy, LocalEndpoints, PolicyProblem, NAMESPACE_NAME_LABEL};
 pub use identity::{IdentityAllocator, IdentityError, LabelKey};
+pub use placed::{InMemory, PlacedPolicy};
 pub use selector::{Selector, SelectorError};

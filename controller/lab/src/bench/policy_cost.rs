@@ -14,21 +14,15 @@
 //! The N rules allow A to reach other identities on many ports; none
 //! matches B, as in a cluster with many policies.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
-use super::frame;
+use ipnet::Ipv4Net;
+use sluice_agent::policy::{ports::PortPrefix, PlacedPolicy};
+use sluice_common::{direction::Direction, endpoint::EndpointInfo, ipcache::RemoteInfo, programs};
 
-use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
-    Ebpf, EbpfLoader,
-};
-use sluice_common::{
-    endpoint::{flags, EndpointInfo, IpKey},
-    ipcache::{Ipv4Prefix, RemoteInfo},
-    maps,
-    policy::{direction, entry, peer_mark, Isolation, PolicyEntry, PolicyKey},
-    programs,
+use super::{
+    frame,
+    test_run::{TestDataplane, TestRunError},
 };
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
@@ -36,15 +30,12 @@ const POD_B: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 3);
 const ID_A: u32 = 300;
 const ID_B: u32 = 301;
 const ENDPOINT_A: u32 = 1;
+const TCP: u8 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CostError {
-    #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("eBPF program: {0}")]
-    Program(#[from] aya::programs::ProgramError),
-    #[error("eBPF map: {0}")]
-    Map(#[from] aya::maps::MapError),
+    #[error(transparent)]
+    TestRun(#[from] TestRunError),
     #[error("{0}")]
     Setup(String),
 }
@@ -57,124 +48,50 @@ pub struct Cost {
     pub established: Duration,
 }
 
-struct Loaded {
-    ebpf: Ebpf,
-    pin_dir: PathBuf,
+fn one_port(port: u16) -> Option<PortPrefix> {
+    Some(PortPrefix { port, bits: 16 })
 }
 
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        let _ = sluice_agent::kernel::bpf::remove_pins(&self.pin_dir);
-    }
-}
-
-impl Loaded {
-    fn prog(&mut self) -> Result<&mut SchedClassifier, CostError> {
-        let prog = self
-            .ebpf
-            .program_mut(programs::FROM_CONTAINER)
-            .ok_or_else(|| CostError::Setup("from_container missing".into()))?;
-        Ok(prog.try_into()?)
-    }
-
-    /// Average ns per run over `repeat` runs of `pkt`.
-    fn time(&mut self, pkt: &[u8], repeat: u32) -> Result<(u32, Duration), CostError> {
-        let mut out = vec![0u8; pkt.len() + 256];
-        let res = self.prog()?.test_run(TestRunOptions {
-            data_in: Some(pkt),
-            data_out: Some(&mut out),
-            repeat,
-            ..TestRunOptions::default()
-        })?;
-        Ok((res.return_value, res.duration))
-    }
-}
-
-fn load(tag: &str) -> Result<Loaded, CostError> {
-    sluice_agent::kernel::bpffs::ensure_mounted(std::path::Path::new(
-        sluice_agent::config::DEFAULT_BPFFS,
-    ))
-    .map_err(|e| CostError::Setup(e.to_string()))?;
-    let pin_dir = PathBuf::from(sluice_agent::config::DEFAULT_BPFFS)
-        .join("sluice")
-        .join(format!("bench-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&pin_dir).map_err(|e| CostError::Setup(e.to_string()))?;
-    let mut loaded = Loaded {
-        ebpf: EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
-            .load(sluice_agent::EBPF_OBJECT)?,
-        pin_dir,
-    };
-    loaded.prog()?.load()?;
-    Ok(loaded)
-}
-
-fn endpoint(id: u32, ifindex: u32, identity: u32) -> EndpointInfo {
-    EndpointInfo {
-        id,
-        ifindex,
-        identity,
-        flags: flags::LOCAL_POD,
-        pod_mac: [2, 0, 0, 0, 0, id as u8],
-        host_mac: [2, 0, 0, 0, 1, id as u8],
-        _pad: [0; 4],
-    }
-}
-
-/// Fills the maps: A local (test runs see ifindex 1, A's veth) and
-/// isolated for egress, B known by identity only, A allowed to B on port
-/// 8080 only, plus `rules` rules for other identities.
-fn populate(loaded: &mut Loaded, rules: usize) -> Result<(), CostError> {
-    let mut eps: HashMap<&mut MapData, IpKey, EndpointInfo> =
-        HashMap::try_from(loaded.ebpf.map_mut(maps::ENDPOINTS).expect("endpoints"))?;
-    eps.insert(IpKey::v4(POD_A.octets()), endpoint(ENDPOINT_A, 1, ID_A), 0)?;
-    let mut ipcache: LpmTrie<&mut MapData, Ipv4Prefix, RemoteInfo> =
-        LpmTrie::try_from(loaded.ebpf.map_mut(maps::IPCACHE).expect("ipcache"))?;
-    for (ip, id) in [(POD_A, ID_A), (POD_B, ID_B)] {
-        let info = RemoteInfo {
-            identity: id,
-            tunnel_endpoint: [0; 4],
-            flags: 0,
-            _pad: 0,
-        };
-        ipcache.insert(&Key::new(32, Ipv4Prefix { addr: ip.octets() }), info, 0)?;
-    }
-    let mut iso: HashMap<&mut MapData, u32, Isolation> =
-        HashMap::try_from(loaded.ebpf.map_mut(maps::ISOLATION).expect("isolation"))?;
-    iso.insert(
-        ENDPOINT_A,
-        Isolation {
-            ingress: 0,
-            egress: 1,
-            ranges: 0,
-            _pad: 0,
+/// Fills the maps through the agent's writers: A local (test runs see
+/// ifindex 1, A's veth) and isolated for egress, B known by identity only,
+/// A allowed to B on port 8080 only, plus `rules` rules for other
+/// identities.
+fn populate(bpf: &mut TestDataplane, rules: usize) -> Result<(), CostError> {
+    bpf.add_endpoint(
+        POD_A,
+        EndpointInfo {
+            id: ENDPOINT_A,
+            ifindex: 1,
+            pod_mac: [2, 0, 0, 0, 0, 1],
+            host_mac: [2, 0, 0, 0, 1, 1],
         },
-        0,
     )?;
-    // Rules on single ports, as most are: the exact-port hash.
-    let mut policy: HashMap<&mut MapData, PolicyKey, PolicyEntry> =
-        HashMap::try_from(loaded.ebpf.map_mut(maps::POLICY_EXACT).expect("policy"))?;
-    let allow = PolicyEntry {
-        flags: entry::ALLOW,
-        _pad: 0,
-    };
-    let key = |identity: u32, port: u16| PolicyKey {
-        endpoint: ENDPOINT_A,
-        identity,
-        direction: direction::EGRESS,
-        protocol: 6,
-        dport: port.to_be_bytes(),
-    };
-    // B is marked as named by a rule (the 8080 one), so the denied SYN to
-    // port 80 takes the longest path: mark hit, then every rule shape.
-    policy.insert(key(ID_B, 8080), allow, 0)?;
-    policy.insert(peer_mark(ENDPOINT_A, ID_B, direction::EGRESS), allow, 0)?;
+    let ipcache: BTreeMap<Ipv4Net, RemoteInfo> = [(POD_A, ID_A), (POD_B, ID_B)]
+        .into_iter()
+        .map(|(ip, identity)| {
+            let info = RemoteInfo {
+                identity,
+                tunnel_endpoint: [0; 4],
+                flags: 0,
+                _pad: 0,
+            };
+            (Ipv4Net::from(ip), info)
+        })
+        .collect();
+    bpf.set_ipcache(&ipcache)?;
+    let mut policy = PlacedPolicy::default();
+    policy.isolate(ENDPOINT_A, Direction::Egress);
+    // B is named by a rule (the 8080 one), so the denied SYN to port 80
+    // takes the longest path: mark hit, then every rule shape.
+    policy.allow(ENDPOINT_A, Direction::Egress, ID_B, TCP, one_port(8080));
     for i in 0..rules {
-        // 100 ports for each of rules/100 other identities.
+        // 100 ports for each of rules/100 other identities, on single
+        // ports as most rules are: the exact-port hash.
         let identity = 1000 + (i / 100) as u32;
-        policy.insert(key(identity, 1 + (i % 100) as u16), allow, 0)?;
-        policy.insert(peer_mark(ENDPOINT_A, identity, direction::EGRESS), allow, 0)?;
+        let port = 1 + (i % 100) as u16;
+        policy.allow(ENDPOINT_A, Direction::Egress, identity, TCP, one_port(port));
     }
+    bpf.apply_policy(&policy)?;
     Ok(())
 }
 
@@ -192,17 +109,18 @@ const TC_ACT_SHOT: u32 = 2;
 
 /// Measures both cases with `rules` extra rules, `repeat` runs each.
 pub fn measure(rules: usize, repeat: u32) -> Result<Cost, CostError> {
-    let mut loaded = load(&rules.to_string())?;
-    populate(&mut loaded, rules)?;
-    let (verdict, denied) = loaded.time(&tcp(80, 0x02), repeat)?;
+    let mut bpf = TestDataplane::load("bench")?;
+    populate(&mut bpf, rules)?;
+    let program = programs::FROM_CONTAINER;
+    let (verdict, denied) = bpf.time(program, &tcp(80, 0x02), repeat)?;
     if verdict != TC_ACT_SHOT {
         return Err(CostError::Setup(format!(
             "the denied SYN got verdict {verdict}, not drop"
         )));
     }
     // The first run opens the flow; the timed runs hit conntrack.
-    loaded.time(&tcp(8080, 0x02), 1)?;
-    let (verdict, established) = loaded.time(&tcp(8080, 0x10), repeat)?;
+    bpf.time(program, &tcp(8080, 0x02), 1)?;
+    let (verdict, established) = bpf.time(program, &tcp(8080, 0x10), repeat)?;
     if verdict != TC_ACT_OK {
         return Err(CostError::Setup(format!(
             "the established packet got verdict {verdict}, not pass"

@@ -6,9 +6,10 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use sluice_common::direction::Direction;
 use sluice_common::identity;
 use sluice_common::policy::{
-    direction, Isolation, PolicyKey, ANY_IDENTITY, ANY_PROTOCOL, KEY_FIXED_BITS, KEY_FULL_BITS,
+    Isolation, PolicyKey, ANY_IDENTITY, ANY_PROTOCOL, KEY_FIXED_BITS, KEY_FULL_BITS,
 };
 
 use super::support::*;
@@ -66,16 +67,20 @@ fn reach_addr(d: &DesiredPolicy, from: &str, to: &str, protocol: u8, port: u16) 
         desired: d,
         local: &local,
     }
-    .allowed(ep(from), direction::EGRESS, to, protocol, port)
+    .allowed(ep(from), Direction::Egress, to, protocol, port)
 }
 
 /// Rules of one endpoint and direction: (identity, protocol, dport, prefix).
-fn rules(d: &DesiredPolicy, pod: &str, dir: u8) -> BTreeSet<(u32, u8, u16, u32)> {
-    d.rules
-        .keys()
-        .filter(|(k, _)| k.endpoint == ep(pod) && k.direction == dir)
-        .map(|(k, bits)| (k.identity, k.protocol, u16::from_be_bytes(k.dport), *bits))
+fn rules(d: &DesiredPolicy, pod: &str, dir: Direction) -> BTreeSet<(u32, u8, u16, u32)> {
+    d.placed
+        .rules()
+        .filter(|(k, _)| k.endpoint == ep(pod) && k.direction == dir as u8)
+        .map(|(k, bits)| (k.identity, k.protocol, u16::from_be_bytes(k.dport), bits))
         .collect()
+}
+
+fn no_rules(d: &DesiredPolicy) -> bool {
+    d.placed.rules().next().is_none()
 }
 
 fn isolation(ingress: u8, egress: u8) -> Isolation {
@@ -92,8 +97,8 @@ const DENY_INGRESS: &str = "{podSelector: {}, policyTypes: [Ingress]}";
 #[test]
 fn without_policies_everything_is_open() {
     let d = compiled(&model_state());
-    assert!(d.isolation.is_empty() && d.rules.is_empty() && d.problems.is_empty());
-    assert!(d.cidr_identities.is_empty());
+    assert!(d.placed.isolation.is_empty() && no_rules(&d) && d.problems.is_empty());
+    assert!(d.placed.regions.is_empty());
     assert_eq!(d.pod_identities.len(), 9);
     assert!(reach(&d, "x/a", "y/b", TCP, 80));
 }
@@ -200,10 +205,10 @@ fn namespaces_always_carry_their_name_label() {
 fn default_deny_ingress_isolates_ingress_only() {
     let d = compiled(&model_with(vec![np("x", "deny", DENY_INGRESS)]));
     for pod in ["x/a", "x/b", "x/c"] {
-        assert_eq!(d.isolation[&ep(pod)], isolation(1, 0));
+        assert_eq!(d.placed.isolation[&ep(pod)], isolation(1, 0));
     }
-    assert_eq!(d.isolation.len(), 3);
-    assert!(d.rules.is_empty());
+    assert_eq!(d.placed.isolation.len(), 3);
+    assert!(no_rules(&d));
     assert!(!reach(&d, "y/a", "x/a", TCP, 80));
     assert!(reach(&d, "x/a", "y/a", TCP, 80));
 }
@@ -231,7 +236,7 @@ fn policy_types_default_as_the_api_server_does() {
     for (spec, ingress, egress) in cases {
         let d = compiled(&model_with(vec![np("x", "p", spec)]));
         assert_eq!(
-            d.isolation[&ep("x/a")],
+            d.placed.isolation[&ep("x/a")],
             isolation(ingress, egress),
             "{spec}"
         );
@@ -242,7 +247,7 @@ fn policy_types_default_as_the_api_server_does() {
         "p",
         "{podSelector: {}, policyTypes: [Egress], ingress: [{}]}",
     )]));
-    assert!(d.rules.is_empty());
+    assert!(no_rules(&d));
 }
 
 #[test]
@@ -255,16 +260,16 @@ fn allow_all_rule_is_one_wildcard_entry() {
     let key = PolicyKey {
         endpoint: ep("x/a"),
         identity: ANY_IDENTITY,
-        direction: direction::INGRESS,
+        direction: Direction::Ingress as u8,
         protocol: ANY_PROTOCOL,
         dport: [0, 0],
     };
     assert_eq!(
-        d.rules.keys().collect::<Vec<_>>(),
-        vec![&(key, KEY_FIXED_BITS)]
+        d.placed.rules().collect::<Vec<_>>(),
+        vec![(key, KEY_FIXED_BITS)]
     );
     assert_eq!(
-        d.rules[&(key, KEY_FIXED_BITS)].flags,
+        d.placed.exact[&key].flags,
         sluice_common::policy::entry::ALLOW
     );
     assert!(reach(&d, "z/c", "x/a", UDP, 1234));
@@ -278,7 +283,7 @@ fn pod_selector_peer_is_the_policy_namespace_only() {
         "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}",
     )]));
     let want = BTreeSet::from([(id(&d, "x/b"), ANY_PROTOCOL, 0, KEY_FIXED_BITS)]);
-    assert_eq!(rules(&d, "x/a", direction::INGRESS), want);
+    assert_eq!(rules(&d, "x/a", Direction::Ingress), want);
     assert!(reach(&d, "x/b", "x/a", TCP, 80));
     assert!(!reach(&d, "y/b", "x/a", TCP, 80));
     assert!(!reach(&d, "x/c", "x/a", TCP, 80));
@@ -289,7 +294,7 @@ fn namespace_selectors_alone_and_combined() {
     let ns_only =
         "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}";
     let d = compiled(&model_with(vec![np("x", "p", ns_only)]));
-    let ids: BTreeSet<u32> = rules(&d, "x/a", direction::INGRESS)
+    let ids: BTreeSet<u32> = rules(&d, "x/a", Direction::Ingress)
         .iter()
         .map(|r| r.0)
         .collect();
@@ -300,7 +305,7 @@ fn namespace_selectors_alone_and_combined() {
 
     let both = "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: c}}}]}]}";
     let d = compiled(&model_with(vec![np("x", "p", both)]));
-    let ids: BTreeSet<u32> = rules(&d, "x/a", direction::INGRESS)
+    let ids: BTreeSet<u32> = rules(&d, "x/a", Direction::Ingress)
         .iter()
         .map(|r| r.0)
         .collect();
@@ -338,7 +343,7 @@ fn ports_protocols_and_ranges() {
         (ANY_IDENTITY, TCP, 1000, KEY_FULL_BITS - 2),
         (ANY_IDENTITY, SCTP, 81, KEY_FULL_BITS),
     ]);
-    assert_eq!(rules(&d, "x/a", direction::INGRESS), want);
+    assert_eq!(rules(&d, "x/a", Direction::Ingress), want);
     assert!(reach(&d, "y/b", "x/a", UDP, 5353));
     assert!(reach(&d, "y/b", "x/a", TCP, 80));
     assert!(!reach(&d, "y/b", "x/a", TCP, 81));
@@ -392,14 +397,14 @@ fn named_ports_resolve_against_the_destination() {
     let d = compiled(&state);
     // Ingress: each local pod's own number.
     assert_eq!(
-        rules(&d, "x/a", direction::INGRESS),
+        rules(&d, "x/a", Direction::Ingress),
         BTreeSet::from([
             (ANY_IDENTITY, TCP, 80, KEY_FULL_BITS),
             (ANY_IDENTITY, UDP, 81, KEY_FULL_BITS)
         ])
     );
     assert_eq!(
-        rules(&d, "x/b", direction::INGRESS),
+        rules(&d, "x/b", Direction::Ingress),
         BTreeSet::from([
             (ANY_IDENTITY, TCP, 8080, KEY_FULL_BITS),
             (ANY_IDENTITY, UDP, 9001, KEY_FULL_BITS)
@@ -413,7 +418,7 @@ fn named_ports_resolve_against_the_destination() {
         (id(&d, "x/b"), UDP, 9001, KEY_FULL_BITS),
         (id(&d, "x/c"), UDP, 81, KEY_FULL_BITS),
     ]);
-    assert_eq!(rules(&d, "z/a", direction::EGRESS), want);
+    assert_eq!(rules(&d, "z/a", Direction::Egress), want);
     assert!(reach(&d, "z/a", "x/c", UDP, 81));
     assert!(reach(&d, "z/a", "x/b", UDP, 9001));
     assert!(!reach(&d, "z/a", "x/b", UDP, 81));
@@ -424,8 +429,8 @@ fn named_ports_resolve_against_the_destination() {
 fn a_named_port_nobody_serves_allows_nothing_but_isolates() {
     let d = compiled(&model_with(vec![np("x", "p", "{podSelector: {}, ingress: [{ports: [{port: nope}]}], egress: [{ports: [{port: serve-80-tcp, protocol: UDP}]}]}")]));
     assert!(d.problems.is_empty());
-    assert!(d.rules.is_empty());
-    assert_eq!(d.isolation[&ep("x/a")], isolation(1, 1));
+    assert!(no_rules(&d));
+    assert_eq!(d.placed.isolation[&ep("x/a")], isolation(1, 1));
 }
 
 #[test]
@@ -443,13 +448,13 @@ fn egress_named_port_with_any_peer_uses_each_pod() {
 fn ipblock_regions_and_excepts() {
     let spec = "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.244.0.0/16, 10.9.9.9/32]}}]}]}";
     let d = compiled(&model_with(vec![np("x", "p", spec)]));
-    let regions: Vec<String> = d.cidr_identities.keys().map(|n| n.to_string()).collect();
+    let regions: Vec<String> = d.placed.regions.keys().map(|n| n.to_string()).collect();
     assert_eq!(regions, ["10.0.0.0/8", "10.9.9.9/32", "10.244.0.0/16"]);
-    for id in d.cidr_identities.values() {
+    for id in d.placed.regions.values() {
         assert!((identity::FIRST_CIDR..=identity::MAX).contains(id));
     }
     let want = BTreeSet::from([(cidr_id(&d, "10.0.0.0/8"), ANY_PROTOCOL, 0, KEY_FIXED_BITS)]);
-    assert_eq!(rules(&d, "x/a", direction::EGRESS), want);
+    assert_eq!(rules(&d, "x/a", Direction::Egress), want);
     for (addr, ok) in [
         ("10.1.2.3", true),
         ("10.244.3.3", false),
@@ -476,7 +481,7 @@ fn ipblock_everything_and_except_equal_to_cidr() {
     let nothing = "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/8]}}]}]}";
     let d = compiled(&model_with(vec![np("x", "p", nothing)]));
     assert!(d.problems.is_empty());
-    assert!(rules(&d, "x/a", direction::EGRESS).is_empty());
+    assert!(rules(&d, "x/a", Direction::Egress).is_empty());
     assert!(!reach_addr(&d, "x/a", "10.1.1.1", TCP, 80));
 }
 
@@ -514,8 +519,8 @@ fn egress_named_port_through_an_ipblock_is_per_address() {
 fn ipv6_ipblocks_compile_to_nothing() {
     let spec = "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 'fd00::/8'}}]}]}";
     let d = compiled(&model_with(vec![np("x", "p", spec)]));
-    assert!(d.problems.is_empty() && d.cidr_identities.is_empty() && d.rules.is_empty());
-    assert_eq!(d.isolation[&ep("x/a")], isolation(0, 1));
+    assert!(d.problems.is_empty() && d.placed.regions.is_empty() && no_rules(&d));
+    assert_eq!(d.placed.isolation[&ep("x/a")], isolation(0, 1));
 }
 
 #[test]
@@ -567,13 +572,13 @@ fn a_bad_rule_allows_nothing_and_the_rest_still_works() {
             "{bad}: {:?}",
             d.problems[0]
         );
-        assert_eq!(d.isolation[&ep("x/a")], isolation(1, 0), "{bad}");
+        assert_eq!(d.placed.isolation[&ep("x/a")], isolation(1, 0), "{bad}");
         assert_eq!(
-            rules(&d, "x/a", direction::INGRESS),
-            rules(&only_good, "x/a", direction::INGRESS),
+            rules(&d, "x/a", Direction::Ingress),
+            rules(&only_good, "x/a", Direction::Ingress),
             "{bad}"
         );
-        assert!(d.cidr_identities.is_empty(), "{bad}");
+        assert!(d.placed.regions.is_empty(), "{bad}");
         // The other policy is untouched.
         assert!(
             reach(&d, "y/c", "y/a", TCP, 80) && !reach(&d, "x/c", "y/a", TCP, 80),
@@ -593,8 +598,8 @@ fn a_bad_pod_selector_skips_the_policy() {
     let d = compiled(&model_with(vec![bad, good]));
     assert_eq!(d.problems.len(), 1);
     assert_eq!(d.problems[0].policy, "x/bad");
-    assert!(!d.isolation.contains_key(&ep("x/a")));
-    assert!(d.isolation.contains_key(&ep("y/a")));
+    assert!(!d.placed.isolation.contains_key(&ep("x/a")));
+    assert!(d.placed.isolation.contains_key(&ep("y/a")));
 }
 
 #[test]
@@ -605,7 +610,7 @@ fn unknown_policy_type_is_reported_and_known_ones_apply() {
         "{podSelector: {}, policyTypes: [Ingress, Sideways]}",
     )]));
     assert_eq!(d.problems.len(), 1);
-    assert_eq!(d.isolation[&ep("x/a")], isolation(1, 0));
+    assert_eq!(d.placed.isolation[&ep("x/a")], isolation(1, 0));
 }
 
 #[test]
@@ -613,8 +618,8 @@ fn only_local_endpoints_get_isolation_and_rules() {
     let state = model_with(vec![np("x", "p", "{podSelector: {}, ingress: [{}]}")]);
     let local = LocalEndpoints::from([(model_ip("x/b"), 42), (model_ip("y/b"), 43)]);
     let d = compile(&state, &local, &mut IdentityAllocator::new());
-    assert_eq!(d.isolation.keys().collect::<Vec<_>>(), [&42]);
-    assert!(d.rules.keys().all(|(k, _)| k.endpoint == 42));
+    assert_eq!(d.placed.isolation.keys().collect::<Vec<_>>(), [&42]);
+    assert!(d.placed.rules().all(|(k, _)| k.endpoint == 42));
     assert_eq!(d.pod_identities.len(), 9, "identities cover every node");
 }
 
@@ -629,10 +634,10 @@ fn finished_pods_are_neither_selected_nor_peers() {
         pod_mut(&mut state, pod).status.as_mut().unwrap().phase = Some("Succeeded".into());
     }
     let d = compiled(&state);
-    assert!(!d.isolation.contains_key(&ep("x/a")));
-    assert!(d.isolation.contains_key(&ep("x/c")));
+    assert!(!d.placed.isolation.contains_key(&ep("x/a")));
+    assert!(d.placed.isolation.contains_key(&ep("x/c")));
     assert!(
-        rules(&d, "x/c", direction::INGRESS).is_empty(),
+        rules(&d, "x/c", Direction::Ingress).is_empty(),
         "the only pod=b is done"
     );
 }
@@ -662,7 +667,7 @@ fn output_is_deterministic_and_identities_stable() {
     for (ip, id) in &first.pod_identities {
         assert_eq!(second.pod_identities[ip], *id);
     }
-    assert_eq!(second.cidr_identities, first.cidr_identities);
+    assert_eq!(second.placed.regions, first.placed.regions);
     assert_eq!(second.pod_identities.len(), 10);
 }
 
@@ -705,6 +710,6 @@ fn identity_exhaustion_is_reported_not_fatal() {
     assert_eq!(d.identity_errors.len(), 6);
     assert_eq!(d.pod_identities.len(), 3);
     // Pods without an identity are never let in as someone else.
-    assert_eq!(rules(&d, "x/a", direction::INGRESS).len(), 3);
-    assert_eq!(d.isolation.len(), 3);
+    assert_eq!(rules(&d, "x/a", Direction::Ingress).len(), 3);
+    assert_eq!(d.placed.isolation.len(), 3);
 }

@@ -1,6 +1,6 @@
-//! Tests over the whole compiler: map contents case by case, and the
-//! upstream truth tables through an evaluator of the dataplane algorithm.
+//! Tests over the whole compiler: map contents case by case, and packets
+//! decided over them by the dataplane's own decision. The conformance truth
+//! tables run in `controller/policy-oracle` (`tests/upstream.rs`).
 
 mod compile_cases;
-mod conformance;
 mod support;

@@ -6,13 +6,15 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use sluice_common::identity;
-use sluice_common::policy::{direction, PolicyKey, ANY_IDENTITY, ANY_PROTOCOL};
+use sluice_common::direction::Direction;
+use sluice_common::ipcache::RemoteInfo;
+use sluice_common::policy::{decide, decide_flow, Decision};
 
 use crate::datastore::{parse_documents, ClusterState, Event};
-use crate::policy::DesiredPolicy;
+use crate::policy::{DesiredPolicy, InMemory};
+use crate::topology::Topology;
 
 /// A state holding every object of a multi-document manifest.
 pub fn state(yaml: &str) -> ClusterState {
@@ -91,10 +93,6 @@ pub fn model_local() -> BTreeMap<Ipv4Addr, u32> {
         .collect()
 }
 
-pub fn namespace_mut<'a>(state: &'a mut ClusterState, ns: &str) -> &'a mut Namespace {
-    state.namespaces.get_mut(ns).expect("namespace exists")
-}
-
 pub fn pod_mut<'a>(state: &'a mut ClusterState, pod: &str) -> &'a mut Pod {
     let (ns, name) = pod.split_once('/').expect("ns/pod");
     state
@@ -103,108 +101,67 @@ pub fn pod_mut<'a>(state: &'a mut ClusterState, pod: &str) -> &'a mut Pod {
         .expect("pod exists")
 }
 
-/// The dataplane's per-packet decision over a compiled [`DesiredPolicy`].
+/// The dataplane's per-packet decision (the shared `decide_flow`) over the
+/// maps a compiled [`DesiredPolicy`] fills: its placed policy, and an
+/// ipcache holding the pods' identities.
 pub struct Dataplane<'a> {
     pub desired: &'a DesiredPolicy,
     pub local: &'a BTreeMap<Ipv4Addr, u32>,
 }
 
+/// The gateway the evaluator's node has: outside every model address.
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+
 impl Dataplane<'_> {
+    fn ipcache(&self) -> BTreeMap<Ipv4Net, RemoteInfo> {
+        Topology::default().ipcache_with_pods(&self.desired.pod_identities, GATEWAY)
+    }
+
     /// May `src` open a connection to `dst`:`dport`? Both ends' policies
     /// must agree: the sender's egress (if local) and the receiver's
     /// ingress (if local).
     pub fn flow(&self, src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, dport: u16) -> bool {
-        let egress_ok = self
-            .local
-            .get(&src)
-            .is_none_or(|&ep| self.allowed(ep, direction::EGRESS, dst, protocol, dport));
-        let ingress_ok = self
-            .local
-            .get(&dst)
-            .is_none_or(|&ep| self.allowed(ep, direction::INGRESS, src, protocol, dport));
-        egress_ok && ingress_ok
+        let ipcache = self.ipcache();
+        let maps = InMemory {
+            policy: &self.desired.placed,
+            ipcache: &ipcache,
+        };
+        let decision = decide_flow(
+            &maps,
+            self.local.get(&src).copied(),
+            self.local.get(&dst).copied(),
+            src.octets(),
+            dst.octets(),
+            protocol,
+            dport,
+        );
+        decision.denied_by().is_none()
     }
 
+    /// One direction of one endpoint's policy towards `peer`.
     pub fn allowed(
         &self,
         endpoint: u32,
-        dir: u8,
+        direction: Direction,
         peer: Ipv4Addr,
         protocol: u8,
         dport: u16,
     ) -> bool {
-        let isolated = self.desired.isolation.get(&endpoint).is_some_and(|i| {
-            if dir == direction::INGRESS {
-                i.ingress != 0
-            } else {
-                i.egress != 0
-            }
-        });
-        if !isolated {
-            return true;
-        }
-        // The ipcache: pods by label identity, anything else is the world.
-        let label = self
-            .desired
-            .pod_identities
-            .get(&peer)
-            .copied()
-            .unwrap_or(identity::WORLD);
-        let cidr = self.cidr_identity(peer);
-        let identities = [Some(label), cidr, Some(ANY_IDENTITY)];
-        identities.into_iter().flatten().any(|identity| {
-            [protocol, ANY_PROTOCOL].into_iter().any(|protocol| {
-                let key = PolicyKey {
-                    endpoint,
-                    identity,
-                    direction: dir,
-                    protocol,
-                    dport: dport.to_be_bytes(),
-                };
-                self.lpm_hits(&key)
-            })
-        })
+        let ipcache = self.ipcache();
+        let maps = InMemory {
+            policy: &self.desired.placed,
+            ipcache: &ipcache,
+        };
+        decide(&maps, endpoint, direction, peer.octets(), protocol, dport) != Decision::Denied
     }
-
-    /// Longest-prefix match of the peer in the CIDR-identity LPM.
-    pub fn cidr_identity(&self, addr: Ipv4Addr) -> Option<u32> {
-        self.desired
-            .cidr_identities
-            .iter()
-            .filter(|(net, _)| net.contains(&addr))
-            .max_by_key(|(net, _)| net.prefix_len())
-            .map(|(_, id)| *id)
-    }
-
-    /// Whether some rule's key prefix covers the full-length `key`, bit for
-    /// bit over the key's bytes as the kernel's LPM trie compares them.
-    fn lpm_hits(&self, key: &PolicyKey) -> bool {
-        let wanted = key_bytes(key);
-        self.desired.rules.keys().any(|(rule, bits)| {
-            let have = key_bytes(rule);
-            (0..*bits as usize).all(|bit| {
-                let (byte, shift) = (bit / 8, 7 - bit % 8);
-                (have[byte] >> shift) & 1 == (wanted[byte] >> shift) & 1
-            })
-        })
-    }
-}
-
-fn key_bytes(key: &PolicyKey) -> [u8; 12] {
-    let mut out = [0; 12];
-    out[0..4].copy_from_slice(&key.endpoint.to_ne_bytes());
-    out[4..8].copy_from_slice(&key.identity.to_ne_bytes());
-    out[8] = key.direction;
-    out[9] = key.protocol;
-    out[10..12].copy_from_slice(&key.dport);
-    out
 }
 
 /// The CIDR-identity region that holds exactly `net`.
 pub fn cidr_id(desired: &DesiredPolicy, net: &str) -> u32 {
     let net: Ipv4Net = net.parse().expect("net");
     *desired
-        .cidr_identities
+        .placed
+        .regions
         .get(&net)
-        .unwrap_or_else(|| panic!("no region {net} in {:?}", desired.cidr_identities))
+        .unwrap_or_else(|| panic!("no region {net} in {:?}", desired.placed.regions))
 }

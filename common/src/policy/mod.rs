@@ -17,6 +17,12 @@
 //!   addresses too, so a packet is checked against both its peer's label
 //!   identity (ipcache) and this one.
 
+mod decide;
+
+pub use decide::{decide, decide_flow, policy_port, Decision, FlowDecision, PolicyLookup};
+
+use crate::direction::Direction;
+
 /// Number of key bits before the port: endpoint (32), identity (32),
 /// direction (8), protocol (8).
 pub const KEY_FIXED_BITS: u32 = 80;
@@ -41,20 +47,14 @@ pub const ALL_PORTS: [u8; 2] = [0, 0];
 pub const PEER_MARK: u8 = 0x80;
 
 /// The mark of `identity` among `endpoint`'s rules in `direction`.
-pub const fn peer_mark(endpoint: u32, identity: u32, direction: u8) -> PolicyKey {
+pub const fn peer_mark(endpoint: u32, identity: u32, direction: Direction) -> PolicyKey {
     PolicyKey {
         endpoint,
         identity,
-        direction: direction | PEER_MARK,
+        direction: direction as u8 | PEER_MARK,
         protocol: ANY_PROTOCOL,
         dport: ALL_PORTS,
     }
-}
-
-/// Directions, seen from the local endpoint.
-pub mod direction {
-    pub const INGRESS: u8 = 0;
-    pub const EGRESS: u8 = 1;
 }
 
 /// Data of an LPM key of the policy map (its prefix length travels beside
@@ -67,6 +67,7 @@ pub struct PolicyKey {
     pub endpoint: u32,
     /// The peer: a label identity, a CIDR identity, or [`ANY_IDENTITY`].
     pub identity: u32,
+    /// A [`Direction`], with [`PEER_MARK`] set in marks.
     pub direction: u8,
     /// IP protocol number, or [`ANY_PROTOCOL`].
     pub protocol: u8,
@@ -95,15 +96,34 @@ pub struct Isolation {
     pub ingress: u8,
     /// ... for egress.
     pub egress: u8,
-    /// Bit `1 << direction`: the port-range trie holds rules of this
+    /// Bit `1 << direction as u8`: the port-range trie holds rules of this
     /// endpoint for that direction, so lookups there are worth making.
     pub ranges: u8,
     pub _pad: u8,
 }
 
 impl Isolation {
-    pub const fn has_ranges(&self, direction: u8) -> bool {
-        self.ranges & (1 << direction) != 0
+    /// Whether some policy isolates the endpoint in `direction`.
+    pub const fn isolates(&self, direction: Direction) -> bool {
+        match direction {
+            Direction::Ingress => self.ingress != 0,
+            Direction::Egress => self.egress != 0,
+        }
+    }
+
+    pub fn isolate(&mut self, direction: Direction) {
+        match direction {
+            Direction::Ingress => self.ingress = 1,
+            Direction::Egress => self.egress = 1,
+        }
+    }
+
+    pub const fn has_ranges(&self, direction: Direction) -> bool {
+        self.ranges & (1 << direction as u8) != 0
+    }
+
+    pub fn set_ranges(&mut self, direction: Direction) {
+        self.ranges |= 1 << direction as u8;
     }
 }
 

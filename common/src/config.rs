@@ -1,0 +1,32 @@
+//! The node-wide settings the programs read (one entry, index 0 of
+//! `SLUICE_CONFIG`), written by the agent when it sets up routing.
+
+/// Routing modes of [`DataplaneConfig::routing`].
+pub mod routing {
+    /// No other nodes known: everything not local goes to the host stack.
+    pub const NONE: u32 = 0;
+    /// VXLAN with collect-metadata: the program sets the tunnel key.
+    pub const TUNNEL: u32 = 1;
+    /// Routed underlay: bpf_fib_lookup + bpf_redirect_neigh.
+    pub const NATIVE: u32 = 2;
+}
+
+/// The VNI of every packet sluice tunnels. Identities are node-local (each
+/// node numbers label sets itself and learns its peers' from its own
+/// ipcache), so a sender's number would mean nothing to the receiver: the
+/// VNI carries no identity. Cluster-wide identities would go here.
+pub const TUNNEL_VNI: u32 = 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    pub routing: u32,
+    /// ifindex of the node's VXLAN device (tunnel mode).
+    pub tunnel_ifindex: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 8);
+
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data, repr(C), no padding, no pointers.
+unsafe impl aya::Pod for DataplaneConfig {}

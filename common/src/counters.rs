@@ -1,0 +1,65 @@
+//! The dataplane's per-CPU counters: packets and bytes by (reason,
+//! direction), and policy verdicts by (verdict, direction).
+
+use crate::{direction::Direction, maps, reason::Reason};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data, repr(C), no padding, no pointers.
+unsafe impl aya::Pod for Counter {}
+
+/// Capacity of the packet counter map. Leaves room for reasons added later
+/// without changing the pinned map's size.
+pub const MAX_ENTRIES: u32 = maps::PACKET_COUNTERS.capacity;
+
+/// Index of the counter for `(reason, direction)`.
+pub const fn index(reason: Reason, direction: Direction) -> u32 {
+    reason as u32 * Direction::COUNT + direction as u32
+}
+
+const _: () = assert!(crate::reason::LIMIT * Direction::COUNT <= MAX_ENTRIES);
+
+/// Policy verdicts, per direction, where a policy isolates the endpoint: an
+/// allowance when a flow is admitted (its first packet, and the first
+/// after a policy change), a denial for every refused packet, counted for
+/// the direction that refused it.
+pub mod verdict {
+    use crate::{direction::Direction, maps};
+
+    #[repr(u32)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Verdict {
+        Allowed = 0,
+        Denied = 1,
+    }
+
+    impl Verdict {
+        pub const ALL: [Verdict; 2] = [Verdict::Allowed, Verdict::Denied];
+
+        /// Label in metrics and output.
+        pub const fn name(self) -> &'static str {
+            match self {
+                Verdict::Allowed => "allowed",
+                Verdict::Denied => "denied",
+            }
+        }
+    }
+
+    /// Capacity of the verdict map (a per-CPU array of packet counts).
+    pub const MAX_ENTRIES: u32 = maps::POLICY_VERDICTS.capacity;
+
+    /// Index of the count for `(verdict, direction)`.
+    pub const fn index(verdict: Verdict, direction: Direction) -> u32 {
+        verdict as u32 * Direction::COUNT + direction as u32
+    }
+
+    const _: () = assert!(index(Verdict::Denied, Direction::Egress) < MAX_ENTRIES);
+}

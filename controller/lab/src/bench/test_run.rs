@@ -1,0 +1,182 @@
+//! The real programs on crafted packets: the kernel runs them
+//! (BPF_PROG_TEST_RUN) over maps filled by the agent's own writers, from
+//! the same layouts the agent writes (a [`PlacedPolicy`], ipcache entries),
+//! so a test or a benchmark never writes map entries by hand. Shared by
+//! the eBPF unit tests and the per-packet cost benchmark.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use ipnet::Ipv4Net;
+use sluice_agent::{
+    config::DEFAULT_BPFFS,
+    kernel::{
+        bpf::{self, Dataplane, DataplaneError, MapSizes, SyncMaps},
+        bpffs,
+    },
+    policy::PlacedPolicy,
+};
+use sluice_common::{
+    config::DataplaneConfig,
+    endpoint::{EndpointInfo, IpKey},
+    ipcache::RemoteInfo,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestRunError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("test run of {program}: {source}")]
+    Run {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What the packet's `__sk_buff` says where it is: the device it is on
+/// (`ifindex`, which must exist in the calling thread's network namespace
+/// when above 1) and the one it arrived on. Zero: the kernel's default,
+/// loopback.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SkbContext {
+    pub ifindex: u32,
+    pub ingress_ifindex: u32,
+}
+
+impl SkbContext {
+    /// The leading part of a `struct __sk_buff` (uapi/linux/bpf.h) up to
+    /// `tc_index`; the kernel zero-fills the rest. Offsets: `priority` 32,
+    /// `ingress_ifindex` 36, `ifindex` 40.
+    fn bytes(&self) -> [u8; 48] {
+        let mut ctx = [0u8; 48];
+        ctx[36..40].copy_from_slice(&self.ingress_ifindex.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&self.ifindex.to_ne_bytes());
+        ctx
+    }
+}
+
+/// The object loaded over a private pin directory (removed on drop), with
+/// the agent's map writers.
+pub struct TestDataplane {
+    dataplane: Dataplane,
+    maps: SyncMaps,
+    pin_dir: PathBuf,
+}
+
+impl TestDataplane {
+    /// Loads the object with default map sizes; `tag` names the pin
+    /// directory (made unique per process and call).
+    pub fn load(tag: &str) -> Result<Self, TestRunError> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let bpffs = Path::new(DEFAULT_BPFFS);
+        bpffs::ensure_mounted(bpffs).map_err(|e| TestRunError::Setup(e.to_string()))?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pin_dir = bpffs
+            .join("sluice")
+            .join(format!("{tag}-{}-{n}", std::process::id()));
+        let mut dataplane = Dataplane::load(&pin_dir, MapSizes::default())?;
+        let maps = dataplane
+            .take_sync_maps()
+            .ok_or_else(|| TestRunError::Setup("sync maps taken".into()))?;
+        Ok(Self {
+            dataplane,
+            maps,
+            pin_dir,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn add_endpoint(&mut self, ip: Ipv4Addr, info: EndpointInfo) -> Result<(), TestRunError> {
+        Ok(self.dataplane.set_endpoint(IpKey::v4(ip.octets()), info)?)
+    }
+
+    /// Makes the policy maps hold `policy`, as the agent's syncer does.
+    pub fn apply_policy(&mut self, policy: &PlacedPolicy) -> Result<(), TestRunError> {
+        self.maps.policy.apply(policy)?;
+        Ok(())
+    }
+
+    /// Makes the ipcache hold `entries`.
+    pub fn set_ipcache(
+        &mut self,
+        entries: &BTreeMap<Ipv4Net, RemoteInfo>,
+    ) -> Result<(), TestRunError> {
+        self.maps.ipcache.sync(entries)?;
+        Ok(())
+    }
+
+    pub fn set_config(&mut self, config: DataplaneConfig) -> Result<(), TestRunError> {
+        Ok(self.maps.config.set(config)?)
+    }
+
+    /// What the agent does after every policy change.
+    pub fn bump_revision(&mut self) -> Result<u32, TestRunError> {
+        Ok(self.maps.revision.bump()?)
+    }
+
+    /// Runs `program` once on `pkt`: (return code, packet as it left).
+    pub fn run(
+        &mut self,
+        program: &'static str,
+        pkt: &[u8],
+        skb: SkbContext,
+    ) -> Result<(u32, Vec<u8>), TestRunError> {
+        let (verdict, out, _) = self.test_run(program, pkt, Some(skb), 1)?;
+        Ok((verdict, out))
+    }
+
+    /// Runs `program` `repeat` times on `pkt` (the kernel reruns the
+    /// packet as it came in, on loopback): (return code, average time per
+    /// run).
+    pub fn time(
+        &mut self,
+        program: &'static str,
+        pkt: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration), TestRunError> {
+        let (verdict, _, duration) = self.test_run(program, pkt, None, repeat)?;
+        Ok((verdict, duration))
+    }
+
+    fn test_run(
+        &mut self,
+        program: &'static str,
+        pkt: &[u8],
+        skb: Option<SkbContext>,
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, Duration), TestRunError> {
+        let mut out = vec![0u8; pkt.len() + 256];
+        let ctx = skb.map(|s| s.bytes());
+        let res = self
+            .dataplane
+            .program(program)?
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                ctx_in: ctx.as_ref().map(|c| c.as_slice()),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| TestRunError::Run { program, source })?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out, res.duration))
+    }
+}
+
+impl Drop for TestDataplane {
+    fn drop(&mut self) {
+        let _ = bpf::remove_pins(&self.pin_dir);
+    }
+}

@@ -1,0 +1,204 @@
+//! Connection tracking: one entry per flow, keyed by the tuple of its first
+//! packet, so later packets and replies (the reversed tuple) find it.
+//! Entries carry the policy revision they were checked at and, when the
+//! policy of that revision refuses the flow, which direction refused it (a
+//! tombstone). What to do with an entry is policy's business
+//! (`policy::enforce`); this module keeps the entries.
+use sluice_common::{
+    conntrack::{ct_flags, timeout, CtEntry, CtKey},
+    direction::Direction,
+    identity,
+};
+
+use crate::{
+    lookup::peer_identity,
+    maps::CONNTRACK,
+    parse::{
+        Ipv4Packet, Quoted, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN,
+    },
+};
+
+const ICMP_ECHO_REPLY: u16 = 0;
+const ICMP_ECHO: u16 = 8;
+
+/// The conntrack key of a packet with these addresses, protocol and ports
+/// (ICMP: type/code and id).
+#[inline(always)]
+pub fn key(saddr: [u8; 4], daddr: [u8; 4], protocol: u8, sport: u16, dport: u16) -> CtKey {
+    let (sport, dport) = match protocol {
+        // Request and reply of an echo share the id.
+        IPPROTO_ICMP => match sport >> 8 {
+            ICMP_ECHO | ICMP_ECHO_REPLY => (dport, dport),
+            _ => (0, 0),
+        },
+        _ => (sport, dport),
+    };
+    CtKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// The key of a packet's own tuple.
+#[inline(always)]
+pub fn packet_key(pkt: &Ipv4Packet) -> CtKey {
+    key(
+        pkt.hdr.saddr,
+        pkt.hdr.daddr,
+        pkt.hdr.protocol,
+        pkt.sport,
+        pkt.dport,
+    )
+}
+
+/// A tracked flow: a pointer into the map, valid for this program run.
+#[derive(Clone, Copy)]
+pub struct Entry(*mut CtEntry);
+
+/// The unexpired entry of `key`.
+#[inline(always)]
+pub fn lookup(key: &CtKey, now: u64) -> Option<Entry> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: a map value pointer, valid for this program run.
+    (unsafe { (*entry).expires } > now).then_some(Entry(entry))
+}
+
+/// What the entry's last check said, if it was at `revision`: `Ok` for an
+/// allowed flow, `Err(direction)` for a tombstone.
+pub enum Checked {
+    AtRevision(Result<(), Direction>),
+    Outdated,
+}
+
+impl Entry {
+    #[inline(always)]
+    pub fn checked(&self, revision: u32) -> Checked {
+        // SAFETY: a map value pointer, valid for this program run.
+        let (flags, checked_at) = unsafe { ((*self.0).flags, (*self.0).revision) };
+        if checked_at != revision {
+            return Checked::Outdated;
+        }
+        Checked::AtRevision(match flags & ct_flags::DENIED {
+            0 => Ok(()),
+            ct_flags::DENIED_EGRESS => Err(Direction::Egress),
+            _ => Err(Direction::Ingress),
+        })
+    }
+
+    /// Records the verdict of a check at `revision`. A denial keeps the
+    /// entry alive as a tombstone: renewed by the flow's own attempts, so
+    /// a retransmission long after the change still finds it.
+    #[inline(always)]
+    pub fn set_checked(&self, pkt: &Ipv4Packet, verdict: Result<(), Direction>, revision: u32, now: u64) {
+        let denied = match verdict {
+            Ok(()) => 0,
+            Err(Direction::Egress) => ct_flags::DENIED_EGRESS,
+            Err(Direction::Ingress) => ct_flags::DENIED_INGRESS,
+        };
+        // SAFETY: a map value pointer, valid for this program run; entries
+        // are per flow and a lost update between CPUs only delays expiry.
+        unsafe {
+            let flags = ((*self.0).flags & !ct_flags::DENIED) | denied;
+            (*self.0).flags = flags;
+            if denied != 0 {
+                (*self.0).revision = revision;
+                (*self.0).expires = now + lifetime(pkt, flags);
+            }
+        }
+    }
+
+    /// A packet of an allowed flow passed: renew the entry's lifetime.
+    #[inline(always)]
+    pub fn refresh(&self, pkt: &Ipv4Packet, revision: u32, now: u64) {
+        // SAFETY: as in `set_checked`.
+        unsafe {
+            let mut flags = (*self.0).flags;
+            if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                flags |= ct_flags::CLOSING;
+            }
+            (*self.0).flags = flags;
+            (*self.0).revision = revision;
+            (*self.0).expires = now + lifetime(pkt, flags);
+        }
+    }
+
+    /// Allowed by the policy of `revision`, not a tombstone.
+    #[inline(always)]
+    fn live(&self, revision: u32) -> bool {
+        matches!(self.checked(revision), Checked::AtRevision(Ok(())))
+    }
+}
+
+/// Tracks a new flow that passed policy. A full table evicts the least
+/// recently used flow (LRU map); the packet is allowed either way.
+#[inline(always)]
+pub fn track(key: &CtKey, pkt: &Ipv4Packet, revision: u32, now: u64) {
+    let entry = CtEntry {
+        expires: now + lifetime(pkt, 0),
+        revision,
+        flags: 0,
+    };
+    let _ = CONNTRACK.insert(key, &entry, 0);
+}
+
+#[inline(always)]
+fn lifetime(pkt: &Ipv4Packet, flags: u32) -> u64 {
+    match pkt.hdr.protocol {
+        IPPROTO_TCP => {
+            if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 || flags & ct_flags::CLOSING != 0 {
+                timeout::TCP_CLOSING
+            } else if pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & TCP_ACK == 0 {
+                timeout::TCP_SYN
+            } else {
+                timeout::TCP_ESTABLISHED
+            }
+        }
+        IPPROTO_UDP => timeout::UDP,
+        IPPROTO_ICMP => timeout::ICMP,
+        _ => timeout::OTHER,
+    }
+}
+
+/// Whether an ICMP error reports on a flow conntrack knows, allowed by the
+/// current policy: it then belongs to that flow (path MTU discovery, port
+/// unreachable, ...). It must travel back to the quoted packet's sender,
+/// and come from the quoted packet's destination or, when not sent by a
+/// local pod, from a router on the path: a node, or a host outside the
+/// cluster. No pod's address passes as a router's (pods' sources are
+/// checked, tunnel sources too), so a pod can only report errors on its
+/// own flows, never use someone else's flow to get past policy.
+#[inline(always)]
+pub fn related(
+    quoted: &Quoted,
+    pkt: &Ipv4Packet,
+    from_local_pod: bool,
+    now: u64,
+    revision: u32,
+) -> bool {
+    if quoted.saddr != pkt.hdr.daddr {
+        return false;
+    }
+    if quoted.daddr != pkt.hdr.saddr
+        && (from_local_pod
+            || !matches!(
+                peer_identity(pkt.hdr.saddr),
+                identity::HOST | identity::REMOTE_NODE | identity::WORLD
+            ))
+    {
+        return false;
+    }
+    // For a quoted ICMP packet, l4[0] is its type/code and l4[2] its id.
+    let (sport, dport) = if quoted.protocol == IPPROTO_ICMP {
+        (quoted.l4[0], quoted.l4[2])
+    } else {
+        (quoted.l4[0], quoted.l4[1])
+    };
+    let key = key(quoted.saddr, quoted.daddr, quoted.protocol, sport, dport);
+    let live = |key: &CtKey| lookup(key, now).is_some_and(|e| e.live(revision));
+    live(&key) || live(&key.reversed())
+}

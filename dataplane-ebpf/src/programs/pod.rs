@@ -1,0 +1,101 @@
+//! The host side of a pod's veth: `from_container` on its TCX ingress
+//! (every packet the pod sends), `to_container` on its TCX egress (what the
+//! host stack delivers to the pod; redirected packets skip this hook).
+use aya_ebpf::programs::TcContext;
+use sluice_common::{config::routing, ipcache::flags, reason::Reason};
+
+use crate::{
+    forward, lookup,
+    parse::{self, ETH_P_ARP, ETH_P_IP},
+    policy,
+    verdict::{drop, pass, Verdict},
+};
+
+pub fn from_container(ctx: &TcContext) -> Verdict {
+    let eth = match parse::eth(ctx) {
+        Ok(eth) => eth,
+        Err(reason) => return drop(reason),
+    };
+    match u16::from_be(eth.proto) {
+        ETH_P_IP => {}
+        // The pod's gateway is a static neighbour, but the pod may still ask
+        // (e.g. after someone flushed its table); the host answers nothing
+        // for the gateway, which is harmless, and other ARP is the host's.
+        ETH_P_ARP => return pass(Reason::ToStack),
+        _ => return drop(Reason::DropUnsupportedL3),
+    }
+    let pkt = match parse::ipv4(ctx) {
+        Ok(pkt) => pkt,
+        Err(reason) => return drop(reason),
+    };
+
+    // Anti-spoofing: the source must be an endpoint, and the packet must
+    // come in through that endpoint's own veth.
+    // SAFETY: the context's skb pointer is valid for this program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let src = match lookup::local_endpoint(pkt.hdr.saddr) {
+        Some(src) if src.ifindex == ifindex => src,
+        _ => return drop(Reason::DropSpoofedSource),
+    };
+
+    // Let the host stack answer with ICMP time-exceeded.
+    if pkt.hdr.ttl <= 1 {
+        return pass(Reason::ToStack);
+    }
+    let dst = lookup::local_endpoint(pkt.hdr.daddr);
+    if let Err(reason) = policy::enforce(&pkt, Some(&src), dst.as_ref()) {
+        return drop(reason);
+    }
+    if let Some(dst) = dst {
+        return forward::deliver_local(ctx, &pkt.hdr, &dst);
+    }
+    to_other_node(ctx, &pkt.hdr)
+}
+
+/// A pod's packet for a non-local address: to the node owning it, or to the
+/// host stack (outside the cluster: masqueraded there).
+fn to_other_node(ctx: &TcContext, hdr: &parse::Ipv4Hdr) -> Verdict {
+    let Some(remote) = lookup::ipcache(hdr.daddr) else {
+        return pass(Reason::ToStack);
+    };
+    if remote.flags & flags::REMOTE_POD_CIDR == 0 {
+        return pass(Reason::ToStack);
+    }
+    let config = lookup::config();
+    match config.routing {
+        routing::TUNNEL => {
+            forward::encapsulate(ctx, hdr, remote.tunnel_endpoint, config.tunnel_ifindex)
+        }
+        routing::NATIVE => forward::route_native(ctx, hdr),
+        _ => pass(Reason::ToStack),
+    }
+}
+
+/// A packet the host stack sends to a pod (the host itself, traffic it
+/// routed in from outside the cluster, replies it de-masqueraded):
+/// everything that reaches a pod without the redirects, which skip this
+/// hook. Its ingress policy applies like anyone else's; the node's own
+/// addresses carry the `host` identity and pass.
+pub fn to_container(ctx: &TcContext) -> Verdict {
+    let eth = match parse::eth(ctx) {
+        Ok(eth) => eth,
+        Err(reason) => return drop(reason),
+    };
+    if u16::from_be(eth.proto) != ETH_P_IP {
+        // ARP and the like from the host; the pod drops what it does not
+        // speak.
+        return pass(Reason::FromStack);
+    }
+    let pkt = match parse::ipv4(ctx) {
+        Ok(pkt) => pkt,
+        Err(reason) => return drop(reason),
+    };
+    let Some(dst) = lookup::local_endpoint(pkt.hdr.daddr) else {
+        // Not addressed to the pod's own IP (broadcast and the like).
+        return pass(Reason::FromStack);
+    };
+    match policy::enforce(&pkt, None, Some(&dst)) {
+        Ok(()) => pass(Reason::FromStack),
+        Err(reason) => drop(reason),
+    }
+}
