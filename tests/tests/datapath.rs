@@ -187,3 +187,26 @@ fn truncated_frame_from_a_pod_is_dropped_as_a_bad_ipv4_header() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(node.counter(Reason::DropBadIpv4Header), before + 1);
 }
+
+/// Named namespaces live in a /run/netns that is a shared mount point of
+/// its own, as `ip netns add` makes it: a runtime that bind-mounts the
+/// directory over itself later (podman does, the first time) would
+/// otherwise hide every namespace mounted there before, which then could
+/// not be removed by path (this leaked the namespaces of every test
+/// running beside the first podman call on a fresh machine).
+#[test]
+fn named_namespaces_sit_in_a_shared_mount_of_their_own() {
+    require_root!();
+    let ns = sluice_tests::Netns::create(&sluice_tests::unique("mnt")).expect("netns");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    // Field 5 of a mountinfo line is the mount point.
+    let own_mount = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/run/netns"));
+    let own_mount =
+        own_mount.unwrap_or_else(|| panic!("/run/netns is not a mount point:\n{mountinfo}"));
+    assert!(own_mount.contains(" shared:"), "not shared: {own_mount}");
+    let path = ns.path().to_owned();
+    ns.delete().expect("deleting the netns");
+    assert!(!path.exists(), "{} left behind", path.display());
+}

@@ -87,7 +87,7 @@ impl Netns {
     /// exists. Its loopback is up, as in any namespace a runtime prepares.
     pub fn create(name: &str) -> io::Result<Self> {
         let dir = Path::new(NETNS_DIR);
-        std::fs::create_dir_all(dir)?;
+        ensure_netns_dir(dir)?;
         let path = dir.join(name);
         File::options().write(true).create_new(true).open(&path)?;
         let target = path.clone();
@@ -262,6 +262,51 @@ impl Drop for Entered {
             let _ = setns(origin.as_fd(), CloneFlags::CLONE_NEWNET);
         }
     }
+}
+
+/// Makes `dir` a shared mount point of its own, as `ip netns add` does.
+/// Runtimes (iproute2, podman, the CNI libraries) do the same the first
+/// time they need the directory; a bind mount they make over it later
+/// would hide the namespaces already mounted in it, which then could never
+/// be unmounted by path (the test suite leaked namespaces that way on a
+/// fresh machine). Done once per process: two binds made at the same time
+/// would stack.
+fn ensure_netns_dir(dir: &Path) -> io::Result<()> {
+    static READY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut ready = READY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *ready {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let share = || {
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    match share() {
+        Ok(()) => {}
+        // Not a mount point yet.
+        Err(nix::Error::EINVAL) => {
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(nix_io)?;
+            share().map_err(nix_io)?;
+        }
+        Err(e) => return Err(nix_io(e)),
+    }
+    *ready = true;
+    Ok(())
 }
 
 /// Removes a named namespace by path; already gone is fine.
