@@ -16,6 +16,9 @@
 //!   identity of the ipBlock region it falls in. ipBlocks match pod
 //!   addresses too, so a packet is checked against both its peer's label
 //!   identity (ipcache) and this one.
+//!
+//! What the programs make of these maps is [`decide`], shared with user
+//! space so tests decide packets with the very same code.
 
 mod decide;
 
