@@ -52,6 +52,12 @@ pub mod ct_flags {
     pub const DENIED_INGRESS: u32 = 1 << 2;
     pub const DENIED_EGRESS: u32 = 1 << 3;
     pub const DENIED: u32 = DENIED_INGRESS | DENIED_EGRESS;
+    /// The host stack handed the flow's first packet to the dataplane (it
+    /// delivered it to a pod, or forwarded a pod's packet to another node):
+    /// it may have translated it (kube-proxy's Service DNAT, a hostPort), so
+    /// the replies go back through the stack, whose conntrack undoes the
+    /// translation, instead of straight to the other end.
+    pub const VIA_STACK: u32 = 1 << 4;
 }
 
 /// Lifetimes, in nanoseconds, renewed by every packet.

@@ -38,4 +38,7 @@ pub mod programs {
     /// TC ingress of the underlay device (native routing): packets for
     /// local pods from other nodes.
     pub const FROM_NETDEV: &str = "from_netdev";
+    /// TC egress of the underlay device (native routing): notes pods'
+    /// packets the host stack forwards to other nodes.
+    pub const TO_NETDEV: &str = "to_netdev";
 }

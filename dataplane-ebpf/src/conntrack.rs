@@ -132,16 +132,24 @@ impl Entry {
     fn live(&self, revision: u32) -> bool {
         matches!(self.checked(revision), Checked::AtRevision(Ok(())))
     }
+
+    /// The host stack handed the flow in: its replies go back through it.
+    #[inline(always)]
+    pub fn via_stack(&self) -> bool {
+        // SAFETY: a map value pointer, valid for this program run.
+        unsafe { (*self.0).flags & ct_flags::VIA_STACK != 0 }
+    }
 }
 
-/// Tracks a new flow that passed policy. A full table evicts the least
-/// recently used flow (LRU map); the packet is allowed either way.
+/// Tracks a new flow that passed policy (`flags`: [`ct_flags::VIA_STACK`]
+/// or nothing). A full table evicts the least recently used flow (LRU
+/// map); the packet is allowed either way.
 #[inline(always)]
-pub fn track(key: &CtKey, pkt: &Ipv4Packet, revision: u32, now: u64) {
+pub fn track(key: &CtKey, pkt: &Ipv4Packet, flags: u32, revision: u32, now: u64) {
     let entry = CtEntry {
-        expires: now + lifetime(pkt, 0),
+        expires: now + lifetime(pkt, flags),
         revision,
-        flags: 0,
+        flags,
     };
     let _ = CONNTRACK.insert(key, &entry, 0);
 }
@@ -171,7 +179,9 @@ fn lifetime(pkt: &Ipv4Packet, flags: u32) -> u64 {
 /// local pod, from a router on the path: a node, or a host outside the
 /// cluster. No pod's address passes as a router's (pods' sources are
 /// checked, tunnel sources too), so a pod can only report errors on its
-/// own flows, never use someone else's flow to get past policy.
+/// own flows, never use someone else's flow to get past policy. `Some`:
+/// related, to a flow the stack handed in (`true`: the error goes back
+/// through the stack too, which translates the quote as well) or not.
 #[inline(always)]
 pub fn related(
     quoted: &Quoted,
@@ -179,9 +189,9 @@ pub fn related(
     from_local_pod: bool,
     now: u64,
     revision: u32,
-) -> bool {
+) -> Option<bool> {
     if quoted.saddr != pkt.hdr.daddr {
-        return false;
+        return None;
     }
     if quoted.daddr != pkt.hdr.saddr
         && (from_local_pod
@@ -190,7 +200,7 @@ pub fn related(
                 identity::HOST | identity::REMOTE_NODE | identity::WORLD
             ))
     {
-        return false;
+        return None;
     }
     // For a quoted ICMP packet, l4[0] is its type/code and l4[2] its id.
     let (sport, dport) = if quoted.protocol == IPPROTO_ICMP {
@@ -199,6 +209,10 @@ pub fn related(
         (quoted.l4[0], quoted.l4[1])
     };
     let key = key(quoted.saddr, quoted.daddr, quoted.protocol, sport, dport);
-    let live = |key: &CtKey| lookup(key, now).is_some_and(|e| e.live(revision));
-    live(&key) || live(&key.reversed())
+    let live = |key: &CtKey| {
+        lookup(key, now)
+            .filter(|e| e.live(revision))
+            .map(|e| e.via_stack())
+    };
+    live(&key).or_else(|| live(&key.reversed()))
 }

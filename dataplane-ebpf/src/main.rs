@@ -60,6 +60,12 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
     programs::run(&ctx, programs::netdev::from_netdev, Direction::Ingress)
 }
 
+/// TC egress of the underlay device (native routing).
+#[classifier]
+pub fn to_netdev(ctx: TcContext) -> i32 {
+    programs::run(&ctx, programs::netdev::to_netdev, Direction::Egress)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -6,7 +6,7 @@
 //! revision, so neither end can revive it as a new flow of its own.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use sluice_common::{
-    conntrack::CtKey,
+    conntrack::{ct_flags, CtKey},
     counters::verdict::Verdict,
     direction::Direction,
     endpoint::EndpointInfo,
@@ -84,6 +84,25 @@ fn revalidate(
     verdict
 }
 
+/// How a packet reached the program deciding it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Straight from a pod, or from another node's dataplane.
+    Direct,
+    /// From the host stack, which may have translated it (Service DNAT, a
+    /// hostPort): a flow that starts here is marked so its replies go back
+    /// through the stack.
+    FromStack,
+}
+
+/// A packet policy let through.
+#[derive(Clone, Copy)]
+pub struct Passed {
+    /// The flow came in through the host stack: send this packet back
+    /// there, not straight to the other end.
+    pub via_stack: bool,
+}
+
 /// Decides a packet between `src` and `dst` (each given when it is a pod
 /// on this node): `Err(reason)` to drop.
 #[inline(always)]
@@ -91,31 +110,61 @@ pub fn enforce(
     pkt: &Ipv4Packet,
     src: Option<&EndpointInfo>,
     dst: Option<&EndpointInfo>,
-) -> Result<(), Reason> {
+    arrival: Arrival,
+) -> Result<Passed, Reason> {
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     let revision = lookup::policy_revision();
     if let Some(quoted) = &pkt.quoted {
-        if conntrack::related(quoted, pkt, src.is_some(), now, revision) {
-            return Ok(());
+        if let Some(via_stack) = conntrack::related(quoted, pkt, src.is_some(), now, revision) {
+            return Ok(Passed { via_stack });
         }
     }
     let key = conntrack::packet_key(pkt);
-    let verdict = if let Some(entry) = conntrack::lookup(&key, now) {
-        revalidate(entry, pkt, &key, src, dst, now, revision)
+    let (verdict, via_stack) = if let Some(entry) = conntrack::lookup(&key, now) {
+        (
+            revalidate(entry, pkt, &key, src, dst, now, revision),
+            entry.via_stack(),
+        )
     } else {
         let reverse = key.reversed();
         if let Some(entry) = conntrack::lookup(&reverse, now) {
             // A reply: what counts is whether the original direction is
             // still allowed.
-            revalidate(entry, pkt, &reverse, dst, src, now, revision)
+            (
+                revalidate(entry, pkt, &reverse, dst, src, now, revision),
+                entry.via_stack(),
+            )
         } else {
             let verdict = check(&key, src, dst);
+            let via_stack = arrival == Arrival::FromStack;
             if verdict.is_ok() {
-                conntrack::track(&key, pkt, revision, now);
+                let flags = if via_stack { ct_flags::VIA_STACK } else { 0 };
+                conntrack::track(&key, pkt, flags, revision, now);
             }
-            verdict
+            (verdict, via_stack)
         }
     };
-    verdict.map_err(Reason::policy_drop)
+    verdict
+        .map(|()| Passed { via_stack })
+        .map_err(Reason::policy_drop)
+}
+
+/// A local pod's packet the host stack forwards to another node (after
+/// translating it, typically: kube-proxy's DNAT of a Service address to a
+/// backend elsewhere). The flow as translated is new to conntrack: track
+/// it as having come through the stack, so its replies, arriving from the
+/// other node, go back through the stack to be translated back. Flows
+/// conntrack knows (pods' own, forwarded directly) are left as they are;
+/// their own enforcement points keep them.
+#[inline(always)]
+pub fn note_stack_forwarded(pkt: &Ipv4Packet) {
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = conntrack::packet_key(pkt);
+    if conntrack::lookup(&key, now).is_some() || conntrack::lookup(&key.reversed(), now).is_some()
+    {
+        return;
+    }
+    conntrack::track(&key, pkt, ct_flags::VIA_STACK, lookup::policy_revision(), now);
 }

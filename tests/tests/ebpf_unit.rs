@@ -773,3 +773,68 @@ fn underlay_ingress_delivers_local_pods_and_leaves_the_rest() {
     );
     assert_eq!(unit.counter(Reason::DropPolicyIngress), 1);
 }
+
+// Flows the host stack hands in (kube-proxy's Service DNAT, hostPorts):
+// their replies go back through the stack, which translates them back.
+
+/// A flow that reaches pod B through the stack (to_container): B's replies
+/// go to the stack, not straight to the client; a flow between the same
+/// pods that nobody handed in keeps the direct path.
+#[test]
+fn replies_of_flows_the_stack_delivered_go_back_through_it() {
+    require_root!();
+    let mut unit = Unit::new();
+    let b = unit.b_if;
+    // A's connection to a Service address, DNATed by the stack to B.
+    let translated = ipv4(POD_A, POD_B, 6, 63, 0, &tcp_syn(40000, 80));
+    let (verdict, _) = unit.run_on(programs::TO_CONTAINER, &translated, b, 0);
+    assert_eq!(verdict, TC_ACT_OK, "delivered by the stack");
+    let reply = ipv4(POD_B, POD_A, 6, 64, 0, &tcp(80, 40000, 0x12));
+    let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &reply, b, b);
+    assert_eq!(verdict, TC_ACT_OK, "the reply goes to the stack");
+    assert_eq!(out, reply, "untouched: the stack translates it");
+    assert_eq!(unit.counter(Reason::ToStack), 1);
+    assert_eq!(unit.counter(Reason::ForwardLocal), 0);
+
+    // Another connection, A to B directly: replies go straight back.
+    let direct = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40001, 80));
+    assert_eq!(unit.sent_by_a(&direct), TC_ACT_REDIRECT);
+    let reply = ipv4(POD_B, POD_A, 6, 64, 0, &tcp(80, 40001, 0x12));
+    let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &reply, b, b);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_routed_to(&out, &reply, A_POD_MAC, A_HOST_MAC);
+}
+
+/// A pod's packet the stack forwards to another node (after a Service
+/// DNAT to a remote backend) is noted at the underlay's egress; the
+/// backend's reply arriving on the underlay then goes to the stack instead
+/// of into the pod. The pod's own flows, which from_container already
+/// tracks, are not affected.
+#[test]
+fn replies_to_flows_the_stack_forwarded_to_another_node_go_back_through_it() {
+    require_root!();
+    let mut unit = Unit::new();
+    let ul = unit.underlay_if;
+    let forwarded = ipv4(POD_A, REMOTE_POD, 6, 63, 0, &tcp_syn(40000, 80));
+    let (verdict, _) = unit.run_on(programs::TO_NETDEV, &forwarded, ul, 0);
+    assert_eq!(verdict, TC_ACT_OK);
+    let reply = ipv4(REMOTE_POD, POD_A, 6, 63, 0, &tcp(80, 40000, 0x12));
+    let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &reply, ul, ul);
+    assert_eq!(verdict, TC_ACT_OK, "to the stack, which translates back");
+    assert_eq!(out, reply);
+    assert_eq!(unit.counter(Reason::ToStack), 1);
+
+    // A's own connection, routed by from_container: the reply goes
+    // straight in even though the packet passed the underlay's egress.
+    unit.set_routing(routing::NATIVE);
+    let own = ipv4(POD_A, REMOTE_POD, 6, 64, 0, &tcp_syn(40001, 80));
+    assert_eq!(unit.sent_by_a(&own), TC_ACT_REDIRECT);
+    let own_out = ipv4(POD_A, REMOTE_POD, 6, 63, 0, &tcp_syn(40001, 80));
+    unit.run_on(programs::TO_NETDEV, &own_out, ul, 0);
+    let reply = ipv4(REMOTE_POD, POD_A, 6, 63, 0, &tcp(80, 40001, 0x12));
+    let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &reply, ul, ul);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_routed_to(&out, &reply, A_POD_MAC, A_HOST_MAC);
+    // Nothing leaving through the underlay is counted.
+    assert_eq!(unit.counter(Reason::ToStack), 1);
+}

@@ -350,6 +350,13 @@ fn chain_with_reference_plugins(node: &Node, version: &str, host_port: u16) {
         probe::tcp(&peer.ns, SocketAddr::new(pod_ip, CONTAINER_PORT), TIMEOUT),
         "{version}: pod -> pod with portmap and bandwidth in place"
     );
+    // A pod on the same node reaches the hostPort: the stack DNATs it to
+    // the pod, and the reply goes back through the stack to be translated
+    // back (the dataplane would otherwise hand it straight to the client).
+    assert!(
+        probe::tcp(&peer.ns, via_gateway, TIMEOUT),
+        "{version}: pod -> {via_gateway} (hostPort) -> pod:{CONTAINER_PORT}"
+    );
     peer.delete();
 
     // 4. DEL in reverse order: bandwidth, portmap, sluice.

@@ -11,7 +11,7 @@ use sluice_common::{direction::Direction, reason::Reason};
 
 use crate::{
     forward, lookup, metrics, parse,
-    policy,
+    policy::{self, Arrival},
     verdict::{drop, pass, Verdict},
 };
 
@@ -25,18 +25,32 @@ pub fn run(ctx: &TcContext, decide: fn(&TcContext) -> Verdict, direction: Direct
     verdict.action
 }
 
+/// What became of a packet from another node.
+enum FromNode {
+    /// Not for a pod on this node: the host's.
+    NotLocal,
+    /// Decided: dropped or delivered into the pod.
+    Done(Verdict),
+    /// For a pod, in a flow this node's stack forwarded (and perhaps
+    /// translated): the stack gets it, to translate it back.
+    ToStack,
+}
+
 /// A packet from another node (overlay or underlay) for a pod on this
-/// node: the pod's ingress policy, then straight into the pod. `None`: not
-/// for a local pod.
+/// node: the pod's ingress policy, then straight into the pod, unless it
+/// answers a flow this node's stack forwarded.
 #[inline(always)]
-fn to_local_pod(ctx: &TcContext, pkt: &parse::Ipv4Packet) -> Option<Verdict> {
-    let dst = lookup::local_endpoint(pkt.hdr.daddr)?;
+fn to_local_pod(ctx: &TcContext, pkt: &parse::Ipv4Packet) -> FromNode {
+    let Some(dst) = lookup::local_endpoint(pkt.hdr.daddr) else {
+        return FromNode::NotLocal;
+    };
     if pkt.hdr.ttl <= 1 {
         // The host stack answers with time exceeded.
-        return Some(pass(Reason::ToStack));
+        return FromNode::Done(pass(Reason::ToStack));
     }
-    if let Err(reason) = policy::enforce(pkt, None, Some(&dst)) {
-        return Some(drop(reason));
+    match policy::enforce(pkt, None, Some(&dst), Arrival::Direct) {
+        Err(reason) => FromNode::Done(drop(reason)),
+        Ok(passed) if passed.via_stack => FromNode::ToStack,
+        Ok(_) => FromNode::Done(forward::deliver_local(ctx, &pkt.hdr, &dst)),
     }
-    Some(forward::deliver_local(ctx, &pkt.hdr, &dst))
 }

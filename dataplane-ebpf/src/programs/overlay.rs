@@ -4,10 +4,11 @@
 use aya_ebpf::programs::TcContext;
 use sluice_common::{ipcache::flags, reason::Reason};
 
-use super::to_local_pod;
+use super::{to_local_pod, FromNode};
 use crate::{
     forward, lookup,
     parse::{self, ETH_P_IP},
+    policy,
     verdict::{drop, pass, pass_uncounted, Verdict},
 };
 
@@ -38,10 +39,11 @@ pub fn from_overlay(ctx: &TcContext) -> Verdict {
         Some(src) if src.tunnel_endpoint == sender => {}
         _ => return drop(Reason::DropTunnelSource),
     }
-    if let Some(verdict) = to_local_pod(ctx, &pkt) {
+    if let FromNode::Done(verdict) = to_local_pod(ctx, &pkt) {
         return verdict;
     }
-    // For the host itself (e.g. replies to the node's own connections).
+    // For the host itself (e.g. replies to the node's own connections), or
+    // answering a flow it forwarded, which it translates back.
     // The inner destination MAC is the sending node's device address, so
     // the stack would discard the frame as someone else's.
     if ctx.change_type(PACKET_HOST).is_err() {
@@ -51,8 +53,8 @@ pub fn from_overlay(ctx: &TcContext) -> Verdict {
 }
 
 /// Pod traffic arrives with its tunnel key set (by `from_container`); what
-/// the host stack routes here (node → remote pod) gets one from the
-/// ipcache.
+/// the host stack routes here (the node's own, and pods' packets it
+/// forwarded) gets one from the ipcache.
 pub fn to_overlay(ctx: &TcContext) -> Verdict {
     if forward::tunnel_source(ctx).is_some() {
         return pass_uncounted();
@@ -63,6 +65,11 @@ pub fn to_overlay(ctx: &TcContext) -> Verdict {
     };
     match lookup::ipcache(pkt.hdr.daddr) {
         Some(dst) if dst.flags & flags::REMOTE_POD_CIDR != 0 => {
+            if lookup::local_endpoint(pkt.hdr.saddr).is_some() {
+                // A pod's packet the stack forwarded here (after a
+                // Service DNAT, say): the reply must come back through it.
+                policy::note_stack_forwarded(&pkt);
+            }
             match forward::set_tunnel_key(ctx, dst.tunnel_endpoint) {
                 Ok(()) => pass(Reason::ForwardTunnel),
                 Err(reason) => drop(reason),

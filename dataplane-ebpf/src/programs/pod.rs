@@ -7,7 +7,7 @@ use sluice_common::{config::routing, ipcache::flags, reason::Reason};
 use crate::{
     forward, lookup,
     parse::{self, ETH_P_ARP, ETH_P_IP},
-    policy,
+    policy::{self, Arrival},
     verdict::{drop, pass, Verdict},
 };
 
@@ -43,8 +43,15 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
         return pass(Reason::ToStack);
     }
     let dst = lookup::local_endpoint(pkt.hdr.daddr);
-    if let Err(reason) = policy::enforce(&pkt, Some(&src), dst.as_ref()) {
-        return drop(reason);
+    let passed = match policy::enforce(&pkt, Some(&src), dst.as_ref(), Arrival::Direct) {
+        Ok(passed) => passed,
+        Err(reason) => return drop(reason),
+    };
+    // A reply in a flow the stack handed in (perhaps translated: a Service
+    // backend answering, a hostPort): back through the stack, which
+    // translates it back, not straight to the peer.
+    if passed.via_stack {
+        return pass(Reason::ToStack);
     }
     if let Some(dst) = dst {
         return forward::deliver_local(ctx, &pkt.hdr, &dst);
@@ -75,7 +82,8 @@ fn to_other_node(ctx: &TcContext, hdr: &parse::Ipv4Hdr) -> Verdict {
 /// routed in from outside the cluster, replies it de-masqueraded):
 /// everything that reaches a pod without the redirects, which skip this
 /// hook. Its ingress policy applies like anyone else's; the node's own
-/// addresses carry the `host` identity and pass.
+/// addresses carry the `host` identity and pass. A flow that starts here
+/// came through the stack: its replies are sent back there.
 pub fn to_container(ctx: &TcContext) -> Verdict {
     let eth = match parse::eth(ctx) {
         Ok(eth) => eth,
@@ -94,8 +102,8 @@ pub fn to_container(ctx: &TcContext) -> Verdict {
         // Not addressed to the pod's own IP (broadcast and the like).
         return pass(Reason::FromStack);
     };
-    match policy::enforce(&pkt, None, Some(&dst)) {
-        Ok(()) => pass(Reason::FromStack),
+    match policy::enforce(&pkt, None, Some(&dst), Arrival::FromStack) {
+        Ok(_) => pass(Reason::FromStack),
         Err(reason) => drop(reason),
     }
 }

@@ -73,6 +73,7 @@ pub async fn setup(
             dataplane.attach_program(programs::TO_OVERLAY, VXLAN_DEVICE, vxlan)?;
             // Leave nothing of the other mode behind (a cluster switched modes).
             dataplane.detach_program(programs::FROM_NETDEV, &underlay.name)?;
+            dataplane.detach_program(programs::TO_NETDEV, &underlay.name)?;
             let config = DataplaneConfig {
                 routing: routing::TUNNEL,
                 tunnel_ifindex: vxlan,
@@ -81,6 +82,7 @@ pub async fn setup(
         }
         Routing::Native => {
             dataplane.attach_program(programs::FROM_NETDEV, &underlay.name, underlay.index)?;
+            dataplane.attach_program(programs::TO_NETDEV, &underlay.name, underlay.index)?;
             dataplane.detach_program(programs::FROM_OVERLAY, VXLAN_DEVICE)?;
             dataplane.detach_program(programs::TO_OVERLAY, VXLAN_DEVICE)?;
             netlink.delete_link(VXLAN_DEVICE).await?;

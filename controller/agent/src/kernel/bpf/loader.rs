@@ -32,12 +32,13 @@ use super::{
 use crate::EBPF_OBJECT;
 
 /// The programs and where each attaches.
-const PROGRAMS: [(&str, TcAttachType); 5] = [
+const PROGRAMS: [(&str, TcAttachType); 6] = [
     (programs::FROM_CONTAINER, TcAttachType::Ingress),
     (programs::TO_CONTAINER, TcAttachType::Egress),
     (programs::FROM_OVERLAY, TcAttachType::Ingress),
     (programs::TO_OVERLAY, TcAttachType::Egress),
     (programs::FROM_NETDEV, TcAttachType::Ingress),
+    (programs::TO_NETDEV, TcAttachType::Egress),
 ];
 
 /// Link pins are named `<ifname>` for pod veths (the common case, and the
