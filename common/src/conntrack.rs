@@ -58,6 +58,10 @@ pub mod ct_flags {
     /// the replies go back through the stack, whose conntrack undoes the
     /// translation, instead of straight to the other end.
     pub const VIA_STACK: u32 = 1 << 4;
+    /// The flow is a connection to a Service, translated by the programs
+    /// (the key is the translated tuple): its replies get the frontend
+    /// back as their source (`SLUICE_SERVICE_REVERSE`).
+    pub const SERVICE: u32 = 1 << 5;
 }
 
 /// Lifetimes, in nanoseconds, renewed by every packet.

@@ -19,6 +19,7 @@ pub mod ipcache;
 pub mod maps;
 pub mod policy;
 pub mod reason;
+pub mod services;
 
 #[cfg(feature = "api")]
 pub mod api;

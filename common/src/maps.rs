@@ -63,6 +63,14 @@ map_table! { $
     CIDR_IDENTITY = "SLUICE_CIDR_IDENTITY", 16384;
     /// Tracked flows (LRU hash).
     CONNTRACK = "SLUICE_CONNTRACK", 262144;
+    /// Service frontends (hash).
+    SERVICES = "SLUICE_SERVICES", 65536;
+    /// Their backends, by (service, slot) (hash).
+    SERVICE_BACKENDS = "SLUICE_SERVICE_BACKENDS", 262144;
+    /// The backend each connection to a Service was given (LRU hash).
+    SERVICE_FLOWS = "SLUICE_SERVICE_FLOWS", 262144;
+    /// The frontend translated connections' replies come from (LRU hash).
+    SERVICE_REVERSE = "SLUICE_SERVICE_REVERSE", 262144;
 }
 
 /// The map called `name`, if the object has one.

@@ -136,8 +136,19 @@ impl Entry {
     /// The host stack handed the flow in: its replies go back through it.
     #[inline(always)]
     pub fn via_stack(&self) -> bool {
+        self.has(ct_flags::VIA_STACK)
+    }
+
+    /// The flow is a translated connection to a Service.
+    #[inline(always)]
+    pub fn service(&self) -> bool {
+        self.has(ct_flags::SERVICE)
+    }
+
+    #[inline(always)]
+    fn has(&self, flag: u32) -> bool {
         // SAFETY: a map value pointer, valid for this program run.
-        unsafe { (*self.0).flags & ct_flags::VIA_STACK != 0 }
+        unsafe { (*self.0).flags & flag != 0 }
     }
 }
 
@@ -154,8 +165,10 @@ pub fn track(key: &CtKey, pkt: &Ipv4Packet, flags: u32, revision: u32, now: u64)
     let _ = CONNTRACK.insert(key, &entry, 0);
 }
 
+/// How long a flow lives without packets, from its last packet (and the
+/// entry's flags).
 #[inline(always)]
-fn lifetime(pkt: &Ipv4Packet, flags: u32) -> u64 {
+pub fn lifetime(pkt: &Ipv4Packet, flags: u32) -> u64 {
     match pkt.hdr.protocol {
         IPPROTO_TCP => {
             if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 || flags & ct_flags::CLOSING != 0 {

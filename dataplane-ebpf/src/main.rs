@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! programs/{pod,overlay,netdev}   what a packet does at each attach point
+//!   ├─ service     Service frontends to backends and back (kube-proxy replacement)
 //!   ├─ policy      NetworkPolicy enforcement: conntrack + the shared decision
 //!   │   └─ conntrack   flow entries, timeouts, tombstones, related ICMP errors
 //!   ├─ forward     delivery: into a local pod, into the tunnel, native routing
@@ -24,6 +25,7 @@ mod metrics;
 mod parse;
 mod policy;
 mod programs;
+mod service;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

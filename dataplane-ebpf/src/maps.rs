@@ -14,6 +14,7 @@ use sluice_common::{
     endpoint::{EndpointInfo, IpKey},
     ipcache::{Ipv4Prefix, RemoteInfo},
     policy::{Isolation, PolicyEntry, PolicyKey},
+    services::{Backend, BackendSlot, Frontend, ServiceFlow, ServiceInfo, ServiceKey},
 };
 
 bpf_map!(ENDPOINTS: HashMap<IpKey, EndpointInfo>);
@@ -27,3 +28,7 @@ bpf_map!(POLICY_RANGES: LpmTrie<PolicyKey, PolicyEntry>);
 bpf_map!(ISOLATION: HashMap<u32, Isolation>);
 bpf_map!(CIDR_IDENTITY: LpmTrie<Ipv4Prefix, u32>);
 bpf_map!(CONNTRACK: LruHashMap<CtKey, CtEntry>);
+bpf_map!(SERVICES: HashMap<ServiceKey, ServiceInfo>);
+bpf_map!(SERVICE_BACKENDS: HashMap<BackendSlot, Backend>);
+bpf_map!(SERVICE_FLOWS: LruHashMap<CtKey, ServiceFlow>);
+bpf_map!(SERVICE_REVERSE: LruHashMap<CtKey, Frontend>);

@@ -40,15 +40,23 @@ pub struct Ipv4Hdr {
     pub daddr: [u8; 4],
 }
 
-/// Offset of the TTL/protocol 16-bit word and of the checksum in the IPv4
-/// header, for incremental checksum updates.
+/// Offsets in the IPv4 header of the TTL/protocol 16-bit word, the header
+/// checksum and the addresses, for rewrites with incremental checksum
+/// updates.
 pub const IPV4_TTL_OFF: usize = 8;
 pub const IPV4_CSUM_OFF: usize = 10;
+pub const IPV4_SADDR_OFF: usize = 12;
+pub const IPV4_DADDR_OFF: usize = 16;
+/// Offsets of the checksum in the TCP and UDP headers.
+pub const TCP_CSUM_OFF: usize = 16;
+pub const UDP_CSUM_OFF: usize = 6;
 
 /// What the dataplane needs to know about an IPv4 packet.
 #[derive(Clone, Copy)]
 pub struct Ipv4Packet {
     pub hdr: Ipv4Hdr,
+    /// Offset of the L4 header in the frame.
+    pub l4_offset: usize,
     /// Source and destination port (ICMP: type/code and id), host order.
     pub sport: u16,
     pub dport: u16,
@@ -96,6 +104,7 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, Reason> {
     }
     let mut pkt = Ipv4Packet {
         hdr,
+        l4_offset: ETH_HLEN + ihl,
         sport: 0,
         dport: 0,
         tcp_flags: 0,

@@ -101,53 +101,72 @@ pub struct Passed {
     /// The flow came in through the host stack: send this packet back
     /// there, not straight to the other end.
     pub via_stack: bool,
+    /// A backend's reply in a translated connection to a Service: it must
+    /// get the frontend back as its source before the client sees it.
+    pub service_reply: bool,
 }
 
 /// Decides a packet between `src` and `dst` (each given when it is a pod
 /// on this node): `Err(reason)` to drop.
 #[inline(always)]
+/// `translated`: the packet is a client's, translated to a Service backend
+/// (a new flow is tracked as such).
 pub fn enforce(
     pkt: &Ipv4Packet,
     src: Option<&EndpointInfo>,
     dst: Option<&EndpointInfo>,
     arrival: Arrival,
+    translated: bool,
 ) -> Result<Passed, Reason> {
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     let revision = lookup::policy_revision();
     if let Some(quoted) = &pkt.quoted {
         if let Some(via_stack) = conntrack::related(quoted, pkt, src.is_some(), now, revision) {
-            return Ok(Passed { via_stack });
+            return Ok(Passed {
+                via_stack,
+                service_reply: false,
+            });
         }
     }
     let key = conntrack::packet_key(pkt);
-    let (verdict, via_stack) = if let Some(entry) = conntrack::lookup(&key, now) {
-        (
-            revalidate(entry, pkt, &key, src, dst, now, revision),
-            entry.via_stack(),
-        )
+    let (verdict, passed) = if let Some(entry) = conntrack::lookup(&key, now) {
+        let passed = Passed {
+            via_stack: entry.via_stack(),
+            service_reply: false,
+        };
+        (revalidate(entry, pkt, &key, src, dst, now, revision), passed)
     } else {
         let reverse = key.reversed();
         if let Some(entry) = conntrack::lookup(&reverse, now) {
             // A reply: what counts is whether the original direction is
             // still allowed.
+            let passed = Passed {
+                via_stack: entry.via_stack(),
+                service_reply: entry.service(),
+            };
             (
                 revalidate(entry, pkt, &reverse, dst, src, now, revision),
-                entry.via_stack(),
+                passed,
             )
         } else {
             let verdict = check(&key, src, dst);
             let via_stack = arrival == Arrival::FromStack;
             if verdict.is_ok() {
-                let flags = if via_stack { ct_flags::VIA_STACK } else { 0 };
+                let mut flags = if via_stack { ct_flags::VIA_STACK } else { 0 };
+                if translated {
+                    flags |= ct_flags::SERVICE;
+                }
                 conntrack::track(&key, pkt, flags, revision, now);
             }
-            (verdict, via_stack)
+            let passed = Passed {
+                via_stack,
+                service_reply: false,
+            };
+            (verdict, passed)
         }
     };
-    verdict
-        .map(|()| Passed { via_stack })
-        .map_err(Reason::policy_drop)
+    verdict.map(|()| passed).map_err(Reason::policy_drop)
 }
 
 /// A local pod's packet the host stack forwards to another node (after

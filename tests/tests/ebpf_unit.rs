@@ -9,8 +9,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use aya::maps::{HashMap, Map, MapData};
 use ipnet::Ipv4Net;
 use sluice_agent::{
+    datastore::{parse_documents, ClusterState, Event},
     kernel::counters,
     policy::{ports::PortPrefix, PlacedPolicy},
+    services::{self, ServiceIds},
 };
 use sluice_common::{
     config::{routing, DataplaneConfig},
@@ -25,7 +27,7 @@ use sluice_common::{
     programs,
 };
 use sluice_lab::bench::{
-    frame::{checksum, ipv4},
+    frame::{checksum, ipv4, l4_checksum_ok, with_l4_checksum},
     test_run::{SkbContext, TestDataplane},
 };
 use sluice_sys::netns::Entered;
@@ -837,4 +839,187 @@ fn replies_to_flows_the_stack_forwarded_to_another_node_go_back_through_it() {
     assert_routed_to(&out, &reply, A_POD_MAC, A_HOST_MAC);
     // Nothing leaving through the underlay is counted.
     assert_eq!(unit.counter(Reason::ToStack), 1);
+}
+
+// Services (kube-proxy replacement): a client's connection to a frontend
+// is translated to a backend before policy and forwarding, and the
+// backend's replies are translated back.
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+/// A Service `web` (TCP 80 and UDP 53 on [`VIP`]) with the given ready
+/// backends (address, node) behind target ports 8080 and 5353, as the
+/// agent compiles it.
+fn web_service(
+    unit: &mut Unit,
+    ids: &mut ServiceIds,
+    backends: &[Ipv4Addr],
+) -> sluice_agent::services::DesiredServices {
+    let endpoints: String = backends
+        .iter()
+        .map(|ip| format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n"))
+        .collect();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: x}}\nspec:\n  clusterIP: {VIP}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: x, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports:\n- {{name: http, port: 8080, protocol: TCP}}\n- {{name: dns, port: 5353, protocol: UDP}}\nendpoints:\n{endpoints}"
+    );
+    let mut state = ClusterState::default();
+    for resource in parse_documents(&yaml) {
+        state.apply(Event::Apply(resource.expect("test manifest")));
+    }
+    let desired = services::compile(&state, "node1", ids);
+    assert!(desired.problems.is_empty(), "{:?}", desired.problems);
+    unit.bpf.apply_services(&desired).expect("service maps");
+    desired
+}
+
+fn dst_of(pkt: &[u8]) -> (Ipv4Addr, u16) {
+    let ip = Ipv4Addr::new(pkt[30], pkt[31], pkt[32], pkt[33]);
+    (ip, u16::from_be_bytes([pkt[36], pkt[37]]))
+}
+
+fn src_of(pkt: &[u8]) -> (Ipv4Addr, u16) {
+    let ip = Ipv4Addr::new(pkt[26], pkt[27], pkt[28], pkt[29]);
+    (ip, u16::from_be_bytes([pkt[34], pkt[35]]))
+}
+
+/// A connection to the frontend goes to the backend (address, port and
+/// both checksums rewritten), and the backend's replies come back with
+/// the frontend as their source, for TCP and for UDP.
+#[test]
+fn service_connections_are_translated_to_the_backend_and_back() {
+    require_root!();
+    let mut unit = Unit::new();
+    web_service(&mut unit, &mut ServiceIds::new(), &[POD_B]);
+    let (a, b) = (unit.a_if, unit.b_if);
+    for (proto, port, target, l4) in [
+        (6, 80, 8080, tcp_syn(40000, 80)),
+        (17, 53, 5353, udp(40001, 53)),
+    ] {
+        let syn = with_l4_checksum(ipv4(POD_A, VIP, proto, 64, 0, &l4));
+        let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &syn, a, a);
+        assert_eq!(
+            verdict, TC_ACT_REDIRECT,
+            "proto {proto}: to the backend on this node"
+        );
+        assert_eq!(&out[0..6], &B_POD_MAC);
+        assert_eq!(dst_of(&out), (POD_B, target), "proto {proto}");
+        assert_eq!(checksum(&out[14..34]), 0, "IPv4 header checksum");
+        assert!(
+            l4_checksum_ok(&out),
+            "proto {proto}: L4 checksum after DNAT"
+        );
+
+        let sport = u16::from_be_bytes([l4[0], l4[1]]);
+        let reply_l4 = if proto == 6 {
+            tcp(target, sport, 0x12)
+        } else {
+            udp(target, sport)
+        };
+        let reply = with_l4_checksum(ipv4(POD_B, POD_A, proto, 64, 0, &reply_l4));
+        let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &reply, b, b);
+        assert_eq!(
+            verdict, TC_ACT_REDIRECT,
+            "proto {proto}: the reply to the client"
+        );
+        assert_eq!(&out[0..6], &A_POD_MAC);
+        assert_eq!(
+            src_of(&out),
+            (VIP, port),
+            "proto {proto}: from the frontend"
+        );
+        assert_eq!(checksum(&out[14..34]), 0);
+        assert!(
+            l4_checksum_ok(&out),
+            "proto {proto}: L4 checksum after reverse NAT"
+        );
+    }
+    // A UDP datagram without a checksum keeps having none.
+    let bare = ipv4(POD_A, VIP, 17, 64, 0, &udp(40002, 53));
+    let (_, out) = unit.run_on(programs::FROM_CONTAINER, &bare, a, a);
+    assert_eq!(dst_of(&out), (POD_B, 5353));
+    assert_eq!(&out[40..42], &[0, 0], "no UDP checksum made up");
+}
+
+/// Every packet of a connection goes to the backend it was given, also
+/// after the backend set changed; new connections get the new set.
+#[test]
+fn connections_keep_their_backend_when_the_backends_change() {
+    require_root!();
+    let mut unit = Unit::new();
+    let mut ids = ServiceIds::new();
+    web_service(&mut unit, &mut ids, &[POD_B]);
+    let a = unit.a_if;
+    let first = with_l4_checksum(ipv4(POD_A, VIP, 6, 64, 0, &tcp_syn(40000, 80)));
+    let (_, out) = unit.run_on(programs::FROM_CONTAINER, &first, a, a);
+    assert_eq!(dst_of(&out).0, POD_B);
+
+    unit.set_routing(routing::TUNNEL);
+    web_service(&mut unit, &mut ids, &[REMOTE_POD]);
+    let next = with_l4_checksum(ipv4(POD_A, VIP, 6, 64, 0, &tcp(40000, 80, 0x10)));
+    let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &next, a, a);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        dst_of(&out),
+        (POD_B, 8080),
+        "the established connection stays"
+    );
+    let fresh = with_l4_checksum(ipv4(POD_A, VIP, 6, 64, 0, &tcp_syn(40001, 80)));
+    let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &fresh, a, a);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "into the tunnel");
+    assert_eq!(
+        dst_of(&out),
+        (REMOTE_POD, 8080),
+        "a new connection, the new backend"
+    );
+    assert_eq!(unit.counter(Reason::ForwardTunnel), 1);
+}
+
+/// NetworkPolicy judges the backend: the backend's ingress policy refuses
+/// the client through the Service as it would directly.
+#[test]
+fn policy_applies_to_the_backend_after_translation() {
+    require_root!();
+    let mut unit = Unit::new();
+    web_service(&mut unit, &mut ServiceIds::new(), &[POD_B]);
+    unit.isolate(B_ENDPOINT_ID, Direction::Ingress);
+    let syn = with_l4_checksum(ipv4(POD_A, VIP, 6, 64, 0, &tcp_syn(40000, 80)));
+    assert_eq!(unit.sent_by_a(&syn), TC_ACT_SHOT);
+    assert_eq!(unit.counter(Reason::DropPolicyIngress), 1);
+}
+
+/// A frontend without a ready backend hands its packets to the host
+/// stack, which rejects them (the agent's nftables table), untouched.
+#[test]
+fn a_service_without_backends_is_left_to_the_stack_to_refuse() {
+    require_root!();
+    let mut unit = Unit::new();
+    web_service(&mut unit, &mut ServiceIds::new(), &[]);
+    let a = unit.a_if;
+    let syn = with_l4_checksum(ipv4(POD_A, VIP, 6, 64, 0, &tcp_syn(40000, 80)));
+    let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &syn, a, a);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, syn);
+    assert_eq!(unit.counter(Reason::ToStack), 1);
+}
+
+/// A backend on another node answers through the underlay: the client's
+/// node, where the translation happened, translates the reply back.
+#[test]
+fn replies_from_remote_backends_are_translated_on_the_clients_node() {
+    require_root!();
+    let mut unit = Unit::new();
+    unit.set_routing(routing::NATIVE);
+    web_service(&mut unit, &mut ServiceIds::new(), &[REMOTE_POD]);
+    let a = unit.a_if;
+    let syn = with_l4_checksum(ipv4(POD_A, VIP, 6, 64, 0, &tcp_syn(40000, 80)));
+    let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &syn, a, a);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "along the FIB's route");
+    assert_eq!(dst_of(&out), (REMOTE_POD, 8080));
+    let ul = unit.underlay_if;
+    let reply = with_l4_checksum(ipv4(REMOTE_POD, POD_A, 6, 63, 0, &tcp(8080, 40000, 0x12)));
+    let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &reply, ul, ul);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(src_of(&out), (VIP, 80));
+    assert!(l4_checksum_ok(&out));
+    assert_eq!(checksum(&out[14..34]), 0);
 }

@@ -95,6 +95,8 @@ fn small() -> MapSizes {
         policy: 64,
         conntrack: 1024,
         cidr_identities: 64,
+        services: 64,
+        service_backends: 64,
     }
 }
 

@@ -137,3 +137,230 @@ fn services_beside_kube_proxy_tunnel() {
 fn services_beside_kube_proxy_native() {
     beside_kube_proxy("native");
 }
+
+// kube-proxy replacement: the agents translate ClusterIPs in eBPF; no
+// kube-proxy (nor any DNAT rule) runs in the nodes.
+
+/// A server in `ns` on `port` that answers every connection with `name`
+/// and closes it, until the returned guard is dropped.
+struct NameServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NameServer {
+    fn start(ns: &Netns, port: u16, name: &str) -> Self {
+        use std::io::Write as _;
+        use std::sync::atomic::Ordering;
+        let listener = ns
+            .run(move || std::net::TcpListener::bind(("0.0.0.0", port)))
+            .expect("entering the pod netns")
+            .expect("binding the name server");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, name) = (stop.clone(), name.to_owned());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.write_all(name.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Connects from `ns` to `dst` and reads what the server says, if it does.
+fn name_at(ns: &Netns, dst: SocketAddr) -> Option<String> {
+    use std::io::Read as _;
+    ns.run(move || {
+        let mut conn = std::net::TcpStream::connect_timeout(&dst, TIMEOUT).ok()?;
+        conn.set_read_timeout(Some(TIMEOUT)).ok()?;
+        let mut name = String::new();
+        conn.read_to_string(&mut name).ok()?;
+        Some(name)
+    })
+    .ok()
+    .flatten()
+}
+
+/// Whether a TCP connect from `ns` to `dst` is refused (not timed out).
+fn refused(ns: &Netns, dst: SocketAddr) -> bool {
+    ns.run(move || {
+        matches!(
+            std::net::TcpStream::connect_timeout(&dst, TIMEOUT),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+    })
+    .unwrap_or(false)
+}
+
+const NAME_PORT: u16 = 8080;
+
+fn services_yaml(b: &str, c: &str) -> String {
+    format!(
+        "\
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: x}}
+spec:
+  clusterIP: 10.96.1.10
+  ports:
+  - {{name: http, port: 80, targetPort: http}}
+  - {{name: echo-udp, port: 53, protocol: UDP, targetPort: 80}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: x, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports:
+- {{name: http, port: {NAME_PORT}, protocol: TCP}}
+- {{name: echo-udp, port: 80, protocol: UDP}}
+endpoints:
+- {{addresses: [{b}], nodeName: node1, conditions: {{ready: true}}}}
+- {{addresses: [{c}], nodeName: node2, conditions: {{ready: true}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: only-c, namespace: x}}
+spec:
+  clusterIP: 10.96.1.11
+  ports: [{{port: 80, targetPort: {NAME_PORT}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: only-c-1, namespace: x, labels: {{kubernetes.io/service-name: only-c}}}}
+addressType: IPv4
+ports: [{{port: {NAME_PORT}, protocol: TCP}}]
+endpoints: [{{addresses: [{c}], nodeName: node2}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty, namespace: x}}
+spec:
+  clusterIP: 10.96.1.12
+  ports: [{{port: 80}}]
+"
+    )
+}
+
+const DENY_C: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-c, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: c}}
+  policyTypes: [Ingress]
+";
+
+fn kube_proxy_replacement(routing: &str) {
+    require_root!();
+    let lab = TestLab::up(&format!("kr{}", &routing[..1]), 2, routing);
+    for (pod, node, app) in [
+        ("x/a", "node1", "a"),
+        ("x/b", "node1", "b"),
+        ("x/c", "node2", "c"),
+        ("x/d", "node2", "d"),
+    ] {
+        lab.sluice_ok(&[
+            "pod",
+            "add",
+            pod,
+            "--node",
+            node,
+            "--labels",
+            &format!("app={app}"),
+        ]);
+    }
+    let state = lab.lab().state().clone();
+    let ip = |name: &str| {
+        state
+            .pods
+            .iter()
+            .find(|p| format!("{}/{}", p.namespace, p.name) == name)
+            .map(|p| p.ip.to_string())
+            .unwrap_or_else(|| panic!("{name} not in the lab"))
+    };
+    let _b = NameServer::start(&lab.pod_netns("x/b"), NAME_PORT, "x/b");
+    let _c = NameServer::start(&lab.pod_netns("x/c"), NAME_PORT, "x/c");
+    let path = lab.config.dir.with_extension("services.yaml");
+    std::fs::write(&path, services_yaml(&ip("x/b"), &ip("x/c"))).expect("manifest");
+    lab.sluice_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(&path);
+
+    let web: SocketAddr = "10.96.1.10:80".parse().expect("addr");
+    for client in ["x/a", "x/d"] {
+        let ns = lab.pod_netns(client);
+        assert!(
+            lab.eventually(CONVERGE, || name_at(&ns, web).is_some()),
+            "{routing}: {client} reaches the ClusterIP\n{}",
+            lab.agent_logs()
+        );
+        // Every backend gets new connections, the one on the client's node
+        // and the one on the other.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            if let Some(name) = name_at(&ns, web) {
+                seen.insert(name);
+            }
+        }
+        assert_eq!(
+            seen,
+            ["x/b".to_owned(), "x/c".to_owned()].into(),
+            "{routing}: backends reached from {client}"
+        );
+        // UDP through the ClusterIP; the probe checks that the reply comes
+        // from the ClusterIP.
+        assert!(
+            probe::udp(&ns, "10.96.1.10:53".parse().expect("addr"), TIMEOUT),
+            "{routing}: UDP from {client} through the ClusterIP"
+        );
+        // No ready backend: refused at once, never blackholed.
+        assert!(
+            lab.eventually(CONVERGE, || refused(
+                &ns,
+                "10.96.1.12:80".parse().expect("addr")
+            )),
+            "{routing}: a Service without endpoints refuses {client}"
+        );
+    }
+
+    // Policy judges the backend: x/c refuses everyone, through the
+    // ClusterIP as directly.
+    let client = lab.pod_netns("x/a");
+    let only_c: SocketAddr = "10.96.1.11:80".parse().expect("addr");
+    assert_eq!(name_at(&client, only_c).as_deref(), Some("x/c"));
+    let path = lab.config.dir.with_extension("deny.yaml");
+    std::fs::write(&path, DENY_C).expect("policy file");
+    lab.sluice_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        lab.eventually(CONVERGE, || name_at(&client, only_c).is_none()),
+        "{routing}: x/c's policy refuses x/a through the ClusterIP"
+    );
+}
+
+#[test]
+fn kube_proxy_replacement_tunnel() {
+    kube_proxy_replacement("tunnel");
+}
+
+#[test]
+fn kube_proxy_replacement_native() {
+    kube_proxy_replacement("native");
+}

@@ -103,6 +103,7 @@ pub struct FileConfig {
     pub routing: Option<Routing>,
     pub masquerade: Option<bool>,
     pub metrics_address: Option<SocketAddr>,
+    pub kube_proxy_replacement: Option<bool>,
 }
 
 /// Flags as given; `None` when absent.
@@ -118,6 +119,7 @@ pub struct FlagConfig {
     pub routing: Option<Routing>,
     pub masquerade: Option<bool>,
     pub metrics_address: Option<SocketAddr>,
+    pub kube_proxy_replacement: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +139,10 @@ pub struct Config {
     pub masquerade: bool,
     /// Where `/metrics` and `/healthz` are served.
     pub metrics_address: SocketAddr,
+    /// Serve ClusterIP Services in eBPF (Cilium's name for it). Off: the
+    /// host stack (kube-proxy) translates them, and the dataplane only
+    /// sends replies back through it.
+    pub kube_proxy_replacement: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +255,10 @@ impl Config {
                 .metrics_address
                 .or(file.metrics_address)
                 .unwrap_or_else(|| DEFAULT_METRICS_ADDRESS.parse().expect("literal address")),
+            kube_proxy_replacement: flags
+                .kube_proxy_replacement
+                .or(file.kube_proxy_replacement)
+                .unwrap_or(true),
         })
     }
 

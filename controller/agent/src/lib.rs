@@ -6,7 +6,8 @@
 //! a kernel:
 //!
 //! - pure: [`datastore`] (cluster objects and their event path),
-//!   [`policy`] (NetworkPolicy compiler), [`topology`] (Node objects →
+//!   [`policy`] (NetworkPolicy compiler), [`services`] (Services and
+//!   EndpointSlices → frontends and backends), [`topology`] (Node objects →
 //!   routes and ipcache), [`endpoints`] (IPAM and the endpoint registry
 //!   behind the CNI API), [`config`];
 //! - kernel I/O: everything under [`kernel`] (BPF objects and maps,
@@ -24,6 +25,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod policy;
 pub mod reconcile;
+pub mod services;
 pub mod topology;
 
 /// The eBPF object built by build.rs from `dataplane-ebpf`.

@@ -14,13 +14,13 @@ use sluice_agent::{
     kernel::bpf::{self, Dataplane, SyncMaps},
     kernel::bpffs,
     kernel::datapath::KernelDatapath,
-    kernel::masquerade,
     kernel::netlink::{Netlink, HOST_DEVICE},
     kernel::node_sync::{self, NodeSync, NodeSyncConfig},
     kernel::underlay::{self, VXLAN_DEVICE},
+    kernel::{masquerade, nft, service_reject},
     metrics::http,
     metrics::Metrics,
-    reconcile::{self, Reconciler, ReconcilerMaps},
+    reconcile::{self, Reconciler, ReconcilerMaps, ServicesConfig},
     topology,
 };
 use tracing::{info, warn};
@@ -67,6 +67,10 @@ struct Args {
     /// Do not masquerade pod traffic leaving the cluster.
     #[arg(long)]
     no_masquerade: bool,
+    /// Serve ClusterIP Services in eBPF (`true`, the default), or leave
+    /// them to kube-proxy in the host stack (`false`).
+    #[arg(long)]
+    kube_proxy_replacement: Option<bool>,
     /// Where to serve Prometheus `/metrics` and `/healthz` [default: 0.0.0.0:9965].
     #[arg(long)]
     metrics_address: Option<std::net::SocketAddr>,
@@ -100,6 +104,7 @@ fn main() -> anyhow::Result<()> {
         routing: args.routing,
         masquerade: args.no_masquerade.then_some(false),
         metrics_address: args.metrics_address,
+        kube_proxy_replacement: args.kube_proxy_replacement,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -127,8 +132,11 @@ async fn uninstall(mut flags: FlagConfig, file: Option<PathBuf>) -> anyhow::Resu
         .sync_node_routes(&Default::default(), 0, None)
         .await
         .context("removing routes to other nodes")?;
-    if let Err(e) = masquerade::apply(&masquerade::ruleset(None, &Default::default())) {
+    if let Err(e) = nft::apply(&masquerade::ruleset(None, &Default::default())) {
         warn!(error = %e, "removing the masquerade rules");
+    }
+    if let Err(e) = nft::apply(&service_reject::ruleset(&Default::default())) {
+        warn!(error = %e, "removing the Service reject rules");
     }
     match std::fs::remove_file(&config.socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -150,6 +158,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         revision,
         ipcache,
         config: mut config_map,
+        services,
     } = dataplane
         .take_sync_maps()
         .context("eBPF maps to sync missing")?;
@@ -229,8 +238,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         policy,
         revision,
         ipcache,
+        services,
     };
-    let mut reconciler = Reconciler::new(state, node_sync, maps, metrics.clone(), listed);
+    let services = ServicesConfig {
+        enabled: config.kube_proxy_replacement,
+        node_name: config.node_name.clone(),
+    };
+    let mut reconciler = Reconciler::new(state, node_sync, maps, services, metrics.clone(), listed);
 
     let datapath = KernelDatapath {
         dataplane,

@@ -9,6 +9,9 @@
 //! Pods, Namespaces,    │                          │
 //! NetworkPolicies ──► compile ─► PlacedPolicy ──► policy maps
 //!                                       └──► policy revision (any verdict change)
+//! Services,
+//! EndpointSlices ───► services::compile ─► frontends, backends ──► service maps
+//!                                        └► refused frontends ──► nft reject table
 //! ```
 //!
 //! After any change that can alter a verdict the policy revision moves, so
@@ -22,16 +25,27 @@ use tracing::{info, warn};
 use crate::{
     datastore::{ClusterState, Event, Kind},
     kernel::{
-        bpf::{DataplaneError, Ipcache, PolicyMaps, PolicyRevision},
+        bpf::{DataplaneError, Ipcache, PolicyMaps, PolicyRevision, ServiceMaps},
+        nft,
         node_sync::NodeSync,
+        service_reject,
     },
     metrics::{sync, Metrics},
     policy::{
         compile::{compile, LocalEndpoints, PolicyProblem},
         identity::IdentityAllocator,
     },
+    services::{self, DesiredServices, ServiceIds, ServiceProblem},
     topology::{NodeProblem, Topology},
 };
+
+#[derive(Debug, thiserror::Error)]
+enum ServiceSyncError {
+    #[error(transparent)]
+    Maps(#[from] DataplaneError),
+    #[error("reject rules: {0}")]
+    Rejects(#[from] nft::NftError),
+}
 
 /// The kinds whose complete list `event` carries.
 pub fn listed_by(event: &Event) -> Vec<Kind> {
@@ -47,12 +61,28 @@ pub struct ReconcilerMaps {
     pub policy: PolicyMaps,
     pub revision: PolicyRevision,
     pub ipcache: Ipcache,
+    pub services: ServiceMaps,
+}
+
+/// How this node serves Services.
+#[derive(Clone, Debug)]
+pub struct ServicesConfig {
+    /// kube-proxy replacement: translate ClusterIPs in eBPF. Off: the maps
+    /// are kept empty and kube-proxy does it in the host stack.
+    pub enabled: bool,
+    /// This node's name, for `internalTrafficPolicy: Local`.
+    pub node_name: String,
 }
 
 pub struct Reconciler {
     state: ClusterState,
     nodes: NodeSync,
     maps: ReconcilerMaps,
+    services: ServicesConfig,
+    service_ids: ServiceIds,
+    service_problems: Vec<ServiceProblem>,
+    /// The reject ruleset last applied.
+    applied_rejects: Option<String>,
     identities: IdentityAllocator,
     local: LocalEndpoints,
     topology: Topology,
@@ -66,6 +96,7 @@ pub struct Reconciler {
     dirty_routes: bool,
     dirty_policy: bool,
     dirty_ipcache: bool,
+    dirty_services: bool,
     /// Kinds whose complete list has arrived. Until every kind has, the
     /// state is partial: applying it would remove pinned entries (open
     /// isolated pods, forget identities) that a restarted agent must keep.
@@ -82,6 +113,7 @@ impl Reconciler {
         state: ClusterState,
         nodes: NodeSync,
         maps: ReconcilerMaps,
+        services: ServicesConfig,
         metrics: Metrics,
         listed: BTreeSet<Kind>,
     ) -> Self {
@@ -89,6 +121,10 @@ impl Reconciler {
             state,
             nodes,
             maps,
+            services,
+            service_ids: ServiceIds::new(),
+            service_problems: Vec::new(),
+            applied_rejects: None,
             identities: IdentityAllocator::new(),
             local: LocalEndpoints::new(),
             topology: Topology::default(),
@@ -100,6 +136,7 @@ impl Reconciler {
             dirty_routes: true,
             dirty_policy: true,
             dirty_ipcache: true,
+            dirty_services: true,
             listed,
             policy_filled: false,
             ipcache_filled: false,
@@ -121,6 +158,7 @@ impl Reconciler {
         }
         self.dirty_topology |= changed.nodes;
         self.dirty_policy |= changed.pods || changed.namespaces || changed.policies;
+        self.dirty_services |= changed.services || changed.endpoint_slices;
         self.sync().await;
     }
 
@@ -191,6 +229,15 @@ impl Reconciler {
                 }
             }
         }
+        if self.dirty_services {
+            match self.sync_services() {
+                Ok(()) => self.dirty_services = false,
+                Err(e) => {
+                    warn!(error = %e, "applying Services failed; retrying");
+                    self.count_error(sync::SERVICES);
+                }
+            }
+        }
         if self.dirty_routes {
             match self.nodes.apply(&self.topology).await {
                 Ok(()) => self.dirty_routes = false,
@@ -247,6 +294,44 @@ impl Reconciler {
         );
         self.metrics.map_full.with_label_values(&[map]).inc();
         true
+    }
+
+    /// Compiles the Services and writes their maps and reject rules.
+    fn sync_services(&mut self) -> Result<(), ServiceSyncError> {
+        let desired = if self.services.enabled {
+            services::compile(&self.state, &self.services.node_name, &mut self.service_ids)
+        } else {
+            DesiredServices::default()
+        };
+        if desired.problems != self.service_problems {
+            for p in &desired.problems {
+                warn!(service = %p.service, reason = %p.reason, "Service port skipped or refused");
+            }
+            self.service_problems = desired.problems.clone();
+        }
+        // Refused frontends first: until their reject rules are in, their
+        // packets (handed to the stack) would be routed out instead.
+        let rejects = service_reject::ruleset(&desired.without_backends);
+        if self.applied_rejects.as_deref() != Some(rejects.as_str()) {
+            nft::apply(&rejects)?;
+            self.applied_rejects = Some(rejects);
+        }
+        let applied = self.maps.services.apply(&desired);
+        if let Err(e) = &applied {
+            self.count_full(e);
+        }
+        let stats = applied?;
+        if stats.changed() {
+            info!(
+                frontends = desired.frontends.len(),
+                backends = desired.backends.len(),
+                refused = desired.without_backends.len(),
+                written = stats.written,
+                removed = stats.removed,
+                "Services applied"
+            );
+        }
+        Ok(())
     }
 
     /// Compiles and writes policy; returns whether the maps changed.

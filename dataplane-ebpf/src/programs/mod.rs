@@ -12,6 +12,7 @@ use sluice_common::{direction::Direction, reason::Reason};
 use crate::{
     forward, lookup, metrics, parse,
     policy::{self, Arrival},
+    service,
     verdict::{drop, pass, Verdict},
 };
 
@@ -40,7 +41,7 @@ enum FromNode {
 /// node: the pod's ingress policy, then straight into the pod, unless it
 /// answers a flow this node's stack forwarded.
 #[inline(always)]
-fn to_local_pod(ctx: &TcContext, pkt: &parse::Ipv4Packet) -> FromNode {
+fn to_local_pod(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> FromNode {
     let Some(dst) = lookup::local_endpoint(pkt.hdr.daddr) else {
         return FromNode::NotLocal;
     };
@@ -48,9 +49,18 @@ fn to_local_pod(ctx: &TcContext, pkt: &parse::Ipv4Packet) -> FromNode {
         // The host stack answers with time exceeded.
         return FromNode::Done(pass(Reason::ToStack));
     }
-    match policy::enforce(pkt, None, Some(&dst), Arrival::Direct) {
-        Err(reason) => FromNode::Done(drop(reason)),
-        Ok(passed) if passed.via_stack => FromNode::ToStack,
-        Ok(_) => FromNode::Done(forward::deliver_local(ctx, &pkt.hdr, &dst)),
+    let passed = match policy::enforce(pkt, None, Some(&dst), Arrival::Direct, false) {
+        Ok(passed) => passed,
+        Err(reason) => return FromNode::Done(drop(reason)),
+    };
+    if passed.via_stack {
+        return FromNode::ToStack;
     }
+    if passed.service_reply {
+        // A backend elsewhere answering this node's client.
+        if let Err(reason) = service::from_backend(ctx, pkt) {
+            return FromNode::Done(drop(reason));
+        }
+    }
+    FromNode::Done(forward::deliver_local(ctx, &pkt.hdr, &dst))
 }

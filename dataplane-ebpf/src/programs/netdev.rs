@@ -21,10 +21,10 @@ pub fn from_netdev(ctx: &TcContext) -> Verdict {
     if u16::from_be(eth.proto) != ETH_P_IP {
         return pass_uncounted();
     }
-    let Ok(pkt) = parse::ipv4(ctx) else {
+    let Ok(mut pkt) = parse::ipv4(ctx) else {
         return pass_uncounted();
     };
-    match to_local_pod(ctx, &pkt) {
+    match to_local_pod(ctx, &mut pkt) {
         FromNode::Done(verdict) => verdict,
         FromNode::ToStack => pass(Reason::ToStack),
         FromNode::NotLocal => pass_uncounted(),

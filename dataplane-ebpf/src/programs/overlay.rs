@@ -31,7 +31,7 @@ pub fn from_overlay(ctx: &TcContext) -> Verdict {
     let Some(sender) = forward::tunnel_source(ctx) else {
         return drop(Reason::DropNoTunnelKey);
     };
-    let pkt = match ipv4_only(ctx) {
+    let mut pkt = match ipv4_only(ctx) {
         Ok(pkt) => pkt,
         Err(verdict) => return verdict,
     };
@@ -39,7 +39,7 @@ pub fn from_overlay(ctx: &TcContext) -> Verdict {
         Some(src) if src.tunnel_endpoint == sender => {}
         _ => return drop(Reason::DropTunnelSource),
     }
-    if let FromNode::Done(verdict) = to_local_pod(ctx, &pkt) {
+    if let FromNode::Done(verdict) = to_local_pod(ctx, &mut pkt) {
         return verdict;
     }
     // For the host itself (e.g. replies to the node's own connections), or

@@ -8,6 +8,7 @@ use crate::{
     forward, lookup,
     parse::{self, ETH_P_ARP, ETH_P_IP},
     policy::{self, Arrival},
+    service::{self, Toward},
     verdict::{drop, pass, Verdict},
 };
 
@@ -24,7 +25,7 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
         ETH_P_ARP => return pass(Reason::ToStack),
         _ => return drop(Reason::DropUnsupportedL3),
     }
-    let pkt = match parse::ipv4(ctx) {
+    let mut pkt = match parse::ipv4(ctx) {
         Ok(pkt) => pkt,
         Err(reason) => return drop(reason),
     };
@@ -42,8 +43,19 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     if pkt.hdr.ttl <= 1 {
         return pass(Reason::ToStack);
     }
+    // A Service frontend: to a backend, before policy and forwarding
+    // judge the packet, so both see the backend.
+    let translated = match service::to_backend(ctx, &mut pkt) {
+        Ok(Toward::NotAService) => false,
+        Ok(Toward::Backend) => true,
+        // The host stack refuses it (RST, port unreachable), as kube-proxy
+        // does; nothing is blackholed.
+        Ok(Toward::NoBackend) => return pass(Reason::ToStack),
+        Err(reason) => return drop(reason),
+    };
     let dst = lookup::local_endpoint(pkt.hdr.daddr);
-    let passed = match policy::enforce(&pkt, Some(&src), dst.as_ref(), Arrival::Direct) {
+    let arrival = Arrival::Direct;
+    let passed = match policy::enforce(&pkt, Some(&src), dst.as_ref(), arrival, translated) {
         Ok(passed) => passed,
         Err(reason) => return drop(reason),
     };
@@ -52,6 +64,11 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     // translates it back, not straight to the peer.
     if passed.via_stack {
         return pass(Reason::ToStack);
+    }
+    if passed.service_reply {
+        if let Err(reason) = service::from_backend(ctx, &mut pkt) {
+            return drop(reason);
+        }
     }
     if let Some(dst) = dst {
         return forward::deliver_local(ctx, &pkt.hdr, &dst);
@@ -102,7 +119,7 @@ pub fn to_container(ctx: &TcContext) -> Verdict {
         // Not addressed to the pod's own IP (broadcast and the like).
         return pass(Reason::FromStack);
     };
-    match policy::enforce(&pkt, None, Some(&dst), Arrival::FromStack) {
+    match policy::enforce(&pkt, None, Some(&dst), Arrival::FromStack, false) {
         Ok(_) => pass(Reason::FromStack),
         Err(reason) => drop(reason),
     }

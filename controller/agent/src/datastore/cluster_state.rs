@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::ops::{BitOr, BitOrAssign};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::resource::{Kind, ObjectKey, Resource};
@@ -38,6 +39,8 @@ pub struct Changed {
     pub namespaces: bool,
     pub pods: bool,
     pub policies: bool,
+    pub services: bool,
+    pub endpoint_slices: bool,
 }
 
 impl Changed {
@@ -51,6 +54,8 @@ impl Changed {
             Kind::Namespace => self.namespaces,
             Kind::Pod => self.pods,
             Kind::NetworkPolicy => self.policies,
+            Kind::Service => self.services,
+            Kind::EndpointSlice => self.endpoint_slices,
         }
     }
 
@@ -66,6 +71,8 @@ impl Changed {
             Kind::Namespace => self.namespaces = true,
             Kind::Pod => self.pods = true,
             Kind::NetworkPolicy => self.policies = true,
+            Kind::Service => self.services = true,
+            Kind::EndpointSlice => self.endpoint_slices = true,
         }
     }
 }
@@ -79,6 +86,8 @@ impl BitOr for Changed {
             namespaces: self.namespaces || other.namespaces,
             pods: self.pods || other.pods,
             policies: self.policies || other.policies,
+            services: self.services || other.services,
+            endpoint_slices: self.endpoint_slices || other.endpoint_slices,
         }
     }
 }
@@ -98,6 +107,8 @@ pub struct ClusterState {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<(String, String), Pod>,
     pub policies: BTreeMap<(String, String), NetworkPolicy>,
+    pub services: BTreeMap<(String, String), Service>,
+    pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
 }
 
 impl ClusterState {
@@ -119,6 +130,8 @@ impl ClusterState {
             Kind::Namespace => self.namespaces.len(),
             Kind::Pod => self.pods.len(),
             Kind::NetworkPolicy => self.policies.len(),
+            Kind::Service => self.services.len(),
+            Kind::EndpointSlice => self.endpoint_slices.len(),
         }
     }
 
@@ -130,6 +143,8 @@ impl ClusterState {
             Resource::Namespace(o) => put(&mut self.namespaces, key.name, *o),
             Resource::Pod(o) => put(&mut self.pods, namespaced(key), *o),
             Resource::NetworkPolicy(o) => put(&mut self.policies, namespaced(key), *o),
+            Resource::Service(o) => put(&mut self.services, namespaced(key), *o),
+            Resource::EndpointSlice(o) => put(&mut self.endpoint_slices, namespaced(key), *o),
         };
         if changed {
             Changed::only(kind)
@@ -144,6 +159,11 @@ impl ClusterState {
             Kind::Namespace => self.namespaces.remove(&key.name).is_some(),
             Kind::Pod => self.pods.remove(&namespaced(key.clone())).is_some(),
             Kind::NetworkPolicy => self.policies.remove(&namespaced(key.clone())).is_some(),
+            Kind::Service => self.services.remove(&namespaced(key.clone())).is_some(),
+            Kind::EndpointSlice => self
+                .endpoint_slices
+                .remove(&namespaced(key.clone()))
+                .is_some(),
         };
         if removed {
             Changed::only(key.kind)
@@ -164,6 +184,8 @@ impl ClusterState {
             namespaces: fresh.namespaces != self.namespaces,
             pods: fresh.pods != self.pods,
             policies: fresh.policies != self.policies,
+            services: fresh.services != self.services,
+            endpoint_slices: fresh.endpoint_slices != self.endpoint_slices,
         };
         *self = fresh;
         changed
@@ -179,6 +201,8 @@ impl ClusterState {
             Kind::Namespace => replace(&mut self.namespaces, fresh.namespaces),
             Kind::Pod => replace(&mut self.pods, fresh.pods),
             Kind::NetworkPolicy => replace(&mut self.policies, fresh.policies),
+            Kind::Service => replace(&mut self.services, fresh.services),
+            Kind::EndpointSlice => replace(&mut self.endpoint_slices, fresh.endpoint_slices),
         };
         if changed {
             Changed::only(kind)
@@ -221,7 +245,7 @@ fn namespaced(key: ObjectKey) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datastore::fixtures::{self, NAMESPACE, NODE, POD, POLICY};
+    use crate::datastore::fixtures::{self, ENDPOINT_SLICE, NAMESPACE, NODE, POD, POLICY, SERVICE};
     use crate::datastore::resource::parse_documents;
 
     fn resource(yaml: &str) -> Resource {
@@ -231,7 +255,7 @@ mod tests {
     }
 
     fn all() -> Vec<Resource> {
-        [NODE, NAMESPACE, POD, POLICY]
+        [NODE, NAMESPACE, POD, POLICY, SERVICE, ENDPOINT_SLICE]
             .into_iter()
             .map(resource)
             .collect()
@@ -248,6 +272,8 @@ mod tests {
         namespaces: false,
         pods: false,
         policies: false,
+        services: false,
+        endpoint_slices: false,
     };
 
     #[test]
@@ -347,6 +373,8 @@ mod tests {
             Changed {
                 pods: true,
                 policies: true,
+                services: true,
+                endpoint_slices: true,
                 ..NOTHING
             }
         );
@@ -361,7 +389,7 @@ mod tests {
                 nodes: true,
                 namespaces: true,
                 pods: true,
-                policies: false,
+                ..NOTHING
             }
         );
         assert_eq!(state, ClusterState::default());
@@ -390,7 +418,11 @@ mod tests {
         let changed = state.apply(Event::ResyncKind(Kind::Pod, pods.clone()));
         assert_eq!(changed, Changed::only(Kind::Pod));
         let mut expected = pods;
-        expected.extend([resource(NODE), resource(NAMESPACE), resource(POLICY)]);
+        expected.extend(
+            [NODE, NAMESPACE, POLICY, SERVICE, ENDPOINT_SLICE]
+                .into_iter()
+                .map(resource),
+        );
         assert_eq!(state, loaded(expected));
 
         // An empty list of policies deletes the policies, and only them.

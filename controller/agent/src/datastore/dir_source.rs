@@ -482,7 +482,9 @@ fn is_manifest(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datastore::fixtures::{self, join, NAMESPACE, NODE, POD, POLICY, SERVICE};
+    use crate::datastore::fixtures::{
+        self, join, CONFIG_MAP, ENDPOINT_SLICE, NAMESPACE, NODE, POD, POLICY, SERVICE,
+    };
 
     struct Lab {
         dir: tempfile::TempDir,
@@ -564,13 +566,14 @@ mod tests {
         let mut lab = Lab::new();
         lab.write("cluster.yaml", &join(&[NODE, NAMESPACE]));
         lab.write("apps/shop/web.yml", POD);
+        lab.write("apps/shop/service.yaml", &join(&[SERVICE, ENDPOINT_SLICE]));
         let policy: serde_json::Value = serde_yaml::from_str(POLICY).unwrap();
         lab.write("apps/shop/policy.json", &policy.to_string());
 
         assert_eq!(
             lab.scan(),
             [format!(
-                "resync [Node node-a, Namespace shop, {WEB}, NetworkPolicy shop/web-allow-frontend]"
+                "resync [Node node-a, Namespace shop, {WEB}, NetworkPolicy shop/web-allow-frontend, Service shop/web, EndpointSlice shop/web-abc12]"
             )]
         );
         assert!(lab.scan().is_empty());
@@ -685,12 +688,10 @@ mod tests {
     #[test]
     fn unsupported_kinds_are_ignored_not_counted() {
         let mut lab = Lab::new();
-        let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-abc, namespace: shop}\naddressType: IPv4\nendpoints: []\n";
-        lab.write("web.yaml", &join(&[SERVICE, POD, slice]));
-        lab.write(
-            "config.yaml",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n",
-        );
+        let deployment =
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\n";
+        lab.write("web.yaml", &join(&[deployment, POD]));
+        lab.write("config.yaml", CONFIG_MAP);
         assert_eq!(lab.scan(), [format!("resync [{WEB}]")]);
         for reason in reason::ALL {
             assert_eq!(lab.errors(reason), 0, "{reason}");

@@ -116,6 +116,26 @@ spec:
     targetPort: http
 "#;
 
+pub const ENDPOINT_SLICE: &str = r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc12
+  namespace: shop
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+ports:
+- port: 8080
+  protocol: TCP
+endpoints:
+- addresses: [10.244.1.7]
+  conditions: {ready: true}
+"#;
+
+/// A kind the agent does not read.
+pub const CONFIG_MAP: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: shop}\ndata: {a: b}\n";
+
 /// A pod manifest with another name, for tests that need several.
 pub fn pod(namespace: &str, name: &str, ip: &str) -> String {
     format!(

@@ -1,6 +1,7 @@
 //! The Kubernetes API datastore (`--datastore kubernetes[:KUBECONFIG]`):
 //! one kube-rs [`watcher`] per kind (Nodes, Namespaces, Pods,
-//! NetworkPolicies, all namespaces), translated into [`Event`]s.
+//! NetworkPolicies, Services, EndpointSlices, all namespaces), translated
+//! into [`Event`]s.
 //!
 //! - A (re)list (`Init`, `InitApply`.., `InitDone`) becomes one
 //!   [`Event::ResyncKind`] for that kind; the watchers list independently,
@@ -29,7 +30,8 @@ use std::marker::PhantomData;
 use std::path::PathBuf;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -90,7 +92,7 @@ impl KubeSource {
         KubeSource { client, metrics }
     }
 
-    /// Watches all four kinds and sends their events until the receiver is
+    /// Watches every kind and sends their events until the receiver is
     /// dropped. Each kind starts with a [`Event::ResyncKind`] once its
     /// initial list is complete.
     pub async fn run(self, tx: mpsc::Sender<Event>) {
@@ -99,7 +101,9 @@ impl KubeSource {
             watch::<Node>(client.clone(), &metrics, &tx),
             watch::<Namespace>(client.clone(), &metrics, &tx),
             watch::<Pod>(client.clone(), &metrics, &tx),
-            watch::<NetworkPolicy>(client, &metrics, &tx),
+            watch::<NetworkPolicy>(client.clone(), &metrics, &tx),
+            watch::<Service>(client.clone(), &metrics, &tx),
+            watch::<EndpointSlice>(client, &metrics, &tx),
         );
     }
 }
@@ -136,6 +140,20 @@ impl Watched for NetworkPolicy {
     const WATCHED: Kind = Kind::NetworkPolicy;
     fn into_resource(self: Box<Self>) -> Resource {
         Resource::NetworkPolicy(self)
+    }
+}
+
+impl Watched for Service {
+    const WATCHED: Kind = Kind::Service;
+    fn into_resource(self: Box<Self>) -> Resource {
+        Resource::Service(self)
+    }
+}
+
+impl Watched for EndpointSlice {
+    const WATCHED: Kind = Kind::EndpointSlice;
+    fn into_resource(self: Box<Self>) -> Resource {
+        Resource::EndpointSlice(self)
     }
 }
 
@@ -342,7 +360,7 @@ mod tests {
     use tower_test::mock::{self, SendResponse};
 
     use super::*;
-    use crate::datastore::fixtures::{self, NAMESPACE, NODE, POD, POLICY};
+    use crate::datastore::fixtures::{self, ENDPOINT_SLICE, NAMESPACE, NODE, POD, POLICY, SERVICE};
     use crate::datastore::parse_json;
 
     /// Long enough for the watcher's first backoff (800 ms, jittered);
@@ -388,6 +406,8 @@ mod tests {
             Kind::Namespace => "/api/v1/namespaces",
             Kind::Pod => "/api/v1/pods",
             Kind::NetworkPolicy => "/apis/networking.k8s.io/v1/networkpolicies",
+            Kind::Service => "/api/v1/services",
+            Kind::EndpointSlice => "/apis/discovery.k8s.io/v1/endpointslices",
         }
     }
 
@@ -464,7 +484,7 @@ mod tests {
             respond.send_response(Response::new(Body::from(body)));
         }
 
-        /// Answers all four initial lists with nothing.
+        /// Answers every kind's initial list with nothing.
         async fn list_nothing(&mut self) {
             for kind in Kind::ALL {
                 self.list(kind, "1", Vec::new()).await;
@@ -480,7 +500,7 @@ mod tests {
                 .expect("the source stopped")
         }
 
-        /// The four initial resyncs, in kind order.
+        /// The initial resync of every kind, in kind order.
         async fn resyncs(&mut self) -> Vec<(Kind, Vec<Resource>)> {
             let mut resyncs = Vec::new();
             for _ in Kind::ALL {
@@ -520,6 +540,7 @@ mod tests {
     fn kind_api_version(kind: Kind) -> &'static str {
         match kind {
             Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -620,6 +641,14 @@ mod tests {
             .list(Kind::Namespace, "10", vec![namespace.clone()])
             .await;
         h.server.list(Kind::Node, "10", vec![node.clone()]).await;
+        let service = object(SERVICE, "7");
+        let slice = object(ENDPOINT_SLICE, "8");
+        h.server
+            .list(Kind::EndpointSlice, "10", vec![slice.clone()])
+            .await;
+        h.server
+            .list(Kind::Service, "10", vec![service.clone()])
+            .await;
 
         assert_eq!(
             h.resyncs().await,
@@ -628,6 +657,8 @@ mod tests {
                 (Kind::Namespace, vec![resource(&namespace)]),
                 (Kind::Pod, pods.iter().map(resource).collect()),
                 (Kind::NetworkPolicy, vec![resource(&policy)]),
+                (Kind::Service, vec![resource(&service)]),
+                (Kind::EndpointSlice, vec![resource(&slice)]),
             ]
         );
         // Then each kind watches from where its list left off.
@@ -680,7 +711,7 @@ mod tests {
     async fn a_dropped_watch_is_resumed_where_it_left_off() {
         let mut h = start();
         h.server.list(Kind::Pod, "10", vec![object(POD, "9")]).await;
-        for kind in [Kind::Node, Kind::Namespace, Kind::NetworkPolicy] {
+        for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Pod) {
             h.server.list(kind, "10", Vec::new()).await;
         }
         h.resyncs().await;
@@ -715,7 +746,7 @@ mod tests {
                 vec![web.clone(), pod("db", "10.244.1.9", "9")],
             )
             .await;
-        for kind in [Kind::Node, Kind::Namespace, Kind::NetworkPolicy] {
+        for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Pod) {
             h.server.list(kind, "10", Vec::new()).await;
         }
         h.resyncs().await;
@@ -763,7 +794,7 @@ mod tests {
             }),
         ));
         // The other kinds are not held up.
-        for kind in [Kind::Node, Kind::Pod, Kind::NetworkPolicy] {
+        for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Namespace) {
             h.server.list(kind, "10", Vec::new()).await;
         }
         let namespace = object(NAMESPACE, "9");
@@ -793,7 +824,7 @@ mod tests {
                 vec![web.clone(), malformed_pod("bad", "6"), nameless, db.clone()],
             )
             .await;
-        for kind in [Kind::Node, Kind::Namespace, Kind::NetworkPolicy] {
+        for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Pod) {
             h.server.list(kind, "10", Vec::new()).await;
         }
         let resyncs = h.resyncs().await;

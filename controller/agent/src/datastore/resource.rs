@@ -7,7 +7,8 @@
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
@@ -21,6 +22,8 @@ pub enum Resource {
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
     NetworkPolicy(Box<NetworkPolicy>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -29,6 +32,8 @@ pub enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Service,
+    EndpointSlice,
 }
 
 /// Identifies an object across updates: what an `Event::Delete` names.
@@ -41,7 +46,14 @@ pub struct ObjectKey {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Node, Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+    pub const ALL: [Kind; 6] = [
+        Kind::Node,
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::NetworkPolicy,
+        Kind::Service,
+        Kind::EndpointSlice,
+    ];
 
     /// The Kubernetes `kind`.
     pub fn as_str(self) -> &'static str {
@@ -50,6 +62,8 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 
@@ -60,11 +74,16 @@ impl Kind {
             Kind::Namespace => "namespace",
             Kind::Pod => "pod",
             Kind::NetworkPolicy => "networkpolicy",
+            Kind::Service => "service",
+            Kind::EndpointSlice => "endpointslice",
         }
     }
 
     pub fn is_namespaced(self) -> bool {
-        matches!(self, Kind::Pod | Kind::NetworkPolicy)
+        matches!(
+            self,
+            Kind::Pod | Kind::NetworkPolicy | Kind::Service | Kind::EndpointSlice
+        )
     }
 }
 
@@ -108,6 +127,8 @@ impl Resource {
             Resource::Namespace(_) => Kind::Namespace,
             Resource::Pod(_) => Kind::Pod,
             Resource::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Resource::Service(_) => Kind::Service,
+            Resource::EndpointSlice(_) => Kind::EndpointSlice,
         }
     }
 
@@ -117,6 +138,8 @@ impl Resource {
             Resource::Namespace(o) => &o.metadata,
             Resource::Pod(o) => &o.metadata,
             Resource::NetworkPolicy(o) => &o.metadata,
+            Resource::Service(o) => &o.metadata,
+            Resource::EndpointSlice(o) => &o.metadata,
         }
     }
 
@@ -126,6 +149,8 @@ impl Resource {
             Resource::Namespace(o) => &mut o.metadata,
             Resource::Pod(o) => &mut o.metadata,
             Resource::NetworkPolicy(o) => &mut o.metadata,
+            Resource::Service(o) => &mut o.metadata,
+            Resource::EndpointSlice(o) => &mut o.metadata,
         }
     }
 
@@ -376,6 +401,8 @@ fn decode_object(value: Value) -> Result<Resource, ParseErrorKind> {
         ("v1", "Namespace") => Resource::Namespace(decode(value)?),
         ("v1", "Pod") => Resource::Pod(decode(value)?),
         ("networking.k8s.io/v1", "NetworkPolicy") => Resource::NetworkPolicy(decode(value)?),
+        ("v1", "Service") => Resource::Service(decode(value)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => Resource::EndpointSlice(decode(value)?),
         (api_version, kind) => {
             return Err(ParseErrorKind::Unsupported {
                 api_version: api_version.to_owned(),
@@ -435,7 +462,7 @@ fn type_name(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datastore::fixtures::{self, join, NAMESPACE, NODE, POD, POLICY, SERVICE};
+    use crate::datastore::fixtures::{self, join, CONFIG_MAP, NAMESPACE, NODE, POD, POLICY};
 
     fn ok(text: &str) -> Vec<Resource> {
         parse_documents(text)
@@ -565,9 +592,10 @@ mod tests {
 
     #[test]
     fn unsupported_kinds_are_told_apart_from_malformed_ones() {
-        let config_map = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n";
-        let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s}\n";
-        let results = parse_documents(&join(&[SERVICE, config_map, slice, NAMESPACE]));
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
+        let old_slice =
+            "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: s}\n";
+        let results = parse_documents(&join(&[CONFIG_MAP, deployment, old_slice, NAMESPACE]));
         assert_eq!(results.len(), 4);
         for result in &results[..3] {
             assert!(result.as_ref().unwrap_err().is_unsupported(), "{result:?}");

@@ -6,31 +6,21 @@
 //! already does port allocation, reply de-NAT and ICMP error translation
 //! correctly for every protocol. An eBPF SNAT engine would have to redo all
 //! of that with its own NAT map; it becomes worth it with Services, not
-//! before. The rules live in one nftables table of our own, replaced
-//! atomically, so they never interleave with anyone else's.
+//! before. The rules live in one nftables table of our own
+//! ([`super::nft`]).
 
-use std::{collections::BTreeSet, io::Write as _, process::Stdio};
+use std::collections::BTreeSet;
 
 use ipnet::Ipv4Net;
 
 /// The nftables table (family ip) that holds sluice's NAT rules.
 pub const TABLE: &str = "sluice";
 
-#[derive(Debug, thiserror::Error)]
-pub enum MasqueradeError {
-    #[error("running nft: {0} (is nftables installed?)")]
-    Spawn(#[source] std::io::Error),
-    #[error("nft rejected the ruleset: {0}")]
-    Rejected(String),
-}
-
 /// The ruleset: drop any previous version of the table and, when
 /// `pod_cidr` is given, masquerade its traffic to everything outside
 /// `cluster`. One `nft -f` transaction, so there is no moment without rules.
 pub fn ruleset(pod_cidr: Option<Ipv4Net>, cluster: &BTreeSet<Ipv4Net>) -> String {
-    // Creating then deleting makes the delete succeed whether or not the
-    // table existed.
-    let mut out = format!("add table ip {TABLE}\ndelete table ip {TABLE}\n");
+    let mut out = super::nft::replace_table("ip", TABLE);
     let Some(pod_cidr) = pod_cidr else {
         return out;
     };
@@ -51,30 +41,6 @@ pub fn ruleset(pod_cidr: Option<Ipv4Net>, cluster: &BTreeSet<Ipv4Net>) -> String
         elements.join(", ")
     ));
     out
-}
-
-/// Applies a ruleset from [`ruleset`] in the caller's network namespace.
-pub fn apply(ruleset: &str) -> Result<(), MasqueradeError> {
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(MasqueradeError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(ruleset.as_bytes())
-            .map_err(MasqueradeError::Spawn)?;
-    }
-    let out = child.wait_with_output().map_err(MasqueradeError::Spawn)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(MasqueradeError::Rejected(
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        ))
-    }
 }
 
 #[cfg(test)]

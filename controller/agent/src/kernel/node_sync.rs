@@ -14,8 +14,9 @@ use tracing::info;
 
 use super::{
     bpf::{ConfigMap, Dataplane, DataplaneError},
-    masquerade::{self, MasqueradeError},
+    masquerade,
     netlink::{Netlink, NetlinkError},
+    nft::{self, NftError},
     underlay::{Device, VXLAN_DEVICE},
 };
 use crate::{
@@ -30,7 +31,7 @@ pub enum NodeSyncError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     #[error("masquerade: {0}")]
-    Masquerade(#[from] MasqueradeError),
+    Masquerade(#[from] NftError),
     #[error("no device holds this node's InternalIP {0}")]
     NoUnderlay(Ipv4Addr),
 }
@@ -149,7 +150,7 @@ impl NodeSync {
             &topo.cluster_destinations(self.pod_cidr),
         );
         if self.applied_masquerade.as_deref() != Some(rules.as_str()) {
-            masquerade::apply(&rules)?;
+            nft::apply(&rules)?;
             self.applied_masquerade = Some(rules);
         }
         Ok(())

@@ -29,17 +29,21 @@ pub mod sync {
     pub const IPCACHE: &str = "ipcache";
     pub const POLICY: &str = "policy";
     pub const IDENTITIES: &str = "identities";
+    /// Service maps and their reject rules.
+    pub const SERVICES: &str = "services";
 
-    pub const ALL: [&str; 4] = [NODES, IPCACHE, POLICY, IDENTITIES];
+    pub const ALL: [&str; 5] = [NODES, IPCACHE, POLICY, IDENTITIES, SERVICES];
 }
 
 /// The maps the agent fills from the cluster, which can overflow.
-pub const FILLED_MAPS: [&str; 5] = [
+pub const FILLED_MAPS: [&str; 7] = [
     sluice_common::maps::POLICY_EXACT.name,
     sluice_common::maps::POLICY_RANGES.name,
     sluice_common::maps::ISOLATION.name,
     sluice_common::maps::CIDR_IDENTITY.name,
     sluice_common::maps::IPCACHE.name,
+    sluice_common::maps::SERVICES.name,
+    sluice_common::maps::SERVICE_BACKENDS.name,
 ];
 
 #[derive(Clone, Debug)]

@@ -21,6 +21,7 @@ use sluice_agent::{
         bpffs,
     },
     policy::PlacedPolicy,
+    services::DesiredServices,
 };
 use sluice_common::{
     config::DataplaneConfig,
@@ -114,6 +115,12 @@ impl TestDataplane {
         entries: &BTreeMap<Ipv4Net, RemoteInfo>,
     ) -> Result<(), TestRunError> {
         self.maps.ipcache.sync(entries)?;
+        Ok(())
+    }
+
+    /// Makes the service maps hold `services`, as the agent's syncer does.
+    pub fn apply_services(&mut self, services: &DesiredServices) -> Result<(), TestRunError> {
+        self.maps.services.apply(services)?;
         Ok(())
     }
 

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use super::{
     map_error, program_error, ConfigMap, DataplaneError, Ipcache, MapSizes, PolicyMaps,
-    PolicyRevision,
+    PolicyRevision, ServiceMaps,
 };
 use crate::EBPF_OBJECT;
 
@@ -213,6 +213,7 @@ pub struct SyncMaps {
     pub revision: PolicyRevision,
     pub ipcache: Ipcache,
     pub config: ConfigMap,
+    pub services: ServiceMaps,
 }
 
 impl Dataplane {
@@ -252,11 +253,16 @@ impl Dataplane {
         let isolation = HashMap::try_from(data).map_err(err)?;
         let (data, err) = take(maps::CIDR_IDENTITY)?;
         let regions = LpmTrie::try_from(data).map_err(err)?;
+        let (data, err) = take(maps::SERVICES)?;
+        let frontends = HashMap::try_from(data).map_err(err)?;
+        let (data, err) = take(maps::SERVICE_BACKENDS)?;
+        let backends = HashMap::try_from(data).map_err(err)?;
         let sync_maps = SyncMaps {
             policy: PolicyMaps::new(exact, ranges, isolation, regions),
             revision,
             ipcache,
             config,
+            services: ServiceMaps::new(frontends, backends),
         };
         let mut dataplane = Self {
             ebpf,

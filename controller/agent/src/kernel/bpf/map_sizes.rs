@@ -21,6 +21,11 @@ pub struct MapSizes {
     pub conntrack: u32,
     /// Distinct ipBlock regions (CIDRs and their exceptions).
     pub cidr_identities: u32,
+    /// Service frontends (each ClusterIP port).
+    pub services: u32,
+    /// Backends of all frontends together (a backend of two ports counts
+    /// twice).
+    pub service_backends: u32,
 }
 
 impl Default for MapSizes {
@@ -31,6 +36,8 @@ impl Default for MapSizes {
             policy: maps::POLICY_EXACT.capacity,
             conntrack: maps::CONNTRACK.capacity,
             cidr_identities: maps::CIDR_IDENTITY.capacity,
+            services: maps::SERVICES.capacity,
+            service_backends: maps::SERVICE_BACKENDS.capacity,
         }
     }
 }
@@ -40,8 +47,10 @@ impl MapSizes {
     pub const MIN: u32 = 64;
     pub const MAX: u32 = 1 << 24;
 
-    /// (map name, config key, capacity) of every sized map.
-    pub fn by_map(&self) -> [(&'static str, &'static str, u32); 7] {
+    /// (map name, config key, capacity) of every sized map. The
+    /// connections' Service state lives as long as conntrack's flows and is
+    /// sized like it.
+    pub fn by_map(&self) -> [(&'static str, &'static str, u32); 11] {
         [
             (maps::ENDPOINTS.name, "endpoints", self.endpoints),
             (maps::ISOLATION.name, "endpoints", self.endpoints),
@@ -54,6 +63,14 @@ impl MapSizes {
                 "cidrIdentities",
                 self.cidr_identities,
             ),
+            (maps::SERVICES.name, "services", self.services),
+            (
+                maps::SERVICE_BACKENDS.name,
+                "serviceBackends",
+                self.service_backends,
+            ),
+            (maps::SERVICE_FLOWS.name, "conntrack", self.conntrack),
+            (maps::SERVICE_REVERSE.name, "conntrack", self.conntrack),
         ]
     }
 
@@ -77,6 +94,8 @@ mod tests {
             let table = maps::by_name(name).expect("a map of the table");
             if name == maps::ISOLATION.name {
                 assert_eq!(size, sizes.endpoints);
+            } else if name == maps::SERVICE_FLOWS.name || name == maps::SERVICE_REVERSE.name {
+                assert_eq!(size, sizes.conntrack);
             } else {
                 assert_eq!(size, table.capacity, "{name}");
             }

@@ -2,7 +2,8 @@
 //! and attaching its programs ([`loader`]), and the writers that make the
 //! maps hold what the agent computed: the policy maps ([`policy_maps`]),
 //! the ipcache and node settings ([`node_maps`]), the policy revision
-//! ([`revision`]), all through one diff-writer ([`diff`]).
+//! ([`revision`]), the Service frontends and backends ([`service_maps`]),
+//! all through one diff-writer ([`diff`]).
 //!
 //! Layout under the node's pin directory (`<bpf-root>/<node-name>/`): the
 //! maps by name (`sluice_common::maps`), and `links/` with one pin per
@@ -15,6 +16,7 @@ pub mod map_sizes;
 pub mod node_maps;
 pub mod policy_maps;
 pub mod revision;
+pub mod service_maps;
 
 use std::{
     io,
@@ -28,6 +30,7 @@ pub use map_sizes::MapSizes;
 pub use node_maps::{ConfigMap, Ipcache};
 pub use policy_maps::PolicyMaps;
 pub use revision::PolicyRevision;
+pub use service_maps::ServiceMaps;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {

@@ -1,0 +1,94 @@
+//! Services (kube-proxy replacement): which (address, port, protocol) is a
+//! Service frontend, its backends, and the translations the programs keep
+//! per connection.
+//!
+//! - `SLUICE_SERVICES` (hash): [`ServiceKey`] → [`ServiceInfo`]: a
+//!   ClusterIP port, with how many ready backends it has.
+//! - `SLUICE_SERVICE_BACKENDS` (hash): [`BackendSlot`] → [`Backend`]: the
+//!   backends of service `id` in slots `0..count`, so picking one is one
+//!   lookup, not a loop.
+//! - `SLUICE_SERVICE_FLOWS` (LRU hash): a client's tuple towards the
+//!   frontend ([`crate::conntrack::CtKey`]) → the [`ServiceFlow`] backend it
+//!   was given, so every packet of a connection goes to the same backend,
+//!   also after the backend set changed.
+//! - `SLUICE_SERVICE_REVERSE` (LRU hash): the backend's reply tuple → the
+//!   [`Frontend`] the client addressed, which replies carry as their source.
+
+/// A Service frontend: address and port as the client addressed them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: [u8; 4],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Agent-assigned, stable while the frontend exists: names its backend
+    /// slots.
+    pub id: u32,
+    /// Ready backends, in slots `0..backends`. Zero: the Service refuses
+    /// new connections (the host stack rejects them).
+    pub backends: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendSlot {
+    pub service: u32,
+    pub slot: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr: [u8; 4],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+/// The backend a client's connection was given.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceFlow {
+    pub backend: Backend,
+    pub _pad: u32,
+    /// bpf_ktime_get_ns() after which the choice is forgotten (as the
+    /// connection's conntrack entry would be).
+    pub expires: u64,
+}
+
+/// The frontend a translated connection's replies come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    pub addr: [u8; 4],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+    /// As [`ServiceFlow::expires`].
+    pub expires: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<BackendSlot>() == 8);
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceFlow>() == 24);
+const _: () = assert!(core::mem::size_of::<Frontend>() == 16);
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    // SAFETY: plain-old-data, repr(C), explicit padding, no pointers.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceInfo {}
+    unsafe impl aya::Pod for super::BackendSlot {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::ServiceFlow {}
+    unsafe impl aya::Pod for super::Frontend {}
+}

@@ -1,0 +1,464 @@
+//! Services and EndpointSlices → the service maps' contents (kube-proxy
+//! replacement). Pure: the result depends only on the cluster state, the
+//! node's name and the id allocator's state.
+//!
+//! Each ClusterIP port of a Service is a frontend (address, port,
+//! protocol); its backends are the ready endpoints of the Service's
+//! EndpointSlices, each with the port the slice gives the Service port's
+//! name (the EndpointSlice controller resolves `targetPort`, by number or
+//! by name, per pod, and groups endpoints by the result). Headless and
+//! ExternalName Services have no frontend; with `internalTrafficPolicy:
+//! Local` only this node's endpoints are backends.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use sluice_common::services::{Backend, BackendSlot, ServiceInfo, ServiceKey};
+
+use crate::datastore::ClusterState;
+use crate::policy::ports::{parse_protocol, SCTP};
+
+/// The label the EndpointSlice controller puts on a Service's slices.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// What the service maps should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredServices {
+    pub frontends: BTreeMap<ServiceKey, ServiceInfo>,
+    /// Slots `0..backends` of every frontend.
+    pub backends: BTreeMap<BackendSlot, Backend>,
+    /// Frontends without a ready backend: refused (the host stack rejects
+    /// their connections), never blackholed.
+    pub without_backends: BTreeSet<ServiceKey>,
+    pub problems: Vec<ServiceProblem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceProblem {
+    /// `namespace/name`.
+    pub service: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ServiceProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Service {}: {}", self.service, self.reason)
+    }
+}
+
+/// Frontend ids, stable while a frontend exists (its backend slots are
+/// keyed by it); ids of frontends that went are given out again.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceIds {
+    ids: BTreeMap<ServiceKey, u32>,
+}
+
+impl ServiceIds {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps the ids of `frontends`, forgets the others, numbers the new
+    /// ones with the smallest free ids (from 1).
+    fn sync(&mut self, frontends: &BTreeSet<ServiceKey>) {
+        self.ids.retain(|k, _| frontends.contains(k));
+        let mut used: BTreeSet<u32> = self.ids.values().copied().collect();
+        let mut next = 1;
+        for frontend in frontends {
+            if self.ids.contains_key(frontend) {
+                continue;
+            }
+            while used.contains(&next) {
+                next += 1;
+            }
+            used.insert(next);
+            self.ids.insert(*frontend, next);
+        }
+    }
+
+    fn get(&self, frontend: &ServiceKey) -> Option<u32> {
+        self.ids.get(frontend).copied()
+    }
+}
+
+/// One Service port's frontend and where its backends come from.
+struct Port {
+    key: ServiceKey,
+    /// The Service port's name, which its slices' ports carry.
+    name: String,
+    protocol: u8,
+}
+
+pub fn compile(state: &ClusterState, node_name: &str, ids: &mut ServiceIds) -> DesiredServices {
+    let mut out = DesiredServices::default();
+    let mut ports_of: Vec<((&str, &str), Vec<Port>, bool)> = Vec::new();
+    for ((namespace, name), service) in &state.services {
+        let mut problem = |reason: String| {
+            out.problems.push(ServiceProblem {
+                service: format!("{namespace}/{name}"),
+                reason,
+            })
+        };
+        let (ports, local_only) = frontends(service, &mut problem);
+        ports_of.push(((namespace.as_str(), name.as_str()), ports, local_only));
+    }
+    let keys: BTreeSet<ServiceKey> = ports_of
+        .iter()
+        .flat_map(|(_, ports, _)| ports.iter().map(|p| p.key))
+        .collect();
+    ids.sync(&keys);
+
+    for ((namespace, name), ports, local_only) in &ports_of {
+        let slices: Vec<&EndpointSlice> = state
+            .endpoint_slices
+            .iter()
+            .filter(|((ns, _), slice)| ns == namespace && serves(slice, name))
+            .map(|(_, slice)| slice)
+            .collect();
+        for port in ports {
+            let Some(id) = ids.get(&port.key) else {
+                continue;
+            };
+            let backends = backends(&slices, port, *local_only, node_name);
+            if port.protocol == SCTP {
+                // The programs cannot redo SCTP's checksum, so they never
+                // change an SCTP port: a backend on another port could not
+                // be reached.
+                if backends.iter().any(|b| b.port != port.key.port) {
+                    out.problems.push(ServiceProblem {
+                        service: format!("{namespace}/{name}"),
+                        reason: format!(
+                            "SCTP port {}: a targetPort other than the port is not supported; the port refuses connections",
+                            u16::from_be_bytes(port.key.port)
+                        ),
+                    });
+                    out.frontends
+                        .insert(port.key, ServiceInfo { id, backends: 0 });
+                    out.without_backends.insert(port.key);
+                    continue;
+                }
+            }
+            for (slot, backend) in backends.iter().enumerate() {
+                out.backends.insert(
+                    BackendSlot {
+                        service: id,
+                        slot: slot as u32,
+                    },
+                    *backend,
+                );
+            }
+            out.frontends.insert(
+                port.key,
+                ServiceInfo {
+                    id,
+                    backends: backends.len() as u32,
+                },
+            );
+            if backends.is_empty() {
+                out.without_backends.insert(port.key);
+            }
+        }
+    }
+    out
+}
+
+/// The frontends of a Service (one per ClusterIP port), and whether only
+/// local endpoints may serve them (`internalTrafficPolicy: Local`).
+fn frontends(service: &Service, problem: &mut impl FnMut(String)) -> (Vec<Port>, bool) {
+    let Some(spec) = &service.spec else {
+        return (Vec::new(), false);
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return (Vec::new(), false);
+    }
+    let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let ips: Vec<Ipv4Addr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        // "None" is a headless Service: DNS only, nothing to translate.
+        .filter(|ip| ip.as_str() != "None" && !ip.is_empty())
+        .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut ports = Vec::new();
+    for (i, port) in spec.ports.iter().flatten().enumerate() {
+        let protocol = match parse_protocol(port.protocol.as_deref().unwrap_or("TCP")) {
+            Ok(protocol) => protocol,
+            Err(e) => {
+                problem(format!("spec.ports[{i}]: {e}; port ignored"));
+                continue;
+            }
+        };
+        let Some(number) = u16::try_from(port.port).ok().filter(|p| *p > 0) else {
+            problem(format!(
+                "spec.ports[{i}]: port {} out of range; port ignored",
+                port.port
+            ));
+            continue;
+        };
+        for ip in &ips {
+            ports.push(Port {
+                key: ServiceKey {
+                    addr: ip.octets(),
+                    port: number.to_be_bytes(),
+                    protocol,
+                    _pad: 0,
+                },
+                name: port.name.clone().unwrap_or_default(),
+                protocol,
+            });
+        }
+    }
+    (ports, local_only)
+}
+
+fn serves(slice: &EndpointSlice, service: &str) -> bool {
+    slice.address_type == "IPv4"
+        && slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .is_some_and(|s| s == service)
+}
+
+/// The ready endpoints of `slices` for `port`, each with the port its
+/// slice gives the Service port's name; sorted and without duplicates, so
+/// slots stay put while the set does.
+fn backends(
+    slices: &[&EndpointSlice],
+    port: &Port,
+    local_only: bool,
+    node_name: &str,
+) -> Vec<Backend> {
+    let mut out = BTreeSet::new();
+    for slice in slices {
+        let Some(target) = slice.ports.iter().flatten().find_map(|p| {
+            let protocol = parse_protocol(p.protocol.as_deref().unwrap_or("TCP")).ok()?;
+            let same_name = p.name.as_deref().unwrap_or_default() == port.name;
+            (same_name && protocol == port.protocol)
+                .then_some(p.port)
+                .flatten()
+                .and_then(|n| u16::try_from(n).ok())
+        }) else {
+            continue;
+        };
+        for endpoint in slice.endpoints.iter().flatten() {
+            let conditions = endpoint.conditions.as_ref();
+            // An unset condition means ready (the API's definition); a
+            // terminating endpoint is not ready and gets no new
+            // connections, while its existing ones keep their backend.
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            if local_only && endpoint.node_name.as_deref() != Some(node_name) {
+                continue;
+            }
+            let Some(addr) = endpoint
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            out.insert(Backend {
+                addr: addr.octets(),
+                port: target.to_be_bytes(),
+                _pad: [0; 2],
+            });
+        }
+    }
+    out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::{parse_documents, Event};
+
+    fn state(yaml: &str) -> ClusterState {
+        let mut state = ClusterState::default();
+        for resource in parse_documents(yaml) {
+            state.apply(Event::Apply(resource.expect("test manifest parses")));
+        }
+        state
+    }
+
+    const WEB: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-a
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+- {name: http, port: 8080, protocol: TCP}
+- {name: dns, port: 5353, protocol: UDP}
+endpoints:
+- addresses: [10.244.1.7]
+  nodeName: node1
+  conditions: {ready: true}
+- addresses: [10.244.2.9]
+  nodeName: node2
+- addresses: [10.244.2.10]
+  nodeName: node2
+  conditions: {ready: false, terminating: true}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-b
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+- {name: http, port: 9090, protocol: TCP}
+endpoints:
+- addresses: [10.244.3.4]
+  nodeName: node3
+";
+
+    fn key(ip: [u8; 4], port: u16, protocol: u8) -> ServiceKey {
+        ServiceKey {
+            addr: ip,
+            port: port.to_be_bytes(),
+            protocol,
+            _pad: 0,
+        }
+    }
+
+    fn backends_of(d: &DesiredServices, frontend: &ServiceKey) -> Vec<(Ipv4Addr, u16)> {
+        let info = d.frontends[frontend];
+        (0..info.backends)
+            .map(|slot| {
+                let b = d.backends[&BackendSlot {
+                    service: info.id,
+                    slot,
+                }];
+                (Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_port_gets_the_ready_endpoints_on_the_port_its_slice_names() {
+        let d = compile(&state(WEB), "node1", &mut ServiceIds::new());
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        let http = key([10, 96, 0, 10], 80, 6);
+        let dns = key([10, 96, 0, 10], 53, 17);
+        assert_eq!(d.frontends.len(), 2);
+        // Named targetPort: each slice's own number; the terminating
+        // endpoint gets nothing new; an unset condition is ready.
+        assert_eq!(
+            backends_of(&d, &http),
+            [
+                ("10.244.1.7".parse().unwrap(), 8080),
+                ("10.244.2.9".parse().unwrap(), 8080),
+                ("10.244.3.4".parse().unwrap(), 9090),
+            ]
+        );
+        assert_eq!(
+            backends_of(&d, &dns),
+            [
+                ("10.244.1.7".parse().unwrap(), 5353),
+                ("10.244.2.9".parse().unwrap(), 5353),
+            ]
+        );
+        assert_ne!(d.frontends[&http].id, d.frontends[&dns].id);
+        assert!(d.without_backends.is_empty());
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_keeps_only_this_nodes_endpoints() {
+        let yaml = WEB.replace(
+            "  clusterIP: 10.96.0.10\n",
+            "  clusterIP: 10.96.0.10\n  internalTrafficPolicy: Local\n",
+        );
+        let d = compile(&state(&yaml), "node2", &mut ServiceIds::new());
+        let http = key([10, 96, 0, 10], 80, 6);
+        assert_eq!(
+            backends_of(&d, &http),
+            [("10.244.2.9".parse().unwrap(), 8080)]
+        );
+        let d = compile(&state(&yaml), "node4", &mut ServiceIds::new());
+        assert_eq!(d.frontends[&http].backends, 0);
+        assert!(
+            d.without_backends.contains(&http),
+            "refused, not blackholed"
+        );
+    }
+
+    #[test]
+    fn headless_and_external_name_services_have_no_frontend() {
+        let headless = WEB.replace("clusterIP: 10.96.0.10", "clusterIP: None");
+        assert!(compile(&state(&headless), "node1", &mut ServiceIds::new())
+            .frontends
+            .is_empty());
+        let external = "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: shop}\nspec: {type: ExternalName, externalName: example.com}\n";
+        assert!(compile(&state(external), "node1", &mut ServiceIds::new())
+            .frontends
+            .is_empty());
+    }
+
+    #[test]
+    fn ids_stay_put_while_their_frontends_exist() {
+        let mut ids = ServiceIds::new();
+        let first = compile(&state(WEB), "node1", &mut ids);
+        let other = "---\napiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: shop}\nspec:\n  clusterIP: 10.96.0.5\n  ports: [{port: 443}]\n";
+        let second = compile(&state(&format!("{WEB}{other}")), "node1", &mut ids);
+        for (frontend, info) in &first.frontends {
+            assert_eq!(second.frontends[frontend].id, info.id);
+        }
+        let api = key([10, 96, 0, 5], 443, 6);
+        assert!(second.without_backends.contains(&api), "no slices: refused");
+        assert!(first
+            .frontends
+            .values()
+            .all(|i| i.id != second.frontends[&api].id));
+    }
+
+    #[test]
+    fn sctp_ports_must_not_be_translated() {
+        let yaml = "\
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{name: a, port: 80, protocol: SCTP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-1, namespace: shop, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{name: a, port: 8080, protocol: SCTP}]
+endpoints: [{addresses: [10.244.1.7]}]
+";
+        let d = compile(&state(yaml), "node1", &mut ServiceIds::new());
+        let frontend = key([10, 96, 0, 20], 80, SCTP);
+        assert_eq!(d.frontends[&frontend].backends, 0);
+        assert!(d.without_backends.contains(&frontend));
+        assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
+        let same_port = yaml.replace("port: 8080, protocol: SCTP", "port: 80, protocol: SCTP");
+        let d = compile(&state(&same_port), "node1", &mut ServiceIds::new());
+        assert_eq!(d.frontends[&frontend].backends, 1);
+        assert!(d.problems.is_empty());
+    }
+}

@@ -1,0 +1,232 @@
+//! Services (kube-proxy replacement): a client's packet to a Service
+//! frontend is given a backend (once per connection, remembered in
+//! `SERVICE_FLOWS`) and translated to it before policy and forwarding see
+//! it, so both judge the backend, as Kubernetes requires; the backend's
+//! replies get the frontend back as their source (`SERVICE_REVERSE`)
+//! before they reach the client. Both happen on the client's node only;
+//! the backend's node sees an ordinary pod-to-pod flow.
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::TcContext,
+};
+use sluice_common::{
+    conntrack::CtKey,
+    reason::Reason,
+    services::{Backend, BackendSlot, Frontend, ServiceFlow, ServiceKey},
+};
+
+use crate::{
+    conntrack,
+    maps::{SERVICES, SERVICE_BACKENDS, SERVICE_FLOWS, SERVICE_REVERSE},
+    parse::{
+        Ipv4Packet, ETH_HLEN, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPV4_CSUM_OFF,
+        IPV4_DADDR_OFF, IPV4_SADDR_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
+    },
+};
+
+/// What became of a packet towards a Service.
+pub enum Toward {
+    /// Not a Service frontend.
+    NotAService,
+    /// Translated to a backend; the packet and `pkt` now name it.
+    Backend,
+    /// A frontend without ready backends: the host stack rejects it.
+    NoBackend,
+}
+
+/// Which end of the packet a rewrite changes.
+#[derive(Clone, Copy)]
+enum End {
+    Source,
+    Destination,
+}
+
+/// How long a connection keeps its backend without packets: as long as
+/// conntrack keeps the connection.
+#[inline(always)]
+fn lifetime(pkt: &Ipv4Packet) -> u64 {
+    conntrack::lifetime(pkt, 0)
+}
+
+/// Gives a packet towards a Service frontend its backend and rewrites it
+/// there (destination address and port, checksums). A connection's first
+/// packet picks a backend at random among the ready ones (one lookup: the
+/// slots are numbered); the choice is kept, so later packets go to the
+/// same backend whatever happens to the backend set. A function of its
+/// own (not inlined): its locals would otherwise push the caller's stack
+/// frame past what the verifier allows beside policy's.
+#[inline(never)]
+pub fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reason> {
+    let frontend = ServiceKey {
+        addr: pkt.hdr.daddr,
+        port: pkt.dport.to_be_bytes(),
+        protocol: pkt.hdr.protocol,
+        _pad: 0,
+    };
+    // SAFETY: a map value pointer, valid for this program run; copied out.
+    let Some(service) = SERVICES.get_ptr(&frontend).map(|s| unsafe { *s }) else {
+        return Ok(Toward::NotAService);
+    };
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = conntrack::packet_key(pkt);
+    let kept = SERVICE_FLOWS
+        .get_ptr_mut(&key)
+        // SAFETY: a map value pointer, valid for this program run.
+        .filter(|flow| unsafe { (**flow).expires } > now);
+    let backend = match kept {
+        Some(flow) => {
+            // SAFETY: as above; a lost update between CPUs only shortens
+            // how long the choice is kept.
+            unsafe {
+                (*flow).expires = now + lifetime(pkt);
+                (*flow).backend
+            }
+        }
+        None => {
+            if service.backends == 0 {
+                return Ok(Toward::NoBackend);
+            }
+            // SAFETY: a helper without arguments.
+            let slot = unsafe { bpf_get_prandom_u32() } % service.backends;
+            let slot = BackendSlot {
+                service: service.id,
+                slot,
+            };
+            // SAFETY: a map value pointer, valid for this program run; copied out.
+            let Some(backend) = SERVICE_BACKENDS.get_ptr(&slot).map(|b| unsafe { *b }) else {
+                // The agent writes slots before their count: a missing
+                // one is a map that filled up. Refused like no backend.
+                return Ok(Toward::NoBackend);
+            };
+            remember(&key, &backend, &frontend, pkt, now);
+            backend
+        }
+    };
+    rewrite(ctx, pkt, End::Destination, backend.addr, backend.port)?;
+    Ok(Toward::Backend)
+}
+
+/// Keeps a new connection's backend, and the frontend its replies must
+/// come from. A full table evicts the least recently used connection's
+/// (LRU maps): it is given a backend again with its next packet.
+#[inline(always)]
+fn remember(key: &CtKey, backend: &Backend, frontend: &ServiceKey, pkt: &Ipv4Packet, now: u64) {
+    let expires = now + lifetime(pkt);
+    let flow = ServiceFlow {
+        backend: *backend,
+        _pad: 0,
+        expires,
+    };
+    let _ = SERVICE_FLOWS.insert(key, &flow, 0);
+    let reply = CtKey {
+        saddr: backend.addr,
+        daddr: key.saddr,
+        sport: u16::from_be_bytes(backend.port),
+        dport: key.sport,
+        protocol: key.protocol,
+        _pad: [0; 3],
+    };
+    let from = Frontend {
+        addr: frontend.addr,
+        port: frontend.port,
+        _pad: [0; 2],
+        expires,
+    };
+    let _ = SERVICE_REVERSE.insert(&reply, &from, 0);
+}
+
+/// A backend's reply in a translated connection: its source becomes the
+/// frontend the client addressed. Without the translation on record (it
+/// was evicted), the reply is left as it is; the client then refuses it,
+/// as it would a reply from an address it never talked to. Not inlined,
+/// as [`to_backend`].
+#[inline(never)]
+pub fn from_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<(), Reason> {
+    let key = conntrack::packet_key(pkt);
+    let Some(frontend) = SERVICE_REVERSE.get_ptr_mut(&key) else {
+        return Ok(());
+    };
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map value pointer, valid for this program run.
+    let (addr, port) = unsafe {
+        (*frontend).expires = now + lifetime(pkt);
+        ((*frontend).addr, (*frontend).port)
+    };
+    rewrite(ctx, pkt, End::Source, addr, port)
+}
+
+/// Rewrites one end's address and port, updating the IPv4 header checksum
+/// and the TCP or UDP checksum (pseudo-header and port). SCTP's checksum
+/// covers neither the addresses nor anything the agent lets change (it
+/// refuses SCTP services whose target port differs from their port).
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    pkt: &mut Ipv4Packet,
+    end: End,
+    addr: [u8; 4],
+    port: [u8; 2],
+) -> Result<(), Reason> {
+    const FAILED: Reason = Reason::DropRewriteFailed;
+    let (old_addr, addr_off, old_port, port_off) = match end {
+        End::Source => (pkt.hdr.saddr, IPV4_SADDR_OFF, pkt.sport, 0),
+        End::Destination => (pkt.hdr.daddr, IPV4_DADDR_OFF, pkt.dport, 2),
+    };
+    let (old_ip, new_ip) = (u32::from_ne_bytes(old_addr), u32::from_ne_bytes(addr));
+    let (old_port_be, new_port_be) = (
+        u16::from_ne_bytes(old_port.to_be_bytes()),
+        u16::from_ne_bytes(port),
+    );
+    let l4_csum = match pkt.hdr.protocol {
+        IPPROTO_TCP => Some((pkt.l4_offset + TCP_CSUM_OFF, 0)),
+        // A UDP checksum of zero means none: it stays zero.
+        IPPROTO_UDP => Some((pkt.l4_offset + UDP_CSUM_OFF, BPF_F_MARK_MANGLED_0 as u64)),
+        _ => None,
+    };
+    if let Some((csum, flags)) = l4_csum {
+        ctx.l4_csum_replace(
+            csum,
+            u64::from(old_ip),
+            u64::from(new_ip),
+            flags | BPF_F_PSEUDO_HDR as u64 | 4,
+        )
+        .map_err(|_| FAILED)?;
+        if old_port_be != new_port_be {
+            ctx.l4_csum_replace(
+                csum,
+                u64::from(old_port_be),
+                u64::from(new_port_be),
+                flags | 2,
+            )
+            .map_err(|_| FAILED)?;
+        }
+    }
+    ctx.l3_csum_replace(
+        ETH_HLEN + IPV4_CSUM_OFF,
+        u64::from(old_ip),
+        u64::from(new_ip),
+        4,
+    )
+    .map_err(|_| FAILED)?;
+    ctx.store(ETH_HLEN + addr_off, &addr, 0)
+        .map_err(|_| FAILED)?;
+    if old_port_be != new_port_be && pkt.hdr.protocol != IPPROTO_SCTP {
+        ctx.store(pkt.l4_offset + port_off, &port, 0)
+            .map_err(|_| FAILED)?;
+    }
+    let port = u16::from_be_bytes(port);
+    match end {
+        End::Source => {
+            pkt.hdr.saddr = addr;
+            pkt.sport = port;
+        }
+        End::Destination => {
+            pkt.hdr.daddr = addr;
+            pkt.dport = port;
+        }
+    }
+    Ok(())
+}
