@@ -71,6 +71,8 @@ map_table! { $
     SERVICE_FLOWS = "SLUICE_SERVICE_FLOWS", 262144;
     /// The frontend translated connections' replies come from (LRU hash).
     SERVICE_REVERSE = "SLUICE_SERVICE_REVERSE", 262144;
+    /// Session affinity: (client, service) → backend (LRU hash).
+    SERVICE_AFFINITY = "SLUICE_SERVICE_AFFINITY", 65536;
 }
 
 /// The map called `name`, if the object has one.

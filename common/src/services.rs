@@ -13,6 +13,9 @@
 //!   also after the backend set changed.
 //! - `SLUICE_SERVICE_REVERSE` (LRU hash): the backend's reply tuple → the
 //!   [`Frontend`] the client addressed, which replies carry as their source.
+//! - `SLUICE_SERVICE_AFFINITY` (LRU hash): (client address, service) → the
+//!   [`Affinity`] backend its new connections go to, for Services with
+//!   `sessionAffinity: ClientIP`.
 
 /// A Service frontend: address and port as the client addressed them.
 #[repr(C)]
@@ -34,6 +37,10 @@ pub struct ServiceInfo {
     /// Ready backends, in slots `0..backends`. Zero: the Service refuses
     /// new connections (the host stack rejects them).
     pub backends: u32,
+    /// `sessionAffinity: ClientIP`: how long, in seconds, a client's new
+    /// connections go to the backend its last one went to. Zero: none.
+    pub affinity_timeout: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -75,8 +82,30 @@ pub struct Frontend {
     pub expires: u64,
 }
 
+/// A client of a Service with session affinity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: [u8; 4],
+    pub service: u32,
+}
+
+/// The backend a client's connections to a Service go to, and the slot it
+/// was in (its connections check the slot still holds it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Affinity {
+    pub backend: Backend,
+    pub slot: u32,
+    pub _pad: u32,
+    /// bpf_ktime_get_ns() after which the client may go anywhere.
+    pub expires: u64,
+}
+
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
-const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Affinity>() == 24);
 const _: () = assert!(core::mem::size_of::<BackendSlot>() == 8);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 const _: () = assert!(core::mem::size_of::<ServiceFlow>() == 24);
@@ -91,4 +120,6 @@ mod pod_impls {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::ServiceFlow {}
     unsafe impl aya::Pod for super::Frontend {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::Affinity {}
 }

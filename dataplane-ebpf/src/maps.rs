@@ -14,7 +14,10 @@ use sluice_common::{
     endpoint::{EndpointInfo, IpKey},
     ipcache::{Ipv4Prefix, RemoteInfo},
     policy::{Isolation, PolicyEntry, PolicyKey},
-    services::{Backend, BackendSlot, Frontend, ServiceFlow, ServiceInfo, ServiceKey},
+    services::{
+        Affinity, AffinityKey, Backend, BackendSlot, Frontend, ServiceFlow, ServiceInfo,
+        ServiceKey,
+    },
 };
 
 bpf_map!(ENDPOINTS: HashMap<IpKey, EndpointInfo>);
@@ -32,3 +35,4 @@ bpf_map!(SERVICES: HashMap<ServiceKey, ServiceInfo>);
 bpf_map!(SERVICE_BACKENDS: HashMap<BackendSlot, Backend>);
 bpf_map!(SERVICE_FLOWS: LruHashMap<CtKey, ServiceFlow>);
 bpf_map!(SERVICE_REVERSE: LruHashMap<CtKey, Frontend>);
+bpf_map!(SERVICE_AFFINITY: LruHashMap<AffinityKey, Affinity>);

@@ -1,6 +1,6 @@
 //! Services (kube-proxy replacement): a client's packet to a Service
 //! frontend is given a backend (once per connection, remembered in
-//! `SERVICE_FLOWS`) and translated to it before policy and forwarding see
+//! `SERVICE_FLOWS`; per client with session affinity, `SERVICE_AFFINITY`) and translated to it before policy and forwarding see
 //! it, so both judge the backend, as Kubernetes requires; the backend's
 //! replies get the frontend back as their source (`SERVICE_REVERSE`)
 //! before they reach the client. Both happen on the client's node only;
@@ -13,12 +13,15 @@ use aya_ebpf::{
 use sluice_common::{
     conntrack::CtKey,
     reason::Reason,
-    services::{Backend, BackendSlot, Frontend, ServiceFlow, ServiceKey},
+    services::{
+        Affinity, AffinityKey, Backend, BackendSlot, Frontend, ServiceFlow, ServiceInfo,
+        ServiceKey,
+    },
 };
 
 use crate::{
     conntrack,
-    maps::{SERVICES, SERVICE_BACKENDS, SERVICE_FLOWS, SERVICE_REVERSE},
+    maps::{SERVICES, SERVICE_AFFINITY, SERVICE_BACKENDS, SERVICE_FLOWS, SERVICE_REVERSE},
     parse::{
         Ipv4Packet, ETH_HLEN, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPV4_CSUM_OFF,
         IPV4_DADDR_OFF, IPV4_SADDR_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
@@ -85,19 +88,7 @@ pub fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reaso
             }
         }
         None => {
-            if service.backends == 0 {
-                return Ok(Toward::NoBackend);
-            }
-            // SAFETY: a helper without arguments.
-            let slot = unsafe { bpf_get_prandom_u32() } % service.backends;
-            let slot = BackendSlot {
-                service: service.id,
-                slot,
-            };
-            // SAFETY: a map value pointer, valid for this program run; copied out.
-            let Some(backend) = SERVICE_BACKENDS.get_ptr(&slot).map(|b| unsafe { *b }) else {
-                // The agent writes slots before their count: a missing
-                // one is a map that filled up. Refused like no backend.
+            let Some(backend) = pick(&service, pkt.hdr.saddr, now) else {
                 return Ok(Toward::NoBackend);
             };
             remember(&key, &backend, &frontend, pkt, now);
@@ -106,6 +97,64 @@ pub fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reaso
     };
     rewrite(ctx, pkt, End::Destination, backend.addr, backend.port)?;
     Ok(Toward::Backend)
+}
+
+/// A new connection's backend: the one its client is bound to by session
+/// affinity if that still serves (its slot still holds it), else one at
+/// random among the ready ones. `None`: no ready backend (or a slot the
+/// agent could not write: a full map), which is refused like none.
+#[inline(always)]
+fn pick(service: &ServiceInfo, client: [u8; 4], now: u64) -> Option<Backend> {
+    if service.backends == 0 {
+        return None;
+    }
+    let bound = AffinityKey {
+        client,
+        service: service.id,
+    };
+    let affinity = if service.affinity_timeout > 0 {
+        SERVICE_AFFINITY.get_ptr_mut(&bound)
+    } else {
+        None
+    };
+    let timeout = u64::from(service.affinity_timeout) * 1_000_000_000;
+    if let Some(affinity) = affinity {
+        // SAFETY: a map value pointer, valid for this program run.
+        let (backend, slot, expires) =
+            unsafe { ((*affinity).backend, (*affinity).slot, (*affinity).expires) };
+        let slot = BackendSlot {
+            service: service.id,
+            slot,
+        };
+        // SAFETY: as above; copied out.
+        let still = SERVICE_BACKENDS.get_ptr(&slot).map(|b| unsafe { *b });
+        if expires > now && still == Some(backend) {
+            // SAFETY: as above; a lost update between CPUs only shortens
+            // the binding.
+            unsafe { (*affinity).expires = now + timeout };
+            return Some(backend);
+        }
+    }
+    // SAFETY: a helper without arguments.
+    let slot = unsafe { bpf_get_prandom_u32() } % service.backends;
+    let slot = BackendSlot {
+        service: service.id,
+        slot,
+    };
+    // SAFETY: a map value pointer, valid for this program run; copied out.
+    // The agent writes slots before their count: a missing one is a map
+    // that filled up.
+    let backend = SERVICE_BACKENDS.get_ptr(&slot).map(|b| unsafe { *b })?;
+    if service.affinity_timeout > 0 {
+        let affinity = Affinity {
+            backend,
+            slot: slot.slot,
+            _pad: 0,
+            expires: now + timeout,
+        };
+        let _ = SERVICE_AFFINITY.insert(&bound, &affinity, 0);
+    }
+    Some(backend)
 }
 
 /// Keeps a new connection's backend, and the frontend its replies must

@@ -855,12 +855,22 @@ fn web_service(
     ids: &mut ServiceIds,
     backends: &[Ipv4Addr],
 ) -> sluice_agent::services::DesiredServices {
+    web_service_with(unit, ids, backends, "")
+}
+
+/// [`web_service`] with more `spec` lines (indented two spaces).
+fn web_service_with(
+    unit: &mut Unit,
+    ids: &mut ServiceIds,
+    backends: &[Ipv4Addr],
+    spec: &str,
+) -> sluice_agent::services::DesiredServices {
     let endpoints: String = backends
         .iter()
         .map(|ip| format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n"))
         .collect();
     let yaml = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: x}}\nspec:\n  clusterIP: {VIP}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: x, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports:\n- {{name: http, port: 8080, protocol: TCP}}\n- {{name: dns, port: 5353, protocol: UDP}}\nendpoints:\n{endpoints}"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: x}}\nspec:\n{spec}  clusterIP: {VIP}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: x, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports:\n- {{name: http, port: 8080, protocol: TCP}}\n- {{name: dns, port: 5353, protocol: UDP}}\nendpoints:\n{endpoints}"
     );
     let mut state = ClusterState::default();
     for resource in parse_documents(&yaml) {
@@ -1022,4 +1032,40 @@ fn replies_from_remote_backends_are_translated_on_the_clients_node() {
     assert_eq!(src_of(&out), (VIP, 80));
     assert!(l4_checksum_ok(&out));
     assert_eq!(checksum(&out[14..34]), 0);
+}
+
+/// How many backends 24 new connections from pod A to the two-backend
+/// Service with `spec` go to.
+fn backends_reached(spec: &str) -> usize {
+    let mut unit = Unit::new();
+    unit.set_routing(routing::TUNNEL);
+    web_service_with(
+        &mut unit,
+        &mut ServiceIds::new(),
+        &[POD_B, REMOTE_POD],
+        spec,
+    );
+    let a = unit.a_if;
+    (0..24u16)
+        .map(|i| {
+            let syn = with_l4_checksum(ipv4(POD_A, VIP, 6, 64, 0, &tcp_syn(41000 + i, 80)));
+            let (_, out) = unit.run_on(programs::FROM_CONTAINER, &syn, a, a);
+            dst_of(&out).0
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+/// Without session affinity a client's connections spread over the
+/// backends (all 24 on one of two: about 1 in 8 million); with
+/// `sessionAffinity: ClientIP` they all go to one.
+#[test]
+fn session_affinity_keeps_a_client_on_one_backend() {
+    require_root!();
+    assert_eq!(backends_reached(""), 2, "spread without affinity");
+    assert_eq!(
+        backends_reached("  sessionAffinity: ClientIP\n"),
+        1,
+        "one backend with affinity"
+    );
 }

@@ -364,3 +364,66 @@ fn kube_proxy_replacement_tunnel() {
 fn kube_proxy_replacement_native() {
     kube_proxy_replacement("native");
 }
+
+/// The lab runs Services as a cluster does: a Service applied without a
+/// ClusterIP gets one from the service CIDR, and the lab's EndpointSlice
+/// controller keeps its slices in line with the pods its selector picks,
+/// as they come and go.
+#[test]
+fn the_lab_allocates_cluster_ips_and_keeps_endpoint_slices() {
+    require_root!();
+    let lab = TestLab::up("ks", 2, "tunnel");
+    for (pod, node, app) in [("x/a", "node1", "client"), ("x/b", "node1", "web")] {
+        lab.sluice_ok(&[
+            "pod",
+            "add",
+            pod,
+            "--node",
+            node,
+            "--labels",
+            &format!("app={app}"),
+        ]);
+    }
+    let web = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: x}}\nspec:\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: {NAME_PORT}}}]\n"
+    );
+    let path = lab.config.dir.with_extension("web.yaml");
+    std::fs::write(&path, web).expect("manifest");
+    lab.sluice_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(&path);
+    let status = lab.sluice_ok(&["status"]);
+    let line = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("x/web"))
+        .unwrap_or_else(|| panic!("no x/web in:\n{status}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[1], "ClusterIP", "{line}");
+    let cluster_ip = fields[2];
+    assert!(cluster_ip.starts_with("10.96."), "{line}");
+    let vip: SocketAddr = format!("{cluster_ip}:80").parse().expect("addr");
+
+    let client = lab.pod_netns("x/a");
+    let _b = NameServer::start(&lab.pod_netns("x/b"), NAME_PORT, "x/b");
+    assert!(
+        lab.eventually(CONVERGE, || name_at(&client, vip).as_deref() == Some("x/b")),
+        "the ClusterIP reaches x/b\n{}",
+        lab.agent_logs()
+    );
+    // A new pod the selector picks becomes a backend...
+    lab.sluice_ok(&[
+        "pod", "add", "x/c", "--node", "node2", "--labels", "app=web",
+    ]);
+    let _c = NameServer::start(&lab.pod_netns("x/c"), NAME_PORT, "x/c");
+    assert!(
+        lab.eventually(CONVERGE, || (0..10)
+            .any(|_| name_at(&client, vip).as_deref() == Some("x/c"))),
+        "the new pod x/c gets connections"
+    );
+    // ...and a deleted one stops being one.
+    lab.sluice_ok(&["pod", "del", "x/b"]);
+    assert!(
+        lab.eventually(CONVERGE, || (0..10)
+            .all(|_| name_at(&client, vip).as_deref() == Some("x/c"))),
+        "after x/b is gone only x/c answers"
+    );
+}

@@ -90,7 +90,12 @@ struct Port {
     /// The Service port's name, which its slices' ports carry.
     name: String,
     protocol: u8,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 without.
+    affinity_timeout: u32,
 }
+
+/// kube-proxy's default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
 pub fn compile(state: &ClusterState, node_name: &str, ids: &mut ServiceIds) -> DesiredServices {
     let mut out = DesiredServices::default();
@@ -135,8 +140,15 @@ pub fn compile(state: &ClusterState, node_name: &str, ids: &mut ServiceIds) -> D
                             u16::from_be_bytes(port.key.port)
                         ),
                     });
-                    out.frontends
-                        .insert(port.key, ServiceInfo { id, backends: 0 });
+                    out.frontends.insert(
+                        port.key,
+                        ServiceInfo {
+                            id,
+                            backends: 0,
+                            affinity_timeout: port.affinity_timeout,
+                            _pad: 0,
+                        },
+                    );
                     out.without_backends.insert(port.key);
                     continue;
                 }
@@ -155,6 +167,8 @@ pub fn compile(state: &ClusterState, node_name: &str, ids: &mut ServiceIds) -> D
                 ServiceInfo {
                     id,
                     backends: backends.len() as u32,
+                    affinity_timeout: port.affinity_timeout,
+                    _pad: 0,
                 },
             );
             if backends.is_empty() {
@@ -175,6 +189,17 @@ fn frontends(service: &Service, problem: &mut impl FnMut(String)) -> (Vec<Port>,
         return (Vec::new(), false);
     }
     let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    } else {
+        0
+    };
     let ips: Vec<Ipv4Addr> = spec
         .cluster_ips
         .iter()
@@ -212,6 +237,7 @@ fn frontends(service: &Service, problem: &mut impl FnMut(String)) -> (Vec<Port>,
                 },
                 name: port.name.clone().unwrap_or_default(),
                 protocol,
+                affinity_timeout,
             });
         }
     }
@@ -432,6 +458,28 @@ endpoints:
             .frontends
             .values()
             .all(|i| i.id != second.frontends[&api].id));
+    }
+
+    #[test]
+    fn session_affinity_carries_its_timeout() {
+        let http = key([10, 96, 0, 10], 80, 6);
+        let d = compile(&state(WEB), "node1", &mut ServiceIds::new());
+        assert_eq!(d.frontends[&http].affinity_timeout, 0);
+        let sticky = WEB.replace(
+            "  clusterIP: 10.96.0.10\n",
+            "  clusterIP: 10.96.0.10\n  sessionAffinity: ClientIP\n",
+        );
+        let d = compile(&state(&sticky), "node1", &mut ServiceIds::new());
+        assert_eq!(
+            d.frontends[&http].affinity_timeout,
+            DEFAULT_AFFINITY_TIMEOUT
+        );
+        let short = sticky.replace(
+            "  sessionAffinity: ClientIP\n",
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+        );
+        let d = compile(&state(&short), "node1", &mut ServiceIds::new());
+        assert_eq!(d.frontends[&http].affinity_timeout, 60);
     }
 
     #[test]

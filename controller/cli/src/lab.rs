@@ -566,6 +566,28 @@ fn print_status(status: &LabStatus) {
             }
         );
     }
+    if status.services.is_empty() {
+        return;
+    }
+    println!(
+        "  {:<24} {:<12} {:<15} {:<24} ENDPOINTS",
+        "SERVICE", "TYPE", "CLUSTER-IP", "PORTS"
+    );
+    for service in &status.services {
+        let endpoints = if service.endpoints.is_empty() {
+            "<none>".to_owned()
+        } else {
+            service.endpoints.join(",")
+        };
+        println!(
+            "  {:<24} {:<12} {:<15} {:<24} {}",
+            service.name,
+            service.kind,
+            service.cluster_ip,
+            service.ports.join(","),
+            endpoints
+        );
+    }
 }
 
 fn print_down(name: &str, report: &DownReport) {

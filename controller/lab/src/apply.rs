@@ -6,12 +6,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use k8s_openapi::api::core::v1::Service;
+
 use super::{
     cluster::{write_manifest, Lab},
     error::{io_err, LabError},
     manifests,
     objects::{self, ObjectKey},
-    topology,
+    services, topology,
 };
 
 impl Lab {
@@ -39,10 +41,12 @@ impl Lab {
 
     /// `kubectl apply -f`: every object of every path, each into its own
     /// file; nothing is written unless all of them are valid.
-    pub fn apply(&self, paths: &[PathBuf]) -> Result<Vec<ObjectKey>, LabError> {
-        let objects = read_all(paths)?;
+    pub fn apply(&mut self, paths: &[PathBuf]) -> Result<Vec<ObjectKey>, LabError> {
+        let mut objects = read_all(paths)?;
         let _lock = self.config.lock()?;
+        self.reload()?;
         let manifests = self.config.manifests();
+        self.allocate_services(&mut objects)?;
         for object in &objects {
             let path = object.key.path(&manifests);
             if let Some(existing) = objects::stored_key(&path) {
@@ -58,7 +62,40 @@ impl Lab {
         for object in &objects {
             write_manifest(&manifests, &object.key.path(&manifests), &object.value)?;
         }
+        self.sync_endpoint_slices()?;
         Ok(objects.into_iter().map(|o| o.key).collect())
+    }
+
+    /// Gives the Services among `objects` what the API server would (a
+    /// ClusterIP, NodePorts), keeping what their stored versions have and
+    /// never giving what another Service has.
+    fn allocate_services(&self, objects: &mut [objects::Object]) -> Result<(), LabError> {
+        let stored = self.stored_services()?;
+        let key_of = |s: &Service| (s.metadata.namespace.clone(), s.metadata.name.clone());
+        let mut done: Vec<Service> = Vec::new();
+        for object in objects.iter_mut().filter(|o| o.key.kind == "Service") {
+            let mut service: Service =
+                serde_yaml::from_value(object.value.clone()).map_err(|e| LabError::Service {
+                    service: object.key.to_string(),
+                    reason: e.to_string(),
+                })?;
+            let own = stored.iter().find(|s| key_of(s) == key_of(&service));
+            let others: Vec<&Service> = stored
+                .iter()
+                .filter(|s| key_of(s) != key_of(&service))
+                .chain(done.iter())
+                .collect();
+            services::allocate(&mut service, own, &others).map_err(|reason| LabError::Service {
+                service: object.key.to_string(),
+                reason,
+            })?;
+            object.value = serde_yaml::to_value(&service).map_err(|e| LabError::Service {
+                service: object.key.to_string(),
+                reason: e.to_string(),
+            })?;
+            done.push(service);
+        }
+        Ok(())
     }
 
     /// `kubectl delete -f`: removes the objects the paths describe; each
@@ -92,7 +129,11 @@ impl Lab {
                     .map_err(io_err(format!("removing {}", path.display())))?;
                 Ok((object.key, removed))
             })
-            .collect()
+            .collect::<Result<Vec<_>, LabError>>()
+            .and_then(|removed| {
+                self.sync_endpoint_slices()?;
+                Ok(removed)
+            })
     }
 }
 

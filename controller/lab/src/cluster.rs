@@ -202,6 +202,20 @@ pub struct LabStatus {
     pub pod_cidr: Ipv4Net,
     pub nodes: Vec<NodeStatus>,
     pub pods: Vec<PodStatus>,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// A Service as `kubectl get services` shows it, with its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStatus {
+    /// `namespace/name`.
+    pub name: String,
+    pub kind: String,
+    pub cluster_ip: String,
+    /// `port[:nodePort]/protocol`, in spec order.
+    pub ports: Vec<String>,
+    /// Ready endpoint addresses of its slices.
+    pub endpoints: Vec<String>,
 }
 
 /// A lab that is up.
@@ -562,6 +576,9 @@ impl Lab {
             pod_cidr: self.state.pod_cidr,
             nodes,
             pods,
+            // A manifest that does not read shows as no Service; the
+            // agents report it.
+            services: self.service_status().unwrap_or_default(),
         }
     }
 }

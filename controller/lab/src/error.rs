@@ -57,6 +57,8 @@ pub enum LabError {
         node: String,
         nodes: Vec<String>,
     },
+    #[error("{service}: {reason}")]
+    Service { service: String, reason: String },
     #[error("no pod {0} in the lab")]
     UnknownPod(PodName),
     #[error("pod {0} already exists")]

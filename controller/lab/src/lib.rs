@@ -21,5 +21,6 @@ pub mod objects;
 pub mod pods;
 pub mod probe;
 pub mod procs;
+pub mod services;
 pub mod teardown;
 pub mod topology;

@@ -60,7 +60,12 @@ impl ManifestDir {
             Some(ns) => format!("{kind}-{ns}-{name}.yaml"),
             None => format!("{kind}-{name}.yaml"),
         };
-        self.root.join("objects").join(file)
+        self.objects_dir().join(file)
+    }
+
+    /// Where [`Self::object_path`]s are.
+    pub fn objects_dir(&self) -> PathBuf {
+        self.root.join("objects")
     }
 
     /// Renders `object` as YAML and replaces `path` atomically, so an agent

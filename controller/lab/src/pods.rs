@@ -184,6 +184,9 @@ impl Lab {
         }
         rollback.disarm();
         let _ = pod_ns.keep();
+        // A Service selecting it gets it as an endpoint; a failure here
+        // leaves the pod in place and is reported.
+        self.sync_endpoint_slices()?;
         info!(%pod, node = %node.name, ip = %state.ip, ms = started.elapsed().as_millis() as u64, "pod added");
         Ok(state)
     }
@@ -277,6 +280,7 @@ impl Lab {
         let _ = std::fs::remove_file(self.config.pod_log(pod));
         self.state.pods.retain(|p| !p.is(pod));
         inventory::save(&self.config.dir, &self.state)?;
+        self.sync_endpoint_slices()?;
         info!(%pod, "pod deleted");
         Ok(())
     }
@@ -299,7 +303,7 @@ impl Lab {
         let manifests = self.config.manifests();
         write_manifest(&manifests, &manifests.pod_path(pod), &object)?;
         inventory::save(&self.config.dir, &self.state)?;
-        Ok(())
+        self.sync_endpoint_slices()
     }
 }
 
