@@ -17,6 +17,13 @@
 //!   [`Affinity`] backend its new connections go to, for Services with
 //!   `sessionAffinity: ClientIP`.
 
+/// The source a pod's packets to itself through its own Service carry
+/// (hairpin): a pod does not accept packets from its own address arriving
+/// on its interface (a martian source), so the translation gives them this
+/// link-local one, and the pod's replies to it are sent back to the pod
+/// itself. The same address Cilium uses for this.
+pub const HAIRPIN_SOURCE: [u8; 4] = [169, 254, 42, 1];
+
 /// A Service frontend: address and port as the client addressed them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

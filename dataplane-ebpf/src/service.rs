@@ -15,7 +15,7 @@ use sluice_common::{
     reason::Reason,
     services::{
         Affinity, AffinityKey, Backend, BackendSlot, Frontend, ServiceFlow, ServiceInfo,
-        ServiceKey,
+        ServiceKey, HAIRPIN_SOURCE,
     },
 };
 
@@ -184,6 +184,23 @@ fn remember(key: &CtKey, backend: &Backend, frontend: &ServiceKey, pkt: &Ipv4Pac
         expires,
     };
     let _ = SERVICE_REVERSE.insert(&reply, &from, 0);
+}
+
+/// A pod's packet to itself through its own Service, translated: its
+/// source becomes [`HAIRPIN_SOURCE`] so the pod accepts it.
+#[inline(never)]
+pub fn hairpin_out(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<(), Reason> {
+    let port = pkt.sport.to_be_bytes();
+    rewrite(ctx, pkt, End::Source, HAIRPIN_SOURCE, port)
+}
+
+/// A pod's reply to [`HAIRPIN_SOURCE`]: a reply to itself. It is addressed
+/// back to the pod, after which it is an ordinary backend reply (the
+/// frontend then becomes its source, see [`from_backend`]).
+#[inline(never)]
+pub fn hairpin_back(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<(), Reason> {
+    let (addr, port) = (pkt.hdr.saddr, pkt.dport.to_be_bytes());
+    rewrite(ctx, pkt, End::Destination, addr, port)
 }
 
 /// A backend's reply in a translated connection: its source becomes the

@@ -1069,3 +1069,33 @@ fn session_affinity_keeps_a_client_on_one_backend() {
         "one backend with affinity"
     );
 }
+
+/// A pod reaching itself through its own Service (hairpin): the packet it
+/// gets comes from the hairpin address (its own would be a martian
+/// source), and its reply to that address comes back to it from the
+/// frontend.
+#[test]
+fn hairpin_connections_reach_the_pod_itself() {
+    require_root!();
+    let mut unit = Unit::new();
+    web_service(&mut unit, &mut ServiceIds::new(), &[POD_A]);
+    let a = unit.a_if;
+    let syn = with_l4_checksum(ipv4(POD_A, VIP, 6, 64, 0, &tcp_syn(40000, 80)));
+    let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &syn, a, a);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..6], &A_POD_MAC, "back into pod A");
+    let hairpin = Ipv4Addr::from(sluice_common::services::HAIRPIN_SOURCE);
+    assert_eq!(src_of(&out), (hairpin, 40000));
+    assert_eq!(dst_of(&out), (POD_A, 8080));
+    assert_eq!(checksum(&out[14..34]), 0);
+    assert!(l4_checksum_ok(&out));
+
+    let reply = with_l4_checksum(ipv4(POD_A, hairpin, 6, 64, 0, &tcp(8080, 40000, 0x12)));
+    let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &reply, a, a);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..6], &A_POD_MAC);
+    assert_eq!(src_of(&out), (VIP, 80), "from the frontend");
+    assert_eq!(dst_of(&out), (POD_A, 40000));
+    assert_eq!(checksum(&out[14..34]), 0);
+    assert!(l4_checksum_ok(&out));
+}

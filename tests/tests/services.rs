@@ -212,7 +212,7 @@ fn refused(ns: &Netns, dst: SocketAddr) -> bool {
 
 const NAME_PORT: u16 = 8080;
 
-fn services_yaml(b: &str, c: &str) -> String {
+fn services_yaml(a: &str, b: &str, c: &str) -> String {
     format!(
         "\
 apiVersion: v1
@@ -255,6 +255,20 @@ metadata: {{name: empty, namespace: x}}
 spec:
   clusterIP: 10.96.1.12
   ports: [{{port: 80}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: only-a, namespace: x}}
+spec:
+  clusterIP: 10.96.1.13
+  ports: [{{port: 80, targetPort: {NAME_PORT}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: only-a-1, namespace: x, labels: {{kubernetes.io/service-name: only-a}}}}
+addressType: IPv4
+ports: [{{port: {NAME_PORT}, protocol: TCP}}]
+endpoints: [{{addresses: [{a}], nodeName: node1}}]
 "
     )
 }
@@ -296,10 +310,11 @@ fn kube_proxy_replacement(routing: &str) {
             .map(|p| p.ip.to_string())
             .unwrap_or_else(|| panic!("{name} not in the lab"))
     };
+    let _a = NameServer::start(&lab.pod_netns("x/a"), NAME_PORT, "x/a");
     let _b = NameServer::start(&lab.pod_netns("x/b"), NAME_PORT, "x/b");
     let _c = NameServer::start(&lab.pod_netns("x/c"), NAME_PORT, "x/c");
     let path = lab.config.dir.with_extension("services.yaml");
-    std::fs::write(&path, services_yaml(&ip("x/b"), &ip("x/c"))).expect("manifest");
+    std::fs::write(&path, services_yaml(&ip("x/a"), &ip("x/b"), &ip("x/c"))).expect("manifest");
     lab.sluice_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
     let _ = std::fs::remove_file(&path);
 
@@ -340,9 +355,16 @@ fn kube_proxy_replacement(routing: &str) {
         );
     }
 
+    // Hairpin: x/a reaches itself through a Service it backs.
+    let client = lab.pod_netns("x/a");
+    assert_eq!(
+        name_at(&client, "10.96.1.13:80".parse().expect("addr")).as_deref(),
+        Some("x/a"),
+        "{routing}: x/a through its own Service"
+    );
+
     // Policy judges the backend: x/c refuses everyone, through the
     // ClusterIP as directly.
-    let client = lab.pod_netns("x/a");
     let only_c: SocketAddr = "10.96.1.11:80".parse().expect("addr");
     assert_eq!(name_at(&client, only_c).as_deref(), Some("x/c"));
     let path = lab.config.dir.with_extension("deny.yaml");

@@ -2,7 +2,9 @@
 //! (every packet the pod sends), `to_container` on its TCX egress (what the
 //! host stack delivers to the pod; redirected packets skip this hook).
 use aya_ebpf::programs::TcContext;
-use sluice_common::{config::routing, ipcache::flags, reason::Reason};
+use sluice_common::{
+    config::routing, ipcache::flags, reason::Reason, services::HAIRPIN_SOURCE,
+};
 
 use crate::{
     forward, lookup,
@@ -43,6 +45,13 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     if pkt.hdr.ttl <= 1 {
         return pass(Reason::ToStack);
     }
+    // A pod answering itself through its own Service (hairpin): back to
+    // itself, then as any backend's reply.
+    if pkt.hdr.daddr == HAIRPIN_SOURCE {
+        if let Err(reason) = service::hairpin_back(ctx, &mut pkt) {
+            return drop(reason);
+        }
+    }
     // A Service frontend: to a backend, before policy and forwarding
     // judge the packet, so both see the backend.
     let translated = match service::to_backend(ctx, &mut pkt) {
@@ -67,6 +76,13 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     }
     if passed.service_reply {
         if let Err(reason) = service::from_backend(ctx, &mut pkt) {
+            return drop(reason);
+        }
+    }
+    // Translated to itself: policy judged the pod reaching itself; the
+    // source changes only so the pod accepts the packet.
+    if translated && pkt.hdr.saddr == pkt.hdr.daddr {
+        if let Err(reason) = service::hairpin_out(ctx, &mut pkt) {
             return drop(reason);
         }
     }
