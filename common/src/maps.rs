@@ -71,6 +71,9 @@ map_table! { $
     SERVICE_FLOWS = "SLUICE_SERVICE_FLOWS", 262144;
     /// The frontend translated connections' replies come from (LRU hash).
     SERVICE_REVERSE = "SLUICE_SERVICE_REVERSE", 262144;
+    /// Connections and refusals per frontend id (per-CPU array), sized
+    /// like the frontends.
+    SERVICE_COUNTERS = "SLUICE_SERVICE_COUNTERS", 65536;
     /// Session affinity: (client, service) → backend (LRU hash).
     SERVICE_AFFINITY = "SLUICE_SERVICE_AFFINITY", 65536;
 }

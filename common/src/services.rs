@@ -13,6 +13,8 @@
 //!   also after the backend set changed.
 //! - `SLUICE_SERVICE_REVERSE` (LRU hash): the backend's reply tuple → the
 //!   [`Frontend`] the client addressed, which replies carry as their source.
+//! - `SLUICE_SERVICE_COUNTERS` (per-CPU array, by frontend id):
+//!   [`ServiceCounter`]s, for metrics.
 //! - `SLUICE_SERVICE_AFFINITY` (LRU hash): (client address, service) → the
 //!   [`Affinity`] backend its new connections go to, for Services with
 //!   `sessionAffinity: ClientIP`.
@@ -109,7 +111,19 @@ pub struct Affinity {
     pub expires: u64,
 }
 
+/// Per-CPU counts of one frontend (`SLUICE_SERVICE_COUNTERS`, indexed by
+/// its id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounter {
+    /// New connections given a backend.
+    pub connections: u64,
+    /// New connections refused: no ready backend.
+    pub refused: u64,
+}
+
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceCounter>() == 16);
 const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Affinity>() == 24);
@@ -128,5 +142,6 @@ mod pod_impls {
     unsafe impl aya::Pod for super::ServiceFlow {}
     unsafe impl aya::Pod for super::Frontend {}
     unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::ServiceCounter {}
     unsafe impl aya::Pod for super::Affinity {}
 }

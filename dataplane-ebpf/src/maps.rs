@@ -15,8 +15,8 @@ use sluice_common::{
     ipcache::{Ipv4Prefix, RemoteInfo},
     policy::{Isolation, PolicyEntry, PolicyKey},
     services::{
-        Affinity, AffinityKey, Backend, BackendSlot, Frontend, ServiceFlow, ServiceInfo,
-        ServiceKey,
+        Affinity, AffinityKey, Backend, BackendSlot, Frontend, ServiceCounter, ServiceFlow,
+        ServiceInfo, ServiceKey,
     },
 };
 
@@ -36,3 +36,4 @@ bpf_map!(SERVICE_BACKENDS: HashMap<BackendSlot, Backend>);
 bpf_map!(SERVICE_FLOWS: LruHashMap<CtKey, ServiceFlow>);
 bpf_map!(SERVICE_REVERSE: LruHashMap<CtKey, Frontend>);
 bpf_map!(SERVICE_AFFINITY: LruHashMap<AffinityKey, Affinity>);
+bpf_map!(SERVICE_COUNTERS: PerCpuArray<ServiceCounter>);

@@ -6,7 +6,7 @@ use sluice_common::{
     reason::Reason,
 };
 
-use crate::maps::{PACKET_COUNTERS, POLICY_VERDICTS};
+use crate::maps::{PACKET_COUNTERS, POLICY_VERDICTS, SERVICE_COUNTERS};
 
 #[inline(always)]
 pub fn count(reason: Reason, direction: Direction, bytes: u32) {
@@ -27,5 +27,21 @@ pub fn count_verdict(verdict: verdict::Verdict, direction: Direction) {
     if let Some(n) = POLICY_VERDICTS.get_ptr_mut(verdict::index(verdict, direction)) {
         // SAFETY: a per-CPU array slot, as in `count`.
         unsafe { *n += 1 };
+    }
+}
+
+/// Counts a new connection to the frontend `service`: given a backend, or
+/// refused.
+#[inline(always)]
+pub fn count_service(service: u32, refused: bool) {
+    if let Some(counter) = SERVICE_COUNTERS.get_ptr_mut(service) {
+        // SAFETY: a per-CPU array slot, as in `count`.
+        unsafe {
+            if refused {
+                (*counter).refused += 1;
+            } else {
+                (*counter).connections += 1;
+            }
+        }
     }
 }

@@ -20,7 +20,7 @@ use sluice_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack, metrics,
     maps::{SERVICES, SERVICE_AFFINITY, SERVICE_BACKENDS, SERVICE_FLOWS, SERVICE_REVERSE},
     parse::{
         Ipv4Packet, ETH_HLEN, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPV4_CSUM_OFF,
@@ -89,8 +89,10 @@ pub fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reaso
         }
         None => {
             let Some(backend) = pick(&service, pkt.hdr.saddr, now) else {
+                metrics::count_service(service.id, true);
                 return Ok(Toward::NoBackend);
             };
+            metrics::count_service(service.id, false);
             remember(&key, &backend, &frontend, pkt, now);
             backend
         }

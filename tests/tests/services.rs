@@ -355,6 +355,24 @@ fn kube_proxy_replacement(routing: &str) {
         );
     }
 
+    // The clients' node counts the connections and refusals per Service.
+    let metrics = lab.scrape("node1");
+    let value = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    };
+    assert!(
+        value("sluice_service_connections_total{port=\"80/TCP\",service=\"x/web\"}") >= 40,
+        "{routing}: connections counted"
+    );
+    assert!(value("sluice_service_refused_total{port=\"80/TCP\",service=\"x/empty\"}") >= 1);
+    assert_eq!(value("sluice_service_frontends{state=\"refused\"}"), 1);
+    assert_eq!(value("sluice_service_frontends{state=\"ready\"}"), 4);
+
     // Hairpin: x/a reaches itself through a Service it backs.
     let client = lab.pod_netns("x/a");
     assert_eq!(

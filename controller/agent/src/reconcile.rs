@@ -321,6 +321,34 @@ impl Reconciler {
             self.count_full(e);
         }
         let stats = applied?;
+        let refused = desired.without_backends.len();
+        self.metrics
+            .service_frontends
+            .with_label_values(&["ready"])
+            .set((desired.frontends.len() - refused) as i64);
+        self.metrics
+            .service_frontends
+            .with_label_values(&["refused"])
+            .set(refused as i64);
+        self.metrics
+            .service_backends
+            .set(desired.backends.len() as i64);
+        self.metrics
+            .service_problems
+            .set(desired.problems.len() as i64);
+        for (map, entries) in [
+            (sluice_common::maps::SERVICES.name, desired.frontends.len()),
+            (
+                sluice_common::maps::SERVICE_BACKENDS.name,
+                desired.backends.len(),
+            ),
+        ] {
+            self.metrics
+                .map_entries
+                .with_label_values(&[map])
+                .set(entries as i64);
+        }
+        self.metrics.service_names.set(desired.names.clone());
         if stats.changed() {
             info!(
                 frontends = desired.frontends.len(),

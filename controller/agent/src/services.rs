@@ -33,6 +33,8 @@ pub struct DesiredServices {
     /// Frontends without a ready backend: refused (the host stack rejects
     /// their connections), never blackholed.
     pub without_backends: BTreeSet<ServiceKey>,
+    /// Frontend id → (`namespace/name`, `port/PROTOCOL`), for metrics.
+    pub names: BTreeMap<u32, (String, String)>,
     pub problems: Vec<ServiceProblem>,
 }
 
@@ -62,11 +64,13 @@ impl ServiceIds {
     }
 
     /// Keeps the ids of `frontends`, forgets the others, numbers the new
-    /// ones with the smallest free ids (from 1).
+    /// ones with the smallest free ids (from 0, so `n` frontends have ids
+    /// below `n`: the per-frontend counter array, sized like the frontend
+    /// map, holds every one).
     fn sync(&mut self, frontends: &BTreeSet<ServiceKey>) {
         self.ids.retain(|k, _| frontends.contains(k));
         let mut used: BTreeSet<u32> = self.ids.values().copied().collect();
-        let mut next = 1;
+        let mut next = 0;
         for frontend in frontends {
             if self.ids.contains_key(frontend) {
                 continue;
@@ -127,6 +131,18 @@ pub fn compile(state: &ClusterState, node_name: &str, ids: &mut ServiceIds) -> D
             let Some(id) = ids.get(&port.key) else {
                 continue;
             };
+            let protocol = match port.protocol {
+                6 => "TCP",
+                17 => "UDP",
+                _ => "SCTP",
+            };
+            out.names.insert(
+                id,
+                (
+                    format!("{namespace}/{name}"),
+                    format!("{}/{protocol}", u16::from_be_bytes(port.key.port)),
+                ),
+            );
             let backends = backends(&slices, port, *local_only, node_name);
             if port.protocol == SCTP {
                 // The programs cannot redo SCTP's checksum, so they never

@@ -13,6 +13,7 @@ use sluice_common::{
     direction::Direction,
     maps,
     reason::Reason,
+    services::ServiceCounter,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +128,9 @@ pub fn packets(rows: &[CounterRow], reason: Reason) -> u64 {
 /// direction and verdict.
 pub struct Collector {
     pin_dir: std::path::PathBuf,
+    service_names: crate::metrics::ServiceNames,
+    service_connections: prometheus::IntCounterVec,
+    service_refused: prometheus::IntCounterVec,
     packets: prometheus::IntCounterVec,
     bytes: prometheus::IntCounterVec,
     verdicts: prometheus::IntCounterVec,
@@ -135,10 +139,28 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(pin_dir: &Path) -> prometheus::Result<Self> {
+    pub fn new(
+        pin_dir: &Path,
+        service_names: crate::metrics::ServiceNames,
+    ) -> prometheus::Result<Self> {
         use prometheus::{IntCounterVec, Opts};
         Ok(Self {
             pin_dir: pin_dir.to_owned(),
+            service_names,
+            service_connections: IntCounterVec::new(
+                Opts::new(
+                    "sluice_service_connections_total",
+                    "New connections to a Service port the dataplane gave a backend, by Service (namespace/name) and port.",
+                ),
+                &["service", "port"],
+            )?,
+            service_refused: IntCounterVec::new(
+                Opts::new(
+                    "sluice_service_refused_total",
+                    "Connection attempts to a Service port without a ready backend (rejected), by Service and port.",
+                ),
+                &["service", "port"],
+            )?,
             packets: IntCounterVec::new(
                 Opts::new(
                     "sluice_datapath_packets_total",
@@ -180,16 +202,43 @@ impl Collector {
                 .with_label_values(&[row.direction.name(), row.verdict.name()])
                 .inc_by(row.count);
         }
+        self.service_connections.reset();
+        self.service_refused.reset();
+        let names = self.service_names.get();
+        if !names.is_empty() {
+            let counters = open::<ServiceCounter>(&self.pin_dir, maps::SERVICE_COUNTERS)?;
+            for (id, (service, port)) in names {
+                let per_cpu = counters
+                    .get(&id, 0)
+                    .map_err(|source| CountersError::Read { index: id, source })?;
+                let (connections, refused) = per_cpu
+                    .iter()
+                    .fold((0, 0), |(c, r), s| (c + s.connections, r + s.refused));
+                let labels = [service.as_str(), port.as_str()];
+                self.service_connections
+                    .with_label_values(&labels)
+                    .inc_by(connections);
+                self.service_refused
+                    .with_label_values(&labels)
+                    .inc_by(refused);
+            }
+        }
         Ok(())
     }
 }
 
 impl prometheus::core::Collector for Collector {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        [&self.packets, &self.bytes, &self.verdicts]
-            .into_iter()
-            .flat_map(|v| v.desc())
-            .collect()
+        [
+            &self.packets,
+            &self.bytes,
+            &self.verdicts,
+            &self.service_connections,
+            &self.service_refused,
+        ]
+        .into_iter()
+        .flat_map(|v| v.desc())
+        .collect()
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
@@ -204,9 +253,15 @@ impl prometheus::core::Collector for Collector {
             tracing::warn!(%error, "reading the dataplane counters");
             return Vec::new();
         }
-        [&self.packets, &self.bytes, &self.verdicts]
-            .into_iter()
-            .flat_map(|v| v.collect())
-            .collect()
+        [
+            &self.packets,
+            &self.bytes,
+            &self.verdicts,
+            &self.service_connections,
+            &self.service_refused,
+        ]
+        .into_iter()
+        .flat_map(|v| v.collect())
+        .collect()
     }
 }

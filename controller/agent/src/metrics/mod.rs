@@ -35,6 +35,30 @@ pub mod sync {
     pub const ALL: [&str; 5] = [NODES, IPCACHE, POLICY, IDENTITIES, SERVICES];
 }
 
+/// Frontend id → (`namespace/name`, `port/PROTOCOL`), shared between the
+/// reconciler, which knows it, and the scrape, which labels the
+/// dataplane's per-frontend counters with it.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceNames(
+    std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<u32, (String, String)>>>,
+);
+
+impl ServiceNames {
+    pub fn set(&self, names: std::collections::BTreeMap<u32, (String, String)>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
+    }
+
+    pub fn get(&self) -> std::collections::BTreeMap<u32, (String, String)> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// The maps the agent fills from the cluster, which can overflow.
 pub const FILLED_MAPS: [&str; 7] = [
     sluice_common::maps::POLICY_EXACT.name,
@@ -73,6 +97,17 @@ pub struct Metrics {
     /// `sluice_bpf_map_full_total{map}`: sync attempts that found the map
     /// full (what did not fit denies; raise `mapSizes`).
     pub map_full: IntCounterVec,
+    /// `sluice_service_frontends{state}`: Service frontends (ClusterIP
+    /// ports) programmed, `ready` (with backends) or `refused` (none).
+    pub service_frontends: IntGaugeVec,
+    /// `sluice_service_backends`: backend slots of all frontends.
+    pub service_backends: IntGauge,
+    /// `sluice_service_problems`: Service ports skipped or refused as
+    /// unservable.
+    pub service_problems: IntGauge,
+    /// Which Service port each frontend id is, for the dataplane's
+    /// per-frontend counters; written by the reconciler.
+    pub service_names: ServiceNames,
 }
 
 impl Metrics {
@@ -180,6 +215,34 @@ impl Metrics {
             map_full.with_label_values(&[map]);
         }
 
+        let service_frontends = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "sluice_service_frontends",
+                    "Service frontends (ClusterIP ports) programmed: ready (with backends) or refused (without: their connections are rejected).",
+                ),
+                &["state"],
+            ),
+        );
+        for state in ["ready", "refused"] {
+            service_frontends.with_label_values(&[state]);
+        }
+        let service_backends = register(
+            &registry,
+            IntGauge::new(
+                "sluice_service_backends",
+                "Backend slots of all Service frontends (a backend of two ports counts twice).",
+            ),
+        );
+        let service_problems = register(
+            &registry,
+            IntGauge::new(
+                "sluice_service_problems",
+                "Service ports skipped or refused as unservable (e.g. SCTP with a different targetPort).",
+            ),
+        );
+
         Metrics {
             registry,
             datastore_errors,
@@ -191,6 +254,10 @@ impl Metrics {
             map_capacity,
             map_entries,
             map_full,
+            service_frontends,
+            service_backends,
+            service_problems,
+            service_names: ServiceNames::default(),
         }
     }
 
@@ -198,7 +265,8 @@ impl Metrics {
     /// verdicts), read from the maps pinned in `pin_dir` at each scrape.
     /// Fails when called twice for one registry.
     pub fn register_dataplane(&self, pin_dir: &std::path::Path) -> prometheus::Result<()> {
-        let collector = crate::kernel::counters::Collector::new(pin_dir)?;
+        let collector =
+            crate::kernel::counters::Collector::new(pin_dir, self.service_names.clone())?;
         self.registry.register(Box::new(collector))
     }
 

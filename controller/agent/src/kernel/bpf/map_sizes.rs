@@ -50,7 +50,7 @@ impl MapSizes {
     /// (map name, config key, capacity) of every sized map. The
     /// connections' Service state lives as long as conntrack's flows and is
     /// sized like it.
-    pub fn by_map(&self) -> [(&'static str, &'static str, u32); 11] {
+    pub fn by_map(&self) -> [(&'static str, &'static str, u32); 12] {
         [
             (maps::ENDPOINTS.name, "endpoints", self.endpoints),
             (maps::ISOLATION.name, "endpoints", self.endpoints),
@@ -64,6 +64,7 @@ impl MapSizes {
                 self.cidr_identities,
             ),
             (maps::SERVICES.name, "services", self.services),
+            (maps::SERVICE_COUNTERS.name, "services", self.services),
             (
                 maps::SERVICE_BACKENDS.name,
                 "serviceBackends",
@@ -96,6 +97,8 @@ mod tests {
                 assert_eq!(size, sizes.endpoints);
             } else if name == maps::SERVICE_FLOWS.name || name == maps::SERVICE_REVERSE.name {
                 assert_eq!(size, sizes.conntrack);
+            } else if name == maps::SERVICE_COUNTERS.name {
+                assert_eq!(size, sizes.services);
             } else {
                 assert_eq!(size, table.capacity, "{name}");
             }
