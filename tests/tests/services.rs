@@ -7,7 +7,7 @@
 //! them back, for backends on the client's node and on the other node, in
 //! both routing modes; NetworkPolicy still applies at the backend.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use sluice_tests::{probe, require_root, Netns, TestLab, TIMEOUT};
 
@@ -139,10 +139,13 @@ fn services_beside_kube_proxy_native() {
 }
 
 // kube-proxy replacement: the agents translate ClusterIPs in eBPF; no
-// kube-proxy (nor any DNAT rule) runs in the nodes.
+// kube-proxy (nor any DNAT rule) runs in the nodes. The same scenario runs
+// in labs with the kube-proxy emulation (`sluice lab up --kube-proxy`),
+// with the agents beside it.
 
 /// A server in `ns` on `port` that answers every connection with `name`
-/// and closes it, until the returned guard is dropped.
+/// and the address the connection came from, and closes it, until the
+/// returned guard is dropped.
 struct NameServer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -162,8 +165,8 @@ impl NameServer {
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        let _ = conn.write_all(name.as_bytes());
+                    Ok((mut conn, peer)) => {
+                        let _ = conn.write_all(format!("{name} {}", peer.ip()).as_bytes());
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -185,18 +188,30 @@ impl Drop for NameServer {
     }
 }
 
-/// Connects from `ns` to `dst` and reads what the server says, if it does.
-fn name_at(ns: &Netns, dst: SocketAddr) -> Option<String> {
+/// Connects from `ns` to `dst` and reads what the server says, if it
+/// does: its name and the client address it saw.
+fn answer_at(ns: &Netns, dst: SocketAddr) -> Option<(String, String)> {
     use std::io::Read as _;
     ns.run(move || {
         let mut conn = std::net::TcpStream::connect_timeout(&dst, TIMEOUT).ok()?;
         conn.set_read_timeout(Some(TIMEOUT)).ok()?;
-        let mut name = String::new();
-        conn.read_to_string(&mut name).ok()?;
-        Some(name)
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).ok()?;
+        let (name, peer) = answer.split_once(' ')?;
+        Some((name.to_owned(), peer.to_owned()))
     })
     .ok()
     .flatten()
+}
+
+/// The name of the server that answers at `dst`, if one does.
+fn name_at(ns: &Netns, dst: SocketAddr) -> Option<String> {
+    answer_at(ns, dst).map(|(name, _)| name)
+}
+
+/// The answers of `tries` connections from `ns` to `dst`.
+fn answers(ns: &Netns, dst: SocketAddr, tries: usize) -> BTreeSet<(String, String)> {
+    (0..tries).filter_map(|_| answer_at(ns, dst)).collect()
 }
 
 /// Whether a TCP connect from `ns` to `dst` is refused (not timed out).
@@ -282,9 +297,26 @@ spec:
   policyTypes: [Ingress]
 ";
 
-fn kube_proxy_replacement(routing: &str) {
-    require_root!();
-    let lab = TestLab::up(&format!("kr{}", &routing[..1]), 2, routing);
+/// Which part of the lab serves Services.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ServedBy {
+    /// The agents, in eBPF (kubeProxyReplacement, the default).
+    Sluice,
+    /// The lab's kube-proxy emulation, the agents beside it.
+    KubeProxy,
+}
+
+fn cluster_ips(routing: &str, served_by: ServedBy) {
+    let tag = match served_by {
+        ServedBy::Sluice => "kr",
+        ServedBy::KubeProxy => "ke",
+    };
+    let lab = TestLab::new(&format!("{tag}{}", &routing[..1]));
+    let mut up = vec!["up", "--nodes", "2", "--routing", routing];
+    if served_by == ServedBy::KubeProxy {
+        up.push("--kube-proxy");
+    }
+    lab.sluice_ok(&up);
     for (pod, node, app) in [
         ("x/a", "node1", "a"),
         ("x/b", "node1", "b"),
@@ -356,22 +388,24 @@ fn kube_proxy_replacement(routing: &str) {
     }
 
     // The clients' node counts the connections and refusals per Service.
-    let metrics = lab.scrape("node1");
-    let value = |series: &str| -> u64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(series))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
-    };
-    assert!(
-        value("sluice_service_connections_total{port=\"80/TCP\",service=\"x/web\"}") >= 40,
-        "{routing}: connections counted"
-    );
-    assert!(value("sluice_service_refused_total{port=\"80/TCP\",service=\"x/empty\"}") >= 1);
-    assert_eq!(value("sluice_service_frontends{state=\"refused\"}"), 1);
-    assert_eq!(value("sluice_service_frontends{state=\"ready\"}"), 4);
+    if served_by == ServedBy::Sluice {
+        let metrics = lab.scrape("node1");
+        let value = |series: &str| -> u64 {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(series))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+        };
+        assert!(
+            value("sluice_service_connections_total{port=\"80/TCP\",service=\"x/web\"}") >= 40,
+            "{routing}: connections counted"
+        );
+        assert!(value("sluice_service_refused_total{port=\"80/TCP\",service=\"x/empty\"}") >= 1);
+        assert_eq!(value("sluice_service_frontends{state=\"refused\"}"), 1);
+        assert_eq!(value("sluice_service_frontends{state=\"ready\"}"), 4);
+    }
 
     // Hairpin: x/a reaches itself through a Service it backs.
     let client = lab.pod_netns("x/a");
@@ -380,6 +414,10 @@ fn kube_proxy_replacement(routing: &str) {
         Some("x/a"),
         "{routing}: x/a through its own Service"
     );
+
+    if served_by == ServedBy::KubeProxy {
+        node_ports(&lab, routing, &ip("x/b"), &ip("x/c"));
+    }
 
     // Policy judges the backend: x/c refuses everyone, through the
     // ClusterIP as directly.
@@ -397,12 +435,102 @@ fn kube_proxy_replacement(routing: &str) {
 
 #[test]
 fn kube_proxy_replacement_tunnel() {
-    kube_proxy_replacement("tunnel");
+    require_root!();
+    cluster_ips("tunnel", ServedBy::Sluice);
 }
 
 #[test]
 fn kube_proxy_replacement_native() {
-    kube_proxy_replacement("native");
+    require_root!();
+    cluster_ips("native", ServedBy::Sluice);
+}
+
+#[test]
+fn kube_proxy_emulation_tunnel() {
+    require_root!();
+    cluster_ips("tunnel", ServedBy::KubeProxy);
+}
+
+#[test]
+fn kube_proxy_emulation_native() {
+    require_root!();
+    cluster_ips("native", ServedBy::KubeProxy);
+}
+
+fn node_ports_yaml(b: &str, c: &str) -> String {
+    let service = |name: &str, ip: &str, node_port: u16, policy: &str| {
+        format!(
+            "\
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: x}}
+spec:
+  type: NodePort
+  clusterIP: {ip}
+  externalTrafficPolicy: {policy}
+  ports: [{{port: 80, targetPort: {NAME_PORT}, nodePort: {node_port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: x, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{port: {NAME_PORT}, protocol: TCP}}]
+endpoints:
+- {{addresses: [{b}], nodeName: node1}}
+- {{addresses: [{c}], nodeName: node2}}
+---
+"
+        )
+    };
+    service("np-cluster", "10.96.1.20", NODE_PORT_CLUSTER, "Cluster")
+        + &service("np-local", "10.96.1.21", NODE_PORT_LOCAL, "Local")
+}
+
+const NODE_PORT_CLUSTER: u16 = 30080;
+const NODE_PORT_LOCAL: u16 = 30081;
+/// The lab's external host.
+const EXTERNAL: &str = "203.0.113.10";
+
+/// NodePorts from the lab's external host through either node: with
+/// `externalTrafficPolicy: Cluster` every backend answers and sees the
+/// node's address; with `Local` only the node's own backend answers and
+/// sees the client's address.
+fn node_ports(lab: &TestLab, routing: &str, b: &str, c: &str) {
+    let path = lab.config.dir.with_extension("nodeports.yaml");
+    std::fs::write(&path, node_ports_yaml(b, c)).expect("manifest");
+    lab.sluice_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(&path);
+    let state = lab.lab().state().clone();
+    let external = lab.lab().ext_netns();
+    for (node, own) in [("node1", "x/b"), ("node2", "x/c")] {
+        let node_ip = state
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| n.ip.to_string())
+            .expect("node in the lab");
+        let at = |port: u16| SocketAddr::new(node_ip.parse().expect("ip"), port);
+        assert!(
+            lab.eventually(CONVERGE, || answer_at(&external, at(NODE_PORT_CLUSTER))
+                .is_some()),
+            "{routing}: NodePort through {node}"
+        );
+        let seen = answers(&external, at(NODE_PORT_CLUSTER), 40);
+        let expected: BTreeSet<(String, String)> = ["x/b", "x/c"]
+            .into_iter()
+            .map(|backend| (backend.to_owned(), node_ip.clone()))
+            .collect();
+        assert_eq!(
+            seen, expected,
+            "{routing}: externalTrafficPolicy Cluster through {node}: every backend, from the node's address"
+        );
+        let seen = answers(&external, at(NODE_PORT_LOCAL), 20);
+        assert_eq!(
+            seen,
+            [(own.to_owned(), EXTERNAL.to_owned())].into(),
+            "{routing}: externalTrafficPolicy Local through {node}: its own backend, from the client's address"
+        );
+    }
 }
 
 /// The lab runs Services as a cluster does: a Service applied without a

@@ -126,6 +126,11 @@ struct UpArgs {
     /// The cluster's pod CIDR; node i gets its i-th /24.
     #[arg(long, default_value = cluster::DEFAULT_POD_CIDR)]
     pod_cidr: Ipv4Net,
+    /// Serve Services with an emulation of kube-proxy's iptables mode in
+    /// every node (the agents run beside it, kubeProxyReplacement false)
+    /// instead of sluice's eBPF.
+    #[arg(long)]
+    kube_proxy: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -198,6 +203,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 nodes: up.nodes,
                 routing: up.routing,
                 pod_cidr: up.pod_cidr,
+                kube_proxy: up.kube_proxy,
             };
             let lab = Lab::up(config, &options)?;
             print_status(&lab.status());
@@ -373,6 +379,7 @@ fn demo(config: LabConfig, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         nodes: 2,
         routing: args.routing,
         pod_cidr: args.pod_cidr,
+        ..UpOptions::default()
     };
     println!("bringing up lab {}: {options}", config.name);
     let result = demo_in(config.clone(), &options);
@@ -524,8 +531,11 @@ fn print_hints(lab: &Lab) {
 
 fn print_status(status: &LabStatus) {
     println!(
-        "lab {}: {} routing, pod CIDR {}",
-        status.name, status.routing, status.pod_cidr
+        "lab {}: {} routing, pod CIDR {}, services by {}",
+        status.name,
+        status.routing,
+        status.pod_cidr,
+        cluster::services_by(status.kube_proxy)
     );
     println!(
         "  {:<8} {:<13} {:<16} {:<22} ENDPOINTS",

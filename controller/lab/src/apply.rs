@@ -62,7 +62,7 @@ impl Lab {
         for object in &objects {
             write_manifest(&manifests, &object.key.path(&manifests), &object.value)?;
         }
-        self.sync_endpoint_slices()?;
+        self.sync_services()?;
         Ok(objects.into_iter().map(|o| o.key).collect())
     }
 
@@ -131,7 +131,7 @@ impl Lab {
             })
             .collect::<Result<Vec<_>, LabError>>()
             .and_then(|removed| {
-                self.sync_endpoint_slices()?;
+                self.sync_services()?;
                 Ok(removed)
             })
     }

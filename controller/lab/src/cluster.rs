@@ -27,6 +27,7 @@ use super::{
     error::io_err,
     fabric,
     inventory::{self, LabState, NodeState, PodState},
+    kube_proxy,
     manifests::{self, ManifestDir},
     matrix::Peer,
     netns::{self, Netns},
@@ -155,6 +156,10 @@ pub struct UpOptions {
     pub nodes: usize,
     pub routing: Routing,
     pub pod_cidr: Ipv4Net,
+    /// Services by an emulation of kube-proxy's iptables mode in every
+    /// node, with the agents beside it (`kubeProxyReplacement: false`),
+    /// instead of by the agents in eBPF.
+    pub kube_proxy: bool,
 }
 
 impl Default for UpOptions {
@@ -163,7 +168,17 @@ impl Default for UpOptions {
             nodes: 2,
             routing: Routing::Tunnel,
             pod_cidr: DEFAULT_POD_CIDR.parse().expect("literal CIDR"),
+            kube_proxy: false,
         }
+    }
+}
+
+/// Who serves Services in a lab.
+pub fn services_by(kube_proxy: bool) -> &'static str {
+    if kube_proxy {
+        "the kube-proxy emulation (iptables)"
+    } else {
+        "sluice (eBPF)"
     }
 }
 
@@ -171,8 +186,11 @@ impl std::fmt::Display for UpOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} node(s), {} routing, pod CIDR {}",
-            self.nodes, self.routing, self.pod_cidr
+            "{} node(s), {} routing, pod CIDR {}, services by {}",
+            self.nodes,
+            self.routing,
+            self.pod_cidr,
+            services_by(self.kube_proxy)
         )
     }
 }
@@ -200,6 +218,7 @@ pub struct LabStatus {
     pub name: String,
     pub routing: Routing,
     pub pod_cidr: Ipv4Net,
+    pub kube_proxy: bool,
     pub nodes: Vec<NodeStatus>,
     pub pods: Vec<PodStatus>,
     pub services: Vec<ServiceStatus>,
@@ -240,6 +259,7 @@ impl Lab {
                 nodes: state.nodes.len(),
                 routing: state.routing,
                 pod_cidr: state.pod_cidr,
+                kube_proxy: state.kube_proxy,
             };
             if running != *options {
                 return Err(LabError::Mismatch {
@@ -338,8 +358,14 @@ impl Lab {
                 })
                 .collect(),
             pods: Vec::new(),
+            kube_proxy: options.kube_proxy,
         };
         inventory::save(&config.dir, &state)?;
+        if state.kube_proxy {
+            for node in &state.nodes {
+                install_kube_proxy(node, state.pod_cidr)?;
+            }
+        }
 
         // Start all, then wait for each: agents come up in parallel.
         let mut agents = Vec::new();
@@ -574,6 +600,7 @@ impl Lab {
             name: self.state.name.clone(),
             routing: self.state.routing,
             pod_cidr: self.state.pod_cidr,
+            kube_proxy: self.state.kube_proxy,
             nodes,
             pods,
             // A manifest that does not read shows as no Service; the
@@ -604,8 +631,30 @@ fn agent_options(
             format!("dir:{}", config.manifests().root().display()),
             "--routing".into(),
             state.routing.to_string(),
+            "--kube-proxy-replacement".into(),
+            (!state.kube_proxy).to_string(),
         ],
     })
+}
+
+/// The kube-proxy emulation's chains, still empty, and the jumps into
+/// them, in a new node.
+fn install_kube_proxy(node: &NodeState, cluster_cidr: Ipv4Net) -> Result<(), LabError> {
+    let ns = Netns::existing(&node.netns);
+    let input = kube_proxy::restore_input(
+        &[],
+        &[],
+        &kube_proxy::NodeView {
+            name: &node.name,
+            cluster_cidr,
+        },
+        &Default::default(),
+        true,
+    );
+    kube_proxy::restore(&ns, &input).map_err(io_err(format!(
+        "installing the kube-proxy emulation in {}",
+        node.name
+    )))
 }
 
 /// What an earlier lab of this name left (when there is no `lab.json`):
@@ -665,6 +714,7 @@ mod tests {
             bin_dir: dir.path().to_owned(),
             nodes: vec![],
             pods: vec![],
+            kube_proxy: true,
         };
         let node = NodeState {
             name: "node2".into(),
@@ -690,7 +740,9 @@ mod tests {
                 "--datastore",
                 "dir:/lab/manifests",
                 "--routing",
-                "native"
+                "native",
+                "--kube-proxy-replacement",
+                "false"
             ]
         );
         assert!(matches!(
@@ -704,7 +756,14 @@ mod tests {
     fn up_options_print_for_mismatch_errors() {
         assert_eq!(
             UpOptions::default().to_string(),
-            "2 node(s), tunnel routing, pod CIDR 10.244.0.0/16"
+            "2 node(s), tunnel routing, pod CIDR 10.244.0.0/16, services by sluice (eBPF)"
         );
+        let kube_proxy = UpOptions {
+            kube_proxy: true,
+            ..UpOptions::default()
+        };
+        assert!(kube_proxy
+            .to_string()
+            .ends_with("services by the kube-proxy emulation (iptables)"));
     }
 }

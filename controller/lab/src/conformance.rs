@@ -598,6 +598,7 @@ mod tests {
                 agent_pid: None,
             }],
             pods: vec![pod],
+            kube_proxy: false,
         };
         inventory::save(tmp.path(), &lab_state).expect("save");
         let mut lab = Lab::open(config.clone()).expect("open");

@@ -28,6 +28,9 @@ pub struct LabState {
     pub nodes: Vec<NodeState>,
     #[serde(default)]
     pub pods: Vec<PodState>,
+    /// Services by the kube-proxy emulation instead of the agents.
+    #[serde(default)]
+    pub kube_proxy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +192,7 @@ mod tests {
                 labels: BTreeMap::from([("pod".into(), "a".into())]),
                 ports: vec![80, 81],
             }],
+            kube_proxy: false,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod error;
 pub mod fabric;
 pub mod inventory;
+pub mod kube_proxy;
 pub mod manifests;
 pub mod matrix;
 pub mod model;

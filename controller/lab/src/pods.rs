@@ -186,7 +186,7 @@ impl Lab {
         let _ = pod_ns.keep();
         // A Service selecting it gets it as an endpoint; a failure here
         // leaves the pod in place and is reported.
-        self.sync_endpoint_slices()?;
+        self.sync_services()?;
         info!(%pod, node = %node.name, ip = %state.ip, ms = started.elapsed().as_millis() as u64, "pod added");
         Ok(state)
     }
@@ -280,7 +280,7 @@ impl Lab {
         let _ = std::fs::remove_file(self.config.pod_log(pod));
         self.state.pods.retain(|p| !p.is(pod));
         inventory::save(&self.config.dir, &self.state)?;
-        self.sync_endpoint_slices()?;
+        self.sync_services()?;
         info!(%pod, "pod deleted");
         Ok(())
     }
@@ -303,7 +303,7 @@ impl Lab {
         let manifests = self.config.manifests();
         write_manifest(&manifests, &manifests.pod_path(pod), &object)?;
         inventory::save(&self.config.dir, &self.state)?;
-        self.sync_endpoint_slices()
+        self.sync_services()
     }
 }
 

@@ -19,8 +19,10 @@ use tracing::debug;
 use super::{
     cluster::{write_manifest, Lab, ServiceStatus},
     error::{io_err, LabError},
-    inventory::PodState,
+    inventory::{NodeState, PodState},
+    kube_proxy,
     manifests::port_name,
+    netns::Netns,
     objects,
 };
 
@@ -319,14 +321,49 @@ impl Lab {
         Ok(out)
     }
 
+    /// Brings what serves Services up to date with the stored Services and
+    /// the lab's pods: the EndpointSlices, then, in a lab that runs the
+    /// kube-proxy emulation, every node's iptables rules. Called with the
+    /// lab's lock held, after anything that changes pods or Services.
+    pub(crate) fn sync_services(&self) -> Result<(), LabError> {
+        let services = self.stored_services()?;
+        self.sync_endpoint_slices(&services)?;
+        if self.state.kube_proxy {
+            let slices = self.stored_objects::<EndpointSlice>("EndpointSlice")?;
+            for node in &self.state.nodes {
+                self.sync_kube_proxy(node, &services, &slices)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the kube-proxy emulation's rules in `node`.
+    fn sync_kube_proxy(
+        &self,
+        node: &NodeState,
+        services: &[Service],
+        slices: &[EndpointSlice],
+    ) -> Result<(), LabError> {
+        let ns = Netns::existing(&node.netns);
+        let what = || format!("the kube-proxy emulation in {}", node.name);
+        let existing = kube_proxy::existing_chains(&ns).map_err(io_err(what()))?;
+        let view = kube_proxy::NodeView {
+            name: &node.name,
+            cluster_cidr: self.state.pod_cidr,
+        };
+        let input = kube_proxy::restore_input(services, slices, &view, &existing, false);
+        kube_proxy::restore(&ns, &input).map_err(io_err(what()))?;
+        debug!(node = %node.name, services = services.len(), "kube-proxy emulation synced");
+        Ok(())
+    }
+
     /// Writes the EndpointSlices every Service's selector asks for and
-    /// removes the lab's slices no Service asks for any more. Called with
-    /// the lab's lock held, after anything that changes pods or Services.
-    pub(crate) fn sync_endpoint_slices(&self) -> Result<(), LabError> {
+    /// removes the lab's slices no Service asks for any more.
+    fn sync_endpoint_slices(&self, services: &[Service]) -> Result<(), LabError> {
         let manifests = self.config.manifests();
         let mut wanted = BTreeSet::new();
-        for service in self.stored_services()? {
-            for slice in endpoint_slices(&service, &self.state.pods) {
+        for service in services {
+            for slice in endpoint_slices(service, &self.state.pods) {
                 let path = manifests.object_path(
                     "EndpointSlice",
                     slice.metadata.namespace.as_deref(),
