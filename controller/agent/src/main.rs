@@ -29,6 +29,9 @@ use tracing::{info, warn};
 const DIR_POLL: Duration = Duration::from_millis(200);
 /// How often a failed sync is retried.
 const RETRY: Duration = Duration::from_secs(2);
+/// Datastore events waiting for the reconciler; everything waiting is
+/// applied in one sync, so a deeper queue means fewer syncs in a burst.
+const EVENT_QUEUE: usize = 1024;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -184,7 +187,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     underlay::enable_ip_forwarding().context("enabling IPv4 forwarding")?;
 
     let mut state = ClusterState::default();
-    let (events_tx, mut events) = tokio::sync::mpsc::channel(64);
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(EVENT_QUEUE);
     let has_source = match &config.datastore {
         Some(Datastore::Dir(dir)) => {
             let source = DirSource::new(dir.clone(), metrics.clone())
@@ -283,7 +286,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 Err(e) => warn!(error = %e, "accepting an API connection"),
             },
-            Some(event) = events.recv() => reconciler.handle(event).await,
+            Some(event) = events.recv() => {
+                // What queued up meanwhile goes in the same sync.
+                let mut batch = vec![event];
+                while let Ok(event) = events.try_recv() {
+                    batch.push(event);
+                }
+                reconciler.handle(batch).await;
+            }
             _ = retry.tick() => reconciler.sync().await,
         }
         // Maps created or replaced at load (resized, new layout) are filled.

@@ -147,7 +147,17 @@ impl Reconciler {
         &self.state
     }
 
-    pub async fn handle(&mut self, event: Event) {
+    /// Applies `events` to the cluster state, then syncs once: a burst of
+    /// changes (a list, many objects applied at once) costs one sync, not
+    /// one per object.
+    pub async fn handle(&mut self, events: impl IntoIterator<Item = Event>) {
+        for event in events {
+            self.apply_event(event);
+        }
+        self.sync().await;
+    }
+
+    fn apply_event(&mut self, event: Event) {
         self.listed.extend(listed_by(&event));
         let changed = self.state.apply(event);
         for kind in Kind::ALL {
@@ -159,7 +169,6 @@ impl Reconciler {
         self.dirty_topology |= changed.nodes;
         self.dirty_policy |= changed.pods || changed.namespaces || changed.policies;
         self.dirty_services |= changed.services || changed.endpoint_slices;
-        self.sync().await;
     }
 
     /// Whether the complete cluster state (every kind listed) has been
