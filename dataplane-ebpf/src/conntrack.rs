@@ -145,6 +145,25 @@ impl Entry {
         self.has(ct_flags::SERVICE)
     }
 
+    /// Whether `pkt` opens a new TCP connection on this entry's tuple (a
+    /// client reusing its port) rather than belonging to the entry's: a
+    /// bare SYN after the old connection closed, or one that reaches the
+    /// tuple another way than the old one did (`flags`, what a new flow
+    /// would be tracked with: translated by a Service or not, handed in by
+    /// the stack or not). Without this the new connection would inherit
+    /// the old one's translation: a direct connection's replies would get
+    /// a Service's address, and the other way round.
+    #[inline(always)]
+    pub fn superseded_by(&self, pkt: &Ipv4Packet, flags: u32) -> bool {
+        if pkt.hdr.protocol != IPPROTO_TCP || pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            return false;
+        }
+        // SAFETY: a map value pointer, valid for this program run.
+        let old = unsafe { (*self.0).flags };
+        let how = ct_flags::SERVICE | ct_flags::VIA_STACK;
+        old & ct_flags::CLOSING != 0 || old & how != flags & how
+    }
+
     #[inline(always)]
     fn has(&self, flag: u32) -> bool {
         // SAFETY: a map value pointer, valid for this program run.

@@ -129,8 +129,15 @@ pub fn enforce(
             });
         }
     }
+    let via_stack = arrival == Arrival::FromStack;
+    let mut new_flags = if via_stack { ct_flags::VIA_STACK } else { 0 };
+    if translated {
+        new_flags |= ct_flags::SERVICE;
+    }
     let key = conntrack::packet_key(pkt);
-    let (verdict, passed) = if let Some(entry) = conntrack::lookup(&key, now) {
+    let forward = conntrack::lookup(&key, now);
+    let superseded = forward.is_some_and(|entry| entry.superseded_by(pkt, new_flags));
+    let (verdict, passed) = if let Some(entry) = forward.filter(|_| !superseded) {
         let passed = Passed {
             via_stack: entry.via_stack(),
             service_reply: false,
@@ -138,7 +145,12 @@ pub fn enforce(
         (revalidate(entry, pkt, &key, src, dst, now, revision), passed)
     } else {
         let reverse = key.reversed();
-        if let Some(entry) = conntrack::lookup(&reverse, now) {
+        let reply = if superseded {
+            None
+        } else {
+            conntrack::lookup(&reverse, now)
+        };
+        if let Some(entry) = reply {
             // A reply: what counts is whether the original direction is
             // still allowed.
             let passed = Passed {
@@ -151,13 +163,8 @@ pub fn enforce(
             )
         } else {
             let verdict = check(&key, src, dst);
-            let via_stack = arrival == Arrival::FromStack;
             if verdict.is_ok() {
-                let mut flags = if via_stack { ct_flags::VIA_STACK } else { 0 };
-                if translated {
-                    flags |= ct_flags::SERVICE;
-                }
-                conntrack::track(&key, pkt, flags, revision, now);
+                conntrack::track(&key, pkt, new_flags, revision, now);
             }
             let passed = Passed {
                 via_stack,

@@ -984,6 +984,51 @@ fn connections_keep_their_backend_when_the_backends_change() {
     assert_eq!(unit.counter(Reason::ForwardTunnel), 1);
 }
 
+/// A client reusing its port: a direct connection after a translated one
+/// on the same backend tuple (the client's kernel sees different
+/// connections) gets untranslated replies, and a translated one after a
+/// direct one gets the frontend back. Found by the connection-rate bench,
+/// where a stale translation made every few thousandth SYN-ACK come from
+/// the frontend to a client that had connected to the pod.
+#[test]
+fn a_reused_client_port_starts_a_connection_of_its_own() {
+    require_root!();
+    let mut unit = Unit::new();
+    web_service(&mut unit, &mut ServiceIds::new(), &[POD_B]);
+    let (a, b) = (unit.a_if, unit.b_if);
+    let send = |unit: &mut Unit, to: Ipv4Addr, dport: u16, flags: u8| {
+        let pkt = with_l4_checksum(ipv4(POD_A, to, 6, 64, 0, &tcp(40000, dport, flags)));
+        unit.run_on(programs::FROM_CONTAINER, &pkt, a, a)
+    };
+    let answer = |unit: &mut Unit, flags: u8| {
+        let pkt = with_l4_checksum(ipv4(POD_B, POD_A, 6, 64, 0, &tcp(8080, 40000, flags)));
+        let (_, out) = unit.run_on(programs::FROM_CONTAINER, &pkt, b, b);
+        src_of(&out)
+    };
+    // Through the Service, ended by the client's reset.
+    let (_, out) = send(&mut unit, VIP, 80, 0x02);
+    assert_eq!(dst_of(&out), (POD_B, 8080));
+    assert_eq!(answer(&mut unit, 0x12), (VIP, 80));
+    send(&mut unit, VIP, 80, 0x14);
+    // Straight to the pod, from the same port.
+    let (_, out) = send(&mut unit, POD_B, 8080, 0x02);
+    assert_eq!(dst_of(&out), (POD_B, 8080));
+    assert_eq!(
+        answer(&mut unit, 0x12),
+        (POD_B, 8080),
+        "the direct connection's SYN-ACK comes from the pod"
+    );
+    // And through the Service again, while the direct one is still open:
+    // the translated SYN opens a connection of its own too.
+    let (_, out) = send(&mut unit, VIP, 80, 0x02);
+    assert_eq!(dst_of(&out), (POD_B, 8080));
+    assert_eq!(
+        answer(&mut unit, 0x12),
+        (VIP, 80),
+        "and this one's from the frontend"
+    );
+}
+
 /// NetworkPolicy judges the backend: the backend's ingress policy refuses
 /// the client through the Service as it would directly.
 #[test]
