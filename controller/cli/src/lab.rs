@@ -95,12 +95,18 @@ enum LabCommand {
     /// Measure cross-node pod-to-pod throughput in both routing modes next
     /// to the kernel's veth and VXLAN paths, in fresh labs of their own.
     Bench {
-        /// Seconds per iperf3 run.
+        /// Seconds per iperf3 run and per request/response run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
         /// Runs per path (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: u32,
+        /// Only these benchmarks [default: all].
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<BenchSuite>,
+        /// Service counts for the Services benchmark.
+        #[arg(long, value_delimiter = ',', default_value = "1,1000")]
+        services: Vec<usize>,
     },
     /// Run NetworkPolicy conformance cases (DIR/*.yaml, see FORMAT.md
     /// beside them), each on a fresh two-node lab with the upstream model's
@@ -113,6 +119,17 @@ enum LabCommand {
         #[arg(long, value_delimiter = ',', default_value = "80,81")]
         ports: Vec<u16>,
     },
+}
+
+/// The benchmarks `sluice lab bench` runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BenchSuite {
+    /// Per-packet policy cost (BPF_PROG_TEST_RUN).
+    Policy,
+    /// Cross-node TCP throughput.
+    Throughput,
+    /// Through a ClusterIP vs to the pod, eBPF vs the kube-proxy emulation.
+    Services,
 }
 
 #[derive(clap::Args, Debug)]
@@ -265,7 +282,12 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         }
         LabCommand::Demo(demo_args) => return demo(config, &demo_args),
         LabCommand::Conformance(args) => return run_conformance(&config, &args),
-        LabCommand::Bench { seconds, runs } => {
+        LabCommand::Bench {
+            seconds,
+            runs,
+            only,
+            services,
+        } => {
             // Labs of its own, beside (not inside) the user's lab.
             let options = BenchOptions {
                 seconds,
@@ -274,19 +296,33 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 name: format!("{}-bench", config.name),
                 bin_dir: config.bin_dir.clone(),
             };
-            println!(
-                "cross-node TCP throughput, iperf3, 1 stream, {seconds} s x {runs} runs per path"
-            );
-            println!(
-                "per-packet policy cost (from_container, BPF_PROG_TEST_RUN, 1000000 runs each)"
-            );
-            let costs = [0, 10_000]
-                .into_iter()
-                .map(|rules| bench::policy_cost::measure(rules, 1_000_000))
-                .collect::<Result<Vec<_>, _>>()?;
-            print!("{}", bench::policy_cost::report(&costs));
-            let results = bench::run(&options)?;
-            print!("{}", bench::report(&results));
+            let wanted = |suite| only.is_empty() || only.contains(&suite);
+            if wanted(BenchSuite::Policy) {
+                println!(
+                    "per-packet policy cost (from_container, BPF_PROG_TEST_RUN, 1000000 runs each)"
+                );
+                let costs = [0, 10_000]
+                    .into_iter()
+                    .map(|rules| bench::policy_cost::measure(rules, 1_000_000))
+                    .collect::<Result<Vec<_>, _>>()?;
+                print!("{}", bench::policy_cost::report(&costs));
+            }
+            if wanted(BenchSuite::Throughput) {
+                println!(
+                    "cross-node TCP throughput, iperf3, 1 stream, {seconds} s x {runs} runs per path"
+                );
+                let results = bench::run(&options)?;
+                print!("{}", bench::report(&results));
+            }
+            if wanted(BenchSuite::Services) {
+                println!(
+                    "Services: same node, client and server pinned to one CPU, {} B request/response, {seconds} s x {runs} runs per path, in turns; \
+                     RR = transactions on one connection, CRR = connect + transaction + close; the Service measured is the last of {services:?}",
+                    bench::services::MESSAGE
+                );
+                let rates = bench::services::run(&options, &services)?;
+                print!("{}", bench::services::report(&rates));
+            }
         }
         LabCommand::Serve { .. } => unreachable!("handled above"),
     }

@@ -1,0 +1,425 @@
+//! Through a ClusterIP vs straight to the pod, with Services served by
+//! sluice's eBPF and by the lab's kube-proxy emulation (iptables), at 1
+//! Service and at many: the iptables mode walks `KUBE-SERVICES` rule by
+//! rule for every new connection, so its connection rate falls as
+//! Services are added; a lookup in a hash map should not.
+//!
+//! Two one-node labs run side by side, one per service mode, each with a
+//! client and a server pod. Client and server are pinned to one CPU (on a
+//! 2-vCPU VM an unpinned request/response benchmark measures the VM's
+//! wake-up latency), and the four paths are measured in turns (A B C D A B
+//! C D …) so drift of the machine hits all alike.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsFd as _,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sched::{sched_setaffinity, CpuSet},
+    sys::socket::{setsockopt, sockopt},
+    unistd::Pid,
+};
+
+use super::throughput::{BenchError, BenchOptions};
+use crate::{
+    cluster::{Lab, LabConfig, UpOptions},
+    netns::Netns,
+    pods::PodSpec,
+    teardown,
+    topology::PodName,
+};
+
+/// The CPU client and server share.
+const CPU: usize = 0;
+/// The bench's own server's port (the lab's pod servers poll for new
+/// connections, which a connection-rate benchmark would measure).
+const PORT: u16 = 8080;
+/// Bytes per request and per answer.
+pub const MESSAGE: usize = 32;
+/// How long a newly applied Service may take to answer.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// One path's rates over the runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rates {
+    /// `eBPF` or `kube-proxy (iptables)`.
+    pub served_by: &'static str,
+    pub services: usize,
+    /// `pod IP` or `ClusterIP`.
+    pub target: &'static str,
+    /// Transactions per second on one connection.
+    pub rr: Vec<f64>,
+    /// Connect, one transaction, close, per second.
+    pub crr: Vec<f64>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The table the bench prints: each ClusterIP path next to the pod IP path
+/// of the same lab and Service count.
+pub fn report(rates: &[Rates]) -> String {
+    let mut out = format!(
+        "{:<22} {:>8} {:<10} {:>10} {:>8} {:>10} {:>8}  runs (CRR)\n",
+        "services by", "services", "to", "RR/s", "of pod", "CRR/s", "of pod"
+    );
+    for r in rates {
+        let direct = rates
+            .iter()
+            .find(|d| d.served_by == r.served_by && d.services == r.services && d.target == POD_IP);
+        let ratio = |of: fn(&Rates) -> &Vec<f64>| {
+            direct
+                .filter(|d| d.target != r.target)
+                .map(|d| format!("{:.0}%", 100.0 * median(of(r)) / median(of(d))))
+                .unwrap_or_else(|| "-".into())
+        };
+        let runs: Vec<String> = r.crr.iter().map(|v| format!("{v:.0}")).collect();
+        out.push_str(&format!(
+            "{:<22} {:>8} {:<10} {:>10.0} {:>8} {:>10.0} {:>8}  {}\n",
+            r.served_by,
+            r.services,
+            r.target,
+            median(&r.rr),
+            ratio(|r| &r.rr),
+            median(&r.crr),
+            ratio(|r| &r.crr),
+            runs.join(" ")
+        ));
+    }
+    out
+}
+
+const POD_IP: &str = "pod IP";
+const CLUSTER_IP: &str = "ClusterIP";
+
+/// A one-node lab with a client and a server pod; removed on drop.
+struct BenchLab {
+    lab: Lab,
+    served_by: &'static str,
+    client: Netns,
+    server_ip: Ipv4Addr,
+    /// Stopped before the lab goes (it needs the pod's namespace to stop).
+    server: Option<EchoServer>,
+    applied: usize,
+}
+
+/// An echo server in the server pod that serves one connection at a time
+/// (the client makes one at a time) on a thread pinned to [`CPU`], with
+/// blocking accepts.
+struct EchoServer {
+    stop: Arc<AtomicBool>,
+    ns: Netns,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    fn start(ns: Netns) -> Result<Self, BenchError> {
+        let listener = ns
+            .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))
+            .and_then(|bound| bound)
+            .map_err(|source| BenchError::Io {
+                what: "binding the bench server".into(),
+                source,
+            })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            if pin(Pid::from_raw(0)).is_err() {
+                return;
+            }
+            let mut buf = [0u8; MESSAGE];
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    continue;
+                };
+                let _ = conn.set_nodelay(true);
+                // A client that vanished without a word does not hold the
+                // server up for long.
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+                while conn.read_exact(&mut buf).is_ok() && conn.write_all(&buf).is_ok() {}
+            }
+        });
+        Ok(Self {
+            stop,
+            ns,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // One more connection wakes the blocking accept up to see the flag.
+        let _ = self
+            .ns
+            .run(|| TcpStream::connect((Ipv4Addr::LOCALHOST, PORT)));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl BenchLab {
+    fn up(options: &BenchOptions, tag: &str, kube_proxy: bool) -> Result<Self, BenchError> {
+        let name = format!("{}-{tag}", options.name);
+        let config = LabConfig::new(options.dir.join(&name), &name, &options.bin_dir)?;
+        let _ = teardown::down(&config);
+        let mut lab = Lab::up(
+            config,
+            &UpOptions {
+                nodes: 1,
+                kube_proxy,
+                ..UpOptions::default()
+            },
+        )?;
+        let pod =
+            |name: &str| PodName::new("bench", name).map_err(|e| BenchError::Failed(e.to_string()));
+        lab.pod_add(&PodSpec::new(pod("client")?, "node1"))?;
+        let server = lab.pod_add(&PodSpec::new(pod("server")?, "node1").label("app", "server"))?;
+        let std::net::IpAddr::V4(server_ip) = server.ip else {
+            return Err(BenchError::Failed("the server pod has no IPv4".into()));
+        };
+        let server_ns = lab.pod_netns(&pod("server")?)?;
+        let echo = EchoServer::start(server_ns)?;
+        let client = lab.pod_netns(&pod("client")?)?;
+        Ok(Self {
+            lab,
+            served_by: if kube_proxy {
+                "kube-proxy (iptables)"
+            } else {
+                "eBPF"
+            },
+            client,
+            server_ip,
+            server: Some(echo),
+            applied: 0,
+        })
+    }
+
+    /// Applies Services until there are `count`, each selecting the
+    /// server; the last one (by name, so the last in kube-proxy's
+    /// `KUBE-SERVICES`) is the one measured. Returns its ClusterIP once it
+    /// answers.
+    fn services(&mut self, count: usize, dir: &Path) -> Result<SocketAddr, BenchError> {
+        if count > self.applied {
+            let yaml: String = (self.applied..count)
+                .map(|i| {
+                    format!(
+                        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i:05}, namespace: bench}}\nspec:\n  selector: {{app: server}}\n  ports: [{{port: 80, targetPort: {PORT}}}]\n---\n"
+                    )
+                })
+                .collect();
+            let path = dir.join(format!("{}-services.yaml", self.lab.config().name));
+            std::fs::write(&path, yaml).map_err(|source| BenchError::Io {
+                what: format!("writing {}", path.display()),
+                source,
+            })?;
+            let applied = self.lab.apply(std::slice::from_ref(&path));
+            let _ = std::fs::remove_file(&path);
+            applied?;
+            self.applied = count;
+        }
+        let last = format!("bench/svc-{:05}", count - 1);
+        let ip = self
+            .lab
+            .status()
+            .services
+            .into_iter()
+            .find(|s| s.name == last)
+            .and_then(|s| s.cluster_ip.parse::<Ipv4Addr>().ok())
+            .ok_or_else(|| BenchError::Failed(format!("{last} has no ClusterIP")))?;
+        let target = SocketAddr::from((ip, 80));
+        let deadline = Instant::now() + CONVERGE;
+        while crr(&self.client, target, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                return Err(BenchError::Failed(format!(
+                    "{last} ({target}) does not answer in the {} lab",
+                    self.served_by
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(target)
+    }
+}
+
+impl Drop for BenchLab {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        let _ = teardown::down(self.lab.config());
+    }
+}
+
+/// Measures every path at every Service count in `counts`.
+pub fn run(options: &BenchOptions, counts: &[usize]) -> Result<Vec<Rates>, BenchError> {
+    let mut labs = [
+        BenchLab::up(options, "svc-ebpf", false)?,
+        BenchLab::up(options, "svc-kp", true)?,
+    ];
+    let seconds = Duration::from_secs(u64::from(options.seconds.max(1)));
+    let mut out = Vec::new();
+    for &count in counts {
+        let mut paths = Vec::new();
+        for (i, lab) in labs.iter_mut().enumerate() {
+            let cluster_ip = lab.services(count, &options.dir)?;
+            let direct = SocketAddr::from((lab.server_ip, PORT));
+            for (target, addr) in [(POD_IP, direct), (CLUSTER_IP, cluster_ip)] {
+                paths.push((
+                    i,
+                    addr,
+                    Rates {
+                        served_by: lab.served_by,
+                        services: count,
+                        target,
+                        rr: Vec::new(),
+                        crr: Vec::new(),
+                    },
+                ));
+            }
+        }
+        for _ in 0..options.runs.max(1) {
+            for (lab, addr, rates) in &mut paths {
+                let client = &labs[*lab].client;
+                let path = |e| {
+                    BenchError::Failed(format!(
+                        "{} to the {} with {count} Service(s): {e}",
+                        rates.served_by, rates.target
+                    ))
+                };
+                let rr = rate(client, *addr, seconds, Mode::Rr).map_err(path)?;
+                let crr = rate(client, *addr, seconds, Mode::Crr).map_err(path)?;
+                rates.rr.push(rr);
+                rates.crr.push(crr);
+            }
+        }
+        out.extend(paths.into_iter().map(|(_, _, rates)| rates));
+    }
+    drop(labs);
+    // The labs removed their own directories; this one held them.
+    let _ = std::fs::remove_dir(&options.dir);
+    Ok(out)
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Rr,
+    Crr,
+}
+
+/// Transactions per second from a thread in `client`, pinned to [`CPU`].
+fn rate(client: &Netns, dst: SocketAddr, period: Duration, mode: Mode) -> Result<f64, BenchError> {
+    let result = client
+        .run(move || -> std::io::Result<f64> {
+            pin(Pid::from_raw(0))?;
+            let start = Instant::now();
+            let mut done = 0u64;
+            match mode {
+                Mode::Rr => {
+                    let mut conn = TcpStream::connect_timeout(&dst, Duration::from_secs(1))?;
+                    conn.set_nodelay(true)?;
+                    conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+                    while start.elapsed() < period {
+                        transact(&mut conn)?;
+                        done += 1;
+                    }
+                }
+                Mode::Crr => {
+                    while start.elapsed() < period {
+                        crr_once(dst, Duration::from_secs(1))?;
+                        done += 1;
+                    }
+                }
+            }
+            Ok(done as f64 / start.elapsed().as_secs_f64())
+        })
+        .map_err(|e| BenchError::Failed(format!("entering the client pod: {e}")))?;
+    result.map_err(|source| BenchError::Io {
+        what: format!("request/response to {dst}"),
+        source,
+    })
+}
+
+fn crr(client: &Netns, dst: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    client.run(move || crr_once(dst, timeout))?
+}
+
+/// One connection with one transaction, closed with a reset so that a
+/// run of tens of thousands leaves no TIME_WAIT behind to run out of
+/// ports.
+fn crr_once(dst: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    let mut conn = TcpStream::connect_timeout(&dst, timeout)?;
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(timeout))?;
+    transact(&mut conn)?;
+    setsockopt(
+        &conn.as_fd(),
+        sockopt::Linger,
+        &nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .map_err(std::io::Error::from)
+}
+
+fn transact(conn: &mut TcpStream) -> std::io::Result<()> {
+    let request = [b'x'; MESSAGE];
+    let mut answer = [0u8; MESSAGE];
+    conn.write_all(&request)?;
+    conn.read_exact(&mut answer)
+}
+
+/// Pins the calling thread (pid 0) or a thread to [`CPU`].
+fn pin(pid: Pid) -> std::io::Result<()> {
+    let mut set = CpuSet::new();
+    set.set(CPU).map_err(std::io::Error::from)?;
+    sched_setaffinity(pid, &set).map_err(std::io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_compares_each_cluster_ip_with_its_pod_ip() {
+        let rates = |served_by, target, rr: f64, crr: f64| Rates {
+            served_by,
+            services: 1000,
+            target,
+            rr: vec![rr],
+            crr: vec![crr, crr],
+        };
+        let table = report(&[
+            rates("eBPF", POD_IP, 100.0, 50.0),
+            rates("eBPF", CLUSTER_IP, 90.0, 40.0),
+            rates("kube-proxy (iptables)", POD_IP, 200.0, 50.0),
+            rates("kube-proxy (iptables)", CLUSTER_IP, 100.0, 10.0),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[2].contains(" 90% ") && lines[2].contains(" 80% "),
+            "{table}"
+        );
+        assert!(
+            lines[4].contains(" 50% ") && lines[4].contains(" 20% "),
+            "{table}"
+        );
+        assert!(lines[1].contains(" - "), "{table}");
+    }
+}
