@@ -23,9 +23,12 @@ pub struct DataplaneConfig {
     pub routing: u32,
     /// ifindex of the node's VXLAN device (tunnel mode).
     pub tunnel_ifindex: u32,
+    /// The node's network namespace (`SO_NETNS_COOKIE`): the socket hooks
+    /// touch only its sockets. 0: none.
+    pub netns_cookie: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 16);
 
 #[cfg(feature = "user")]
 // SAFETY: plain-old-data, repr(C), no padding, no pointers.

@@ -36,10 +36,16 @@ pub mod programs {
     /// TC egress of the node's VXLAN device: sets the tunnel key for
     /// packets the host stack routes there.
     pub const TO_OVERLAY: &str = "to_overlay";
-    /// TC ingress of the underlay device (native routing): packets for
-    /// local pods from other nodes.
+    /// TC ingress of the underlay device: external Service traffic, and
+    /// (native routing) packets for local pods from other nodes.
     pub const FROM_NETDEV: &str = "from_netdev";
-    /// TC egress of the underlay device (native routing): notes pods'
-    /// packets the host stack forwards to other nodes.
+    /// TC egress of the underlay device: notes pods' packets the host
+    /// stack forwards to other nodes; external Services' replies.
     pub const TO_NETDEV: &str = "to_netdev";
+    /// The cgroup socket hooks (on the host's root cgroup): the node's own
+    /// sockets reaching ClusterIPs.
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
 }

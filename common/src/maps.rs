@@ -76,6 +76,9 @@ map_table! { $
     SERVICE_COUNTERS = "SLUICE_SERVICE_COUNTERS", 65536;
     /// Session affinity: (client, service) → backend (LRU hash).
     SERVICE_AFFINITY = "SLUICE_SERVICE_AFFINITY", 65536;
+    /// Node sockets given a backend by the socket hooks → the frontend
+    /// they addressed (LRU hash).
+    SOCK_REVERSE = "SLUICE_SOCK_REVERSE", 65536;
 }
 
 /// The map called `name`, if the object has one.

@@ -3,7 +3,8 @@
 //! per connection.
 //!
 //! - `SLUICE_SERVICES` (hash): [`ServiceKey`] → [`ServiceInfo`]: a
-//!   ClusterIP port, with how many ready backends it has.
+//!   ClusterIP port, or an external frontend (NodePort, externalIP,
+//!   LoadBalancer IP), with how many ready backends it has.
 //! - `SLUICE_SERVICE_BACKENDS` (hash): [`BackendSlot`] → [`Backend`]: the
 //!   backends of service `id` in slots `0..count`, so picking one is one
 //!   lookup, not a loop.
@@ -18,6 +19,9 @@
 //! - `SLUICE_SERVICE_AFFINITY` (LRU hash): (client address, service) → the
 //!   [`Affinity`] backend its new connections go to, for Services with
 //!   `sessionAffinity: ClientIP`.
+//! - `SLUICE_SOCK_REVERSE` (LRU hash): a node socket given a backend by the
+//!   socket hooks, and that backend ([`SockKey`]) → the [`SockFrontend`] it
+//!   addressed, shown to the application in place of the backend.
 
 /// The source a pod's packets to itself through its own Service carry
 /// (hairpin): a pod does not accept packets from its own address arriving
@@ -49,8 +53,30 @@ pub struct ServiceInfo {
     /// `sessionAffinity: ClientIP`: how long, in seconds, a client's new
     /// connections go to the backend its last one went to. Zero: none.
     pub affinity_timeout: u32,
-    pub _pad: u32,
+    /// [`service_flags`].
+    pub flags: u32,
 }
+
+/// What kind of frontend a [`ServiceInfo`] is.
+pub mod service_flags {
+    /// Reached from outside the cluster: a NodePort on this node's
+    /// address, an externalIP, a LoadBalancer ingress IP. Translated where
+    /// such traffic arrives (`from_netdev`), handed to the host stack to be
+    /// forwarded, and translated back on its way out (`to_netdev`); pods'
+    /// own packets to it are not translated.
+    pub const EXTERNAL: u32 = 1 << 0;
+    /// `externalTrafficPolicy: Cluster`: the translated packet leaves with
+    /// the node's address (the host stack masquerades packets carrying
+    /// [`super::MASQUERADE_MARK`]), so replies from a backend anywhere come
+    /// back through this node. Without it (`Local`) the client's address
+    /// is kept and only this node's endpoints serve.
+    pub const MASQUERADE: u32 = 1 << 1;
+}
+
+/// The packet mark (`skb->mark` bit) asking the host stack to masquerade a
+/// translated external connection (the agent's `ip sluice_services` nft
+/// table); kube-proxy's marks are 0x4000 and 0x8000.
+pub const MASQUERADE_MARK: u32 = 0x0200;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,6 +148,27 @@ pub struct ServiceCounter {
     pub refused: u64,
 }
 
+/// A node socket the socket hooks gave a backend, with that backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// `bpf_get_socket_cookie`.
+    pub cookie: u64,
+    pub backend: Backend,
+}
+
+/// The frontend such a socket addressed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockFrontend {
+    pub addr: [u8; 4],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
+const _: () = assert!(core::mem::size_of::<SockFrontend>() == 8);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ServiceCounter>() == 16);
 const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
@@ -144,4 +191,6 @@ mod pod_impls {
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::ServiceCounter {}
     unsafe impl aya::Pod for super::Affinity {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::SockFrontend {}
 }

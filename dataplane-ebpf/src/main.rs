@@ -28,7 +28,10 @@ mod programs;
 mod service;
 mod verdict;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 use sluice_common::direction::Direction;
 
 /// TC ingress of the host side of a pod's veth: every packet the pod sends.
@@ -56,16 +59,41 @@ pub fn to_overlay(ctx: TcContext) -> i32 {
     programs::run(&ctx, programs::overlay::to_overlay, Direction::Egress)
 }
 
-/// TC ingress of the underlay device (native routing).
+/// TC ingress of the underlay device.
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
     programs::run(&ctx, programs::netdev::from_netdev, Direction::Ingress)
 }
 
-/// TC egress of the underlay device (native routing).
+/// TC egress of the underlay device.
 #[classifier]
 pub fn to_netdev(ctx: TcContext) -> i32 {
     programs::run(&ctx, programs::netdev::to_netdev, Direction::Egress)
+}
+
+/// The host's sockets connecting (TCP, UDP): a ClusterIP becomes a backend.
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    programs::sock::to_backend(&ctx)
+}
+
+/// The host's unconnected UDP sockets sending: as `sock_connect4`.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    programs::sock::to_backend(&ctx)
+}
+
+/// The host's UDP sockets receiving: the backend's address is shown as the
+/// ClusterIP the socket addressed.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    programs::sock::to_frontend(&ctx)
+}
+
+/// The host's sockets asking for their peer: as `sock_recvmsg4`.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    programs::sock::to_frontend(&ctx)
 }
 
 #[cfg(not(test))]

@@ -16,7 +16,7 @@ use sluice_common::{
     policy::{Isolation, PolicyEntry, PolicyKey},
     services::{
         Affinity, AffinityKey, Backend, BackendSlot, Frontend, ServiceCounter, ServiceFlow,
-        ServiceInfo, ServiceKey,
+        ServiceInfo, ServiceKey, SockFrontend, SockKey,
     },
 };
 
@@ -37,3 +37,4 @@ bpf_map!(SERVICE_FLOWS: LruHashMap<CtKey, ServiceFlow>);
 bpf_map!(SERVICE_REVERSE: LruHashMap<CtKey, Frontend>);
 bpf_map!(SERVICE_AFFINITY: LruHashMap<AffinityKey, Affinity>);
 bpf_map!(SERVICE_COUNTERS: PerCpuArray<ServiceCounter>);
+bpf_map!(SOCK_REVERSE: LruHashMap<SockKey, SockFrontend>);

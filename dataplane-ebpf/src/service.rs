@@ -5,6 +5,14 @@
 //! replies get the frontend back as their source (`SERVICE_REVERSE`)
 //! before they reach the client. Both happen on the client's node only;
 //! the backend's node sees an ordinary pod-to-pod flow.
+//!
+//! External frontends (NodePorts, externalIPs, LoadBalancer IPs) are
+//! translated where their traffic arrives, on the underlay
+//! (`from_outside`), and the translated packet is handed to the host
+//! stack, which forwards it to the backend (masquerading it to the node
+//! under `externalTrafficPolicy: Cluster`, asked by a packet mark) and
+//! whose conntrack brings the replies back; they get the frontend back on
+//! their way out of the underlay (`from_backend` in `to_netdev`).
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
@@ -14,8 +22,8 @@ use sluice_common::{
     conntrack::CtKey,
     reason::Reason,
     services::{
-        Affinity, AffinityKey, Backend, BackendSlot, Frontend, ServiceFlow, ServiceInfo,
-        ServiceKey, HAIRPIN_SOURCE,
+        service_flags, Affinity, AffinityKey, Backend, BackendSlot, Frontend, ServiceFlow,
+        ServiceInfo, ServiceKey, HAIRPIN_SOURCE, MASQUERADE_MARK,
     },
 };
 
@@ -59,18 +67,64 @@ fn lifetime(pkt: &Ipv4Packet) -> u64 {
 /// same backend whatever happens to the backend set. A function of its
 /// own (not inlined): its locals would otherwise push the caller's stack
 /// frame past what the verifier allows beside policy's.
+/// External frontends are not translated here: a pod's packet to one goes
+/// to the host stack as it is.
 #[inline(never)]
 pub fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reason> {
-    let frontend = ServiceKey {
-        addr: pkt.hdr.daddr,
-        port: pkt.dport.to_be_bytes(),
-        protocol: pkt.hdr.protocol,
-        _pad: 0,
-    };
+    let frontend = frontend_of(pkt);
     // SAFETY: a map value pointer, valid for this program run; copied out.
     let Some(service) = SERVICES.get_ptr(&frontend).map(|s| unsafe { *s }) else {
         return Ok(Toward::NotAService);
     };
+    if service.flags & service_flags::EXTERNAL != 0 {
+        return Ok(Toward::NotAService);
+    }
+    translate(ctx, pkt, &frontend, &service)
+}
+
+/// Gives a packet from outside the cluster towards an external frontend
+/// (it arrived on the underlay) its backend, as [`to_backend`] does, and
+/// marks it for masquerade when the frontend's traffic policy is
+/// `Cluster`. The caller hands it to the host stack either way: translated,
+/// to be forwarded; without a ready backend, to be refused. Other
+/// frontends (ClusterIPs) are not reachable from outside.
+#[inline(never)]
+pub fn from_outside(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reason> {
+    let frontend = frontend_of(pkt);
+    // SAFETY: a map value pointer, valid for this program run; copied out.
+    let Some(service) = SERVICES.get_ptr(&frontend).map(|s| unsafe { *s }) else {
+        return Ok(Toward::NotAService);
+    };
+    if service.flags & service_flags::EXTERNAL == 0 {
+        return Ok(Toward::NotAService);
+    }
+    let toward = translate(ctx, pkt, &frontend, &service)?;
+    if matches!(toward, Toward::Backend) && service.flags & service_flags::MASQUERADE != 0 {
+        // A packet just received carries no mark of anyone else's yet.
+        ctx.set_mark(MASQUERADE_MARK);
+    }
+    Ok(toward)
+}
+
+#[inline(always)]
+fn frontend_of(pkt: &Ipv4Packet) -> ServiceKey {
+    ServiceKey {
+        addr: pkt.hdr.daddr,
+        port: pkt.dport.to_be_bytes(),
+        protocol: pkt.hdr.protocol,
+        _pad: 0,
+    }
+}
+
+/// The backend of the connection `pkt` belongs to (kept, or picked for a
+/// new one), and the rewrite to it.
+#[inline(always)]
+fn translate(
+    ctx: &TcContext,
+    pkt: &mut Ipv4Packet,
+    frontend: &ServiceKey,
+    service: &ServiceInfo,
+) -> Result<Toward, Reason> {
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = conntrack::packet_key(pkt);
@@ -88,12 +142,12 @@ pub fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reaso
             }
         }
         None => {
-            let Some(backend) = pick(&service, pkt.hdr.saddr, now) else {
+            let Some(backend) = pick(service, pkt.hdr.saddr, now) else {
                 metrics::count_service(service.id, true);
                 return Ok(Toward::NoBackend);
             };
             metrics::count_service(service.id, false);
-            remember(&key, &backend, &frontend, pkt, now);
+            remember(&key, &backend, frontend, pkt, now);
             backend
         }
     };
@@ -106,7 +160,7 @@ pub fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reaso
 /// random among the ready ones. `None`: no ready backend (or a slot the
 /// agent could not write: a full map), which is refused like none.
 #[inline(always)]
-fn pick(service: &ServiceInfo, client: [u8; 4], now: u64) -> Option<Backend> {
+pub fn pick(service: &ServiceInfo, client: [u8; 4], now: u64) -> Option<Backend> {
     if service.backends == 0 {
         return None;
     }

@@ -231,6 +231,7 @@ impl Unit {
         let config = DataplaneConfig {
             routing: mode,
             tunnel_ifindex: self.tunnel_if,
+            netns_cookie: 0,
         };
         self.bpf.set_config(config).expect("config");
     }
@@ -732,7 +733,7 @@ fn overlay_egress_keys_host_traffic_for_remote_pods() {
     assert_eq!(unit.counter(Reason::DropUnsupportedL3), 1);
 }
 
-// from_netdev: TCX ingress of the underlay device (native routing).
+// from_netdev: TCX ingress of the underlay device.
 
 /// Packets for local pods arriving on the underlay go straight into the
 /// pod, under the pod's ingress policy; anything else is the node's own
@@ -741,6 +742,7 @@ fn overlay_egress_keys_host_traffic_for_remote_pods() {
 fn underlay_ingress_delivers_local_pods_and_leaves_the_rest() {
     require_root!();
     let mut unit = Unit::new();
+    unit.set_routing(routing::NATIVE);
     let ul = unit.underlay_if;
     let pkt = ipv4(REMOTE_POD, POD_B, 6, 63, 0, &tcp_syn(40000, 80));
     let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &pkt, ul, ul);
@@ -774,6 +776,22 @@ fn underlay_ingress_delivers_local_pods_and_leaves_the_rest() {
         TC_ACT_SHOT
     );
     assert_eq!(unit.counter(Reason::DropPolicyIngress), 1);
+
+    // In tunnel mode pods' traffic from other nodes comes through the
+    // VXLAN device; what reaches a pod on the underlay is from outside,
+    // and the host stack routes it (to_container judges it).
+    unit.set_routing(routing::TUNNEL);
+    let from_outside = ipv4(
+        Ipv4Addr::new(203, 0, 113, 10),
+        POD_B,
+        6,
+        63,
+        0,
+        &tcp_syn(40002, 80),
+    );
+    let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &from_outside, ul, ul);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, from_outside);
 }
 
 // Flows the host stack hands in (kube-proxy's Service DNAT, hostPorts):
@@ -816,6 +834,7 @@ fn replies_of_flows_the_stack_delivered_go_back_through_it() {
 fn replies_to_flows_the_stack_forwarded_to_another_node_go_back_through_it() {
     require_root!();
     let mut unit = Unit::new();
+    unit.set_routing(routing::NATIVE);
     let ul = unit.underlay_if;
     let forwarded = ipv4(POD_A, REMOTE_POD, 6, 63, 0, &tcp_syn(40000, 80));
     let (verdict, _) = unit.run_on(programs::TO_NETDEV, &forwarded, ul, 0);
@@ -876,7 +895,7 @@ fn web_service_with(
     for resource in parse_documents(&yaml) {
         state.apply(Event::Apply(resource.expect("test manifest")));
     }
-    let desired = services::compile(&state, "node1", ids);
+    let desired = services::compile(&state, "node1", None, ids);
     assert!(desired.problems.is_empty(), "{:?}", desired.problems);
     unit.bpf.apply_services(&desired).expect("service maps");
     desired
@@ -1027,6 +1046,52 @@ fn a_reused_client_port_starts_a_connection_of_its_own() {
         (VIP, 80),
         "and this one's from the frontend"
     );
+}
+
+/// An external frontend (here an externalIP) is translated where its
+/// traffic arrives, on the underlay, and handed to the host stack to
+/// forward; the backend's reply gets the frontend back on its way out of
+/// the underlay. Pods' own packets to it, and outside packets to a
+/// ClusterIP, are left alone.
+#[test]
+fn external_frontends_are_translated_on_the_underlay_and_back() {
+    require_root!();
+    let mut unit = Unit::new();
+    let external_ip = Ipv4Addr::new(198, 51, 100, 7);
+    let client = Ipv4Addr::new(203, 0, 113, 10);
+    web_service_with(
+        &mut unit,
+        &mut ServiceIds::new(),
+        &[POD_B],
+        &format!("  externalIPs: [{external_ip}]\n"),
+    );
+    let ul = unit.underlay_if;
+    let syn = with_l4_checksum(ipv4(client, external_ip, 6, 63, 0, &tcp_syn(40000, 80)));
+    let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &syn, ul, ul);
+    assert_eq!(verdict, TC_ACT_OK, "to the host stack, which forwards it");
+    assert_eq!(dst_of(&out), (POD_B, 8080));
+    assert_eq!(checksum(&out[14..34]), 0);
+    assert!(l4_checksum_ok(&out), "L4 checksum after DNAT");
+
+    let reply = with_l4_checksum(ipv4(POD_B, client, 6, 63, 0, &tcp(8080, 40000, 0x12)));
+    let (verdict, out) = unit.run_on(programs::TO_NETDEV, &reply, ul, ul);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(src_of(&out), (external_ip, 80), "from the frontend");
+    assert_eq!(checksum(&out[14..34]), 0);
+    assert!(l4_checksum_ok(&out), "L4 checksum after reverse NAT");
+
+    let a = unit.a_if;
+    let from_pod = with_l4_checksum(ipv4(POD_A, external_ip, 6, 64, 0, &tcp_syn(40001, 80)));
+    let (_, out) = unit.run_on(programs::FROM_CONTAINER, &from_pod, a, a);
+    assert_eq!(
+        dst_of(&out),
+        (external_ip, 80),
+        "a pod's packet is left alone"
+    );
+    let to_cluster_ip = with_l4_checksum(ipv4(client, VIP, 6, 63, 0, &tcp_syn(40002, 80)));
+    let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &to_cluster_ip, ul, ul);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(dst_of(&out), (VIP, 80), "ClusterIPs are not for outside");
 }
 
 /// NetworkPolicy judges the backend: the backend's ingress policy refuses

@@ -387,6 +387,34 @@ fn cluster_ips(routing: &str, served_by: ServedBy) {
         );
     }
 
+    // The node's own processes (kubelet, hostNetwork pods) reach the
+    // ClusterIP too: sluice's socket hooks give their sockets a backend
+    // (the kube-proxy emulation's OUTPUT rules translate their packets),
+    // and the ClusterIP is what they see as the peer and as the source of
+    // answers.
+    let node = lab.node_netns("node1");
+    assert!(
+        lab.eventually(CONVERGE, || name_at(&node, web).is_some()),
+        "{routing}: node1 itself reaches the ClusterIP\n{}",
+        lab.agent_logs()
+    );
+    let seen: BTreeSet<String> = (0..40).filter_map(|_| name_at(&node, web)).collect();
+    assert_eq!(
+        seen,
+        ["x/b".to_owned(), "x/c".to_owned()].into(),
+        "{routing}: backends reached from node1 itself"
+    );
+    assert!(
+        probe::udp(&node, "10.96.1.10:53".parse().expect("addr"), TIMEOUT),
+        "{routing}: UDP from node1 itself through the ClusterIP, answered from it"
+    );
+    let peer = node
+        .run(move || {
+            std::net::TcpStream::connect_timeout(&web, TIMEOUT).and_then(|c| c.peer_addr())
+        })
+        .expect("entering node1");
+    assert_eq!(peer.ok(), Some(web), "{routing}: node1's socket's peer");
+
     // The clients' node counts the connections and refusals per Service.
     if served_by == ServedBy::Sluice {
         let metrics = lab.scrape("node1");
@@ -415,9 +443,7 @@ fn cluster_ips(routing: &str, served_by: ServedBy) {
         "{routing}: x/a through its own Service"
     );
 
-    if served_by == ServedBy::KubeProxy {
-        node_ports(&lab, routing, &ip("x/b"), &ip("x/c"));
-    }
+    node_ports(&lab, routing, &ip("x/b"), &ip("x/c"));
 
     // Policy judges the backend: x/c refuses everyone, through the
     // ClusterIP as directly.

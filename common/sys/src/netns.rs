@@ -309,6 +309,30 @@ fn ensure_netns_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The cookie of the calling thread's network namespace
+/// (`SO_NETNS_COOKIE`, Linux 5.14): what eBPF programs see as
+/// `bpf_get_netns_cookie` for its sockets.
+pub fn current_cookie() -> io::Result<u64> {
+    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket; the kernel writes at most `len` bytes into
+    // `cookie`, which is that large.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
 /// Removes a named namespace by path; already gone is fine.
 pub fn delete(path: &Path) -> io::Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {

@@ -11,13 +11,13 @@ use sluice_agent::{
     datastore::{kube_source, ClusterState, DirSource, Event, Kind, KubeSource},
     endpoints::state_file::StateFile,
     endpoints::{Agent, AgentConfig},
-    kernel::bpf::{self, Dataplane, SyncMaps},
+    kernel::bpf::{self, socket_hooks, Dataplane, SyncMaps},
     kernel::bpffs,
     kernel::datapath::KernelDatapath,
     kernel::netlink::{Netlink, HOST_DEVICE},
     kernel::node_sync::{self, NodeSync, NodeSyncConfig},
     kernel::underlay::{self, VXLAN_DEVICE},
-    kernel::{masquerade, nft, service_reject},
+    kernel::{masquerade, nft, service_nft},
     metrics::http,
     metrics::Metrics,
     reconcile::{self, Reconciler, ReconcilerMaps, ServicesConfig},
@@ -138,8 +138,8 @@ async fn uninstall(mut flags: FlagConfig, file: Option<PathBuf>) -> anyhow::Resu
     if let Err(e) = nft::apply(&masquerade::ruleset(None, &Default::default())) {
         warn!(error = %e, "removing the masquerade rules");
     }
-    if let Err(e) = nft::apply(&service_reject::ruleset(&Default::default())) {
-        warn!(error = %e, "removing the Service reject rules");
+    if let Err(e) = nft::apply(&service_nft::ruleset(&Default::default(), false)) {
+        warn!(error = %e, "removing the Services' nftables table");
     }
     match std::fs::remove_file(&config.socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -248,6 +248,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         node_name: config.node_name.clone(),
     };
     let mut reconciler = Reconciler::new(state, node_sync, maps, services, metrics.clone(), listed);
+    socket_hooks(&mut dataplane, config.kube_proxy_replacement);
 
     let datapath = KernelDatapath {
         dataplane,
@@ -302,6 +303,32 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.socket);
     info!("agent stopped; dataplane stays pinned");
     Ok(())
+}
+
+/// With kube-proxy replacement the node's own processes reach ClusterIPs
+/// through the socket hooks; without a cgroup v2 hierarchy they cannot
+/// (pods still do), which is logged, not fatal.
+fn socket_hooks(dataplane: &mut Dataplane, enabled: bool) {
+    let result = if !enabled {
+        dataplane.detach_socket_hooks()
+    } else {
+        match socket_hooks::cgroup2_root() {
+            Ok(Some(root)) => dataplane.attach_socket_hooks(&root).map(|()| {
+                info!(cgroup = %root.display(), "socket hooks attached: the node's own processes reach ClusterIPs");
+            }),
+            Ok(None) => {
+                warn!("no cgroup v2 hierarchy is mounted: the node's own processes cannot reach ClusterIPs");
+                Ok(())
+            }
+            Err(e) => {
+                warn!(error = %e, "reading /proc/self/mountinfo: the node's own processes cannot reach ClusterIPs");
+                Ok(())
+            }
+        }
+    };
+    if let Err(e) = result {
+        warn!(error = ?e, "socket hooks: the node's own processes may not reach ClusterIPs");
+    }
 }
 
 /// Once the cluster state is in the maps created or replaced at load,

@@ -28,7 +28,7 @@ use crate::{
         bpf::{DataplaneError, Ipcache, PolicyMaps, PolicyRevision, ServiceMaps},
         nft,
         node_sync::NodeSync,
-        service_reject,
+        service_nft,
     },
     metrics::{sync, Metrics},
     policy::{
@@ -284,6 +284,8 @@ impl Reconciler {
             self.topology = topology;
             self.dirty_ipcache = true;
             self.dirty_routes = true;
+            // NodePorts are on this node's address.
+            self.dirty_services = true;
         }
         self.dirty_topology = false;
     }
@@ -308,7 +310,12 @@ impl Reconciler {
     /// Compiles the Services and writes their maps and reject rules.
     fn sync_services(&mut self) -> Result<(), ServiceSyncError> {
         let desired = if self.services.enabled {
-            services::compile(&self.state, &self.services.node_name, &mut self.service_ids)
+            services::compile(
+                &self.state,
+                &self.services.node_name,
+                self.topology.own.as_ref().map(|n| n.ip),
+                &mut self.service_ids,
+            )
         } else {
             DesiredServices::default()
         };
@@ -320,7 +327,11 @@ impl Reconciler {
         }
         // Refused frontends first: until their reject rules are in, their
         // packets (handed to the stack) would be routed out instead.
-        let rejects = service_reject::ruleset(&desired.without_backends);
+        let masquerade = desired
+            .frontends
+            .values()
+            .any(|f| f.flags & sluice_common::services::service_flags::MASQUERADE != 0);
+        let rejects = service_nft::ruleset(&desired.without_backends, masquerade);
         if self.applied_rejects.as_deref() != Some(rejects.as_str()) {
             nft::apply(&rejects)?;
             self.applied_rejects = Some(rejects);

@@ -9,6 +9,13 @@
 //! by name, per pod, and groups endpoints by the result). Headless and
 //! ExternalName Services have no frontend; with `internalTrafficPolicy:
 //! Local` only this node's endpoints are backends.
+//!
+//! External frontends are frontends of their own, with their own backend
+//! slots: a NodePort on this node's InternalIP, each externalIP and each
+//! LoadBalancer ingress IP with the Service port. With
+//! `externalTrafficPolicy: Local` only this node's endpoints serve them and
+//! the client's address is kept; with `Cluster` (the default) every ready
+//! endpoint serves and the connection is masqueraded to the node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -16,7 +23,7 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use sluice_common::services::{Backend, BackendSlot, ServiceInfo, ServiceKey};
+use sluice_common::services::{service_flags, Backend, BackendSlot, ServiceInfo, ServiceKey};
 
 use crate::datastore::ClusterState;
 use crate::policy::ports::{parse_protocol, SCTP};
@@ -96,14 +103,25 @@ struct Port {
     protocol: u8,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 without.
     affinity_timeout: u32,
+    /// Only this node's endpoints serve it (a `Local` traffic policy).
+    local_only: bool,
+    /// [`service_flags`].
+    flags: u32,
 }
 
 /// kube-proxy's default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
-pub fn compile(state: &ClusterState, node_name: &str, ids: &mut ServiceIds) -> DesiredServices {
+/// `node_ip`: this node's InternalIP, where its NodePorts are (none until
+/// the Node object gives it).
+pub fn compile(
+    state: &ClusterState,
+    node_name: &str,
+    node_ip: Option<Ipv4Addr>,
+    ids: &mut ServiceIds,
+) -> DesiredServices {
     let mut out = DesiredServices::default();
-    let mut ports_of: Vec<((&str, &str), Vec<Port>, bool)> = Vec::new();
+    let mut ports_of: Vec<((&str, &str), Vec<Port>)> = Vec::new();
     for ((namespace, name), service) in &state.services {
         let mut problem = |reason: String| {
             out.problems.push(ServiceProblem {
@@ -111,16 +129,16 @@ pub fn compile(state: &ClusterState, node_name: &str, ids: &mut ServiceIds) -> D
                 reason,
             })
         };
-        let (ports, local_only) = frontends(service, &mut problem);
-        ports_of.push(((namespace.as_str(), name.as_str()), ports, local_only));
+        let ports = frontends(service, node_ip, &mut problem);
+        ports_of.push(((namespace.as_str(), name.as_str()), ports));
     }
     let keys: BTreeSet<ServiceKey> = ports_of
         .iter()
-        .flat_map(|(_, ports, _)| ports.iter().map(|p| p.key))
+        .flat_map(|(_, ports)| ports.iter().map(|p| p.key))
         .collect();
     ids.sync(&keys);
 
-    for ((namespace, name), ports, local_only) in &ports_of {
+    for ((namespace, name), ports) in &ports_of {
         let slices: Vec<&EndpointSlice> = state
             .endpoint_slices
             .iter()
@@ -143,7 +161,7 @@ pub fn compile(state: &ClusterState, node_name: &str, ids: &mut ServiceIds) -> D
                     format!("{}/{protocol}", u16::from_be_bytes(port.key.port)),
                 ),
             );
-            let backends = backends(&slices, port, *local_only, node_name);
+            let backends = backends(&slices, port, node_name);
             if port.protocol == SCTP {
                 // The programs cannot redo SCTP's checksum, so they never
                 // change an SCTP port: a backend on another port could not
@@ -162,7 +180,7 @@ pub fn compile(state: &ClusterState, node_name: &str, ids: &mut ServiceIds) -> D
                             id,
                             backends: 0,
                             affinity_timeout: port.affinity_timeout,
-                            _pad: 0,
+                            flags: port.flags,
                         },
                     );
                     out.without_backends.insert(port.key);
@@ -184,7 +202,7 @@ pub fn compile(state: &ClusterState, node_name: &str, ids: &mut ServiceIds) -> D
                     id,
                     backends: backends.len() as u32,
                     affinity_timeout: port.affinity_timeout,
-                    _pad: 0,
+                    flags: port.flags,
                 },
             );
             if backends.is_empty() {
@@ -195,16 +213,46 @@ pub fn compile(state: &ClusterState, node_name: &str, ids: &mut ServiceIds) -> D
     out
 }
 
-/// The frontends of a Service (one per ClusterIP port), and whether only
-/// local endpoints may serve them (`internalTrafficPolicy: Local`).
-fn frontends(service: &Service, problem: &mut impl FnMut(String)) -> (Vec<Port>, bool) {
+/// The frontends of a Service: one per ClusterIP port, and the external
+/// ones (see the module's documentation).
+fn frontends(
+    service: &Service,
+    node_ip: Option<Ipv4Addr>,
+    problem: &mut impl FnMut(String),
+) -> Vec<Port> {
     let Some(spec) = &service.spec else {
-        return (Vec::new(), false);
+        return Vec::new();
     };
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return (Vec::new(), false);
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if kind == "ExternalName" {
+        return Vec::new();
     }
-    let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let external_flags = if external_local {
+        service_flags::EXTERNAL
+    } else {
+        service_flags::EXTERNAL | service_flags::MASQUERADE
+    };
+    let mut external_ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    for ip in spec.external_ips.iter().flatten() {
+        match ip.parse() {
+            Ok(ip) => {
+                external_ips.insert(ip);
+            }
+            Err(_) => problem(format!(
+                "spec.externalIPs: {ip:?} is not an IPv4 address; ignored"
+            )),
+        }
+    }
+    if kind == "LoadBalancer" {
+        let ingress = service
+            .status
+            .iter()
+            .filter_map(|s| s.load_balancer.as_ref()?.ingress.as_ref())
+            .flatten();
+        external_ips.extend(ingress.filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()));
+    }
     let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
         spec.session_affinity_config
             .as_ref()
@@ -243,21 +291,38 @@ fn frontends(service: &Service, problem: &mut impl FnMut(String)) -> (Vec<Port>,
             ));
             continue;
         };
-        for ip in &ips {
-            ports.push(Port {
-                key: ServiceKey {
-                    addr: ip.octets(),
-                    port: number.to_be_bytes(),
-                    protocol,
-                    _pad: 0,
-                },
-                name: port.name.clone().unwrap_or_default(),
+        let frontend = |addr: Ipv4Addr, number: u16, local_only: bool, flags: u32| Port {
+            key: ServiceKey {
+                addr: addr.octets(),
+                port: number.to_be_bytes(),
                 protocol,
-                affinity_timeout,
-            });
+                _pad: 0,
+            },
+            name: port.name.clone().unwrap_or_default(),
+            protocol,
+            affinity_timeout,
+            local_only,
+            flags,
+        };
+        for ip in &ips {
+            ports.push(frontend(*ip, number, internal_local, 0));
+        }
+        for ip in &external_ips {
+            ports.push(frontend(*ip, number, external_local, external_flags));
+        }
+        let node_port = port
+            .node_port
+            .filter(|_| kind == "NodePort" || kind == "LoadBalancer");
+        if let (Some(node_port), Some(node_ip)) = (node_port, node_ip) {
+            match u16::try_from(node_port).ok().filter(|p| *p > 0) {
+                Some(n) => ports.push(frontend(node_ip, n, external_local, external_flags)),
+                None => problem(format!(
+                    "spec.ports[{i}]: nodePort {node_port} out of range; ignored"
+                )),
+            }
         }
     }
-    (ports, local_only)
+    ports
 }
 
 fn serves(slice: &EndpointSlice, service: &str) -> bool {
@@ -273,12 +338,7 @@ fn serves(slice: &EndpointSlice, service: &str) -> bool {
 /// The ready endpoints of `slices` for `port`, each with the port its
 /// slice gives the Service port's name; sorted and without duplicates, so
 /// slots stay put while the set does.
-fn backends(
-    slices: &[&EndpointSlice],
-    port: &Port,
-    local_only: bool,
-    node_name: &str,
-) -> Vec<Backend> {
+fn backends(slices: &[&EndpointSlice], port: &Port, node_name: &str) -> Vec<Backend> {
     let mut out = BTreeSet::new();
     for slice in slices {
         let Some(target) = slice.ports.iter().flatten().find_map(|p| {
@@ -300,7 +360,7 @@ fn backends(
             if !ready {
                 continue;
             }
-            if local_only && endpoint.node_name.as_deref() != Some(node_name) {
+            if port.local_only && endpoint.node_name.as_deref() != Some(node_name) {
                 continue;
             }
             let Some(addr) = endpoint
@@ -401,7 +461,7 @@ endpoints:
 
     #[test]
     fn each_port_gets_the_ready_endpoints_on_the_port_its_slice_names() {
-        let d = compile(&state(WEB), "node1", &mut ServiceIds::new());
+        let d = compile(&state(WEB), "node1", None, &mut ServiceIds::new());
         assert!(d.problems.is_empty(), "{:?}", d.problems);
         let http = key([10, 96, 0, 10], 80, 6);
         let dns = key([10, 96, 0, 10], 53, 17);
@@ -433,13 +493,13 @@ endpoints:
             "  clusterIP: 10.96.0.10\n",
             "  clusterIP: 10.96.0.10\n  internalTrafficPolicy: Local\n",
         );
-        let d = compile(&state(&yaml), "node2", &mut ServiceIds::new());
+        let d = compile(&state(&yaml), "node2", None, &mut ServiceIds::new());
         let http = key([10, 96, 0, 10], 80, 6);
         assert_eq!(
             backends_of(&d, &http),
             [("10.244.2.9".parse().unwrap(), 8080)]
         );
-        let d = compile(&state(&yaml), "node4", &mut ServiceIds::new());
+        let d = compile(&state(&yaml), "node4", None, &mut ServiceIds::new());
         assert_eq!(d.frontends[&http].backends, 0);
         assert!(
             d.without_backends.contains(&http),
@@ -448,23 +508,85 @@ endpoints:
     }
 
     #[test]
+    fn node_ports_external_ips_and_load_balancer_ips_are_external_frontends() {
+        let lb = WEB.replace(
+            "spec:\n  clusterIP: 10.96.0.10\n  ports:\n  - {name: http, port: 80, targetPort: http}",
+            "status: {loadBalancer: {ingress: [{ip: 198.51.100.1}]}}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  externalIPs: [192.0.2.7, not-an-ip]\n  clusterIP: 10.96.0.10\n  ports:\n  - {name: http, port: 80, targetPort: http, nodePort: 30080}",
+        );
+        let mut st = state(&lb);
+        let node_ip = Ipv4Addr::new(172, 30, 0, 11);
+        let d = compile(&st, "node1", Some(node_ip), &mut ServiceIds::new());
+        assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
+        assert!(d.problems[0].reason.contains("not-an-ip"));
+        let cluster = key([10, 96, 0, 10], 80, 6);
+        assert_eq!(d.frontends[&cluster].flags, 0);
+        assert_eq!(
+            backends_of(&d, &cluster).len(),
+            3,
+            "the ClusterIP is cluster-wide"
+        );
+        for external in [
+            key(node_ip.octets(), 30080, 6),
+            key([192, 0, 2, 7], 80, 6),
+            key([198, 51, 100, 1], 80, 6),
+        ] {
+            assert_eq!(d.frontends[&external].flags, service_flags::EXTERNAL);
+            assert_eq!(
+                backends_of(&d, &external),
+                [(Ipv4Addr::new(10, 244, 1, 7), 8080)],
+                "externalTrafficPolicy Local: this node's endpoint only"
+            );
+        }
+        assert!(d.frontends.contains_key(&key([192, 0, 2, 7], 53, 17)));
+        assert!(
+            !d.frontends.contains_key(&key(node_ip.octets(), 53, 17)),
+            "no nodePort on that port"
+        );
+
+        // Cluster: every endpoint, masqueraded; no node address, no NodePort.
+        let mut cluster_wide = st.services[&("shop".to_owned(), "web".to_owned())].clone();
+        cluster_wide
+            .spec
+            .as_mut()
+            .expect("spec")
+            .external_traffic_policy = None;
+        st.services
+            .insert(("shop".into(), "web".into()), cluster_wide);
+        let d = compile(&st, "node1", None, &mut ServiceIds::new());
+        let external = key([192, 0, 2, 7], 80, 6);
+        assert_eq!(
+            d.frontends[&external].flags,
+            service_flags::EXTERNAL | service_flags::MASQUERADE
+        );
+        assert_eq!(backends_of(&d, &external).len(), 3);
+        assert!(!d
+            .frontends
+            .keys()
+            .any(|k| u16::from_be_bytes(k.port) == 30080));
+    }
+
+    #[test]
     fn headless_and_external_name_services_have_no_frontend() {
         let headless = WEB.replace("clusterIP: 10.96.0.10", "clusterIP: None");
-        assert!(compile(&state(&headless), "node1", &mut ServiceIds::new())
-            .frontends
-            .is_empty());
+        assert!(
+            compile(&state(&headless), "node1", None, &mut ServiceIds::new())
+                .frontends
+                .is_empty()
+        );
         let external = "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: shop}\nspec: {type: ExternalName, externalName: example.com}\n";
-        assert!(compile(&state(external), "node1", &mut ServiceIds::new())
-            .frontends
-            .is_empty());
+        assert!(
+            compile(&state(external), "node1", None, &mut ServiceIds::new())
+                .frontends
+                .is_empty()
+        );
     }
 
     #[test]
     fn ids_stay_put_while_their_frontends_exist() {
         let mut ids = ServiceIds::new();
-        let first = compile(&state(WEB), "node1", &mut ids);
+        let first = compile(&state(WEB), "node1", None, &mut ids);
         let other = "---\napiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: shop}\nspec:\n  clusterIP: 10.96.0.5\n  ports: [{port: 443}]\n";
-        let second = compile(&state(&format!("{WEB}{other}")), "node1", &mut ids);
+        let second = compile(&state(&format!("{WEB}{other}")), "node1", None, &mut ids);
         for (frontend, info) in &first.frontends {
             assert_eq!(second.frontends[frontend].id, info.id);
         }
@@ -479,13 +601,13 @@ endpoints:
     #[test]
     fn session_affinity_carries_its_timeout() {
         let http = key([10, 96, 0, 10], 80, 6);
-        let d = compile(&state(WEB), "node1", &mut ServiceIds::new());
+        let d = compile(&state(WEB), "node1", None, &mut ServiceIds::new());
         assert_eq!(d.frontends[&http].affinity_timeout, 0);
         let sticky = WEB.replace(
             "  clusterIP: 10.96.0.10\n",
             "  clusterIP: 10.96.0.10\n  sessionAffinity: ClientIP\n",
         );
-        let d = compile(&state(&sticky), "node1", &mut ServiceIds::new());
+        let d = compile(&state(&sticky), "node1", None, &mut ServiceIds::new());
         assert_eq!(
             d.frontends[&http].affinity_timeout,
             DEFAULT_AFFINITY_TIMEOUT
@@ -494,7 +616,7 @@ endpoints:
             "  sessionAffinity: ClientIP\n",
             "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
         );
-        let d = compile(&state(&short), "node1", &mut ServiceIds::new());
+        let d = compile(&state(&short), "node1", None, &mut ServiceIds::new());
         assert_eq!(d.frontends[&http].affinity_timeout, 60);
     }
 
@@ -515,13 +637,13 @@ addressType: IPv4
 ports: [{name: a, port: 8080, protocol: SCTP}]
 endpoints: [{addresses: [10.244.1.7]}]
 ";
-        let d = compile(&state(yaml), "node1", &mut ServiceIds::new());
+        let d = compile(&state(yaml), "node1", None, &mut ServiceIds::new());
         let frontend = key([10, 96, 0, 20], 80, SCTP);
         assert_eq!(d.frontends[&frontend].backends, 0);
         assert!(d.without_backends.contains(&frontend));
         assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
         let same_port = yaml.replace("port: 8080, protocol: SCTP", "port: 80, protocol: SCTP");
-        let d = compile(&state(&same_port), "node1", &mut ServiceIds::new());
+        let d = compile(&state(&same_port), "node1", None, &mut ServiceIds::new());
         assert_eq!(d.frontends[&frontend].backends, 1);
         assert!(d.problems.is_empty());
     }

@@ -1,10 +1,12 @@
 //! What a packet does at each attach point: `pod` (the host side of a
 //! pod's veth), `overlay` (the node's VXLAN device), `netdev` (the underlay
-//! device, native routing). Each program's decision is a function from the
+//! device); and what the node's sockets' addresses become (`sock`, the
+//! cgroup socket hooks). Each program's decision is a function from the
 //! packet to a [`Verdict`]; [`run`] counts it.
 pub mod netdev;
 pub mod overlay;
 pub mod pod;
+pub mod sock;
 
 use aya_ebpf::programs::TcContext;
 use sluice_common::{direction::Direction, reason::Reason};

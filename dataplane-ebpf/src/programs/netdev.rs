@@ -1,19 +1,24 @@
-//! The underlay device in native routing: `from_netdev` on its TCX
-//! ingress, `to_netdev` on its TCX egress.
+//! The underlay device: `from_netdev` on its TCX ingress, `to_netdev` on
+//! its TCX egress.
 use aya_ebpf::programs::TcContext;
 
-use sluice_common::reason::Reason;
+use sluice_common::{config::routing, reason::Reason};
 
 use super::{to_local_pod, FromNode};
 use crate::{
     lookup,
     parse::{self, ETH_P_IP},
     policy,
-    verdict::{pass, pass_uncounted, Verdict},
+    service::{self, Toward},
+    verdict::{drop, pass, pass_uncounted, Verdict},
 };
 
-/// Local pods' traffic from other nodes skips the host stack; the node's
-/// own traffic is left alone, whatever it is, and not counted.
+/// Traffic to an external Service frontend is translated to its backend
+/// and left to the host stack to forward. In native routing, local pods'
+/// traffic from other nodes (or from outside) skips the host stack; in
+/// tunnel mode it arrives through the VXLAN device, and what reaches a
+/// pod from outside is the stack's to route (`to_container` sees it). The
+/// node's own traffic is left alone, whatever it is, and not counted.
 pub fn from_netdev(ctx: &TcContext) -> Verdict {
     let Ok(eth) = parse::eth(ctx) else {
         return pass_uncounted();
@@ -24,6 +29,16 @@ pub fn from_netdev(ctx: &TcContext) -> Verdict {
     let Ok(mut pkt) = parse::ipv4(ctx) else {
         return pass_uncounted();
     };
+    match service::from_outside(ctx, &mut pkt) {
+        Ok(Toward::NotAService) => {}
+        // Translated: the stack forwards it (and masquerades it if asked).
+        // Without a ready backend: the stack refuses it.
+        Ok(Toward::Backend | Toward::NoBackend) => return pass(Reason::ToStack),
+        Err(reason) => return drop(reason),
+    }
+    if lookup::config().routing != routing::NATIVE {
+        return pass_uncounted();
+    }
     match to_local_pod(ctx, &mut pkt) {
         FromNode::Done(verdict) => verdict,
         FromNode::ToStack => pass(Reason::ToStack),
@@ -35,7 +50,9 @@ pub fn from_netdev(ctx: &TcContext) -> Verdict {
 /// pod's packet that the stack forwarded here (after a Service DNAT, say)
 /// is noted, so the reply from the other node goes back through the stack.
 /// Packets `from_container` routed here itself belong to flows conntrack
-/// already knows and are left as they are.
+/// already knows and are left as they are. A backend's reply to a client
+/// outside, in a connection `from_netdev` translated, gets the external
+/// frontend back as its source.
 pub fn to_netdev(ctx: &TcContext) -> Verdict {
     let Ok(eth) = parse::eth(ctx) else {
         return pass_uncounted();
@@ -43,11 +60,14 @@ pub fn to_netdev(ctx: &TcContext) -> Verdict {
     if u16::from_be(eth.proto) != ETH_P_IP {
         return pass_uncounted();
     }
-    let Ok(pkt) = parse::ipv4(ctx) else {
+    let Ok(mut pkt) = parse::ipv4(ctx) else {
         return pass_uncounted();
     };
     if lookup::local_endpoint(pkt.hdr.saddr).is_some() {
         policy::note_stack_forwarded(&pkt);
+    }
+    if let Err(reason) = service::from_backend(ctx, &mut pkt) {
+        return drop(reason);
     }
     pass_uncounted()
 }

@@ -12,5 +12,5 @@ pub mod masquerade;
 pub mod netlink;
 pub mod nft;
 pub mod node_sync;
-pub mod service_reject;
+pub mod service_nft;
 pub mod underlay;

@@ -34,6 +34,8 @@ pub enum NodeSyncError {
     Masquerade(#[from] NftError),
     #[error("no device holds this node's InternalIP {0}")]
     NoUnderlay(Ipv4Addr),
+    #[error("reading the node's network namespace cookie: {0}")]
+    NetnsCookie(std::io::Error),
 }
 
 /// The devices cross-node traffic uses, found or made at start.
@@ -54,8 +56,9 @@ impl RoutingSetup {
 }
 
 /// Sets up cross-node routing for a node whose InternalIP is `node_ip`:
-/// the VXLAN device with its two programs (tunnel) or the program on the
-/// underlay (native), and the programs' configuration.
+/// the VXLAN device with its two programs (tunnel), the programs on the
+/// underlay (both modes: external Service traffic arrives there), and the
+/// programs' configuration.
 pub async fn setup(
     dataplane: &mut Dataplane,
     config_map: &mut ConfigMap,
@@ -67,29 +70,32 @@ pub async fn setup(
         .device_with_address(node_ip)
         .await?
         .ok_or(NodeSyncError::NoUnderlay(node_ip))?;
+    dataplane.attach_program(programs::FROM_NETDEV, &underlay.name, underlay.index)?;
+    dataplane.attach_program(programs::TO_NETDEV, &underlay.name, underlay.index)?;
+    // The node's sockets are the socket hooks' (the agent runs in the
+    // node's network namespace).
+    let netns_cookie = sluice_sys::netns::current_cookie().map_err(NodeSyncError::NetnsCookie)?;
     let (route_device, config) = match mode {
         Routing::Tunnel => {
             let vxlan = netlink.ensure_vxlan(underlay.mtu - mode.overhead()).await?;
             dataplane.attach_program(programs::FROM_OVERLAY, VXLAN_DEVICE, vxlan)?;
             dataplane.attach_program(programs::TO_OVERLAY, VXLAN_DEVICE, vxlan)?;
-            // Leave nothing of the other mode behind (a cluster switched modes).
-            dataplane.detach_program(programs::FROM_NETDEV, &underlay.name)?;
-            dataplane.detach_program(programs::TO_NETDEV, &underlay.name)?;
             let config = DataplaneConfig {
                 routing: routing::TUNNEL,
                 tunnel_ifindex: vxlan,
+                netns_cookie,
             };
             (vxlan, config)
         }
         Routing::Native => {
-            dataplane.attach_program(programs::FROM_NETDEV, &underlay.name, underlay.index)?;
-            dataplane.attach_program(programs::TO_NETDEV, &underlay.name, underlay.index)?;
+            // Leave nothing of the other mode behind (a cluster switched modes).
             dataplane.detach_program(programs::FROM_OVERLAY, VXLAN_DEVICE)?;
             dataplane.detach_program(programs::TO_OVERLAY, VXLAN_DEVICE)?;
             netlink.delete_link(VXLAN_DEVICE).await?;
             let config = DataplaneConfig {
                 routing: routing::NATIVE,
                 tunnel_ifindex: 0,
+                netns_cookie,
             };
             (underlay.index, config)
         }

@@ -194,8 +194,8 @@ fn remove_foreign_pins(pin_dir: &Path, ours: &BTreeSet<String>) -> Result<(), Da
 }
 
 pub struct Dataplane {
-    ebpf: Ebpf,
-    pin_dir: PathBuf,
+    pub(super) ebpf: Ebpf,
+    pub(super) pin_dir: PathBuf,
     endpoints: HashMap<MapData, IpKey, EndpointInfo>,
     sync_maps: Option<SyncMaps>,
     /// The maps of this agent's object; any other pinned map is an earlier
@@ -278,6 +278,7 @@ impl Dataplane {
                 .load()
                 .map_err(program_error(name))?;
         }
+        dataplane.load_socket_hooks()?;
         // New programs on new, still empty maps would see no endpoints, no
         // isolation, no rules: fail open (or drop everything). Then the
         // running programs, if any, keep their old, consistent maps until

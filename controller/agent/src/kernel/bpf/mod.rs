@@ -6,8 +6,9 @@
 //! all through one diff-writer ([`diff`]).
 //!
 //! Layout under the node's pin directory (`<bpf-root>/<node-name>/`): the
-//! maps by name (`sluice_common::maps`), and `links/` with one pin per
-//! attached program. Pins outlive the agent, so traffic keeps flowing
+//! maps by name (`sluice_common::maps`), `links/` with one pin per
+//! attached TC program, and `sock/` with the socket hooks' links
+//! ([`socket_hooks`]). Pins outlive the agent, so traffic keeps flowing
 //! across agent restarts.
 
 pub mod diff;
@@ -17,6 +18,7 @@ pub mod node_maps;
 pub mod policy_maps;
 pub mod revision;
 pub mod service_maps;
+pub mod socket_hooks;
 
 use std::{
     io,

@@ -1,23 +1,29 @@
-//! Frontends without a ready backend refuse connections, as kube-proxy
-//! makes them do: the programs hand such packets to the host stack, where
-//! this table rejects them (TCP reset; ICMP port unreachable for UDP and
-//! SCTP), so a client learns at once instead of timing out.
+//! What the host stack does for Services, in one nftables table:
+//!
+//! - frontends without a ready backend refuse connections, as kube-proxy
+//!   makes them do: the programs hand such packets to the host stack,
+//!   where this table rejects them (TCP reset; ICMP port unreachable for
+//!   UDP and SCTP), so a client learns at once instead of timing out;
+//! - external connections under `externalTrafficPolicy: Cluster`, which
+//!   `from_netdev` translated and marked, leave with the node's address
+//!   (masquerade), so the backend's replies come back through this node.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use sluice_common::services::ServiceKey;
+use sluice_common::services::{ServiceKey, MASQUERADE_MARK};
 
 use super::nft;
 use crate::policy::ports::{SCTP, TCP, UDP};
 
-/// The nftables table (family ip) with the reject rules.
+/// The nftables table (family ip).
 pub const TABLE: &str = "sluice_services";
 
-/// The ruleset for `refused` frontends (empty: the table is removed).
-pub fn ruleset(refused: &BTreeSet<ServiceKey>) -> String {
+/// The ruleset for `refused` frontends, with the masquerade of marked
+/// connections if `masquerade` (neither: the table is removed).
+pub fn ruleset(refused: &BTreeSet<ServiceKey>, masquerade: bool) -> String {
     let mut out = nft::replace_table("ip", TABLE);
-    if refused.is_empty() {
+    if refused.is_empty() && !masquerade {
         return out;
     }
     let elements = |protocol: u8| -> Vec<String> {
@@ -53,15 +59,27 @@ pub fn ruleset(refused: &BTreeSet<ServiceKey>) -> String {
             "\t\tip daddr . {name} dport @refused_{name} counter {reject}\n"
         ));
     }
-    // Pods' packets are forwarded; the node's own would be output.
-    for (chain, hook) in [("forward", "forward"), ("output", "output")] {
-        out.push_str(&format!(
-            "\tchain {chain} {{\n\t\ttype filter hook {hook} priority filter; policy accept;\n"
-        ));
-        for rule in &rules {
-            out.push_str(rule);
+    // Pods' packets are forwarded; the node's own would be output; those
+    // from outside to a NodePort on the node's address are input.
+    if !rules.is_empty() {
+        for (chain, hook) in [
+            ("forward", "forward"),
+            ("output", "output"),
+            ("input", "input"),
+        ] {
+            out.push_str(&format!(
+                "\tchain {chain} {{\n\t\ttype filter hook {hook} priority filter; policy accept;\n"
+            ));
+            for rule in &rules {
+                out.push_str(rule);
+            }
+            out.push_str("\t}\n");
         }
-        out.push_str("\t}\n");
+    }
+    if masquerade {
+        out.push_str(&format!(
+            "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tmeta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} counter masquerade\n\t}}\n"
+        ));
     }
     out.push_str("}\n");
     out
@@ -82,7 +100,7 @@ mod tests {
 
     #[test]
     fn tcp_gets_resets_the_others_port_unreachable() {
-        let rules = ruleset(&BTreeSet::from([key(80, TCP), key(53, UDP)]));
+        let rules = ruleset(&BTreeSet::from([key(80, TCP), key(53, UDP)]), false);
         assert!(
             rules.starts_with("add table ip sluice_services\ndelete table ip sluice_services\n")
         );
@@ -94,15 +112,25 @@ mod tests {
         assert!(!rules.contains("sctp"));
         assert_eq!(
             rules.matches("ip daddr . tcp dport").count(),
-            2,
-            "forward and output"
+            3,
+            "forward, output and input"
         );
+        assert!(!rules.contains("masquerade"));
+    }
+
+    #[test]
+    fn marked_external_connections_are_masqueraded() {
+        let rules = ruleset(&BTreeSet::new(), true);
+        assert!(rules.contains(
+            "chain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tmeta mark & 0x200 == 0x200 counter masquerade\n\t}"
+        ));
+        assert!(!rules.contains("reject"));
     }
 
     #[test]
     fn nothing_refused_removes_the_table() {
         assert_eq!(
-            ruleset(&BTreeSet::new()),
+            ruleset(&BTreeSet::new(), false),
             "add table ip sluice_services\ndelete table ip sluice_services\n"
         );
     }
