@@ -212,8 +212,7 @@ pub fn lifetime(pkt: &Ipv4Packet, flags: u32) -> u64 {
 /// cluster. No pod's address passes as a router's (pods' sources are
 /// checked, tunnel sources too), so a pod can only report errors on its
 /// own flows, never use someone else's flow to get past policy. `Some`:
-/// related, to a flow the stack handed in (`true`: the error goes back
-/// through the stack too, which translates the quote as well) or not.
+/// related, and to what kind of flow.
 #[inline(always)]
 pub fn related(
     quoted: &Quoted,
@@ -221,7 +220,7 @@ pub fn related(
     from_local_pod: bool,
     now: u64,
     revision: u32,
-) -> Option<bool> {
+) -> Option<Related> {
     if quoted.saddr != pkt.hdr.daddr {
         return None;
     }
@@ -241,10 +240,28 @@ pub fn related(
         (quoted.l4[0], quoted.l4[1])
     };
     let key = key(quoted.saddr, quoted.daddr, quoted.protocol, sport, dport);
-    let live = |key: &CtKey| {
-        lookup(key, now)
-            .filter(|e| e.live(revision))
-            .map(|e| e.via_stack())
-    };
-    live(&key).or_else(|| live(&key.reversed()))
+    let live = |key: &CtKey| lookup(key, now).filter(|e| e.live(revision));
+    if let Some(entry) = live(&key) {
+        return Some(Related {
+            via_stack: entry.via_stack(),
+            // About the flow's own direction: for a translated one, the
+            // quote names the backend the client never addressed.
+            service: entry.service(),
+        });
+    }
+    live(&key.reversed()).map(|entry| Related {
+        via_stack: entry.via_stack(),
+        service: false,
+    })
+}
+
+/// What an ICMP error's flow is.
+#[derive(Clone, Copy)]
+pub struct Related {
+    /// The stack handed the flow in: the error goes back through it too,
+    /// which translates the quote as well.
+    pub via_stack: bool,
+    /// It reports on a client's packet translated to a Service backend:
+    /// the quote must name the frontend again.
+    pub service: bool,
 }

@@ -83,7 +83,9 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROB: u8 = 12;
 /// ICMP header length before an error's quoted packet.
-const ICMP_ERROR_HLEN: usize = 8;
+pub const ICMP_ERROR_HLEN: usize = 8;
+/// Offset of the checksum in the ICMP header.
+pub const ICMP_CSUM_OFF: usize = 2;
 
 pub fn eth(ctx: &TcContext) -> Result<EthHdr, Reason> {
     ctx.load::<EthHdr>(0).map_err(|_| Reason::DropShortFrame)

@@ -104,6 +104,9 @@ pub struct Passed {
     /// A backend's reply in a translated connection to a Service: it must
     /// get the frontend back as its source before the client sees it.
     pub service_reply: bool,
+    /// An ICMP error about a client's translated packet: its quote must
+    /// name the frontend again before the client sees it.
+    pub service_error: bool,
 }
 
 /// Decides a packet between `src` and `dst` (each given when it is a pod
@@ -122,10 +125,11 @@ pub fn enforce(
     let now = unsafe { bpf_ktime_get_ns() };
     let revision = lookup::policy_revision();
     if let Some(quoted) = &pkt.quoted {
-        if let Some(via_stack) = conntrack::related(quoted, pkt, src.is_some(), now, revision) {
+        if let Some(related) = conntrack::related(quoted, pkt, src.is_some(), now, revision) {
             return Ok(Passed {
-                via_stack,
+                via_stack: related.via_stack,
                 service_reply: false,
+                service_error: related.service,
             });
         }
     }
@@ -141,6 +145,7 @@ pub fn enforce(
         let passed = Passed {
             via_stack: entry.via_stack(),
             service_reply: false,
+            service_error: false,
         };
         (revalidate(entry, pkt, &key, src, dst, now, revision), passed)
     } else {
@@ -156,6 +161,7 @@ pub fn enforce(
             let passed = Passed {
                 via_stack: entry.via_stack(),
                 service_reply: entry.service(),
+                service_error: false,
             };
             (
                 revalidate(entry, pkt, &reverse, dst, src, now, revision),
@@ -169,6 +175,7 @@ pub fn enforce(
             let passed = Passed {
                 via_stack,
                 service_reply: false,
+                service_error: false,
             };
             (verdict, passed)
         }

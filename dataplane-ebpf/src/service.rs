@@ -31,8 +31,8 @@ use crate::{
     conntrack, metrics,
     maps::{SERVICES, SERVICE_AFFINITY, SERVICE_BACKENDS, SERVICE_FLOWS, SERVICE_REVERSE},
     parse::{
-        Ipv4Packet, ETH_HLEN, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPV4_CSUM_OFF,
-        IPV4_DADDR_OFF, IPV4_SADDR_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
+        Ipv4Packet, ETH_HLEN, ICMP_CSUM_OFF, ICMP_ERROR_HLEN, IPPROTO_SCTP, IPPROTO_TCP,
+        IPPROTO_UDP, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
     },
 };
 
@@ -67,8 +67,9 @@ fn lifetime(pkt: &Ipv4Packet) -> u64 {
 /// same backend whatever happens to the backend set. A function of its
 /// own (not inlined): its locals would otherwise push the caller's stack
 /// frame past what the verifier allows beside policy's.
-/// External frontends are not translated here: a pod's packet to one goes
-/// to the host stack as it is.
+/// Also for an external frontend under `externalTrafficPolicy: Cluster`
+/// (a pod reaching a NodePort of its node or an externalIP), whose
+/// backends are every ready endpoint; see [`inside_cluster`].
 #[inline(never)]
 pub fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reason> {
     let frontend = frontend_of(pkt);
@@ -76,10 +77,20 @@ pub fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reaso
     let Some(service) = SERVICES.get_ptr(&frontend).map(|s| unsafe { *s }) else {
         return Ok(Toward::NotAService);
     };
-    if service.flags & service_flags::EXTERNAL != 0 {
+    if !inside_cluster(&service) {
         return Ok(Toward::NotAService);
     }
     translate(ctx, pkt, &frontend, &service)
+}
+
+/// Whether clients inside the cluster (pods, the node's own processes)
+/// are given a frontend's backends: not an external frontend under
+/// `externalTrafficPolicy: Local`, whose backends are only this node's,
+/// while kube-proxy sends in-cluster clients to every endpoint (not done
+/// yet: such a packet goes on untranslated).
+#[inline(always)]
+pub fn inside_cluster(service: &ServiceInfo) -> bool {
+    service.flags & service_flags::EXTERNAL == 0 || service.flags & service_flags::MASQUERADE != 0
 }
 
 /// Gives a packet from outside the cluster towards an external frontend
@@ -278,6 +289,73 @@ pub fn from_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<(), Reason>
         ((*frontend).addr, (*frontend).port)
     };
     rewrite(ctx, pkt, End::Source, addr, port)
+}
+
+/// An ICMP error about a translated connection (the backend's port
+/// unreachable, a router's fragmentation needed), on its way to the
+/// client: the packet it quotes goes back to what the client sent, to the
+/// frontend, and so does the error's source if the backend sent it, so
+/// the client's stack matches it to its socket (a connected UDP socket
+/// gets ECONNREFUSED, TCP learns the path MTU). The quoted L4 checksum is
+/// left as it is: nobody checks it in a quote.
+#[inline(never)]
+pub fn error_from_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<(), Reason> {
+    const FAILED: Reason = Reason::DropRewriteFailed;
+    let Some(quoted) = pkt.quoted else {
+        return Ok(());
+    };
+    if quoted.protocol != IPPROTO_TCP && quoted.protocol != IPPROTO_UDP {
+        return Ok(());
+    }
+    // The quote is the client's packet as translated: client → backend.
+    let reply = conntrack::key(
+        quoted.daddr,
+        quoted.saddr,
+        quoted.protocol,
+        quoted.l4[1],
+        quoted.l4[0],
+    );
+    // SAFETY: a map value pointer, valid for this program run; copied out.
+    let Some(frontend) = SERVICE_REVERSE.get_ptr(&reply).map(|f| unsafe { *f }) else {
+        return Ok(());
+    };
+    let icmp = pkt.l4_offset;
+    let inner = icmp + ICMP_ERROR_HLEN;
+    let version_ihl: u8 = ctx.load(inner).map_err(|_| FAILED)?;
+    let inner_l4 = inner + usize::from(version_ihl & 0x0f) * 4;
+    let (old_ip, new_ip) = (
+        u32::from_ne_bytes(quoted.daddr),
+        u32::from_ne_bytes(frontend.addr),
+    );
+    // The quoted header's own checksum follows its address, so the quoted
+    // header still sums as before and the ICMP checksum needs no update
+    // for it; only for the port.
+    ctx.l3_csum_replace(inner + IPV4_CSUM_OFF, u64::from(old_ip), u64::from(new_ip), 4)
+        .map_err(|_| FAILED)?;
+    ctx.store(inner + IPV4_DADDR_OFF, &frontend.addr, 0)
+        .map_err(|_| FAILED)?;
+    let old_port = u16::from_ne_bytes(quoted.l4[1].to_be_bytes());
+    let new_port = u16::from_ne_bytes(frontend.port);
+    if old_port != new_port {
+        ctx.l4_csum_replace(
+            icmp + ICMP_CSUM_OFF,
+            u64::from(old_port),
+            u64::from(new_port),
+            2,
+        )
+        .map_err(|_| FAILED)?;
+        ctx.store(inner_l4 + 2, &frontend.port, 0)
+            .map_err(|_| FAILED)?;
+    }
+    if pkt.hdr.saddr == quoted.daddr {
+        // From the backend itself: from the frontend, then.
+        ctx.l3_csum_replace(ETH_HLEN + IPV4_CSUM_OFF, u64::from(old_ip), u64::from(new_ip), 4)
+            .map_err(|_| FAILED)?;
+        ctx.store(ETH_HLEN + IPV4_SADDR_OFF, &frontend.addr, 0)
+            .map_err(|_| FAILED)?;
+        pkt.hdr.saddr = frontend.addr;
+    }
+    Ok(())
 }
 
 /// Rewrites one end's address and port, updating the IPv4 header checksum

@@ -1003,6 +1003,34 @@ fn connections_keep_their_backend_when_the_backends_change() {
     assert_eq!(unit.counter(Reason::ForwardTunnel), 1);
 }
 
+/// An ICMP error about a translated packet (the backend's port
+/// unreachable) reaches the client quoting what the client sent, to the
+/// frontend, and from the frontend: checksums of the error, of its quote
+/// and of the packet all right.
+#[test]
+fn icmp_errors_about_translated_packets_name_the_frontend() {
+    require_root!();
+    let mut unit = Unit::new();
+    web_service(&mut unit, &mut ServiceIds::new(), &[POD_B]);
+    let (a, b) = (unit.a_if, unit.b_if);
+    let query = with_l4_checksum(ipv4(POD_A, VIP, 17, 64, 0, &udp(40001, 53)));
+    let (_, translated) = unit.run_on(programs::FROM_CONTAINER, &query, a, a);
+    assert_eq!(dst_of(&translated), (POD_B, 5353));
+    // B's port is closed: B's stack quotes the datagram as it arrived.
+    let unreachable = ipv4(POD_B, POD_A, 1, 64, 0, &icmp_error(3, 3, &translated[14..]));
+    let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &unreachable, b, b);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "to the client");
+    assert_eq!(src_of(&out).0, VIP, "from the frontend");
+    assert_eq!(checksum(&out[14..34]), 0, "the packet's header checksum");
+    assert_eq!(checksum(&out[34..]), 0, "the ICMP checksum");
+    let quote = &out[42..];
+    assert_eq!(checksum(&quote[..20]), 0, "the quoted header's checksum");
+    assert_eq!(&quote[16..20], &VIP.octets(), "the quote's destination");
+    assert_eq!(&quote[22..24], &53u16.to_be_bytes(), "the quote's port");
+    assert_eq!(&quote[12..16], &POD_A.octets());
+    assert_eq!(&quote[20..22], &40001u16.to_be_bytes());
+}
+
 /// A client reusing its port: a direct connection after a translated one
 /// on the same backend tuple (the client's kernel sees different
 /// connections) gets untranslated replies, and a translated one after a
@@ -1051,20 +1079,18 @@ fn a_reused_client_port_starts_a_connection_of_its_own() {
 /// An external frontend (here an externalIP) is translated where its
 /// traffic arrives, on the underlay, and handed to the host stack to
 /// forward; the backend's reply gets the frontend back on its way out of
-/// the underlay. Pods' own packets to it, and outside packets to a
-/// ClusterIP, are left alone.
+/// the underlay. A pod's own packets to it are translated where they
+/// start, as to a ClusterIP, under `externalTrafficPolicy: Cluster`, and
+/// left alone under `Local`; outside packets to a ClusterIP are left alone.
 #[test]
 fn external_frontends_are_translated_on_the_underlay_and_back() {
     require_root!();
     let mut unit = Unit::new();
+    let mut ids = ServiceIds::new();
     let external_ip = Ipv4Addr::new(198, 51, 100, 7);
     let client = Ipv4Addr::new(203, 0, 113, 10);
-    web_service_with(
-        &mut unit,
-        &mut ServiceIds::new(),
-        &[POD_B],
-        &format!("  externalIPs: [{external_ip}]\n"),
-    );
+    let external = format!("  externalIPs: [{external_ip}]\n");
+    web_service_with(&mut unit, &mut ids, &[POD_B], &external);
     let ul = unit.underlay_if;
     let syn = with_l4_checksum(ipv4(client, external_ip, 6, 63, 0, &tcp_syn(40000, 80)));
     let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &syn, ul, ul);
@@ -1083,10 +1109,19 @@ fn external_frontends_are_translated_on_the_underlay_and_back() {
     let a = unit.a_if;
     let from_pod = with_l4_checksum(ipv4(POD_A, external_ip, 6, 64, 0, &tcp_syn(40001, 80)));
     let (_, out) = unit.run_on(programs::FROM_CONTAINER, &from_pod, a, a);
+    assert_eq!(dst_of(&out), (POD_B, 8080), "a pod's packet, under Cluster");
+    web_service_with(
+        &mut unit,
+        &mut ids,
+        &[POD_B],
+        &format!("{external}  externalTrafficPolicy: Local\n"),
+    );
+    let from_pod = with_l4_checksum(ipv4(POD_A, external_ip, 6, 64, 0, &tcp_syn(40003, 80)));
+    let (_, out) = unit.run_on(programs::FROM_CONTAINER, &from_pod, a, a);
     assert_eq!(
         dst_of(&out),
         (external_ip, 80),
-        "a pod's packet is left alone"
+        "a pod's packet, under Local: left alone"
     );
     let to_cluster_ip = with_l4_checksum(ipv4(client, VIP, 6, 63, 0, &tcp_syn(40002, 80)));
     let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &to_cluster_ip, ul, ul);

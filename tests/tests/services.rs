@@ -214,6 +214,22 @@ fn answers(ns: &Netns, dst: SocketAddr, tries: usize) -> BTreeSet<(String, Strin
     (0..tries).filter_map(|_| answer_at(ns, dst)).collect()
 }
 
+/// Whether a datagram from a connected UDP socket in `ns` to `dst` is
+/// answered by a port unreachable the socket takes as its own
+/// (ECONNREFUSED): one that quotes `dst`.
+fn udp_refused(ns: &Netns, dst: SocketAddr) -> bool {
+    ns.run(move || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        sock.connect(dst)?;
+        sock.set_read_timeout(Some(TIMEOUT))?;
+        sock.send(b"anyone?")?;
+        sock.recv(&mut [0u8; 16]).map(drop)
+    })
+    .is_ok_and(
+        |answer| matches!(answer, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+    )
+}
+
 /// Whether a TCP connect from `ns` to `dst` is refused (not timed out).
 fn refused(ns: &Netns, dst: SocketAddr) -> bool {
     ns.run(move || {
@@ -238,6 +254,7 @@ spec:
   ports:
   - {{name: http, port: 80, targetPort: http}}
   - {{name: echo-udp, port: 53, protocol: UDP, targetPort: 80}}
+  - {{name: closed-udp, port: 54, protocol: UDP, targetPort: 9999}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -246,6 +263,7 @@ addressType: IPv4
 ports:
 - {{name: http, port: {NAME_PORT}, protocol: TCP}}
 - {{name: echo-udp, port: 80, protocol: UDP}}
+- {{name: closed-udp, port: 9999, protocol: UDP}}
 endpoints:
 - {{addresses: [{b}], nodeName: node1, conditions: {{ready: true}}}}
 - {{addresses: [{c}], nodeName: node2, conditions: {{ready: true}}}}
@@ -377,6 +395,15 @@ fn cluster_ips(routing: &str, served_by: ServedBy) {
             probe::udp(&ns, "10.96.1.10:53".parse().expect("addr"), TIMEOUT),
             "{routing}: UDP from {client} through the ClusterIP"
         );
+        // A backend's port unreachable reaches the client as the
+        // ClusterIP's, from either backend.
+        let closed: SocketAddr = "10.96.1.10:54".parse().expect("addr");
+        for _ in 0..6 {
+            assert!(
+                udp_refused(&ns, closed),
+                "{routing}: {client} gets the backend's port unreachable through the ClusterIP"
+            );
+        }
         // No ready backend: refused at once, never blackholed.
         assert!(
             lab.eventually(CONVERGE, || refused(
@@ -432,7 +459,7 @@ fn cluster_ips(routing: &str, served_by: ServedBy) {
         );
         assert!(value("sluice_service_refused_total{port=\"80/TCP\",service=\"x/empty\"}") >= 1);
         assert_eq!(value("sluice_service_frontends{state=\"refused\"}"), 1);
-        assert_eq!(value("sluice_service_frontends{state=\"ready\"}"), 4);
+        assert_eq!(value("sluice_service_frontends{state=\"ready\"}"), 5);
     }
 
     // Hairpin: x/a reaches itself through a Service it backs.
@@ -556,6 +583,23 @@ fn node_ports(lab: &TestLab, routing: &str, b: &str, c: &str) {
             [(own.to_owned(), EXTERNAL.to_owned())].into(),
             "{routing}: externalTrafficPolicy Local through {node}: its own backend, from the client's address"
         );
+        if node == "node1" {
+            // In-cluster clients of their own node's NodePort: a pod and
+            // the node itself.
+            for (client, ns) in [
+                ("x/a", lab.pod_netns("x/a")),
+                ("node1", lab.node_netns("node1")),
+            ] {
+                let seen: BTreeSet<String> = (0..40)
+                    .filter_map(|_| name_at(&ns, at(NODE_PORT_CLUSTER)))
+                    .collect();
+                assert_eq!(
+                    seen,
+                    ["x/b".to_owned(), "x/c".to_owned()].into(),
+                    "{routing}: {client} through its node's NodePort (Cluster)"
+                );
+            }
+        }
     }
 }
 
@@ -620,4 +664,123 @@ fn the_lab_allocates_cluster_ips_and_keeps_endpoint_slices() {
             .all(|_| name_at(&client, vip).as_deref() == Some("x/c"))),
         "after x/b is gone only x/c answers"
     );
+}
+
+fn drain_yaml(b: &str, c: &str, b_ready: Option<bool>) -> String {
+    let b_endpoint = match b_ready {
+        Some(ready) => format!(
+            "- {{addresses: [{b}], nodeName: node1, conditions: {{ready: {ready}, terminating: {}}}}}\n",
+            !ready
+        ),
+        None => String::new(),
+    };
+    format!(
+        "\
+apiVersion: v1
+kind: Service
+metadata: {{name: drain, namespace: x}}
+spec:
+  clusterIP: 10.96.1.30
+  ports:
+  - {{name: echo, port: 80, targetPort: 80}}
+  - {{name: name, port: 8080, targetPort: {NAME_PORT}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: drain-1, namespace: x, labels: {{kubernetes.io/service-name: drain}}}}
+addressType: IPv4
+ports:
+- {{name: echo, port: 80, protocol: TCP}}
+- {{name: name, port: {NAME_PORT}, protocol: TCP}}
+endpoints:
+{b_endpoint}- {{addresses: [{c}], nodeName: node2, conditions: {{ready: true}}}}
+"
+    )
+}
+
+/// A backend taken out of a Service under load: while terminating, and
+/// once gone from its slice, its established connection goes on
+/// (exchanging data all along); new connections go only to the other
+/// backend from the moment it is not ready.
+#[test]
+fn a_backend_taken_out_keeps_its_connections_and_gets_no_new_ones() {
+    use std::io::{Read as _, Write as _};
+    require_root!();
+    let lab = TestLab::up("kd", 2, "tunnel");
+    for (pod, node) in [("x/a", "node1"), ("x/b", "node1"), ("x/c", "node2")] {
+        lab.sluice_ok(&["pod", "add", pod, "--node", node]);
+    }
+    let state = lab.lab().state().clone();
+    let ip = |name: &str| {
+        state
+            .pods
+            .iter()
+            .find(|p| format!("{}/{}", p.namespace, p.name) == name)
+            .map(|p| p.ip.to_string())
+            .unwrap_or_else(|| panic!("{name} not in the lab"))
+    };
+    let _b = NameServer::start(&lab.pod_netns("x/b"), NAME_PORT, "x/b");
+    let _c = NameServer::start(&lab.pod_netns("x/c"), NAME_PORT, "x/c");
+    let apply = |b_ready: Option<bool>| {
+        let path = lab.config.dir.with_extension("drain.yaml");
+        std::fs::write(&path, drain_yaml(&ip("x/b"), &ip("x/c"), b_ready)).expect("manifest");
+        lab.sluice_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
+        let _ = std::fs::remove_file(&path);
+    };
+    apply(Some(true));
+    let echo: SocketAddr = "10.96.1.30:80".parse().expect("addr");
+    let names: SocketAddr = "10.96.1.30:8080".parse().expect("addr");
+    let client = lab.pod_netns("x/a");
+    assert!(
+        lab.eventually(CONVERGE, || name_at(&client, names).is_some()),
+        "the Service answers\n{}",
+        lab.agent_logs()
+    );
+    // Connections to the echo port until one lands on x/b: x/b's socket
+    // table then lists the client's port.
+    let b_ns = lab.pod_netns("x/b");
+    let mut on_b = None;
+    for _ in 0..40 {
+        let conn = client
+            .run(move || std::net::TcpStream::connect_timeout(&echo, TIMEOUT))
+            .expect("entering x/a")
+            .expect("connecting to the echo port");
+        let port = conn.local_addr().expect("local address").port();
+        let listed = b_ns
+            .command("ss")
+            .and_then(|mut c| c.args(["-Htn", "state", "established"]).output())
+            .expect("ss in x/b");
+        let peer = format!(":{port}");
+        if String::from_utf8_lossy(&listed.stdout)
+            .split_whitespace()
+            .any(|field| field.ends_with(&peer))
+        {
+            on_b = Some(conn);
+            break;
+        }
+    }
+    let mut on_b = on_b.expect("one of 40 connections landed on x/b");
+    on_b.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut exchange = |what: &str| {
+        let mut buf = [0u8; 5];
+        on_b.write_all(b"hello")
+            .expect("send on the established connection");
+        on_b.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("the established connection broke {what}: {e}"));
+        assert_eq!(&buf, b"hello");
+    };
+    exchange("before anything changed");
+
+    for (step, b_ready) in [
+        ("while x/b terminates", Some(false)),
+        ("with x/b gone from the slice", None),
+    ] {
+        apply(b_ready);
+        assert!(
+            lab.eventually(CONVERGE, || (0..20)
+                .all(|_| name_at(&client, names).as_deref() == Some("x/c"))),
+            "{step}: new connections go to x/c only"
+        );
+        exchange(step);
+    }
 }

@@ -64,5 +64,11 @@ fn to_local_pod(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> FromNode {
             return FromNode::Done(drop(reason));
         }
     }
+    if passed.service_error {
+        // An error about this node's client's packet to a backend.
+        if let Err(reason) = service::error_from_backend(ctx, pkt) {
+            return FromNode::Done(drop(reason));
+        }
+    }
     FromNode::Done(forward::deliver_local(ctx, &pkt.hdr, &dst))
 }

@@ -79,6 +79,11 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
             return drop(reason);
         }
     }
+    if passed.service_error {
+        if let Err(reason) = service::error_from_backend(ctx, &mut pkt) {
+            return drop(reason);
+        }
+    }
     // Translated to itself: policy judged the pod reaching itself; the
     // source changes only so the pod accepts the packet.
     if translated && pkt.hdr.saddr == pkt.hdr.daddr {

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext as _,
 };
-use sluice_common::services::{service_flags, Backend, ServiceKey, SockFrontend, SockKey};
+use sluice_common::services::{Backend, ServiceKey, SockFrontend, SockKey};
 
 use crate::{
     lookup,
@@ -65,7 +65,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     let Some(info) = SERVICES.get_ptr(&frontend).map(|s| unsafe { *s }) else {
         return PROCEED;
     };
-    if info.flags & service_flags::EXTERNAL != 0 {
+    if !service::inside_cluster(&info) {
         return PROCEED;
     }
     // SAFETY: a helper without arguments or side effects.
