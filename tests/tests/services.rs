@@ -21,6 +21,17 @@ fn addr(ip: &str) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("address"), PORT)
 }
 
+/// The address of the lab's pod `NS/NAME`.
+fn pod_ip(lab: &TestLab, name: &str) -> String {
+    lab.lab()
+        .state()
+        .pods
+        .iter()
+        .find(|p| format!("{}/{}", p.namespace, p.name) == name)
+        .map(|p| p.ip.to_string())
+        .unwrap_or_else(|| panic!("{name} not in the lab"))
+}
+
 /// kube-proxy's translation for one Service port, as a nat PREROUTING DNAT
 /// in `node`: `vip`:80 to `backend`:80, TCP and UDP.
 fn dnat(node: &Netns, vip: &str, backend: &str) {
@@ -72,15 +83,7 @@ fn beside_kube_proxy(routing: &str) {
             &format!("app={app}"),
         ]);
     }
-    let state = lab.lab().state().clone();
-    let ip = |name: &str| {
-        state
-            .pods
-            .iter()
-            .find(|p| format!("{}/{}", p.namespace, p.name) == name)
-            .map(|p| p.ip.to_string())
-            .unwrap_or_else(|| panic!("{name} not in the lab"))
-    };
+    let ip = |name: &str| pod_ip(&lab, name);
     let node1 = lab.node_netns("node1");
     dnat(&node1, VIP_SAME_NODE, &ip("x/b"));
     dnat(&node1, VIP_OTHER_NODE, &ip("x/c"));
@@ -351,15 +354,7 @@ fn cluster_ips(routing: &str, served_by: ServedBy) {
             &format!("app={app}"),
         ]);
     }
-    let state = lab.lab().state().clone();
-    let ip = |name: &str| {
-        state
-            .pods
-            .iter()
-            .find(|p| format!("{}/{}", p.namespace, p.name) == name)
-            .map(|p| p.ip.to_string())
-            .unwrap_or_else(|| panic!("{name} not in the lab"))
-    };
+    let ip = |name: &str| pod_ip(&lab, name);
     let _a = NameServer::start(&lab.pod_netns("x/a"), NAME_PORT, "x/a");
     let _b = NameServer::start(&lab.pod_netns("x/b"), NAME_PORT, "x/b");
     let _c = NameServer::start(&lab.pod_netns("x/c"), NAME_PORT, "x/c");
@@ -710,15 +705,7 @@ fn a_backend_taken_out_keeps_its_connections_and_gets_no_new_ones() {
     for (pod, node) in [("x/a", "node1"), ("x/b", "node1"), ("x/c", "node2")] {
         lab.sluice_ok(&["pod", "add", pod, "--node", node]);
     }
-    let state = lab.lab().state().clone();
-    let ip = |name: &str| {
-        state
-            .pods
-            .iter()
-            .find(|p| format!("{}/{}", p.namespace, p.name) == name)
-            .map(|p| p.ip.to_string())
-            .unwrap_or_else(|| panic!("{name} not in the lab"))
-    };
+    let ip = |name: &str| pod_ip(&lab, name);
     let _b = NameServer::start(&lab.pod_netns("x/b"), NAME_PORT, "x/b");
     let _c = NameServer::start(&lab.pod_netns("x/c"), NAME_PORT, "x/c");
     let apply = |b_ready: Option<bool>| {

@@ -139,6 +139,17 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// Every family it exports, in one place for `desc` and `collect`.
+    fn families(&self) -> [&prometheus::IntCounterVec; 5] {
+        [
+            &self.packets,
+            &self.bytes,
+            &self.verdicts,
+            &self.service_connections,
+            &self.service_refused,
+        ]
+    }
+
     pub fn new(
         pin_dir: &Path,
         service_names: crate::metrics::ServiceNames,
@@ -229,16 +240,7 @@ impl Collector {
 
 impl prometheus::core::Collector for Collector {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        [
-            &self.packets,
-            &self.bytes,
-            &self.verdicts,
-            &self.service_connections,
-            &self.service_refused,
-        ]
-        .into_iter()
-        .flat_map(|v| v.desc())
-        .collect()
+        self.families().into_iter().flat_map(|v| v.desc()).collect()
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
@@ -253,15 +255,9 @@ impl prometheus::core::Collector for Collector {
             tracing::warn!(%error, "reading the dataplane counters");
             return Vec::new();
         }
-        [
-            &self.packets,
-            &self.bytes,
-            &self.verdicts,
-            &self.service_connections,
-            &self.service_refused,
-        ]
-        .into_iter()
-        .flat_map(|v| v.collect())
-        .collect()
+        self.families()
+            .into_iter()
+            .flat_map(|v| v.collect())
+            .collect()
     }
 }
