@@ -21,6 +21,21 @@ fn addr(ip: &str) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("address"), PORT)
 }
 
+/// Adds pods `(NS/NAME, node, app label)` to the lab.
+fn add_pods(lab: &TestLab, pods: &[(&str, &str, &str)]) {
+    for (pod, node, app) in pods {
+        lab.sluice_ok(&[
+            "pod",
+            "add",
+            pod,
+            "--node",
+            node,
+            "--labels",
+            &format!("app={app}"),
+        ]);
+    }
+}
+
 /// The address of the lab's pod `NS/NAME`.
 fn pod_ip(lab: &TestLab, name: &str) -> String {
     lab.lab()
@@ -68,21 +83,14 @@ spec:
 fn beside_kube_proxy(routing: &str) {
     require_root!();
     let lab = TestLab::up(&format!("kp{}", &routing[..1]), 2, routing);
-    for (pod, node, app) in [
-        ("x/a", "node1", "a"),
-        ("x/b", "node1", "b"),
-        ("x/c", "node2", "c"),
-    ] {
-        lab.sluice_ok(&[
-            "pod",
-            "add",
-            pod,
-            "--node",
-            node,
-            "--labels",
-            &format!("app={app}"),
-        ]);
-    }
+    add_pods(
+        &lab,
+        &[
+            ("x/a", "node1", "a"),
+            ("x/b", "node1", "b"),
+            ("x/c", "node2", "c"),
+        ],
+    );
     let ip = |name: &str| pod_ip(&lab, name);
     let node1 = lab.node_netns("node1");
     dnat(&node1, VIP_SAME_NODE, &ip("x/b"));
@@ -338,22 +346,15 @@ fn cluster_ips(routing: &str, served_by: ServedBy) {
         up.push("--kube-proxy");
     }
     lab.sluice_ok(&up);
-    for (pod, node, app) in [
-        ("x/a", "node1", "a"),
-        ("x/b", "node1", "b"),
-        ("x/c", "node2", "c"),
-        ("x/d", "node2", "d"),
-    ] {
-        lab.sluice_ok(&[
-            "pod",
-            "add",
-            pod,
-            "--node",
-            node,
-            "--labels",
-            &format!("app={app}"),
-        ]);
-    }
+    add_pods(
+        &lab,
+        &[
+            ("x/a", "node1", "a"),
+            ("x/b", "node1", "b"),
+            ("x/c", "node2", "c"),
+            ("x/d", "node2", "d"),
+        ],
+    );
     let ip = |name: &str| pod_ip(&lab, name);
     let _a = NameServer::start(&lab.pod_netns("x/a"), NAME_PORT, "x/a");
     let _b = NameServer::start(&lab.pod_netns("x/b"), NAME_PORT, "x/b");
@@ -606,17 +607,7 @@ fn node_ports(lab: &TestLab, routing: &str, b: &str, c: &str) {
 fn the_lab_allocates_cluster_ips_and_keeps_endpoint_slices() {
     require_root!();
     let lab = TestLab::up("ks", 2, "tunnel");
-    for (pod, node, app) in [("x/a", "node1", "client"), ("x/b", "node1", "web")] {
-        lab.sluice_ok(&[
-            "pod",
-            "add",
-            pod,
-            "--node",
-            node,
-            "--labels",
-            &format!("app={app}"),
-        ]);
-    }
+    add_pods(&lab, &[("x/a", "node1", "client"), ("x/b", "node1", "web")]);
     let web = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: x}}\nspec:\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: {NAME_PORT}}}]\n"
     );

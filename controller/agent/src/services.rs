@@ -325,7 +325,9 @@ fn frontends(
     ports
 }
 
-fn serves(slice: &EndpointSlice, service: &str) -> bool {
+/// Whether `slice` is one of Service `service`'s (same namespace assumed),
+/// with addresses the programs can use.
+pub fn serves(slice: &EndpointSlice, service: &str) -> bool {
     slice.address_type == "IPv4"
         && slice
             .metadata
@@ -335,16 +337,32 @@ fn serves(slice: &EndpointSlice, service: &str) -> bool {
             .is_some_and(|s| s == service)
 }
 
-/// The ready endpoints of `slices` for `port`, each with the port its
-/// slice gives the Service port's name; sorted and without duplicates, so
-/// slots stay put while the set does.
-fn backends(slices: &[&EndpointSlice], port: &Port, node_name: &str) -> Vec<Backend> {
-    let mut out = BTreeSet::new();
+/// A ready endpoint of a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadyEndpoint<'a> {
+    pub addr: Ipv4Addr,
+    /// The port its slice gives the Service port's name.
+    pub port: u16,
+    pub node: Option<&'a str>,
+}
+
+/// The ready endpoints of `slices` (a Service's) for the Service port
+/// named `port_name` with `protocol`, in slice order. An unset condition
+/// means ready (the API's definition); a terminating endpoint is not ready
+/// and gets no new connections, while its existing ones keep their
+/// backend. Of an endpoint's addresses the first counts, as the API lets
+/// consumers choose.
+pub fn ready_endpoints<'a>(
+    slices: &[&'a EndpointSlice],
+    port_name: &str,
+    protocol: u8,
+) -> Vec<ReadyEndpoint<'a>> {
+    let mut out = Vec::new();
     for slice in slices {
         let Some(target) = slice.ports.iter().flatten().find_map(|p| {
-            let protocol = parse_protocol(p.protocol.as_deref().unwrap_or("TCP")).ok()?;
-            let same_name = p.name.as_deref().unwrap_or_default() == port.name;
-            (same_name && protocol == port.protocol)
+            let p_protocol = parse_protocol(p.protocol.as_deref().unwrap_or("TCP")).ok()?;
+            let same_name = p.name.as_deref().unwrap_or_default() == port_name;
+            (same_name && p_protocol == protocol)
                 .then_some(p.port)
                 .flatten()
                 .and_then(|n| u16::try_from(n).ok())
@@ -352,32 +370,41 @@ fn backends(slices: &[&EndpointSlice], port: &Port, node_name: &str) -> Vec<Back
             continue;
         };
         for endpoint in slice.endpoints.iter().flatten() {
-            let conditions = endpoint.conditions.as_ref();
-            // An unset condition means ready (the API's definition); a
-            // terminating endpoint is not ready and gets no new
-            // connections, while its existing ones keep their backend.
-            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            if !ready {
-                continue;
-            }
-            if port.local_only && endpoint.node_name.as_deref() != Some(node_name) {
-                continue;
-            }
-            let Some(addr) = endpoint
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
+            let addr = endpoint
                 .addresses
                 .first()
-                .and_then(|a| a.parse::<Ipv4Addr>().ok())
-            else {
-                continue;
-            };
-            out.insert(Backend {
-                addr: addr.octets(),
-                port: target.to_be_bytes(),
-                _pad: [0; 2],
-            });
+                .and_then(|a| a.parse::<Ipv4Addr>().ok());
+            if let (true, Some(addr)) = (ready, addr) {
+                out.push(ReadyEndpoint {
+                    addr,
+                    port: target,
+                    node: endpoint.node_name.as_deref(),
+                });
+            }
         }
     }
-    out.into_iter().collect()
+    out
+}
+
+/// The backends of `port`: its ready endpoints (this node's only for a
+/// `Local` one), sorted and without duplicates, so slots stay put while
+/// the set does.
+fn backends(slices: &[&EndpointSlice], port: &Port, node_name: &str) -> Vec<Backend> {
+    let backends: BTreeSet<Backend> = ready_endpoints(slices, &port.name, port.protocol)
+        .into_iter()
+        .filter(|e| !port.local_only || e.node == Some(node_name))
+        .map(|e| Backend {
+            addr: e.addr.octets(),
+            port: e.port.to_be_bytes(),
+            _pad: [0; 2],
+        })
+        .collect();
+    backends.into_iter().collect()
 }
 
 #[cfg(test)]

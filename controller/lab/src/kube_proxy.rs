@@ -37,7 +37,9 @@ use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sha2::{Digest as _, Sha256};
 
-use super::{netns::Netns, services::SERVICE_NAME_LABEL};
+use sluice_agent::{policy::ports::parse_protocol, services};
+
+use super::netns::Netns;
 
 const MASQ_MARK: &str = "0x4000";
 /// Chains this emulation owns per Service port; any of them that the
@@ -164,7 +166,11 @@ impl Rules {
         let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
         let name = service.metadata.name.as_deref().unwrap_or_default();
         let port_name = port.name.as_deref().unwrap_or_default();
-        let protocol = port.protocol.as_deref().unwrap_or("TCP").to_lowercase();
+        let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
+        let Ok(protocol_number) = parse_protocol(protocol_name) else {
+            return;
+        };
+        let protocol = protocol_name.to_lowercase();
         let Ok(service_port) = u16::try_from(port.port) else {
             return;
         };
@@ -178,7 +184,14 @@ impl Rules {
             format!("-m {protocol} -p {protocol}{dst} --dport {dport}")
         };
 
-        let endpoints = endpoints_of(slices, namespace, name, port_name, &protocol, node.name);
+        let endpoints = endpoints_of(
+            slices,
+            namespace,
+            name,
+            port_name,
+            protocol_number,
+            node.name,
+        );
         let local: Vec<Endpoint> = endpoints.iter().filter(|e| e.local).cloned().collect();
         let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
             spec.session_affinity_config
@@ -431,57 +444,32 @@ fn chain(prefix: &str, key: &str) -> String {
     format!("{prefix}{hex}")
 }
 
-/// The ready endpoints of a Service port across its slices, with the port
-/// each resolves it to, sorted (kube-proxy's order is stable too).
+/// The ready endpoints of a Service port across its slices, read as the
+/// agent reads them, with the port each resolves it to; sorted
+/// (kube-proxy's order is stable too).
 fn endpoints_of(
     slices: &[EndpointSlice],
     namespace: &str,
     service: &str,
     port_name: &str,
-    protocol: &str,
+    protocol: u8,
     node: &str,
 ) -> Vec<Endpoint> {
-    let mut out: BTreeSet<Endpoint> = BTreeSet::new();
-    for slice in slices {
-        let owned = slice.metadata.namespace.as_deref() == Some(namespace)
-            && slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                .is_some_and(|s| s == service);
-        if !owned || slice.address_type != "IPv4" {
-            continue;
-        }
-        let Some(port) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| {
-                p.name.as_deref().unwrap_or_default() == port_name
-                    && p.protocol.as_deref().unwrap_or("TCP").to_lowercase() == protocol
-            })
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-        else {
-            continue;
-        };
-        for endpoint in slice.endpoints.iter().flatten() {
-            let ready = endpoint
-                .conditions
-                .as_ref()
-                .and_then(|c| c.ready)
-                .unwrap_or(true);
-            if !ready {
-                continue;
-            }
-            let local = endpoint.node_name.as_deref() == Some(node);
-            for ip in endpoint.addresses.iter().filter_map(|a| a.parse().ok()) {
-                out.insert(Endpoint { ip, port, local });
-            }
-        }
-    }
-    out.into_iter().collect()
+    let owned: Vec<&EndpointSlice> = slices
+        .iter()
+        .filter(|s| {
+            s.metadata.namespace.as_deref() == Some(namespace) && services::serves(s, service)
+        })
+        .collect();
+    let endpoints: BTreeSet<Endpoint> = services::ready_endpoints(&owned, port_name, protocol)
+        .into_iter()
+        .map(|e| Endpoint {
+            ip: e.addr,
+            port: e.port,
+            local: e.node == Some(node),
+        })
+        .collect();
+    endpoints.into_iter().collect()
 }
 
 /// The chains of both tables a node has now (`iptables-save`).

@@ -31,7 +31,7 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// Where NodePorts come from (`--service-node-port-range`).
 pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 /// The label the EndpointSlice controller puts on a Service's slices.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use sluice_agent::services::SERVICE_NAME_LABEL;
 /// Marks the slices the lab writes, so it never touches a user's own.
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "sluice-lab";

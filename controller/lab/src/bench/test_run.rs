@@ -84,7 +84,11 @@ impl TestDataplane {
         let pin_dir = bpffs
             .join("sluice")
             .join(format!("{tag}-{}-{n}", std::process::id()));
-        let mut dataplane = Dataplane::load(&pin_dir, MapSizes::default())?;
+        // A load that fails (a program the verifier refuses) has pinned
+        // maps already: they go with it.
+        let mut dataplane = Dataplane::load(&pin_dir, MapSizes::default()).inspect_err(|_| {
+            let _ = bpf::remove_pins(&pin_dir);
+        })?;
         let maps = dataplane
             .take_sync_maps()
             .ok_or_else(|| TestRunError::Setup("sync maps taken".into()))?;
