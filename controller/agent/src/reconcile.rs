@@ -11,7 +11,7 @@
 //!                                       └──► policy revision (any verdict change)
 //! Services,
 //! EndpointSlices ───► services::compile ─► frontends, backends ──► service maps
-//!                                        └► refused frontends ──► nft reject table
+//!                                        └► refused frontends, masquerade ──► ip sluice_services
 //! ```
 //!
 //! After any change that can alter a verdict the policy revision moves, so
@@ -43,8 +43,8 @@ use crate::{
 enum ServiceSyncError {
     #[error(transparent)]
     Maps(#[from] DataplaneError),
-    #[error("reject rules: {0}")]
-    Rejects(#[from] nft::NftError),
+    #[error("the Services' nftables table: {0}")]
+    Nft(#[from] nft::NftError),
 }
 
 /// The kinds whose complete list `event` carries.
@@ -81,8 +81,8 @@ pub struct Reconciler {
     services: ServicesConfig,
     service_ids: ServiceIds,
     service_problems: Vec<ServiceProblem>,
-    /// The reject ruleset last applied.
-    applied_rejects: Option<String>,
+    /// The Services' nftables ruleset last applied.
+    applied_service_nft: Option<String>,
     identities: IdentityAllocator,
     local: LocalEndpoints,
     topology: Topology,
@@ -124,7 +124,7 @@ impl Reconciler {
             services,
             service_ids: ServiceIds::new(),
             service_problems: Vec::new(),
-            applied_rejects: None,
+            applied_service_nft: None,
             identities: IdentityAllocator::new(),
             local: LocalEndpoints::new(),
             topology: Topology::default(),
@@ -307,7 +307,7 @@ impl Reconciler {
         true
     }
 
-    /// Compiles the Services and writes their maps and reject rules.
+    /// Compiles the Services and writes their maps and nftables table.
     fn sync_services(&mut self) -> Result<(), ServiceSyncError> {
         let desired = if self.services.enabled {
             services::compile(
@@ -331,10 +331,10 @@ impl Reconciler {
             .frontends
             .values()
             .any(|f| f.flags & sluice_common::services::service_flags::MASQUERADE != 0);
-        let rejects = service_nft::ruleset(&desired.without_backends, masquerade);
-        if self.applied_rejects.as_deref() != Some(rejects.as_str()) {
-            nft::apply(&rejects)?;
-            self.applied_rejects = Some(rejects);
+        let ruleset = service_nft::ruleset(&desired.without_backends, masquerade);
+        if self.applied_service_nft.as_deref() != Some(ruleset.as_str()) {
+            nft::apply(&ruleset)?;
+            self.applied_service_nft = Some(ruleset);
         }
         let applied = self.maps.services.apply(&desired);
         if let Err(e) = &applied {

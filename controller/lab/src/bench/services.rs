@@ -28,7 +28,10 @@ use nix::{
     unistd::Pid,
 };
 
-use super::throughput::{BenchError, BenchOptions};
+use super::{
+    median,
+    throughput::{BenchError, BenchOptions},
+};
 use crate::{
     cluster::{Lab, LabConfig, UpOptions},
     netns::Netns,
@@ -59,16 +62,6 @@ pub struct Rates {
     pub rr: Vec<f64>,
     /// Connect, one transaction, close, per second.
     pub crr: Vec<f64>,
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// The table the bench prints: each ClusterIP path next to the pod IP path

@@ -72,13 +72,7 @@ pub struct Measurement {
 
 impl Measurement {
     pub fn median(&self) -> f64 {
-        let mut v = self.gbits.clone();
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => 0.0,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
+        super::median(&self.gbits)
     }
 }
 
