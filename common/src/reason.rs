@@ -60,11 +60,15 @@ pub enum Reason {
     DropNoTunnelKey = 22,
     /// Setting the tunnel key (the destination node) failed.
     DropSetTunnelKeyFailed = 23,
+    /// A client from outside the cluster reached an external Service
+    /// frontend under `externalTrafficPolicy: Local` on a node without a
+    /// ready endpoint of the Service (there are some elsewhere).
+    DropNoLocalBackend = 24,
 }
 
 impl Reason {
     /// Every reason, in number order.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::ForwardLocal,
         Reason::ToStack,
         Reason::DropSpoofedSource,
@@ -86,6 +90,7 @@ impl Reason {
         Reason::DropNativeRedirectFailed,
         Reason::DropNoTunnelKey,
         Reason::DropSetTunnelKeyFailed,
+        Reason::DropNoLocalBackend,
     ];
 
     /// Label in metrics and output.
@@ -112,6 +117,7 @@ impl Reason {
             Reason::DropNativeRedirectFailed => "drop_native_redirect_failed",
             Reason::DropNoTunnelKey => "drop_no_tunnel_key",
             Reason::DropSetTunnelKeyFailed => "drop_set_tunnel_key_failed",
+            Reason::DropNoLocalBackend => "drop_no_local_backend",
         }
     }
 
@@ -138,7 +144,8 @@ impl Reason {
             | Reason::DropTunnelRedirectFailed
             | Reason::DropNativeRedirectFailed
             | Reason::DropNoTunnelKey
-            | Reason::DropSetTunnelKeyFailed => true,
+            | Reason::DropSetTunnelKeyFailed
+            | Reason::DropNoLocalBackend => true,
         }
     }
 
@@ -152,7 +159,7 @@ impl Reason {
 }
 
 /// Largest reason number plus one.
-pub const LIMIT: u32 = Reason::DropSetTunnelKeyFailed as u32 + 1;
+pub const LIMIT: u32 = Reason::DropNoLocalBackend as u32 + 1;
 
 const _: () = {
     // ALL lists every reason exactly once, in number order.

@@ -47,14 +47,20 @@ pub struct ServiceInfo {
     /// Agent-assigned, stable while the frontend exists: names its backend
     /// slots.
     pub id: u32,
-    /// Ready backends, in slots `0..backends`. Zero: the Service refuses
-    /// new connections (the host stack rejects them).
+    /// Ready backends, in slots `0..backends`, this node's first: the
+    /// ones clients inside the cluster (pods, nodes) are given. Zero: the
+    /// frontend refuses new connections (the host stack rejects them).
     pub backends: u32,
+    /// How many of them are this node's (slots `0..local_backends`): the
+    /// ones clients from outside the cluster are given under
+    /// `externalTrafficPolicy: Local`.
+    pub local_backends: u32,
     /// `sessionAffinity: ClientIP`: how long, in seconds, a client's new
     /// connections go to the backend its last one went to. Zero: none.
     pub affinity_timeout: u32,
     /// [`service_flags`].
     pub flags: u32,
+    pub _pad: u32,
 }
 
 /// What kind of frontend a [`ServiceInfo`] is.
@@ -62,14 +68,18 @@ pub mod service_flags {
     /// Reached from outside the cluster: a NodePort on this node's
     /// address, an externalIP, a LoadBalancer ingress IP. Translated where
     /// such traffic arrives (`from_netdev`), handed to the host stack to be
-    /// forwarded, and translated back on its way out (`to_netdev`); pods'
-    /// own packets to it are not translated.
+    /// forwarded, and translated back on its way out (`to_netdev`). Pods
+    /// and the node reach it as they reach a ClusterIP, translated at the
+    /// source, to any ready backend whatever the traffic policy (as
+    /// kube-proxy sends in-cluster clients to the cluster-wide endpoints).
     pub const EXTERNAL: u32 = 1 << 0;
     /// `externalTrafficPolicy: Cluster`: the translated packet leaves with
     /// the node's address (the host stack masquerades packets carrying
     /// [`super::MASQUERADE_MARK`]), so replies from a backend anywhere come
-    /// back through this node. Without it (`Local`) the client's address
-    /// is kept and only this node's endpoints serve.
+    /// back through this node. Without it (`Local`) clients from outside
+    /// keep their address and get only this node's endpoints; on a node
+    /// without one they are dropped, so that a load balancer's health
+    /// check moves them elsewhere.
     pub const MASQUERADE: u32 = 1 << 1;
 }
 
@@ -171,7 +181,7 @@ const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SockFrontend>() == 8);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ServiceCounter>() == 16);
-const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Affinity>() == 24);
 const _: () = assert!(core::mem::size_of::<BackendSlot>() == 8);

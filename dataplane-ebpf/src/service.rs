@@ -12,7 +12,9 @@
 //! stack, which forwards it to the backend (masquerading it to the node
 //! under `externalTrafficPolicy: Cluster`, asked by a packet mark) and
 //! whose conntrack brings the replies back; they get the frontend back on
-//! their way out of the underlay (`from_backend` in `to_netdev`).
+//! their way out of the node (`from_backend` in `to_netdev`, and in
+//! `to_overlay` for a pod of another node in tunnel mode). Pods and the
+//! node reach external frontends as they reach ClusterIPs.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
@@ -20,6 +22,7 @@ use aya_ebpf::{
 };
 use sluice_common::{
     conntrack::CtKey,
+    ipcache::flags,
     reason::Reason,
     services::{
         service_flags, Affinity, AffinityKey, Backend, BackendSlot, Frontend, ServiceFlow,
@@ -28,7 +31,7 @@ use sluice_common::{
 };
 
 use crate::{
-    conntrack, metrics,
+    conntrack, lookup, metrics,
     maps::{SERVICES, SERVICE_AFFINITY, SERVICE_BACKENDS, SERVICE_FLOWS, SERVICE_REVERSE},
     parse::{
         Ipv4Packet, ETH_HLEN, ICMP_CSUM_OFF, ICMP_ERROR_HLEN, IPPROTO_SCTP, IPPROTO_TCP,
@@ -67,9 +70,9 @@ fn lifetime(pkt: &Ipv4Packet) -> u64 {
 /// same backend whatever happens to the backend set. A function of its
 /// own (not inlined): its locals would otherwise push the caller's stack
 /// frame past what the verifier allows beside policy's.
-/// Also for an external frontend under `externalTrafficPolicy: Cluster`
-/// (a pod reaching a NodePort of its node or an externalIP), whose
-/// backends are every ready endpoint; see [`inside_cluster`].
+/// Also for an external frontend (a pod reaching a NodePort of its node,
+/// an externalIP): a client inside the cluster is given any ready
+/// backend, whatever the traffic policy, as kube-proxy does.
 #[inline(never)]
 pub fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reason> {
     let frontend = frontend_of(pkt);
@@ -77,28 +80,22 @@ pub fn to_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reaso
     let Some(service) = SERVICES.get_ptr(&frontend).map(|s| unsafe { *s }) else {
         return Ok(Toward::NotAService);
     };
-    if !inside_cluster(&service) {
-        return Ok(Toward::NotAService);
-    }
-    translate(ctx, pkt, &frontend, &service)
+    translate(ctx, pkt, &frontend, &service, service.backends)
 }
 
-/// Whether clients inside the cluster (pods, the node's own processes)
-/// are given a frontend's backends: not an external frontend under
-/// `externalTrafficPolicy: Local`, whose backends are only this node's,
-/// while kube-proxy sends in-cluster clients to every endpoint (not done
-/// yet: such a packet goes on untranslated).
-#[inline(always)]
-pub fn inside_cluster(service: &ServiceInfo) -> bool {
-    service.flags & service_flags::EXTERNAL == 0 || service.flags & service_flags::MASQUERADE != 0
-}
-
-/// Gives a packet from outside the cluster towards an external frontend
-/// (it arrived on the underlay) its backend, as [`to_backend`] does, and
-/// marks it for masquerade when the frontend's traffic policy is
-/// `Cluster`. The caller hands it to the host stack either way: translated,
-/// to be forwarded; without a ready backend, to be refused. Other
-/// frontends (ClusterIPs) are not reachable from outside.
+/// Gives a packet that arrived on the underlay towards an external
+/// frontend its backend, as [`to_backend`] does, and marks it for
+/// masquerade when the frontend's traffic policy is `Cluster`. The caller
+/// hands it to the host stack either way: translated, to be forwarded;
+/// without a ready backend, to be refused. Other frontends (ClusterIPs)
+/// are not reachable from outside.
+///
+/// Under `Local` a client from outside the cluster gets this node's
+/// endpoints only, and keeps its address; without one here the packet is
+/// dropped ([`Reason::DropNoLocalBackend`]), as kube-proxy does. A pod of
+/// another node (which reached this node's NodePort) is inside the
+/// cluster and gets any ready backend, masqueraded, so that the reply of
+/// a backend on a third node comes back through here to be translated.
 #[inline(never)]
 pub fn from_outside(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Reason> {
     let frontend = frontend_of(pkt);
@@ -109,10 +106,21 @@ pub fn from_outside(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<Toward, Rea
     if service.flags & service_flags::EXTERNAL == 0 {
         return Ok(Toward::NotAService);
     }
-    let toward = translate(ctx, pkt, &frontend, &service)?;
-    if matches!(toward, Toward::Backend) && service.flags & service_flags::MASQUERADE != 0 {
+    let masquerade = service.flags & service_flags::MASQUERADE != 0
+        || lookup::ipcache(pkt.hdr.saddr).is_some_and(|e| e.flags & flags::REMOTE_POD_CIDR != 0);
+    let count = if masquerade {
+        service.backends
+    } else {
+        service.local_backends
+    };
+    let toward = translate(ctx, pkt, &frontend, &service, count)?;
+    match toward {
         // A packet just received carries no mark of anyone else's yet.
-        ctx.set_mark(MASQUERADE_MARK);
+        Toward::Backend if masquerade => ctx.set_mark(MASQUERADE_MARK),
+        // Endpoints elsewhere, none here: not refused (the client would
+        // give up) but dropped.
+        Toward::NoBackend if service.backends > 0 => return Err(Reason::DropNoLocalBackend),
+        _ => {}
     }
     Ok(toward)
 }
@@ -128,13 +136,14 @@ fn frontend_of(pkt: &Ipv4Packet) -> ServiceKey {
 }
 
 /// The backend of the connection `pkt` belongs to (kept, or picked for a
-/// new one), and the rewrite to it.
+/// new one among the first `count` slots), and the rewrite to it.
 #[inline(always)]
 fn translate(
     ctx: &TcContext,
     pkt: &mut Ipv4Packet,
     frontend: &ServiceKey,
     service: &ServiceInfo,
+    count: u32,
 ) -> Result<Toward, Reason> {
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -153,7 +162,7 @@ fn translate(
             }
         }
         None => {
-            let Some(backend) = pick(service, pkt.hdr.saddr, now) else {
+            let Some(backend) = pick(service, count, pkt.hdr.saddr, now) else {
                 metrics::count_service(service.id, true);
                 return Ok(Toward::NoBackend);
             };
@@ -166,13 +175,14 @@ fn translate(
     Ok(Toward::Backend)
 }
 
-/// A new connection's backend: the one its client is bound to by session
-/// affinity if that still serves (its slot still holds it), else one at
-/// random among the ready ones. `None`: no ready backend (or a slot the
-/// agent could not write: a full map), which is refused like none.
+/// A new connection's backend among the first `count` slots (the
+/// frontend's `backends` or `local_backends`): the one its client is
+/// bound to by session affinity if that still serves (its slot still
+/// holds it), else one at random. `None`: no ready backend (or a slot
+/// the agent could not write: a full map), which is refused like none.
 #[inline(always)]
-pub fn pick(service: &ServiceInfo, client: [u8; 4], now: u64) -> Option<Backend> {
-    if service.backends == 0 {
+pub fn pick(service: &ServiceInfo, count: u32, client: [u8; 4], now: u64) -> Option<Backend> {
+    if count == 0 {
         return None;
     }
     let bound = AffinityKey {
@@ -195,7 +205,7 @@ pub fn pick(service: &ServiceInfo, client: [u8; 4], now: u64) -> Option<Backend>
         };
         // SAFETY: as above; copied out.
         let still = SERVICE_BACKENDS.get_ptr(&slot).map(|b| unsafe { *b });
-        if expires > now && still == Some(backend) {
+        if expires > now && slot.slot < count && still == Some(backend) {
             // SAFETY: as above; a lost update between CPUs only shortens
             // the binding.
             unsafe { (*affinity).expires = now + timeout };
@@ -203,7 +213,7 @@ pub fn pick(service: &ServiceInfo, client: [u8; 4], now: u64) -> Option<Backend>
         }
     }
     // SAFETY: a helper without arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % service.backends;
+    let slot = unsafe { bpf_get_prandom_u32() } % count;
     let slot = BackendSlot {
         service: service.id,
         slot,
@@ -289,6 +299,19 @@ pub fn from_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<(), Reason>
         ((*frontend).addr, (*frontend).port)
     };
     rewrite(ctx, pkt, End::Source, addr, port)
+}
+
+/// A packet the host stack sends out of the node (through the underlay,
+/// or the tunnel to another node's pod) in a connection
+/// [`from_outside`] translated: a backend's reply, or an ICMP error
+/// about the connection, gets the frontend back.
+#[inline(always)]
+pub fn leaving_node(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<(), Reason> {
+    if pkt.quoted.is_some() {
+        error_from_backend(ctx, pkt)
+    } else {
+        from_backend(ctx, pkt)
+    }
 }
 
 /// An ICMP error about a translated connection (the backend's port

@@ -1079,9 +1079,13 @@ fn a_reused_client_port_starts_a_connection_of_its_own() {
 /// An external frontend (here an externalIP) is translated where its
 /// traffic arrives, on the underlay, and handed to the host stack to
 /// forward; the backend's reply gets the frontend back on its way out of
-/// the underlay. A pod's own packets to it are translated where they
-/// start, as to a ClusterIP, under `externalTrafficPolicy: Cluster`, and
-/// left alone under `Local`; outside packets to a ClusterIP are left alone.
+/// the underlay (or the tunnel, to another node's pod), and so does an
+/// ICMP error about the connection. A pod's
+/// own packets to it are translated where they start, as to a ClusterIP,
+/// under either traffic policy. Under `Local`, a client from outside
+/// reaching a node without an endpoint of its own is dropped, while a pod
+/// of another node is inside the cluster and gets any backend; outside
+/// packets to a ClusterIP are left alone.
 #[test]
 fn external_frontends_are_translated_on_the_underlay_and_back() {
     require_root!();
@@ -1106,6 +1110,31 @@ fn external_frontends_are_translated_on_the_underlay_and_back() {
     assert_eq!(checksum(&out[14..34]), 0);
     assert!(l4_checksum_ok(&out), "L4 checksum after reverse NAT");
 
+    // The backend's port unreachable about a datagram, on its way out.
+    let query = with_l4_checksum(ipv4(client, external_ip, 17, 63, 0, &udp(40004, 53)));
+    let (_, translated) = unit.run_on(programs::FROM_NETDEV, &query, ul, ul);
+    assert_eq!(dst_of(&translated), (POD_B, 5353));
+    let unreachable = ipv4(
+        POD_B,
+        client,
+        1,
+        63,
+        0,
+        &icmp_error(3, 3, &translated[14..]),
+    );
+    let (verdict, out) = unit.run_on(programs::TO_NETDEV, &unreachable, ul, ul);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(src_of(&out).0, external_ip, "the error from the frontend");
+    assert_eq!(checksum(&out[34..]), 0, "the ICMP checksum");
+    let quote = &out[42..];
+    assert_eq!(checksum(&quote[..20]), 0, "the quoted header's checksum");
+    assert_eq!(
+        &quote[16..20],
+        &external_ip.octets(),
+        "the quote's destination"
+    );
+    assert_eq!(&quote[22..24], &53u16.to_be_bytes(), "the quote's port");
+
     let a = unit.a_if;
     let from_pod = with_l4_checksum(ipv4(POD_A, external_ip, 6, 64, 0, &tcp_syn(40001, 80)));
     let (_, out) = unit.run_on(programs::FROM_CONTAINER, &from_pod, a, a);
@@ -1120,9 +1149,33 @@ fn external_frontends_are_translated_on_the_underlay_and_back() {
     let (_, out) = unit.run_on(programs::FROM_CONTAINER, &from_pod, a, a);
     assert_eq!(
         dst_of(&out),
-        (external_ip, 80),
-        "a pod's packet, under Local: left alone"
+        (POD_B, 8080),
+        "a pod's packet, under Local: any backend"
     );
+    // POD_B is no endpoint of this node's (the slice names no node).
+    let syn = with_l4_checksum(ipv4(client, external_ip, 6, 63, 0, &tcp_syn(40005, 80)));
+    let (verdict, _) = unit.run_on(programs::FROM_NETDEV, &syn, ul, ul);
+    assert_eq!(
+        verdict, TC_ACT_SHOT,
+        "from outside, under Local, no local endpoint"
+    );
+    assert_eq!(unit.counter(Reason::DropNoLocalBackend), 1);
+    let syn = with_l4_checksum(ipv4(REMOTE_POD, external_ip, 6, 63, 0, &tcp_syn(40006, 80)));
+    let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &syn, ul, ul);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        dst_of(&out),
+        (POD_B, 8080),
+        "another node's pod, under Local: any backend"
+    );
+    // The reply, de-masqueraded by the stack, leaves through the tunnel to
+    // that pod's node: from the frontend.
+    let reply = with_l4_checksum(ipv4(POD_B, REMOTE_POD, 6, 63, 0, &tcp(8080, 40006, 0x12)));
+    let tun = unit.tunnel_if;
+    let (verdict, out) = unit.run_on(programs::TO_OVERLAY, &reply, tun, 0);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(src_of(&out), (external_ip, 80), "through the tunnel");
+    assert!(l4_checksum_ok(&out));
     let to_cluster_ip = with_l4_checksum(ipv4(client, VIP, 6, 63, 0, &tcp_syn(40002, 80)));
     let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &to_cluster_ip, ul, ul);
     assert_eq!(verdict, TC_ACT_OK);

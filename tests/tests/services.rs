@@ -437,6 +437,30 @@ fn cluster_ips(routing: &str, served_by: ServedBy) {
         })
         .expect("entering node1");
     assert_eq!(peer.ok(), Some(web), "{routing}: node1's socket's peer");
+    if served_by == ServedBy::Sluice {
+        // The socket hooks stay while the agent restarts (their links are
+        // pinned), and the restarted agent's take their place.
+        lab.lab()
+            .restart_agent("node1")
+            .unwrap_or_else(|e| panic!("restarting node1's agent: {e}\n{}", lab.agent_logs()));
+        let seen: BTreeSet<String> = (0..20).filter_map(|_| name_at(&node, web)).collect();
+        assert_eq!(
+            seen,
+            ["x/b".to_owned(), "x/c".to_owned()].into(),
+            "{routing}: node1 itself through the ClusterIP after its agent restarted\n{}",
+            lab.agent_logs()
+        );
+        let peer = node
+            .run(move || {
+                std::net::TcpStream::connect_timeout(&web, TIMEOUT).and_then(|c| c.peer_addr())
+            })
+            .expect("entering node1");
+        assert_eq!(
+            peer.ok(),
+            Some(web),
+            "{routing}: the peer after the restart"
+        );
+    }
 
     // The clients' node counts the connections and refusals per Service.
     if served_by == ServedBy::Sluice {
@@ -466,7 +490,7 @@ fn cluster_ips(routing: &str, served_by: ServedBy) {
         "{routing}: x/a through its own Service"
     );
 
-    node_ports(&lab, routing, &ip("x/b"), &ip("x/c"));
+    node_ports(&lab, routing, served_by, &ip("x/b"), &ip("x/c"));
 
     // Policy judges the backend: x/c refuses everyone, through the
     // ClusterIP as directly.
@@ -507,7 +531,14 @@ fn kube_proxy_emulation_native() {
 }
 
 fn node_ports_yaml(b: &str, c: &str) -> String {
-    let service = |name: &str, ip: &str, node_port: u16, policy: &str| {
+    let service = |name: &str, ip: &str, policy: &str, ports: &str, endpoints: &[&str]| {
+        let endpoints: String = endpoints
+            .iter()
+            .map(|e| {
+                let node = if *e == b { "node1" } else { "node2" };
+                format!("- {{addresses: [{e}], nodeName: {node}}}\n")
+            })
+            .collect();
         format!(
             "\
 apiVersion: v1
@@ -517,40 +548,73 @@ spec:
   type: NodePort
   clusterIP: {ip}
   externalTrafficPolicy: {policy}
-  ports: [{{port: 80, targetPort: {NAME_PORT}, nodePort: {node_port}}}]
+  ports:
+{ports}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: {name}-1, namespace: x, labels: {{kubernetes.io/service-name: {name}}}}}
 addressType: IPv4
-ports: [{{port: {NAME_PORT}, protocol: TCP}}]
+ports:
+- {{name: http, port: {NAME_PORT}, protocol: TCP}}
+- {{name: closed, port: 9999, protocol: UDP}}
 endpoints:
-- {{addresses: [{b}], nodeName: node1}}
-- {{addresses: [{c}], nodeName: node2}}
----
+{endpoints}---
 "
         )
     };
-    service("np-cluster", "10.96.1.20", NODE_PORT_CLUSTER, "Cluster")
-        + &service("np-local", "10.96.1.21", NODE_PORT_LOCAL, "Local")
+    let http = |node_port: u16| {
+        format!("  - {{name: http, port: 80, targetPort: {NAME_PORT}, nodePort: {node_port}}}")
+    };
+    let cluster_ports = format!(
+        "{}\n  - {{name: closed, port: 54, protocol: UDP, targetPort: 9999, nodePort: {NODE_PORT_CLOSED}}}",
+        http(NODE_PORT_CLUSTER)
+    );
+    service(
+        "np-cluster",
+        "10.96.1.20",
+        "Cluster",
+        &cluster_ports,
+        &[b, c],
+    ) + &service(
+        "np-local",
+        "10.96.1.21",
+        "Local",
+        &http(NODE_PORT_LOCAL),
+        &[b, c],
+    ) + &service(
+        "np-local-c",
+        "10.96.1.22",
+        "Local",
+        &http(NODE_PORT_LOCAL_C),
+        &[c],
+    )
 }
 
 const NODE_PORT_CLUSTER: u16 = 30080;
 const NODE_PORT_LOCAL: u16 = 30081;
+/// UDP, to a port nobody listens on.
+const NODE_PORT_CLOSED: u16 = 30082;
+/// `Local`, with its only endpoint on node2.
+const NODE_PORT_LOCAL_C: u16 = 30083;
 /// The lab's external host.
 const EXTERNAL: &str = "203.0.113.10";
 
 /// NodePorts from the lab's external host through either node: with
 /// `externalTrafficPolicy: Cluster` every backend answers and sees the
 /// node's address; with `Local` only the node's own backend answers and
-/// sees the client's address.
-fn node_ports(lab: &TestLab, routing: &str, b: &str, c: &str) {
+/// sees the client's address, and a node without one drops the
+/// connection; a backend's port unreachable reaches the client. Pods and
+/// nodes of the cluster get every backend through any node's NodePort,
+/// whatever the traffic policy.
+fn node_ports(lab: &TestLab, routing: &str, served_by: ServedBy, b: &str, c: &str) {
     let path = lab.config.dir.with_extension("nodeports.yaml");
     std::fs::write(&path, node_ports_yaml(b, c)).expect("manifest");
     lab.sluice_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
     let _ = std::fs::remove_file(&path);
     let state = lab.lab().state().clone();
     let external = lab.lab().ext_netns();
+    let every_backend: BTreeSet<String> = ["x/b".to_owned(), "x/c".to_owned()].into();
     for (node, own) in [("node1", "x/b"), ("node2", "x/c")] {
         let node_ip = state
             .nodes
@@ -579,20 +643,56 @@ fn node_ports(lab: &TestLab, routing: &str, b: &str, c: &str) {
             [(own.to_owned(), EXTERNAL.to_owned())].into(),
             "{routing}: externalTrafficPolicy Local through {node}: its own backend, from the client's address"
         );
-        if node == "node1" {
-            // In-cluster clients of their own node's NodePort: a pod and
-            // the node itself.
-            for (client, ns) in [
-                ("x/a", lab.pod_netns("x/a")),
-                ("node1", lab.node_netns("node1")),
-            ] {
-                let seen: BTreeSet<String> = (0..40)
-                    .filter_map(|_| name_at(&ns, at(NODE_PORT_CLUSTER)))
-                    .collect();
+        for _ in 0..4 {
+            assert!(
+                udp_refused(&external, at(NODE_PORT_CLOSED)),
+                "{routing}: the backend's port unreachable through {node}'s NodePort"
+            );
+        }
+        let only_c = answer_at(&external, at(NODE_PORT_LOCAL_C));
+        if node == "node2" {
+            assert_eq!(
+                only_c,
+                Some(("x/c".to_owned(), EXTERNAL.to_owned())),
+                "{routing}: Local through the node of its only endpoint"
+            );
+        } else {
+            assert_eq!(
+                only_c, None,
+                "{routing}: Local through a node without endpoint"
+            );
+            assert!(
+                !refused(&external, at(NODE_PORT_LOCAL_C)),
+                "{routing}: dropped there, not refused (a load balancer moves on)"
+            );
+        }
+
+        // Clients inside the cluster: a pod of each node, and node1 itself.
+        let mut clients = vec![
+            ("x/a", lab.pod_netns("x/a")),
+            ("x/d", lab.pod_netns("x/d")),
+            ("node1", lab.node_netns("node1")),
+        ];
+        if node == "node2" {
+            // A node reaching another's NodePort is a client from outside.
+            clients.pop();
+        }
+        for (client, ns) in clients {
+            let mut ports = vec![NODE_PORT_CLUSTER, NODE_PORT_LOCAL];
+            let own_node = (client == "x/a" || client == "node1") == (node == "node1");
+            if served_by == ServedBy::KubeProxy && !own_node {
+                // kube-proxy sends a pod of another node to any endpoint
+                // of a Local NodePort without masquerading it: a backend
+                // on the client's node answers it directly, from the
+                // wrong address. sluice masquerades such clients.
+                ports.pop();
+            }
+            for port in ports {
+                let seen: BTreeSet<String> =
+                    (0..40).filter_map(|_| name_at(&ns, at(port))).collect();
                 assert_eq!(
-                    seen,
-                    ["x/b".to_owned(), "x/c".to_owned()].into(),
-                    "{routing}: {client} through its node's NodePort (Cluster)"
+                    seen, every_backend,
+                    "{routing}: {client} through {node}'s NodePort {port}"
                 );
             }
         }

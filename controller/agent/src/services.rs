@@ -13,9 +13,12 @@
 //! External frontends are frontends of their own, with their own backend
 //! slots: a NodePort on this node's InternalIP, each externalIP and each
 //! LoadBalancer ingress IP with the Service port. With
-//! `externalTrafficPolicy: Local` only this node's endpoints serve them and
-//! the client's address is kept; with `Cluster` (the default) every ready
-//! endpoint serves and the connection is masqueraded to the node.
+//! `externalTrafficPolicy: Local` only this node's endpoints serve clients
+//! from outside the cluster and the client's address is kept; with
+//! `Cluster` (the default) every ready endpoint serves and the connection
+//! is masqueraded to the node. Clients inside the cluster get every ready
+//! endpoint either way. Slots hold this node's endpoints first, so both
+//! sets are a prefix of one slot range.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -103,7 +106,8 @@ struct Port {
     protocol: u8,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 without.
     affinity_timeout: u32,
-    /// Only this node's endpoints serve it (a `Local` traffic policy).
+    /// Only this node's endpoints are its backends
+    /// (`internalTrafficPolicy: Local`).
     local_only: bool,
     /// [`service_flags`].
     flags: u32,
@@ -161,7 +165,7 @@ pub fn compile(
                     format!("{}/{protocol}", u16::from_be_bytes(port.key.port)),
                 ),
             );
-            let backends = backends(&slices, port, node_name);
+            let (backends, local_backends) = backends(&slices, port, node_name);
             if port.protocol == SCTP {
                 // The programs cannot redo SCTP's checksum, so they never
                 // change an SCTP port: a backend on another port could not
@@ -178,9 +182,9 @@ pub fn compile(
                         port.key,
                         ServiceInfo {
                             id,
-                            backends: 0,
                             affinity_timeout: port.affinity_timeout,
                             flags: port.flags,
+                            ..ServiceInfo::default()
                         },
                     );
                     out.without_backends.insert(port.key);
@@ -201,8 +205,10 @@ pub fn compile(
                 ServiceInfo {
                     id,
                     backends: backends.len() as u32,
+                    local_backends,
                     affinity_timeout: port.affinity_timeout,
                     flags: port.flags,
+                    _pad: 0,
                 },
             );
             if backends.is_empty() {
@@ -308,14 +314,14 @@ fn frontends(
             ports.push(frontend(*ip, number, internal_local, 0));
         }
         for ip in &external_ips {
-            ports.push(frontend(*ip, number, external_local, external_flags));
+            ports.push(frontend(*ip, number, false, external_flags));
         }
         let node_port = port
             .node_port
             .filter(|_| kind == "NodePort" || kind == "LoadBalancer");
         if let (Some(node_port), Some(node_ip)) = (node_port, node_ip) {
             match u16::try_from(node_port).ok().filter(|p| *p > 0) {
-                Some(n) => ports.push(frontend(node_ip, n, external_local, external_flags)),
+                Some(n) => ports.push(frontend(node_ip, n, false, external_flags)),
                 None => problem(format!(
                     "spec.ports[{i}]: nodePort {node_port} out of range; ignored"
                 )),
@@ -391,20 +397,31 @@ pub fn ready_endpoints<'a>(
     out
 }
 
-/// The backends of `port`: its ready endpoints (this node's only for a
-/// `Local` one), sorted and without duplicates, so slots stay put while
-/// the set does.
-fn backends(slices: &[&EndpointSlice], port: &Port, node_name: &str) -> Vec<Backend> {
-    let backends: BTreeSet<Backend> = ready_endpoints(slices, &port.name, port.protocol)
-        .into_iter()
-        .filter(|e| !port.local_only || e.node == Some(node_name))
-        .map(|e| Backend {
-            addr: e.addr.octets(),
-            port: e.port.to_be_bytes(),
+/// The backends of `port`, and how many of them are this node's: its
+/// ready endpoints (this node's only for a `local_only` one), this node's
+/// first, each part sorted and without duplicates, so slots stay put
+/// while the set does.
+fn backends(slices: &[&EndpointSlice], port: &Port, node_name: &str) -> (Vec<Backend>, u32) {
+    let mut local = BTreeSet::new();
+    let mut elsewhere = BTreeSet::new();
+    for endpoint in ready_endpoints(slices, &port.name, port.protocol) {
+        let backend = Backend {
+            addr: endpoint.addr.octets(),
+            port: endpoint.port.to_be_bytes(),
             _pad: [0; 2],
-        })
-        .collect();
-    backends.into_iter().collect()
+        };
+        if endpoint.node == Some(node_name) {
+            local.insert(backend);
+        } else if !port.local_only {
+            elsewhere.insert(backend);
+        }
+    }
+    let local_count = local.len() as u32;
+    let elsewhere = elsewhere.into_iter().filter(|b| !local.contains(b));
+    (
+        local.iter().copied().chain(elsewhere).collect(),
+        local_count,
+    )
 }
 
 #[cfg(test)]
@@ -557,13 +574,30 @@ endpoints:
             key([192, 0, 2, 7], 80, 6),
             key([198, 51, 100, 1], 80, 6),
         ] {
-            assert_eq!(d.frontends[&external].flags, service_flags::EXTERNAL);
+            let info = d.frontends[&external];
+            assert_eq!(info.flags, service_flags::EXTERNAL);
+            // Clients inside the cluster get every endpoint; from outside,
+            // under externalTrafficPolicy Local, this node's only: the
+            // first slot.
+            assert_eq!(backends_of(&d, &external).len(), 3);
+            assert_eq!(info.local_backends, 1);
             assert_eq!(
-                backends_of(&d, &external),
-                [(Ipv4Addr::new(10, 244, 1, 7), 8080)],
-                "externalTrafficPolicy Local: this node's endpoint only"
+                backends_of(&d, &external)[0],
+                (Ipv4Addr::new(10, 244, 1, 7), 8080)
             );
         }
+        // A node without an endpoint of its own: clients from outside are
+        // dropped there (the programs' part), not refused.
+        let d = compile(&st, "node4", Some(node_ip), &mut ServiceIds::new());
+        let node_port = key(node_ip.octets(), 30080, 6);
+        assert_eq!(
+            (
+                d.frontends[&node_port].backends,
+                d.frontends[&node_port].local_backends
+            ),
+            (3, 0)
+        );
+        assert!(!d.without_backends.contains(&node_port));
         assert!(d.frontends.contains_key(&key([192, 0, 2, 7], 53, 17)));
         assert!(
             !d.frontends.contains_key(&key(node_ip.octets(), 53, 17)),

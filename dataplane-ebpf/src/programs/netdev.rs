@@ -51,8 +51,8 @@ pub fn from_netdev(ctx: &TcContext) -> Verdict {
 /// is noted, so the reply from the other node goes back through the stack.
 /// Packets `from_container` routed here itself belong to flows conntrack
 /// already knows and are left as they are. A backend's reply to a client
-/// outside, in a connection `from_netdev` translated, gets the external
-/// frontend back as its source.
+/// outside (or an ICMP error about it), in a connection `from_netdev`
+/// translated, gets the external frontend back.
 pub fn to_netdev(ctx: &TcContext) -> Verdict {
     let Ok(eth) = parse::eth(ctx) else {
         return pass_uncounted();
@@ -66,7 +66,7 @@ pub fn to_netdev(ctx: &TcContext) -> Verdict {
     if lookup::local_endpoint(pkt.hdr.saddr).is_some() {
         policy::note_stack_forwarded(&pkt);
     }
-    if let Err(reason) = service::from_backend(ctx, &mut pkt) {
+    if let Err(reason) = service::leaving_node(ctx, &mut pkt) {
         return drop(reason);
     }
     pass_uncounted()

@@ -8,7 +8,7 @@ use super::{to_local_pod, FromNode};
 use crate::{
     forward, lookup,
     parse::{self, ETH_P_IP},
-    policy,
+    policy, service,
     verdict::{drop, pass, pass_uncounted, Verdict},
 };
 
@@ -54,12 +54,14 @@ pub fn from_overlay(ctx: &TcContext) -> Verdict {
 
 /// Pod traffic arrives with its tunnel key set (by `from_container`); what
 /// the host stack routes here (the node's own, and pods' packets it
-/// forwarded) gets one from the ipcache.
+/// forwarded) gets one from the ipcache. A backend's reply to another
+/// node's pod that reached this node's NodePort gets the frontend back,
+/// as replies leaving through the underlay do.
 pub fn to_overlay(ctx: &TcContext) -> Verdict {
     if forward::tunnel_source(ctx).is_some() {
         return pass_uncounted();
     }
-    let pkt = match ipv4_only(ctx) {
+    let mut pkt = match ipv4_only(ctx) {
         Ok(pkt) => pkt,
         Err(verdict) => return verdict,
     };
@@ -69,6 +71,9 @@ pub fn to_overlay(ctx: &TcContext) -> Verdict {
                 // A pod's packet the stack forwarded here (after a
                 // Service DNAT, say): the reply must come back through it.
                 policy::note_stack_forwarded(&pkt);
+            }
+            if let Err(reason) = service::leaving_node(ctx, &mut pkt) {
+                return drop(reason);
             }
             match forward::set_tunnel_key(ctx, dst.tunnel_endpoint) {
                 Ok(()) => pass(Reason::ForwardTunnel),

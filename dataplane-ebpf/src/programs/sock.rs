@@ -65,13 +65,10 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     let Some(info) = SERVICES.get_ptr(&frontend).map(|s| unsafe { *s }) else {
         return PROCEED;
     };
-    if !service::inside_cluster(&info) {
-        return PROCEED;
-    }
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     // The node is one client, whichever of its processes connects.
-    let Some(backend) = service::pick(&info, [0; 4], now) else {
+    let Some(backend) = service::pick(&info, info.backends, [0; 4], now) else {
         // No ready backend: the packets go out to the frontend, and the
         // agent's nftables table refuses them (output).
         metrics::count_service(info.id, true);
