@@ -77,7 +77,7 @@ impl Node {
         let options = AgentOptions {
             binary: bin("sluice-agent"),
             node_name: name.clone(),
-            pod_cidr: pod_cidr.to_owned(),
+            pod_cidr: Some(pod_cidr.to_owned()),
             state_dir: dir.join("state"),
             socket: dir.join("agent.sock"),
             netns: Some(ns.path().to_owned()),

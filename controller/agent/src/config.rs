@@ -104,6 +104,8 @@ pub struct FileConfig {
     pub masquerade: Option<bool>,
     pub metrics_address: Option<SocketAddr>,
     pub kube_proxy_replacement: Option<bool>,
+    pub log_level: Option<String>,
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// Flags as given; `None` when absent.
@@ -120,12 +122,15 @@ pub struct FlagConfig {
     pub masquerade: Option<bool>,
     pub metrics_address: Option<SocketAddr>,
     pub kube_proxy_replacement: Option<bool>,
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub node_name: String,
-    pub pod_cidr: Ipv4Net,
+    /// `None`: the own Node object's `spec.podCIDR(s)` decides (only with
+    /// a datastore, which has it).
+    pub pod_cidr: Option<Ipv4Net>,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     /// Where bpffs is (or gets) mounted.
@@ -143,6 +148,13 @@ pub struct Config {
     /// host stack (kube-proxy) translates them, and the dataplane only
     /// sends replies back through it.
     pub kube_proxy_replacement: bool,
+    /// A `tracing` filter directive (`info`, `sluice_agent=debug,info`);
+    /// `RUST_LOG`, when set, wins. `None`: `info`.
+    pub log_level: Option<String>,
+    /// The host's cgroup v2 root, where the socket hooks attach (the host's
+    /// `/sys/fs/cgroup`, mounted elsewhere in a container). `None`: the
+    /// first cgroup2 mount the agent sees.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +187,10 @@ pub enum ConfigError {
     MapSize { key: &'static str, size: u32 },
     #[error("config keys {0} and {1} both set; keep {1}")]
     Conflict(&'static str, &'static str),
+    #[error("--pod-cidr is required without a datastore (with one, the node's own Node object gives it)")]
+    PodCidr,
+    #[error("invalid logLevel {level:?}: {reason}")]
+    LogLevel { level: String, reason: String },
 }
 
 impl Config {
@@ -227,13 +243,23 @@ impl Config {
         if let Some(mtu) = mtu.filter(|m| !(576..=65535).contains(m)) {
             return Err(ConfigError::Mtu(mtu));
         }
+        let datastore = flags.datastore.or(file.datastore);
+        let pod_cidr = flags.pod_cidr.or(file.pod_cidr).map(|c| c.trunc());
+        if pod_cidr.is_none() && datastore.is_none() {
+            return Err(ConfigError::PodCidr);
+        }
+        let log_level = flags.log_level.or(file.log_level);
+        if let Some(level) = &log_level {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+                return Err(ConfigError::LogLevel {
+                    level: level.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
         Ok(Self {
             node_name,
-            pod_cidr: flags
-                .pod_cidr
-                .or(file.pod_cidr)
-                .ok_or(ConfigError::Missing("--pod-cidr"))?
-                .trunc(),
+            pod_cidr,
             state_dir: flags
                 .state_dir
                 .or(file.state_dir)
@@ -248,7 +274,7 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_BPFFS.into()),
             mtu,
             map_sizes,
-            datastore: flags.datastore.or(file.datastore),
+            datastore,
             routing: flags.routing.or(file.routing).unwrap_or_default(),
             masquerade: flags.masquerade.or(file.masquerade).unwrap_or(true),
             metrics_address: flags
@@ -259,6 +285,8 @@ impl Config {
                 .kube_proxy_replacement
                 .or(file.kube_proxy_replacement)
                 .unwrap_or(true),
+            log_level,
+            cgroup_root: file.cgroup_root,
         })
     }
 
@@ -325,6 +353,22 @@ mod tests {
         assert!(serde_yaml::from_str::<FileConfig>("nodeNam: typo\n").is_err());
         assert!(serde_yaml::from_str::<FileConfig>("routing: vxlan\n").is_err());
         assert!(serde_yaml::from_str::<FileConfig>("mapSizes: {polcy: 10}\n").is_err());
+        let mut no_cidr = flags();
+        no_cidr.pod_cidr = None;
+        assert!(matches!(
+            Config::merge(no_cidr.clone(), FileConfig::default()),
+            Err(ConfigError::PodCidr)
+        ));
+        no_cidr.datastore = Some(Datastore::Kubernetes { kubeconfig: None });
+        let cfg = Config::merge(no_cidr, FileConfig::default()).expect("the Node gives it");
+        assert_eq!(cfg.pod_cidr, None);
+        let level: FileConfig = serde_yaml::from_str("logLevel: \"info,[\"\n").expect("yaml");
+        let err = Config::merge(flags(), level).unwrap_err();
+        assert!(matches!(err, ConfigError::LogLevel { .. }), "{err}");
+        let level: FileConfig =
+            serde_yaml::from_str("logLevel: sluice_agent=debug,info\n").expect("yaml");
+        let cfg = Config::merge(flags(), level).expect("a valid directive");
+        assert_eq!(cfg.log_level.as_deref(), Some("sluice_agent=debug,info"));
         let old: FileConfig = serde_yaml::from_str("maxEndpoints: 256\n").expect("yaml");
         let cfg = Config::merge(flags(), old).expect("the deprecated key still works");
         assert_eq!(cfg.map_sizes.endpoints, 256);

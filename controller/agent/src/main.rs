@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use sluice_agent::{
     cni_api,
-    config::{Config, Datastore, FlagConfig, Routing},
+    config::{Config, ConfigError, Datastore, FlagConfig, Routing},
     datastore::{kube_source, ClusterState, DirSource, Event, Kind, KubeSource},
     endpoints::state_file::StateFile,
     endpoints::{Agent, AgentConfig},
@@ -77,6 +77,10 @@ struct Args {
     /// Where to serve Prometheus `/metrics` and `/healthz` [default: 0.0.0.0:9965].
     #[arg(long)]
     metrics_address: Option<std::net::SocketAddr>,
+    /// Log filter, e.g. `info` or `sluice_agent=debug,info` [default: info;
+    /// `RUST_LOG` wins].
+    #[arg(long)]
+    log_level: Option<String>,
     /// YAML config file; flags override its keys.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -87,13 +91,21 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    // `RUST_LOG` wins; else the config's `logLevel`, known only once the
+    // config is read, so the filter can be replaced then.
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let has_env_filter = from_env.is_some();
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(
+        from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info")),
+    );
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let flags = FlagConfig {
@@ -108,6 +120,7 @@ fn main() -> anyhow::Result<()> {
         masquerade: args.no_masquerade.then_some(false),
         metrics_address: args.metrics_address,
         kube_proxy_replacement: args.kube_proxy_replacement,
+        log_level: args.log_level,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -117,6 +130,12 @@ fn main() -> anyhow::Result<()> {
         return runtime.block_on(uninstall(flags, args.config));
     }
     let config = Config::resolve(flags, args.config.as_deref())?;
+    if let (false, Some(level)) = (has_env_filter, &config.log_level) {
+        // Validated with the config.
+        filter_handle
+            .reload(tracing_subscriber::EnvFilter::new(level))
+            .context("setting the log level")?;
+    }
     runtime.block_on(run(config))
 }
 
@@ -177,14 +196,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let metrics_listener = http::bind(config.metrics_address)
         .await
         .with_context(|| format!("serving metrics on {}", config.metrics_address))?;
-    tokio::spawn(http::serve(metrics_listener, metrics.clone()));
+    let readiness = http::Readiness::default();
+    tokio::spawn(http::serve(
+        metrics_listener,
+        metrics.clone(),
+        readiness.clone(),
+    ));
     let netlink = Netlink::new()?;
-    let gateway = sluice_agent::endpoints::ipam::Ipam::new(config.pod_cidr)?.gateway();
-    netlink
-        .ensure_host_device(gateway)
-        .await
-        .context("setting up the host device")?;
-    underlay::enable_ip_forwarding().context("enabling IPv4 forwarding")?;
 
     let mut state = ClusterState::default();
     let (events_tx, mut events) = tokio::sync::mpsc::channel(EVENT_QUEUE);
@@ -205,10 +223,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => false,
     };
     let mut listed = std::collections::BTreeSet::new();
-    let setup = if has_source {
-        let node_ip =
-            wait_for_own_node(&config.node_name, &mut events, &mut state, &mut listed).await?;
-        Some(
+    let (pod_cidr, node_ip) = if has_source {
+        let (pod_cidr, node_ip) = wait_for_own_node(
+            &config.node_name,
+            config.pod_cidr,
+            &mut events,
+            &mut state,
+            &mut listed,
+        )
+        .await?;
+        (pod_cidr, Some(node_ip))
+    } else {
+        listed.extend(Kind::ALL);
+        (config.pod_cidr.ok_or(ConfigError::PodCidr)?, None)
+    };
+    let gateway = sluice_agent::endpoints::ipam::Ipam::new(pod_cidr)?.gateway();
+    netlink
+        .ensure_host_device(gateway)
+        .await
+        .context("setting up the host device")?;
+    underlay::enable_ip_forwarding().context("enabling IPv4 forwarding")?;
+    let setup = match node_ip {
+        Some(node_ip) => Some(
             node_sync::setup(
                 &mut dataplane,
                 &mut config_map,
@@ -218,10 +254,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             )
             .await
             .context("setting up cross-node routing")?,
-        )
-    } else {
-        listed.extend(Kind::ALL);
-        None
+        ),
+        None => None,
     };
     let mtu = config
         .mtu
@@ -231,7 +265,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         netlink.clone(),
         NodeSyncConfig {
             node_name: config.node_name.clone(),
-            pod_cidr: config.pod_cidr,
+            pod_cidr,
             gateway,
             masquerade: config.masquerade,
         },
@@ -248,7 +282,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         node_name: config.node_name.clone(),
     };
     let mut reconciler = Reconciler::new(state, node_sync, maps, services, metrics.clone(), listed);
-    socket_hooks(&mut dataplane, config.kube_proxy_replacement);
+    socket_hooks(
+        &mut dataplane,
+        config.kube_proxy_replacement,
+        config.cgroup_root.as_deref(),
+    );
 
     let datapath = KernelDatapath {
         dataplane,
@@ -258,7 +296,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut agent = Agent::start(
         AgentConfig {
             node_name: config.node_name.clone(),
-            pod_cidr: config.pod_cidr,
+            pod_cidr,
             mtu,
         },
         StateFile::new(&config.state_dir),
@@ -270,9 +308,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .set_local_endpoints(agent.local_endpoints())
         .await;
     reconciler.sync().await;
-    complete_upgrade(&mut agent, &reconciler);
+    let ready = complete_upgrade(&mut agent, &reconciler);
     let listener = cni_api::bind(&config.socket).await?;
-    info!(node = %config.node_name, pod_cidr = %config.pod_cidr, routing = %config.routing, mtu, socket = %config.socket.display(), metrics = %config.metrics_address, pins = %config.pin_dir().display(), "agent ready");
+    readiness.set(ready);
+    info!(node = %config.node_name, %pod_cidr, routing = %config.routing, mtu, socket = %config.socket.display(), metrics = %config.metrics_address, pins = %config.pin_dir().display(), "agent ready");
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -298,8 +337,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             _ = retry.tick() => reconciler.sync().await,
         }
         // Maps created or replaced at load (resized, new layout) are filled.
-        complete_upgrade(&mut agent, &reconciler);
+        readiness.set(complete_upgrade(&mut agent, &reconciler));
     }
+    readiness.set(false);
     let _ = std::fs::remove_file(&config.socket);
     info!("agent stopped; dataplane stays pinned");
     Ok(())
@@ -308,11 +348,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// With kube-proxy replacement the node's own processes reach ClusterIPs
 /// through the socket hooks; without a cgroup v2 hierarchy they cannot
 /// (pods still do), which is logged, not fatal.
-fn socket_hooks(dataplane: &mut Dataplane, enabled: bool) {
+fn socket_hooks(dataplane: &mut Dataplane, enabled: bool, configured: Option<&std::path::Path>) {
+    let root = match configured {
+        Some(root) => Ok(Some(root.to_owned())),
+        None => socket_hooks::cgroup2_root(),
+    };
     let result = if !enabled {
         dataplane.detach_socket_hooks()
     } else {
-        match socket_hooks::cgroup2_root() {
+        match root {
             Ok(Some(root)) => dataplane.attach_socket_hooks(&root).map(|()| {
                 info!(cgroup = %root.display(), "socket hooks attached: the node's own processes reach ClusterIPs");
             }),
@@ -333,40 +377,52 @@ fn socket_hooks(dataplane: &mut Dataplane, enabled: bool) {
 
 /// Once the cluster state is in the maps created or replaced at load,
 /// moves the links over to this agent's programs (retried on failure).
-fn complete_upgrade(agent: &mut Agent<KernelDatapath>, reconciler: &Reconciler) {
+/// Returns whether the agent is ready: the cluster state applied to the
+/// maps, and this agent's programs attached.
+fn complete_upgrade(agent: &mut Agent<KernelDatapath>, reconciler: &Reconciler) -> bool {
     let dataplane = &mut agent.datapath_mut().dataplane;
     if dataplane.upgrade_pending() && reconciler.applied() {
         if let Err(error) = dataplane.complete_upgrade() {
             warn!(%error, "completing the dataplane upgrade; retrying");
         }
     }
+    reconciler.applied() && !dataplane.upgrade_pending()
 }
 
 /// Cross-node routing starts from this node's own Node object (its
-/// InternalIP names the underlay), as kubelet registers it; until it shows
-/// up in the datastore there is nothing to route with. Events that arrive
-/// meanwhile update `state`; later ones stay queued for the main loop.
+/// InternalIP names the underlay), as kubelet registers it, and so does
+/// IPAM unless a pod CIDR is configured (the controller manager gives a
+/// new Node its `spec.podCIDR` a moment later); until the datastore shows
+/// a usable one there is nothing to route or allocate with. Events that
+/// arrive meanwhile update `state`; later ones stay queued for the main
+/// loop.
 async fn wait_for_own_node(
     name: &str,
+    configured: Option<ipnet::Ipv4Net>,
     events: &mut tokio::sync::mpsc::Receiver<Event>,
     state: &mut ClusterState,
     listed: &mut std::collections::BTreeSet<Kind>,
-) -> anyhow::Result<std::net::Ipv4Addr> {
-    let mut waiting_logged = false;
+) -> anyhow::Result<(ipnet::Ipv4Net, std::net::Ipv4Addr)> {
+    let mut waiting_for = None;
     loop {
-        match state.nodes.get(name).map(topology::node_info) {
-            Some(Ok(info)) => return Ok(info.ip),
-            Some(Err(reason)) if !waiting_logged => {
-                warn!(node = name, %reason, "own Node object unusable; waiting for a fix")
+        let usable = state
+            .nodes
+            .get(name)
+            .ok_or_else(|| "no Node object yet".to_owned())
+            .and_then(topology::node_info)
+            .and_then(|info| Ok((topology::own_pod_cidr(&info, configured)?, info.ip)));
+        match usable {
+            Ok((pod_cidr, ip)) => return Ok((pod_cidr, ip)),
+            Err(reason) if waiting_for.as_ref() != Some(&reason) => {
+                info!(node = name, %reason, "waiting for a usable own Node object");
+                waiting_for = Some(reason);
             }
-            None if !waiting_logged => info!(node = name, "waiting for own Node object"),
-            _ => {}
+            Err(_) => {}
         }
-        waiting_logged = true;
         let event = events
             .recv()
             .await
-            .context("the datastore stopped before this node's Node object appeared")?;
+            .context("the datastore stopped before this node's Node object was usable")?;
         listed.extend(reconcile::listed_by(&event));
         state.apply(event);
         // What is queued belongs together (one scan, one relist): apply it

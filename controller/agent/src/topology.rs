@@ -70,6 +70,15 @@ pub fn node_info(node: &Node) -> Result<NodeInfo, String> {
     })
 }
 
+/// The pod CIDR this node's agent allocates from: the configured one
+/// (the lab, hand-run agents), else the node's own first IPv4 one, which
+/// the controller manager allocates (a cluster).
+pub fn own_pod_cidr(own: &NodeInfo, configured: Option<Ipv4Net>) -> Result<Ipv4Net, String> {
+    configured
+        .or_else(|| own.pod_cidrs.first().copied())
+        .ok_or_else(|| "no IPv4 spec.podCIDR yet (and no --pod-cidr)".to_owned())
+}
+
 /// This node and the others, as usable for routing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Topology {
@@ -275,6 +284,19 @@ mod tests {
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().expect("cidr")
+    }
+
+    #[test]
+    fn the_configured_pod_cidr_wins_over_the_nodes() {
+        let mut own =
+            node_info(&node("n1", "172.30.0.11", &["fd00::/64", "10.244.1.0/24"])).expect("info");
+        assert_eq!(own_pod_cidr(&own, None), Ok(net("10.244.1.0/24")));
+        assert_eq!(
+            own_pod_cidr(&own, Some(net("10.9.0.0/24"))),
+            Ok(net("10.9.0.0/24"))
+        );
+        own.pod_cidrs.clear();
+        assert!(own_pod_cidr(&own, None).unwrap_err().contains("podCIDR"));
     }
 
     #[test]

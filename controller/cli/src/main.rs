@@ -1,4 +1,5 @@
 //! sluice: the user CLI.
+mod install_cni;
 mod lab;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -35,6 +36,37 @@ enum Command {
         node_name: String,
         #[arg(long, default_value = config::DEFAULT_BPFFS)]
         bpffs: PathBuf,
+    },
+    /// Install sluice-cni (and the reference plugins a CRI runtime needs,
+    /// when the host lacks them) and its network config on this host: the
+    /// Helm chart's init container.
+    InstallCni {
+        /// The host's CNI bin directory.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// The host's CNI conf directory; gets `05-sluice.conflist`.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// The config's `cniVersion`: 1.0.0 suits containerd 1.6/1.7 and
+        /// CRI-O with libcni < 1.2; 1.1.0 needs newer runtimes.
+        #[arg(long, default_value = install_cni::DEFAULT_CNI_VERSION)]
+        cni_version: String,
+        /// The agent's socket, as the plugin on the host reaches it.
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The sluice-cni binary [default: beside this one].
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// Where the reference plugins to install from are (Debian's
+        /// containernetworking-plugins).
+        #[arg(long, default_value = "/usr/lib/cni")]
+        companions_dir: PathBuf,
+    },
+    /// Remove sluice's network config from this host (the binaries stay
+    /// for the pods' DEL): the Helm chart's preStop hook.
+    UninstallCni {
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
     },
 }
 
@@ -88,6 +120,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 other => bail!("unexpected answer: {other:?}"),
             }
+        }
+        Command::InstallCni {
+            bin_dir,
+            conf_dir,
+            cni_version,
+            socket,
+            plugin,
+            companions_dir,
+        } => {
+            let plugin = match plugin {
+                Some(plugin) => plugin,
+                None => std::env::current_exe()
+                    .context("locating this binary")?
+                    .with_file_name("sluice-cni"),
+            };
+            let installed = install_cni::install(&install_cni::InstallOptions {
+                bin_dir,
+                conf_dir,
+                cni_version,
+                agent_socket: socket,
+                plugin,
+                companions_dir,
+            })?;
+            for name in &installed.companions {
+                println!("installed {name} (the host had none)");
+            }
+            for name in &installed.missing {
+                eprintln!("warning: no {name} on the host nor in the image");
+            }
+            println!("wrote {}", installed.config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::UninstallCni { conf_dir } => {
+            if install_cni::uninstall(&conf_dir)? {
+                println!("removed {}", conf_dir.join(install_cni::CONFLIST).display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Counters { node_name, bpffs } => {
             let pin_dir = sluice_agent::kernel::bpf::pin_dir(&bpffs.join("sluice"), &node_name);

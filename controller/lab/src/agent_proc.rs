@@ -15,7 +15,9 @@ use super::netns::command_in;
 pub struct AgentOptions {
     pub binary: PathBuf,
     pub node_name: String,
-    pub pod_cidr: String,
+    /// `None`: the agent takes its Node object's `spec.podCIDR`, as in a
+    /// cluster (only with a datastore).
+    pub pod_cidr: Option<String>,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     /// The node's netns; `None` runs the agent where the caller is.
@@ -63,11 +65,11 @@ impl AgentProcess {
         if new_session {
             new_session_on_exec(&mut command);
         }
+        command.arg("--node-name").arg(&options.node_name);
+        if let Some(pod_cidr) = &options.pod_cidr {
+            command.arg("--pod-cidr").arg(pod_cidr);
+        }
         let child = command
-            .arg("--node-name")
-            .arg(&options.node_name)
-            .arg("--pod-cidr")
-            .arg(&options.pod_cidr)
             .arg("--state-dir")
             .arg(&options.state_dir)
             .arg("--socket")

@@ -619,7 +619,8 @@ fn agent_options(
     Ok(AgentOptions {
         binary: config.binary(AGENT_BINARY)?,
         node_name: node.name.clone(),
-        pod_cidr: node.pod_cidr.to_string(),
+        // From the node's Node object, as in a cluster.
+        pod_cidr: None,
         state_dir: dir.join("state"),
         socket: config.agent_socket(&node.name),
         netns: Some(Netns::existing(&node.netns).path().to_owned()),
@@ -727,7 +728,7 @@ mod tests {
         assert_eq!(options.socket, Path::new("/lab/nodes/node2/agent.sock"));
         assert_eq!(options.state_dir, Path::new("/lab/nodes/node2/state"));
         assert_eq!(options.log, Path::new("/lab/nodes/node2/agent.log"));
-        assert_eq!(options.pod_cidr, "10.244.2.0/24");
+        assert_eq!(options.pod_cidr, None, "the Node object gives it");
         assert_eq!(
             options.netns.as_deref(),
             Some(Path::new("/run/netns/t-node2"))

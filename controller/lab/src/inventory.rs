@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{self, Write as _},
+    io,
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
 };
@@ -123,31 +123,11 @@ pub fn save(dir: &Path, state: &LabState) -> Result<(), StateError> {
     write_atomic(&path, &text).map_err(|source| StateError::Write { path, source })
 }
 
-/// Writes through a temporary file in the same directory and renames it
-/// over `path`, so readers (other lab commands, agents watching manifests)
-/// see the old or the new content, never a torn one. The temporary name
-/// starts with a dot and ends in `.tmp`, which manifest readers skip.
+/// Writes through a temporary file and a rename, so readers (other lab
+/// commands, agents watching manifests) see the old or the new content,
+/// never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    sluice_sys::fs::write_atomic(path, bytes, 0o644)
 }
 
 mod routing_name {

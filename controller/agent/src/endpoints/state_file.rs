@@ -3,8 +3,7 @@
 //! agent answers, so a crash or restart never hands out an address twice.
 
 use std::{
-    fs::{self, File},
-    io::Write as _,
+    fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -106,22 +105,11 @@ impl StateFile {
     }
 
     pub fn save(&self, snapshot: &Snapshot) -> Result<(), StateError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(|e| self.io(e))?;
-        let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(snapshot).map_err(|source| StateError::Corrupt {
             path: self.path.clone(),
             source,
         })?;
-        let mut file = File::create(&tmp).map_err(|e| self.io(e))?;
-        file.write_all(&bytes).map_err(|e| self.io(e))?;
-        file.sync_all().map_err(|e| self.io(e))?;
-        drop(file);
-        fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
-        // The rename is only durable once the directory entry is.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| self.io(e))
+        sluice_sys::fs::write_atomic(&self.path, &bytes, 0o644).map_err(|e| self.io(e))
     }
 }
 

@@ -1,12 +1,21 @@
-//! The agent's HTTP endpoint for Prometheus: `GET /metrics` (text
-//! exposition format) and `GET /healthz`. HTTP/1 only, one task per
+//! The agent's HTTP endpoint for Prometheus and probes: `GET /metrics`
+//! (text exposition format), `GET /healthz` (the agent runs) and `GET
+//! /readyz` (it serves: see [`Readiness`]). HTTP/1 only, one task per
 //! connection, so a slow scraper never holds the agent's main loop. Every
 //! pod can reach its node, so the endpoint bounds what a client can hold:
 //! a few connections at a time, each with deadlines for its headers and
 //! its whole life; the agent's file descriptors belong to the CNI socket
 //! and the maps.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -26,6 +35,23 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Life of one (keep-alive) connection; scrapers reconnect.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
+/// Whether the agent is ready, as `GET /readyz` answers (a Kubernetes
+/// readiness probe): the cluster state listed and written to the maps,
+/// this agent's programs attached, the CNI socket listening. Set by the
+/// main loop.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Binds the metrics address; a taken port is a configuration error the
 /// agent reports at start, not something to discover at the first scrape.
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
@@ -33,7 +59,7 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves scrapes until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Metrics) {
+pub async fn serve(listener: TcpListener, metrics: Metrics, readiness: Readiness) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -50,12 +76,12 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
             debug!(%peer, "too many metrics connections; closing");
             continue;
         };
-        let metrics = metrics.clone();
+        let (metrics, readiness) = (metrics.clone(), readiness.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |request| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
+                let response = respond(&request, &metrics, &readiness);
+                async move { Ok::<_, Infallible>(response) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -70,14 +96,26 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
     }
 }
 
-fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn respond(
+    request: &Request<Incoming>,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, TEXT_FORMAT, metrics.render()),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/readyz") if readiness.get() => {
+            (StatusCode::OK, "text/plain", "ready\n".to_owned())
+        }
+        (&Method::GET, "/readyz") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: the cluster state is not in the maps yet\n".to_owned(),
+        ),
         (&Method::GET, _) => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics or /healthz\n".to_owned(),
+            "not found: try /metrics, /healthz or /readyz\n".to_owned(),
         ),
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -110,15 +148,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn serves_metrics_health_and_refuses_the_rest() {
+    async fn serves_metrics_health_readiness_and_refuses_the_rest() {
         let metrics = Metrics::new();
         metrics.node_problems.set(2);
         let listener = bind("127.0.0.1:0".parse().expect("address"))
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
-        let server = tokio::spawn(serve(listener, metrics));
+        let readiness = Readiness::default();
+        let server = tokio::spawn(serve(listener, metrics, readiness.clone()));
         let close = "Host: x\r\nConnection: close\r\n\r\n";
+
+        let response = get(address, &format!("GET /readyz HTTP/1.1\r\n{close}")).await;
+        assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+        readiness.set(true);
+        let response = get(address, &format!("GET /readyz HTTP/1.1\r\n{close}")).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
         let response = get(address, &format!("GET /metrics HTTP/1.1\r\n{close}")).await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -144,7 +189,7 @@ mod tests {
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
-        let server = tokio::spawn(serve(listener, Metrics::new()));
+        let server = tokio::spawn(serve(listener, Metrics::new(), Readiness::default()));
         let mut idle = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
             idle.push(
