@@ -4,6 +4,7 @@
 //! Every command installs what it needs first, idempotently, so a fresh
 //! machine needs nothing but this repository and a Rust toolchain.
 mod bootstrap;
+mod image;
 
 use std::{
     path::{Path, PathBuf},
@@ -42,6 +43,20 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The OCI image (deploy/image/Containerfile), built offline with
+    /// podman from the release binaries: tagged in podman's storage and
+    /// saved to target/image/sluice.oci.tar.
+    Image {
+        /// The image's name.
+        #[arg(long, default_value = concat!("localhost/sluice:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
+        /// From the debug build instead (quicker to build, slower to run).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Render the Helm chart with default values into deploy/sluice.yaml,
+    /// for `kubectl apply -f` (a test fails while it is stale).
+    Deploy,
     /// NetworkPolicy conformance: every case of DIR on fresh two-node labs
     /// (`sluice lab conformance`); fails if any case fails.
     Conformance {
@@ -64,7 +79,7 @@ enum Cmd {
     },
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -107,6 +122,34 @@ fn main() -> anyhow::Result<()> {
                 .args(["lab", "bench"])
                 .args(args))
         }
+        Cmd::Image { tag, debug } => {
+            bootstrap::all()?;
+            let profile = if debug { "debug" } else { "release" };
+            let mut build = cargo();
+            build.args(["build", "--workspace", "--bins"]);
+            if !debug {
+                build.arg("--release");
+            }
+            run(&mut build)?;
+            image::Image {
+                bin_dir: workspace_root().join("target").join(profile),
+                tag,
+                out_dir: workspace_root().join("target/image"),
+                keep_tagged: true,
+            }
+            .build(&workspace_root())
+        }
+        Cmd::Deploy => {
+            bootstrap::all()?;
+            let root = workspace_root();
+            run(Command::new("python3")
+                .arg(root.join("helm/tools/chart.py"))
+                .arg("render")
+                .arg(root.join("helm/sluice"))
+                .args(["--header", "--namespace", "kube-system", "--out"])
+                .arg(root.join("deploy/sluice.yaml"))
+                .current_dir(std::env::temp_dir()))
+        }
         Cmd::Conformance { dir, args } => {
             build()?;
             let dir =
@@ -130,9 +173,19 @@ fn main() -> anyhow::Result<()> {
                 ]))?;
             }
             run(cargo().args(["test", "--workspace", "--exclude", "sluice-tests"]))?;
+            // The image of the binaries under test, for the tests that run
+            // it (debug binaries: no second build).
+            let image = image::Image {
+                bin_dir: workspace_root().join("target/debug"),
+                tag: "localhost/sluice:test".into(),
+                out_dir: workspace_root().join("target/image-test"),
+                keep_tagged: false,
+            };
+            image.build(&workspace_root())?;
             let mut e2e = cargo();
             e2e.args(["test", "-p", "sluice-tests", "--"])
                 .env("SLUICE_BIN_DIR", workspace_root().join("target/debug"))
+                .env("SLUICE_IMAGE_ARCHIVE", image.archive())
                 // A test that cannot run as root fails instead of skipping.
                 .env("SLUICE_PRIVILEGED", "1");
             if let Some(filter) = filter {

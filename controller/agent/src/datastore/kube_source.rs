@@ -108,6 +108,30 @@ impl KubeSource {
     }
 }
 
+/// What the agent may do with the API: `(apiGroup, resource, verb)` for
+/// each kind it watches. kube-rs's watcher lists and watches; nothing
+/// else is called (no get, no writes). The Helm chart's ClusterRole
+/// grants exactly this, which a test checks.
+pub fn permissions() -> std::collections::BTreeSet<(&'static str, &'static str, &'static str)> {
+    fn of<K: Watched>() -> [(&'static str, &'static str, &'static str); 2] {
+        [
+            (K::GROUP, K::URL_PATH_SEGMENT, "list"),
+            (K::GROUP, K::URL_PATH_SEGMENT, "watch"),
+        ]
+    }
+    [
+        of::<Node>(),
+        of::<Namespace>(),
+        of::<Pod>(),
+        of::<NetworkPolicy>(),
+        of::<Service>(),
+        of::<EndpointSlice>(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// The k8s-openapi types the agent watches, and how each becomes a
 /// [`Resource`].
 trait Watched: k8s_openapi::Resource + DeserializeOwned + Clone + Debug + Send + 'static {
@@ -362,6 +386,17 @@ mod tests {
     use super::*;
     use crate::datastore::fixtures::{self, ENDPOINT_SLICE, NAMESPACE, NODE, POD, POLICY, SERVICE};
     use crate::datastore::parse_json;
+
+    #[test]
+    fn permissions_cover_every_watched_kind_with_list_and_watch_only() {
+        let permissions = permissions();
+        assert_eq!(permissions.len(), 2 * Kind::ALL.len());
+        assert!(permissions
+            .iter()
+            .all(|(_, _, verb)| *verb == "list" || *verb == "watch"));
+        assert!(permissions.contains(&("discovery.k8s.io", "endpointslices", "watch")));
+        assert!(permissions.contains(&("", "nodes", "list")));
+    }
 
     /// Long enough for the watcher's first backoff (800 ms, jittered);
     /// only ever waited out when a test is about to fail.
