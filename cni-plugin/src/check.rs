@@ -262,6 +262,7 @@ mod tests {
                 host_mac: HOST_MAC,
                 pod_mac: POD_MAC,
                 ip: "10.244.1.5".parse().expect("ip"),
+                pod: None,
             }),
         }
     }

@@ -5,7 +5,7 @@
 use std::{net::IpAddr, path::Path};
 
 use ipnet::IpNet;
-use sluice_common::api::{Allocation, Attachment, EndpointSpec};
+use sluice_common::api::{Allocation, Attachment, EndpointSpec, PodRef};
 use sluice_sys::Netns;
 
 use crate::{
@@ -36,8 +36,10 @@ pub fn version(stdin: &[u8]) -> Result<String, Error> {
 
 /// ADD: allocate, wire, register; print the result. Anything that fails
 /// after the allocation is undone before the error is returned.
+/// `pod`: the Pod kubelet named, which the agent ties the endpoint to.
 pub fn add(
     target: &Target,
+    pod: Option<PodRef>,
     conf: &NetConf,
     agent: &impl Agent,
     dataplane: &mut impl Dataplane,
@@ -56,7 +58,7 @@ pub fn add(
 
     let allocation = agent.allocate(&attachment)?;
     let mtu = conf.mtu.unwrap_or(allocation.mtu);
-    let wired = wire_and_register(target, agent, dataplane, &netns, &allocation, mtu)
+    let wired = wire_and_register(target, pod, agent, dataplane, &netns, &allocation, mtu)
         .map_err(|err| rollback(err, &attachment, &host_ifname, agent, dataplane))?;
 
     Ok(add_result(target, &host_ifname, &allocation, mtu, &wired).to_json(conf.cni_version))
@@ -64,6 +66,7 @@ pub fn add(
 
 fn wire_and_register(
     target: &Target,
+    pod: Option<PodRef>,
     agent: &impl Agent,
     dataplane: &mut impl Dataplane,
     netns: &Netns,
@@ -90,6 +93,7 @@ fn wire_and_register(
         host_mac: wired.host_mac,
         pod_mac: wired.pod_mac,
         ip: allocation.ip,
+        pod,
     })?;
     Ok(wired)
 }
@@ -195,7 +199,12 @@ fn add_result(
 }
 
 /// DEL: remove the veth if present, then release at the agent. Idempotent;
-/// needs neither the pod's namespace nor a previous result.
+/// needs neither the pod's namespace nor a previous result. With the agent
+/// down (restarting, upgrading), DEL still succeeds once what the plugin
+/// made itself, the veth, is gone: a failed DEL would leave the sandbox
+/// stuck until the agent returns, and the agent releases the address of an
+/// endpoint whose veth is gone on its own (its reclaim, at start and
+/// periodically).
 pub fn del(
     container_id: &str,
     ifname: &str,
@@ -206,7 +215,18 @@ pub fn del(
     if dataplane.unwire(&host_ifname)? {
         tracing::info!(%host_ifname, "deleted veth");
     }
-    agent.release(&attachment(container_id, ifname))
+    match agent.release(&attachment(container_id, ifname)) {
+        Err(Error::AgentUnreachable { source, .. })
+            if source.kind() != std::io::ErrorKind::PermissionDenied =>
+        {
+            tracing::warn!(
+                error = %source,
+                "agent unreachable: the veth is gone, the agent releases the address when it is back"
+            );
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// STATUS: ready means the agent answers and can hand out an address.
@@ -332,6 +352,7 @@ pub(crate) mod fakes {
                         pod_cidr: "10.244.1.0/24".into(),
                         endpoints: 0,
                         free_addresses: 250,
+                        ..Default::default()
                     },
                 }),
             })
@@ -457,7 +478,12 @@ mod tests {
     fn add_allocates_wires_registers_and_reports() {
         let agent = FakeAgent::allocating("10.244.1.5", "10.244.1.1");
         let mut dp = FakeDataplane::default();
-        let out = add(&target(), &conf(""), &agent, &mut dp).expect("ADD");
+        let pod = PodRef {
+            namespace: "shop".into(),
+            name: "web-0".into(),
+            uid: None,
+        };
+        let out = add(&target(), Some(pod.clone()), &conf(""), &agent, &mut dp).expect("ADD");
         assert_eq!(agent.ops(), ["allocate", "register"]);
         let host = veth::host_ifname("c0ffee", "eth0");
         let temp = veth::temp_ifname("c0ffee", "eth0");
@@ -475,6 +501,7 @@ mod tests {
         assert_eq!(endpoint.host_mac, HOST_MAC);
         assert_eq!(endpoint.pod_mac, POD_MAC);
         assert_eq!(endpoint.netns, OWN_NETNS);
+        assert_eq!(endpoint.pod, Some(pod), "the Pod kubelet named");
 
         let out: serde_json::Value = serde_json::from_str(&out).expect("JSON");
         assert_eq!(
@@ -496,7 +523,7 @@ mod tests {
     fn add_config_mtu_overrides_the_agent() {
         let agent = FakeAgent::allocating("10.244.1.5", "10.244.1.1");
         let mut dp = FakeDataplane::default();
-        add(&target(), &conf(r#","mtu":1400"#), &agent, &mut dp).expect("ADD");
+        add(&target(), None, &conf(r#","mtu":1400"#), &agent, &mut dp).expect("ADD");
         assert!(dp.calls[0].ends_with("mtu 1400"), "{:?}", dp.calls);
     }
 
@@ -507,7 +534,7 @@ mod tests {
             wire_error: Some("eth0 exists".into()),
             ..Default::default()
         };
-        let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("wire fails");
+        let err = add(&target(), None, &conf(""), &agent, &mut dp).expect_err("wire fails");
         assert_eq!(err.code(), code::NETLINK);
         assert_eq!(err.to_string(), "eth0 exists");
         assert_eq!(agent.ops(), ["allocate", "release"]);
@@ -525,7 +552,7 @@ mod tests {
             ..FakeAgent::allocating("10.244.1.5", "10.244.1.1")
         };
         let mut dp = FakeDataplane::default();
-        let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("register fails");
+        let err = add(&target(), None, &conf(""), &agent, &mut dp).expect_err("register fails");
         assert_eq!(err.code(), code::TRY_AGAIN_LATER);
         assert_eq!(agent.ops(), ["allocate", "register", "release"]);
         assert!(dp.calls[1].starts_with("unwire"), "{:?}", dp.calls);
@@ -546,7 +573,7 @@ mod tests {
             ..FakeAgent::allocating("10.244.1.5", "10.244.1.1")
         };
         let mut dp = FakeDataplane::default();
-        let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("fails");
+        let err = add(&target(), None, &conf(""), &agent, &mut dp).expect_err("fails");
         assert_eq!(err.code(), code::AGENT_REJECTED);
         assert!(err.details().contains("disk full"), "{}", err.details());
     }
@@ -555,7 +582,7 @@ mod tests {
     fn add_bad_allocation_is_released_without_wiring() {
         let agent = FakeAgent::allocating("10.244.1.5", "fd00::1");
         let mut dp = FakeDataplane::default();
-        let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("mixed families");
+        let err = add(&target(), None, &conf(""), &agent, &mut dp).expect_err("mixed families");
         assert_eq!(err.code(), code::AGENT_PROTOCOL);
         assert_eq!(agent.ops(), ["allocate", "release"]);
         assert!(
@@ -572,7 +599,7 @@ mod tests {
             ..Default::default()
         };
         let mut dp = FakeDataplane::default();
-        let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("no agent");
+        let err = add(&target(), None, &conf(""), &agent, &mut dp).expect_err("no agent");
         assert_eq!(err.code(), code::TRY_AGAIN_LATER);
         assert!(dp.calls.is_empty(), "{:?}", dp.calls);
     }
@@ -581,7 +608,7 @@ mod tests {
     fn add_exhausted_is_code_101() {
         let agent = FakeAgent::default();
         let mut dp = FakeDataplane::default();
-        let err = add(&target(), &conf(""), &agent, &mut dp).expect_err("exhausted");
+        let err = add(&target(), None, &conf(""), &agent, &mut dp).expect_err("exhausted");
         assert_eq!(err.code(), code::ADDRESS_EXHAUSTED);
         assert!(dp.calls.is_empty());
     }
@@ -592,7 +619,7 @@ mod tests {
         let mut dp = FakeDataplane::default();
         let mut t = target();
         t.netns = "/nonexistent/netns".into();
-        let err = add(&t, &conf(""), &agent, &mut dp).expect_err("bad netns");
+        let err = add(&t, None, &conf(""), &agent, &mut dp).expect_err("bad netns");
         assert_eq!(err.code(), code::INVALID_ENVIRONMENT);
         assert!(agent.ops().is_empty());
     }
@@ -603,6 +630,7 @@ mod tests {
         let mut dp = FakeDataplane::default();
         let err = add(
             &target(),
+            None,
             &conf(r#","prevResult":{"ips":[]}"#),
             &agent,
             &mut dp,
@@ -630,14 +658,15 @@ mod tests {
     }
 
     #[test]
-    fn del_without_agent_is_try_again() {
+    fn del_without_agent_removes_the_veth_and_succeeds() {
         let agent = FakeAgent {
             unreachable: true,
             ..Default::default()
         };
-        let err =
-            del("c0ffee", "eth0", &agent, &mut FakeDataplane::default()).expect_err("no agent");
-        assert_eq!(err.code(), code::TRY_AGAIN_LATER);
+        let mut dp = FakeDataplane::default();
+        del("c0ffee", "eth0", &agent, &mut dp).expect("no agent: still done");
+        let host = veth::host_ifname("c0ffee", "eth0");
+        assert_eq!(dp.calls, [format!("unwire {host}")]);
     }
 
     #[test]
@@ -658,6 +687,7 @@ mod tests {
                     pod_cidr: "10.244.1.0/30".into(),
                     endpoints: 1,
                     free_addresses: 0,
+                    ..Default::default()
                 },
             }),
             ..Default::default()

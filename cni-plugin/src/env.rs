@@ -19,7 +19,7 @@ pub const MAX_IFNAME_LEN: usize = 15;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CniEnv {
     pub invocation: Invocation,
-    /// `CNI_ARGS`, raw. sluice reads nothing from it; kept for logging.
+    /// `CNI_ARGS`, raw; [`CniEnv::pod`] reads kubelet's part of it.
     pub args: Option<String>,
     /// `CNI_PATH`. sluice delegates to no other plugin, so it is optional
     /// for every command (the spec lists it as required for GC only because
@@ -65,6 +65,28 @@ impl Invocation {
 }
 
 impl CniEnv {
+    /// The Pod kubelet names in `CNI_ARGS` (`K8S_POD_NAMESPACE`,
+    /// `K8S_POD_NAME`, `K8S_POD_UID`; `;`-separated `KEY=VALUE` pairs,
+    /// others ignored, as `IgnoreUnknown=1` asks), if it names one.
+    pub fn pod(&self) -> Option<sluice_common::api::PodRef> {
+        let mut namespace = None;
+        let mut name = None;
+        let mut uid = None;
+        for pair in self.args.as_deref()?.split(';') {
+            match pair.split_once('=') {
+                Some(("K8S_POD_NAMESPACE", v)) if !v.is_empty() => namespace = Some(v),
+                Some(("K8S_POD_NAME", v)) if !v.is_empty() => name = Some(v),
+                Some(("K8S_POD_UID", v)) if !v.is_empty() => uid = Some(v),
+                _ => {}
+            }
+        }
+        Some(sluice_common::api::PodRef {
+            namespace: namespace?.to_owned(),
+            name: name?.to_owned(),
+            uid: uid.map(str::to_owned),
+        })
+    }
+
     /// Parses the environment from `(name, value)` pairs, e.g.
     /// `std::env::vars_os()`. Variables other than `CNI_*` are ignored; an
     /// empty value counts as unset, as in libcni.
@@ -256,6 +278,31 @@ mod tests {
 
     fn without(var: &str) -> Vec<(&'static str, &'static str)> {
         ADD.iter().copied().filter(|(k, _)| *k != var).collect()
+    }
+
+    #[test]
+    fn kubelets_cni_args_name_the_pod() {
+        let mut vars = ADD.to_vec();
+        vars.push((
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=1f2e",
+        ));
+        let pod = env(&vars).expect("valid env").pod().expect("a pod");
+        assert_eq!(
+            (
+                pod.namespace.as_str(),
+                pod.name.as_str(),
+                pod.uid.as_deref()
+            ),
+            ("shop", "web-0", Some("1f2e"))
+        );
+        assert_eq!(env(ADD).expect("valid env").pod(), None, "no CNI_ARGS");
+        let mut vars = ADD.to_vec();
+        vars.push((
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=",
+        ));
+        assert_eq!(env(&vars).expect("valid env").pod(), None, "no name");
     }
 
     #[test]

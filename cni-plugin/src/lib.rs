@@ -54,7 +54,7 @@ where
     match &env.invocation {
         Invocation::Add(target) => {
             let mut dataplane = NetlinkDataplane::new()?;
-            commands::add(target, &conf, &agent, &mut dataplane).map(Some)
+            commands::add(target, env.pod(), &conf, &agent, &mut dataplane).map(Some)
         }
         Invocation::Del {
             container_id,

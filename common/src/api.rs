@@ -36,6 +36,21 @@ pub struct EndpointSpec {
     /// The pod's interface.
     pub pod_mac: [u8; 6],
     pub ip: IpAddr,
+    /// The Pod the runtime wired it for (kubelet's `K8S_POD_*` in
+    /// `CNI_ARGS`); `None` from runtimes that do not say, and from agents'
+    /// state written before it existed.
+    #[serde(default)]
+    pub pod: Option<PodRef>,
+}
+
+/// A Pod by name, as kubelet names it to CNI plugins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    /// `K8S_POD_UID`, when given.
+    #[serde(default)]
+    pub uid: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,12 +89,54 @@ pub struct EndpointState {
     pub endpoint: Option<EndpointSpec>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What `Status` answers: IPAM (what the CNI plugin's STATUS needs), and
+/// what an operator's `sluice status` shows of the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub node_name: String,
     pub pod_cidr: String,
     pub endpoints: usize,
     pub free_addresses: u64,
+    /// Absent from agents that predate it.
+    #[serde(default)]
+    pub node: NodeReport,
+}
+
+/// The agent's view of its node and the cluster, for operators.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// As `GET /readyz`: the cluster state in the maps, the programs
+    /// attached.
+    pub ready: bool,
+    /// `tunnel` or `native`.
+    pub routing: String,
+    pub kube_proxy_replacement: bool,
+    /// `kubernetes`, `dir:PATH` or `none`.
+    pub datastore: String,
+    /// Cluster objects known, by kind (`pod`, `networkpolicy`, ...).
+    pub objects: std::collections::BTreeMap<String, usize>,
+    /// Security identities allocated (label sets and ipBlock regions).
+    pub identities: usize,
+    /// Service frontends programmed, and their backend slots.
+    pub service_frontends: usize,
+    pub service_backends: usize,
+    /// The maps the agent fills from the cluster.
+    pub maps: Vec<MapFill>,
+    /// Milliseconds since the maps last matched the known cluster state
+    /// (`None`: not yet).
+    pub last_sync_ms_ago: Option<u64>,
+    /// Milliseconds since the last cluster object change arrived.
+    pub last_event_ms_ago: Option<u64>,
+    /// Objects skipped or rules that allow nothing, in words.
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    pub name: String,
+    /// Entries the agent wants in it.
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -121,7 +121,7 @@ fn error_codes_follow_the_spec() {
         "netns that does not exist"
     );
 
-    // Agent unreachable: try again later, and nothing left behind.
+    // Agent unreachable: ADD tries again later, and nothing is left behind.
     let unreachable = json!({
         "cniVersion": "1.1.0", "name": "n", "type": "sluice-cni",
         "agentSocket": node.dir.join("nobody-listens.sock").display().to_string(),
@@ -132,14 +132,17 @@ fn error_codes_follow_the_spec() {
         11,
         "agent unreachable on ADD"
     );
-    assert_eq!(
-        code(run(
-            node.cni("DEL").container("x", "", "eth0"),
-            &unreachable,
-            &[]
-        )),
-        11,
-        "on DEL"
+    // DEL succeeds: nothing of the plugin's is left, the address is the
+    // agent's to reclaim.
+    let del = run(
+        node.cni("DEL").container("x", "", "eth0"),
+        &unreachable,
+        &[],
+    );
+    assert!(
+        del.success,
+        "DEL without an agent: {} {}",
+        del.stdout, del.stderr
     );
     assert_eq!(
         code(run(node.cni("STATUS"), &unreachable, &[])),
@@ -379,6 +382,40 @@ fn agent_crash_and_restart_keep_pods_and_addresses() {
         sluice_tests::probe::tcp(&a.ns, dst, sluice_tests::TIMEOUT),
         "old pod after restart"
     );
+}
+
+/// With the agent down (restarting, upgrading), DEL still succeeds once the
+/// veth is gone, so the runtime can remove the sandbox; the agent, back,
+/// releases the address itself, as it does for a pod whose veth went
+/// without any DEL (a runtime that never sends GC).
+#[test]
+fn del_with_the_agent_down_succeeds_and_the_agent_reclaims_the_address() {
+    require_root!();
+    let mut node = Node::start("rc", "10.102.0.0/24");
+    let a = node.add_pod("a");
+    let b = node.add_pod("b");
+    let free = node.status().free_addresses;
+    node.crash_agent();
+    let a_if = a.host_if.clone();
+    a.delete();
+    assert!(!node.links().contains(&a_if), "DEL removed the veth");
+    // b's veth goes with no DEL at all.
+    let out = node
+        .ns
+        .command("ip")
+        .expect("ip in the node netns")
+        .args(["link", "del", &b.host_if])
+        .output()
+        .expect("ip link del");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.restart_agent();
+    let status = node.status();
+    assert_eq!(status.endpoints, 0, "both endpoints reclaimed at start");
+    assert_eq!(status.free_addresses, free + 2, "and their addresses");
 }
 
 /// A runtime may retry ADD for the same container: the pod is rewired, keeps

@@ -8,7 +8,8 @@ use anyhow::{bail, Context as _};
 use crate::run;
 
 /// Debian packages the build, the lab and the tests use (nftables: the
-/// agent's masquerade rules).
+/// agent's masquerade rules; prometheus: its server and promtool scrape the
+/// lab's agents in a test).
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -20,12 +21,32 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    "prometheus",
 ];
 
 pub fn all() -> anyhow::Result<()> {
     apt()?;
+    python()?;
     rust_src()?;
     bpf_linker()
+}
+
+/// The chart tool's PyPI packages (`helm/tools/requirements.txt`: Helm's
+/// SDK, the Kubernetes schemas).
+fn python() -> anyhow::Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import helm_python, kubernetes_validate, yaml"])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    let requirements = crate::workspace_root().join("helm/tools/requirements.txt");
+    eprintln!("xtask: installing {}", requirements.display());
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--requirement"])
+        .arg(&requirements))
 }
 
 fn installed(package: &str) -> bool {
@@ -46,10 +67,26 @@ fn apt() -> anyhow::Result<()> {
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
+    // Packages with a daemon (prometheus) would start it on install: the
+    // tests start their own, privately. policy-rc.d forbids starting any.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask bootstrap: start no daemon\nexit 101\n",
+        )?;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed
 }
 
 fn rust_src() -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use sluice_common::api::{ErrorKind, Request, Response};
+use sluice_common::api::{ErrorKind, NodeReport, Request, Response};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -58,8 +58,14 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 }
 
 /// Answers one API connection, within the per-connection deadline.
-pub async fn serve_connection<D: Datapath>(stream: UnixStream, agent: &mut Agent<D>) {
-    if tokio::time::timeout(DEADLINE, serve_one(stream, agent))
+/// `report` gives a `Status` answer its node part, which is the main
+/// loop's to know (readiness, the reconciler's view).
+pub async fn serve_connection<D: Datapath>(
+    stream: UnixStream,
+    agent: &mut Agent<D>,
+    report: &dyn Fn() -> NodeReport,
+) {
+    if tokio::time::timeout(DEADLINE, serve_one(stream, agent, report))
         .await
         .is_err()
     {
@@ -67,7 +73,11 @@ pub async fn serve_connection<D: Datapath>(stream: UnixStream, agent: &mut Agent
     }
 }
 
-async fn serve_one<D: Datapath>(stream: UnixStream, agent: &mut Agent<D>) {
+async fn serve_one<D: Datapath>(
+    stream: UnixStream,
+    agent: &mut Agent<D>,
+    report: &dyn Fn() -> NodeReport,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
     let mut line = String::new();
@@ -80,7 +90,11 @@ async fn serve_one<D: Datapath>(stream: UnixStream, agent: &mut Agent<D>) {
         Ok(_) => match serde_json::from_str::<Request>(line.trim_end()) {
             Ok(request) => {
                 debug!(?request, "API request");
-                agent.handle(request).await
+                let mut response = agent.handle(request).await;
+                if let Response::Status { status } = &mut response {
+                    status.node = report();
+                }
+                response
             }
             Err(e) => Response::Error {
                 kind: ErrorKind::Invalid,

@@ -29,6 +29,8 @@ use tracing::{info, warn};
 const DIR_POLL: Duration = Duration::from_millis(200);
 /// How often a failed sync is retried.
 const RETRY: Duration = Duration::from_secs(2);
+/// How often endpoints whose pod went without a DEL are looked for.
+const RECLAIM: Duration = Duration::from_secs(30);
 /// Datastore events waiting for the reconciler; everything waiting is
 /// applied in one sync, so a deeper queue means fewer syncs in a burst.
 const EVENT_QUEUE: usize = 1024;
@@ -303,9 +305,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         datapath,
     )
     .await?;
+    // Pods that went while the agent was down, their DEL unanswered.
+    agent.reclaim().await;
     // Policy needs the registered pods (restored from state) to name them.
     reconciler
-        .set_local_endpoints(agent.local_endpoints())
+        .set_local_endpoints(agent.local_endpoints(), agent.local_pods())
         .await;
     reconciler.sync().await;
     let ready = complete_upgrade(&mut agent, &reconciler);
@@ -316,13 +320,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let mut retry = tokio::time::interval(RETRY);
+    let mut reclaim = tokio::time::interval(RECLAIM);
+    reclaim.tick().await;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    cni_api::serve_connection(stream, &mut agent).await;
-                    reconciler.set_local_endpoints(agent.local_endpoints()).await;
+                    let report = || sluice_common::api::NodeReport {
+                        ready: readiness.get(),
+                        routing: config.routing.to_string(),
+                        kube_proxy_replacement: config.kube_proxy_replacement,
+                        datastore: match &config.datastore {
+                            Some(Datastore::Dir(dir)) => format!("dir:{}", dir.display()),
+                            Some(Datastore::Kubernetes { .. }) => "kubernetes".into(),
+                            None => "none".into(),
+                        },
+                        ..reconciler.report()
+                    };
+                    cni_api::serve_connection(stream, &mut agent, &report).await;
+                    reconciler.set_local_endpoints(agent.local_endpoints(), agent.local_pods()).await;
                 }
                 Err(e) => warn!(error = %e, "accepting an API connection"),
             },
@@ -335,6 +352,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 reconciler.handle(batch).await;
             }
             _ = retry.tick() => reconciler.sync().await,
+            _ = reclaim.tick() => {
+                if !agent.reclaim().await.is_empty() {
+                    reconciler.set_local_endpoints(agent.local_endpoints(), agent.local_pods()).await;
+                }
+            }
         }
         // Maps created or replaced at load (resized, new layout) are filled.
         readiness.set(complete_upgrade(&mut agent, &reconciler));

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use sluice_common::api::{MapFill, NodeReport};
 use tracing::{info, warn};
 
 use crate::{
@@ -32,7 +33,7 @@ use crate::{
     },
     metrics::{sync, Metrics},
     policy::{
-        compile::{compile, LocalEndpoints, PolicyProblem},
+        compile::{compile, LocalEndpoints, LocalPods, PolicyProblem},
         identity::IdentityAllocator,
     },
     services::{self, DesiredServices, ServiceIds, ServiceProblem},
@@ -85,6 +86,7 @@ pub struct Reconciler {
     applied_service_nft: Option<String>,
     identities: IdentityAllocator,
     local: LocalEndpoints,
+    local_pods: LocalPods,
     topology: Topology,
     pod_identities: BTreeMap<Ipv4Addr, u32>,
     problems: Vec<PolicyProblem>,
@@ -104,6 +106,14 @@ pub struct Reconciler {
     /// See [`Self::applied`].
     policy_filled: bool,
     ipcache_filled: bool,
+    /// When the oldest change not yet fully applied arrived (for the
+    /// implementation delay).
+    pending_since: Option<std::time::Instant>,
+    /// When the maps last matched the state, and the last change arrived.
+    last_sync: Option<std::time::Instant>,
+    last_event: Option<std::time::Instant>,
+    /// Service frontends and backend slots last applied.
+    service_counts: (usize, usize),
 }
 
 impl Reconciler {
@@ -127,6 +137,7 @@ impl Reconciler {
             applied_service_nft: None,
             identities: IdentityAllocator::new(),
             local: LocalEndpoints::new(),
+            local_pods: LocalPods::new(),
             topology: Topology::default(),
             pod_identities: BTreeMap::new(),
             problems: Vec::new(),
@@ -140,6 +151,10 @@ impl Reconciler {
             listed,
             policy_filled: false,
             ipcache_filled: false,
+            pending_since: None,
+            last_sync: None,
+            last_event: None,
+            service_counts: (0, 0),
         }
     }
 
@@ -151,13 +166,21 @@ impl Reconciler {
     /// changes (a list, many objects applied at once) costs one sync, not
     /// one per object.
     pub async fn handle(&mut self, events: impl IntoIterator<Item = Event>) {
+        let mut any = false;
         for event in events {
-            self.apply_event(event);
+            any |= self.apply_event(event);
+        }
+        if any {
+            self.last_event = Some(std::time::Instant::now());
+            self.metrics.last_event.set(unix_now());
+            self.pending_since
+                .get_or_insert_with(std::time::Instant::now);
         }
         self.sync().await;
     }
 
-    fn apply_event(&mut self, event: Event) {
+    /// Returns whether the event changed the cluster state.
+    fn apply_event(&mut self, event: Event) -> bool {
         self.listed.extend(listed_by(&event));
         let changed = self.state.apply(event);
         for kind in Kind::ALL {
@@ -169,6 +192,12 @@ impl Reconciler {
         self.dirty_topology |= changed.nodes;
         self.dirty_policy |= changed.pods || changed.namespaces || changed.policies;
         self.dirty_services |= changed.services || changed.endpoint_slices;
+        changed.nodes
+            || changed.pods
+            || changed.namespaces
+            || changed.policies
+            || changed.services
+            || changed.endpoint_slices
     }
 
     /// Whether the complete cluster state (every kind listed) has been
@@ -179,10 +208,15 @@ impl Reconciler {
         self.policy_filled && self.ipcache_filled
     }
 
-    /// The pods registered on this node changed (CNI ADD/DEL).
-    pub async fn set_local_endpoints(&mut self, local: LocalEndpoints) {
-        if local != self.local {
+    /// The pods registered on this node changed (CNI ADD/DEL), with the
+    /// Pods they were wired for.
+    pub async fn set_local_endpoints(&mut self, local: LocalEndpoints, pods: LocalPods) {
+        if local != self.local || pods != self.local_pods {
+            self.metrics.endpoints.set(local.len() as i64);
+            self.pending_since
+                .get_or_insert_with(std::time::Instant::now);
             self.local = local;
+            self.local_pods = pods;
             self.dirty_policy = true;
             self.sync().await;
         }
@@ -215,6 +249,8 @@ impl Reconciler {
             let desired = self
                 .topology
                 .ipcache_with_pods(&self.pod_identities, self.nodes.gateway());
+            self.metrics
+                .set_map_entries(sluice_common::maps::IPCACHE.name, desired.len());
             match self.maps.ipcache.sync(&desired) {
                 Ok(stats) => {
                     self.dirty_ipcache = false;
@@ -261,6 +297,57 @@ impl Reconciler {
                 Ok(revision) => info!(revision, "policy revision"),
                 Err(e) => warn!(error = %e, "bumping the policy revision"),
             }
+        }
+        let in_sync = !(self.dirty_topology
+            || self.dirty_policy
+            || self.dirty_ipcache
+            || self.dirty_services
+            || self.dirty_routes);
+        if in_sync {
+            self.last_sync = Some(std::time::Instant::now());
+            self.metrics.last_sync.set(unix_now());
+            if let Some(since) = self.pending_since.take() {
+                self.metrics
+                    .implementation_delay
+                    .observe(since.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    /// The reconciler's part of `sluice status`: what it knows and
+    /// applied, how fresh, and what it had to skip.
+    pub fn report(&self) -> NodeReport {
+        let ago = |at: Option<std::time::Instant>| {
+            at.map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
+        };
+        let maps = crate::metrics::FILLED_MAPS
+            .iter()
+            .map(|map| MapFill {
+                name: (*map).to_owned(),
+                entries: self.metrics.map_entries.with_label_values(&[map]).get() as u64,
+                capacity: self.metrics.map_capacity.with_label_values(&[map]).get() as u64,
+            })
+            .collect();
+        let problems = self
+            .node_problems
+            .iter()
+            .map(|p| format!("Node {}: {}", p.node, p.reason))
+            .chain(self.problems.iter().map(ToString::to_string))
+            .chain(self.service_problems.iter().map(ToString::to_string))
+            .collect();
+        NodeReport {
+            objects: Kind::ALL
+                .iter()
+                .map(|kind| (kind.label().to_owned(), self.state.count(*kind)))
+                .collect(),
+            identities: self.identities.labels().count() + self.identities.cidrs().count(),
+            service_frontends: self.service_counts.0,
+            service_backends: self.service_counts.1,
+            maps,
+            last_sync_ms_ago: ago(self.last_sync),
+            last_event_ms_ago: ago(self.last_event),
+            problems,
+            ..NodeReport::default()
         }
     }
 
@@ -363,12 +450,10 @@ impl Reconciler {
                 desired.backends.len(),
             ),
         ] {
-            self.metrics
-                .map_entries
-                .with_label_values(&[map])
-                .set(entries as i64);
+            self.metrics.set_map_entries(map, entries);
         }
         self.metrics.service_names.set(desired.names.clone());
+        self.service_counts = (desired.frontends.len(), desired.backends.len());
         if stats.changed() {
             info!(
                 frontends = desired.frontends.len(),
@@ -384,7 +469,12 @@ impl Reconciler {
 
     /// Compiles and writes policy; returns whether the maps changed.
     fn sync_policy(&mut self) -> Result<bool, DataplaneError> {
-        let desired = compile(&self.state, &self.local, &mut self.identities);
+        let desired = compile(
+            &self.state,
+            &self.local,
+            &self.local_pods,
+            &mut self.identities,
+        );
         if desired.problems != self.problems {
             for p in &desired.problems {
                 warn!(policy = %p.policy, reason = %p.reason, "policy rule allows nothing (fails closed)");
@@ -404,12 +494,17 @@ impl Reconciler {
             self.pod_identities = desired.pod_identities;
             self.dirty_ipcache = true;
         }
+        self.metrics
+            .identities
+            .with_label_values(&["labels"])
+            .set(self.identities.labels().count() as i64);
+        self.metrics
+            .identities
+            .with_label_values(&["cidr"])
+            .set(self.identities.cidrs().count() as i64);
         let applied = self.maps.policy.apply(&desired.placed);
         for (map, entries) in self.maps.policy.wanted_entries() {
-            self.metrics
-                .map_entries
-                .with_label_values(&[map])
-                .set(entries as i64);
+            self.metrics.set_map_entries(map, entries);
         }
         let stats = applied?;
         if stats.changed() {
@@ -422,4 +517,12 @@ impl Reconciler {
         }
         Ok(stats.changed())
     }
+}
+
+/// Seconds since the Unix epoch, for the timestamp gauges.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
 }

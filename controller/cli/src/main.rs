@@ -1,6 +1,7 @@
 //! sluice: the user CLI.
 mod install_cni;
 mod lab;
+mod status;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -25,10 +26,15 @@ enum Command {
     /// A cluster on this host: nodes and pods in network namespaces, wired
     /// by the real agent and sluice-cni; `sluice lab demo` shows it working.
     Lab(lab::LabArgs),
-    /// Show the agent's status.
+    /// Show a node agent's status: readiness, datapath, endpoints,
+    /// identities, what it knows of the cluster, Services, map fill,
+    /// freshness and problems.
     Status {
         #[arg(long, default_value = api::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// `text` for people, `json` (one object) for programs.
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Show the dataplane's packet counters (forwarded / dropped by reason).
     Counters {
@@ -70,6 +76,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -107,15 +119,15 @@ fn error_chain(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Lab(args) => lab::run(args),
-        Command::Status { socket } => {
+        Command::Status { socket, output } => {
             match api::call(&socket, &Request::Status, Duration::from_secs(5))
                 .with_context(|| format!("asking the agent at {}", socket.display()))?
             {
                 Response::Status { status } => {
-                    println!("node:            {}", status.node_name);
-                    println!("pod CIDR:        {}", status.pod_cidr);
-                    println!("endpoints:       {}", status.endpoints);
-                    println!("free addresses:  {}", status.free_addresses);
+                    match output {
+                        Output::Text => print!("{}", status::text(&status)),
+                        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 other => bail!("unexpected answer: {other:?}"),

@@ -79,15 +79,19 @@ impl Lab {
             CNI_VERSION,
             &self.config.agent_socket(&node.name),
         );
-        Ok(
-            CniCall::new(&self.config.binary(CNI_BINARY)?, command, netconf)
-                .run_in(Netns::existing(&node.netns).path())
-                .container(
-                    &pod.container_id,
-                    &Netns::existing(&pod.netns).path().display().to_string(),
-                    POD_IFNAME,
-                ),
-        )
+        let mut call = CniCall::new(&self.config.binary(CNI_BINARY)?, command, netconf)
+            .run_in(Netns::existing(&node.netns).path())
+            .container(
+                &pod.container_id,
+                &Netns::existing(&pod.netns).path().display().to_string(),
+                POD_IFNAME,
+            );
+        // What kubelet passes: the plugin tells the agent which Pod it is.
+        call.args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+            pod.namespace, pod.name, pod.container_id
+        );
+        Ok(call)
     }
 
     /// Creates a pod: its netns, wiring by `sluice-cni ADD` on its node, a

@@ -38,7 +38,9 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
 use proptest::test_runner::{FileFailurePersistence, TestCaseError, TestError, TestRunner};
 use sluice_agent::datastore::ClusterState;
-use sluice_agent::policy::{compile, DesiredPolicy, IdentityAllocator, InMemory, LocalEndpoints};
+use sluice_agent::policy::{
+    compile, DesiredPolicy, IdentityAllocator, InMemory, LocalEndpoints, LocalPods,
+};
 use sluice_agent::topology::Topology;
 use sluice_common::ipcache::RemoteInfo;
 use sluice_common::policy::{decide_flow, Decision};
@@ -103,7 +105,12 @@ fn node(generated: &GeneratedCluster, state: &ClusterState, node: u8) -> Node {
         .zip(1..)
         .map(|((pod, _), id)| (oracle::pod_ip(pod), id))
         .collect();
-    let desired = compile(state, &local, &mut IdentityAllocator::new());
+    let desired = compile(
+        state,
+        &local,
+        &LocalPods::new(),
+        &mut IdentityAllocator::new(),
+    );
     let ipcache = Topology::default().ipcache_with_pods(&desired.pod_identities, GATEWAY);
     Node {
         local,

@@ -24,7 +24,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sluice_agent::datastore::ClusterState;
 use sluice_agent::policy::{
-    compile, IdentityAllocator, InMemory, LocalEndpoints, NAMESPACE_NAME_LABEL,
+    compile, IdentityAllocator, InMemory, LocalEndpoints, LocalPods, NAMESPACE_NAME_LABEL,
 };
 use sluice_agent::topology::Topology;
 use sluice_common::policy::decide_flow;
@@ -299,7 +299,7 @@ fn run_case(file: &str, case: &Case, judge: Judge, outcome: &mut Outcome) {
 
         // Only what the judge needs.
         let cluster = oracle_cluster(&state);
-        let desired = compile(&state, &local, &mut ids);
+        let desired = compile(&state, &local, &LocalPods::new(), &mut ids);
         assert!(
             desired.problems.is_empty() && desired.identity_errors.is_empty(),
             "{at}: compile problems {:?}, identity errors {:?}",

@@ -46,6 +46,8 @@ pub trait Datapath {
     async fn remove(&mut self, ep: &EndpointSpec) -> Result<(), DatapathError>;
     /// Delete a host-side veth (CNI GC of a pod whose DEL never came).
     async fn delete_link(&mut self, ifname: &str) -> Result<(), DatapathError>;
+    /// Whether a host-side veth of that name exists.
+    async fn link_exists(&mut self, ifname: &str) -> Result<bool, DatapathError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +207,20 @@ impl<D: Datapath> Agent<D> {
             .collect()
     }
 
+    /// The Pods the registered endpoints were wired for, by address (see
+    /// [`crate::policy::LocalPods`]).
+    pub fn local_pods(&self) -> crate::policy::LocalPods {
+        self.endpoints
+            .values()
+            .filter_map(|ep| match (ep.ip, &ep.pod) {
+                (IpAddr::V4(v4), Some(pod)) => {
+                    Some((v4, (pod.namespace.clone(), pod.name.clone())))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     fn endpoint_info(&self, ep: &EndpointSpec) -> EndpointInfo {
         let id = match ep.ip {
             IpAddr::V4(v4) => u32::from(v4) - u32::from(self.ipam.cidr().network()),
@@ -240,6 +256,8 @@ impl<D: Datapath> Agent<D> {
                     pod_cidr: self.config.pod_cidr.to_string(),
                     endpoints: self.endpoints.len(),
                     free_addresses: self.ipam.free(),
+                    // The node's part is the main loop's (cni_api).
+                    node: Default::default(),
                 },
             },
         }
@@ -344,6 +362,40 @@ impl<D: Datapath> Agent<D> {
         }
     }
 
+    /// Releases the endpoints whose host veth is gone: their pod went
+    /// while its DEL could not reach the agent, or without any DEL (a
+    /// runtime that never sends GC, such as containerd 1.6). A veth goes
+    /// with its pod's namespace, so a missing one is a pod that is no
+    /// more. Allocations not yet registered (an ADD in progress) are left
+    /// alone, and so is every endpoint the kernel cannot be asked about.
+    /// Returns the attachments released.
+    pub async fn reclaim(&mut self) -> Vec<Attachment> {
+        let registered: Vec<(Attachment, String)> = self
+            .endpoints
+            .iter()
+            .map(|(a, ep)| (a.clone(), ep.host_ifname.clone()))
+            .collect();
+        let mut released = Vec::new();
+        for (attachment, ifname) in registered {
+            match self.datapath.link_exists(&ifname).await {
+                Ok(false) => {}
+                Ok(true) => continue,
+                Err(e) => {
+                    warn!(?attachment, %ifname, error = %e, "reclaim: cannot tell whether the veth exists");
+                    continue;
+                }
+            }
+            match self.release(&attachment).await {
+                Response::Ok => {
+                    info!(?attachment, %ifname, "reclaimed: the pod's veth is gone");
+                    released.push(attachment);
+                }
+                other => warn!(?attachment, answer = ?other, "reclaim: releasing"),
+            }
+        }
+        released
+    }
+
     async fn gc(&mut self, valid: Vec<Attachment>) -> Response {
         let valid: std::collections::BTreeSet<Attachment> = valid.into_iter().collect();
         let stale: Vec<Attachment> = self
@@ -380,6 +432,8 @@ mod tests {
     struct FakeDatapath {
         calls: Vec<String>,
         fail_install: bool,
+        /// Host veths that no longer exist.
+        gone: std::collections::BTreeSet<String>,
     }
 
     impl Datapath for FakeDatapath {
@@ -407,6 +461,10 @@ mod tests {
             self.calls.push(format!("delete_link {ifname}"));
             Ok(())
         }
+
+        async fn link_exists(&mut self, ifname: &str) -> Result<bool, DatapathError> {
+            Ok(!self.gone.contains(ifname))
+        }
     }
 
     fn config() -> AgentConfig {
@@ -433,6 +491,7 @@ mod tests {
             host_mac: [2, 0, 0, 0, 0, 1],
             pod_mac: [2, 0, 0, 0, 0, 2],
             ip,
+            pod: None,
         }
     }
 
@@ -642,6 +701,61 @@ mod tests {
         other.pod_cidr = "10.10.0.0/24".parse().expect("cidr");
         let result = Agent::start(other, StateFile::new(dir.path()), FakeDatapath::default()).await;
         assert!(matches!(result, Err(AgentError::CidrChanged { .. })));
+    }
+
+    #[tokio::test]
+    async fn reclaim_releases_only_registered_endpoints_whose_veth_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = agent(dir.path(), FakeDatapath::default()).await;
+        let a = allocate(&mut agent, "a").await;
+        let b = allocate(&mut agent, "b").await;
+        allocate(&mut agent, "pending").await;
+        register(&mut agent, "a", a.ip).await;
+        register(&mut agent, "b", b.ip).await;
+        assert!(agent.reclaim().await.is_empty(), "every veth is there");
+        agent.datapath_mut().gone.insert("lxcb".into());
+        // An ADD in progress has no veth registered yet: it stays.
+        agent.datapath_mut().gone.insert("lxcpending".into());
+        assert_eq!(agent.reclaim().await, vec![att("b")]);
+        assert!(matches!(
+            agent
+                .handle(Request::Get {
+                    attachment: att("b")
+                })
+                .await,
+            Response::Error {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ));
+        assert!(matches!(
+            agent
+                .handle(Request::Get {
+                    attachment: att("pending")
+                })
+                .await,
+            Response::Endpoint { .. }
+        ));
+        // What a restarted agent reads back has forgotten it too.
+        drop(agent);
+        let mut again = Agent::start(
+            config(),
+            StateFile::new(dir.path()),
+            FakeDatapath::default(),
+        )
+        .await
+        .expect("restart");
+        assert!(matches!(
+            again
+                .handle(Request::Get {
+                    attachment: att("b")
+                })
+                .await,
+            Response::Error {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ));
     }
 
     #[tokio::test]

@@ -72,4 +72,8 @@ impl Datapath for KernelDatapath {
     async fn delete_link(&mut self, ifname: &str) -> Result<(), DatapathError> {
         Ok(self.netlink.delete_link(ifname).await?)
     }
+
+    async fn link_exists(&mut self, ifname: &str) -> Result<bool, DatapathError> {
+        Ok(self.netlink.link_index(ifname).await?.is_some())
+    }
 }

@@ -6,7 +6,10 @@
 
 pub mod http;
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 use crate::datastore::Kind;
 
@@ -108,6 +111,25 @@ pub struct Metrics {
     /// Which Service port each frontend id is, for the dataplane's
     /// per-frontend counters; written by the reconciler.
     pub service_names: ServiceNames,
+    /// `sluice_bpf_map_pressure{map}`: entries wanted / capacity of each
+    /// map the agent fills (1 or more: full, see `map_full`).
+    pub map_pressure: GaugeVec,
+    /// `sluice_policy_implementation_delay_seconds`: from a cluster object
+    /// change reaching the agent to the maps holding its consequences
+    /// (policy, ipcache, Services), retries included.
+    pub implementation_delay: Histogram,
+    /// `sluice_endpoints`: pods wired on this node.
+    pub endpoints: IntGauge,
+    /// `sluice_identities{kind}`: security identities allocated, for label
+    /// sets (`labels`) and ipBlock regions (`cidr`).
+    pub identities: IntGaugeVec,
+    /// `sluice_datastore_last_event_timestamp_seconds`: when the last
+    /// cluster object change arrived.
+    pub last_event: Gauge,
+    /// `sluice_last_sync_timestamp_seconds`: when the maps last matched the
+    /// cluster state the agent knows (checked every 2 s); `time()` minus
+    /// it is how stale the datapath may be.
+    pub last_sync: Gauge,
 }
 
 impl Metrics {
@@ -243,6 +265,61 @@ impl Metrics {
             ),
         );
 
+        let map_pressure = register(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "sluice_bpf_map_pressure",
+                    "Entries the agent wants in a map it fills, over the map's capacity (1: full; raise mapSizes), by map.",
+                ),
+                &["map"],
+            ),
+        );
+        let implementation_delay = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "sluice_policy_implementation_delay_seconds",
+                    "From a cluster object change reaching the agent to the maps holding its consequences (policy, ipcache, Services), retries included.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ]),
+            ),
+        );
+        let endpoints = register(
+            &registry,
+            IntGauge::new("sluice_endpoints", "Pods wired on this node."),
+        );
+        let identities = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "sluice_identities",
+                    "Security identities allocated: for pod label sets (labels) and ipBlock regions (cidr).",
+                ),
+                &["kind"],
+            ),
+        );
+        for kind in ["labels", "cidr"] {
+            identities.with_label_values(&[kind]);
+        }
+        let last_event = register(
+            &registry,
+            Gauge::new(
+                "sluice_datastore_last_event_timestamp_seconds",
+                "Unix time the last cluster object change reached the agent (0: none yet).",
+            ),
+        );
+        let last_sync = register(
+            &registry,
+            Gauge::new(
+                "sluice_last_sync_timestamp_seconds",
+                "Unix time the maps last matched the cluster state the agent knows (checked every 2 s; 0: not yet). time() minus it: how stale the datapath may be.",
+            ),
+        );
+
         Metrics {
             registry,
             datastore_errors,
@@ -258,6 +335,26 @@ impl Metrics {
             service_backends,
             service_problems,
             service_names: ServiceNames::default(),
+            map_pressure,
+            implementation_delay,
+            endpoints,
+            identities,
+            last_event,
+            last_sync,
+        }
+    }
+
+    /// The entries the agent wants in `map`: `sluice_bpf_map_entries` and
+    /// its pressure against the configured capacity.
+    pub fn set_map_entries(&self, map: &str, entries: usize) {
+        self.map_entries
+            .with_label_values(&[map])
+            .set(entries as i64);
+        let capacity = self.map_capacity.with_label_values(&[map]).get();
+        if capacity > 0 {
+            self.map_pressure
+                .with_label_values(&[map])
+                .set(entries as f64 / capacity as f64);
         }
     }
 

@@ -24,6 +24,12 @@ use crate::datastore::ClusterState;
 /// The pods of this node: pod IPv4 → endpoint id.
 pub type LocalEndpoints = BTreeMap<Ipv4Addr, u32>;
 
+/// The Pods this node's endpoints were wired for, by the endpoint's
+/// address: (namespace, name), as kubelet named them to CNI ADD. Such an
+/// address belongs to that Pod only, and that Pod has it even before its
+/// object shows it (kubelet reports the IP after ADD).
+pub type LocalPods = BTreeMap<Ipv4Addr, (String, String)>;
+
 /// The label the API server puts on every namespace.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
@@ -57,10 +63,11 @@ impl fmt::Display for PolicyProblem {
 pub fn compile(
     state: &ClusterState,
     local: &LocalEndpoints,
+    local_pods: &LocalPods,
     ids: &mut IdentityAllocator,
 ) -> DesiredPolicy {
     let mut out = DesiredPolicy::default();
-    let cluster = Cluster::new(state);
+    let cluster = Cluster::new(state, local_pods);
 
     let keys: BTreeSet<LabelKey> = cluster.pods.iter().map(|p| cluster.key(p)).collect();
     out.identity_errors.extend(ids.sync_labels(&keys));
@@ -141,7 +148,11 @@ struct Cluster<'a> {
 static NO_LABELS: Labels = Labels::new();
 
 impl<'a> Cluster<'a> {
-    fn new(state: &'a ClusterState) -> Self {
+    fn new(state: &'a ClusterState, local_pods: &LocalPods) -> Self {
+        let named: BTreeMap<(&str, &str), Ipv4Addr> = local_pods
+            .iter()
+            .map(|(ip, (ns, name))| ((ns.as_str(), name.as_str()), *ip))
+            .collect();
         let mut namespace_labels: BTreeMap<&str, Labels> = BTreeMap::new();
         for (name, ns) in &state.namespaces {
             let mut labels = ns.metadata.labels.clone().unwrap_or_default();
@@ -152,8 +163,19 @@ impl<'a> Cluster<'a> {
         }
         let mut pods = Vec::new();
         let mut seen = BTreeSet::new();
-        for ((namespace, _), pod) in &state.pods {
-            let Some(ip) = live_ipv4(pod) else { continue };
+        for ((namespace, name), pod) in &state.pods {
+            if !live(pod) {
+                continue;
+            }
+            // A pod this node wired has the address CNI gave it; another
+            // Pod object claiming that address is not believed.
+            let ip = match named.get(&(namespace.as_str(), name.as_str())) {
+                Some(ip) => *ip,
+                None => match ipv4(pod) {
+                    Some(ip) if !local_pods.contains_key(&ip) => ip,
+                    _ => continue,
+                },
+            };
             // Two live pods claiming one address is a transient of IP reuse;
             // the first (in name order) wins so the result stays deterministic.
             if !seen.insert(ip) {
@@ -192,17 +214,21 @@ impl<'a> Cluster<'a> {
     }
 }
 
-/// The pod's IPv4 address, unless it has none, is done (Succeeded/Failed:
-/// its address may already belong to another pod) or shares the node's
-/// address (hostNetwork: the node's identity covers it).
-fn live_ipv4(pod: &Pod) -> Option<Ipv4Addr> {
+/// Whether the pod takes part in policy with an address of its own: not
+/// done (Succeeded/Failed: its address may already belong to another pod)
+/// and not sharing the node's address (hostNetwork: the node's identity
+/// covers it).
+fn live(pod: &Pod) -> bool {
     if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
-        return None;
+        return false;
     }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// The pod's IPv4 address as its object reports it.
+fn ipv4(pod: &Pod) -> Option<Ipv4Addr> {
     let status = pod.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return None;
-    }
     status
         .pod_ips
         .iter()

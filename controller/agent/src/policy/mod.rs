@@ -20,7 +20,9 @@ pub mod selector;
 #[cfg(test)]
 mod tests;
 
-pub use compile::{compile, DesiredPolicy, LocalEndpoints, PolicyProblem, NAMESPACE_NAME_LABEL};
+pub use compile::{
+    compile, DesiredPolicy, LocalEndpoints, LocalPods, PolicyProblem, NAMESPACE_NAME_LABEL,
+};
 pub use identity::{IdentityAllocator, IdentityError, LabelKey};
 pub use placed::{InMemory, PlacedPolicy};
 pub use selector::{Selector, SelectorError};

@@ -15,7 +15,7 @@ use sluice_common::policy::{
 use super::support::*;
 use crate::datastore::ClusterState;
 use crate::policy::ports::{SCTP, TCP, UDP};
-use crate::policy::{compile, DesiredPolicy, IdentityAllocator, LocalEndpoints};
+use crate::policy::{compile, DesiredPolicy, IdentityAllocator, LocalEndpoints, LocalPods};
 
 /// A policy `ns/name` with the spec written in YAML.
 fn np(ns: &str, name: &str, spec: &str) -> NetworkPolicy {
@@ -39,7 +39,12 @@ fn model_with(policies: Vec<NetworkPolicy>) -> ClusterState {
 }
 
 fn compiled(state: &ClusterState) -> DesiredPolicy {
-    compile(state, &model_local(), &mut IdentityAllocator::new())
+    compile(
+        state,
+        &model_local(),
+        &LocalPods::new(),
+        &mut IdentityAllocator::new(),
+    )
 }
 
 fn ep(pod: &str) -> u32 {
@@ -136,6 +141,7 @@ fn pod_identities_cover_live_ipv4_pods_only() {
     let d = compile(
         &state,
         &LocalEndpoints::new(),
+        &LocalPods::new(),
         &mut IdentityAllocator::new(),
     );
     let ips: Vec<String> = d.pod_identities.keys().map(|ip| ip.to_string()).collect();
@@ -154,6 +160,7 @@ fn identities_are_per_namespace_and_label_set() {
     let d = compile(
         &state(&docs.join("---\n")),
         &LocalEndpoints::new(),
+        &LocalPods::new(),
         &mut IdentityAllocator::new(),
     );
     let at = |ip: &str| d.pod_identities[&ip.parse::<Ipv4Addr>().unwrap()];
@@ -191,7 +198,12 @@ fn namespaces_always_carry_their_name_label() {
     );
     let server: Ipv4Addr = "10.0.9.1".parse().unwrap();
     let local = LocalEndpoints::from([(server, 7)]);
-    let d = compile(&state, &local, &mut IdentityAllocator::new());
+    let d = compile(
+        &state,
+        &local,
+        &LocalPods::new(),
+        &mut IdentityAllocator::new(),
+    );
     let dp = Dataplane {
         desired: &d,
         local: &local,
@@ -617,7 +629,12 @@ fn unknown_policy_type_is_reported_and_known_ones_apply() {
 fn only_local_endpoints_get_isolation_and_rules() {
     let state = model_with(vec![np("x", "p", "{podSelector: {}, ingress: [{}]}")]);
     let local = LocalEndpoints::from([(model_ip("x/b"), 42), (model_ip("y/b"), 43)]);
-    let d = compile(&state, &local, &mut IdentityAllocator::new());
+    let d = compile(
+        &state,
+        &local,
+        &LocalPods::new(),
+        &mut IdentityAllocator::new(),
+    );
     assert_eq!(d.placed.isolation.keys().collect::<Vec<_>>(), [&42]);
     assert!(d.placed.rules().all(|(k, _)| k.endpoint == 42));
     assert_eq!(d.pod_identities.len(), 9, "identities cover every node");
@@ -649,10 +666,18 @@ fn output_is_deterministic_and_identities_stable() {
         np("y", "q", DENY_INGRESS),
     ]);
     let mut ids = IdentityAllocator::new();
-    let first = compile(&state, &model_local(), &mut ids);
-    assert_eq!(compile(&state, &model_local(), &mut ids), first);
+    let first = compile(&state, &model_local(), &LocalPods::new(), &mut ids);
     assert_eq!(
-        compile(&state, &model_local(), &mut IdentityAllocator::new()),
+        compile(&state, &model_local(), &LocalPods::new(), &mut ids),
+        first
+    );
+    assert_eq!(
+        compile(
+            &state,
+            &model_local(),
+            &LocalPods::new(),
+            &mut IdentityAllocator::new()
+        ),
         first
     );
 
@@ -663,7 +688,7 @@ fn output_is_deterministic_and_identities_stable() {
     extra.metadata.labels = Some([("pod".to_string(), "d".to_string())].into());
     extra.status.as_mut().unwrap().pod_ip = Some("10.244.3.99".into());
     grown.pods.insert(("z".into(), "d".into()), extra);
-    let second = compile(&grown, &model_local(), &mut ids);
+    let second = compile(&grown, &model_local(), &LocalPods::new(), &mut ids);
     for (ip, id) in &first.pod_identities {
         assert_eq!(second.pod_identities[ip], *id);
     }
@@ -679,7 +704,7 @@ fn relabelled_pods_move_and_unused_identities_are_released() {
         "{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {pod2: updated}}}]}]}",
     )]);
     let mut ids = IdentityAllocator::new();
-    let before = compile(&state, &model_local(), &mut ids);
+    let before = compile(&state, &model_local(), &LocalPods::new(), &mut ids);
     assert!(!reach(&before, "x/b", "x/a", TCP, 80));
     let old = id(&before, "x/b");
     pod_mut(&mut state, "x/b")
@@ -688,7 +713,7 @@ fn relabelled_pods_move_and_unused_identities_are_released() {
         .as_mut()
         .unwrap()
         .insert("pod2".into(), "updated".into());
-    let after = compile(&state, &model_local(), &mut ids);
+    let after = compile(&state, &model_local(), &LocalPods::new(), &mut ids);
     assert_ne!(id(&after, "x/b"), old);
     assert!(reach(&after, "x/b", "x/a", TCP, 80));
     assert!(
@@ -706,10 +731,58 @@ fn identity_exhaustion_is_reported_not_fatal() {
         "{podSelector: {}, ingress: [{from: [{namespaceSelector: {}}]}]}",
     )]);
     let mut ids = IdentityAllocator::with_ranges(256..=258, identity::FIRST_CIDR..=identity::MAX);
-    let d = compile(&state, &model_local(), &mut ids);
+    let d = compile(&state, &model_local(), &LocalPods::new(), &mut ids);
     assert_eq!(d.identity_errors.len(), 6);
     assert_eq!(d.pod_identities.len(), 3);
     // Pods without an identity are never let in as someone else.
     assert_eq!(rules(&d, "x/a", Direction::Ingress).len(), 3);
     assert_eq!(d.placed.isolation.len(), 3);
+}
+
+/// A pod this node wired is known by the name kubelet gave CNI ADD: its
+/// policy applies from the endpoint's address even before its object
+/// reports the IP, and another Pod object claiming that address is not
+/// believed (it would otherwise lend the address its labels).
+#[test]
+fn local_endpoints_are_tied_to_their_pods_by_name() {
+    let docs = [
+        // The server's object has no IP yet; a squatter claims it.
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: s, labels: {app: server}}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: aaa-squatter, namespace: s, labels: {app: open}}\nstatus: {podIP: 10.0.9.1}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: c, labels: {app: client}}\nstatus: {podIP: 10.0.1.1}\n",
+    ];
+    let mut state = state(&docs.join("---\n"));
+    add_policy(
+        &mut state,
+        np(
+            "s",
+            "deny-server",
+            "{podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}",
+        ),
+    );
+    let server: Ipv4Addr = "10.0.9.1".parse().unwrap();
+    let local = LocalEndpoints::from([(server, 7)]);
+    let pods = LocalPods::from([(server, ("s".to_owned(), "server".to_owned()))]);
+    let d = compile(&state, &local, &pods, &mut IdentityAllocator::new());
+    let dp = Dataplane {
+        desired: &d,
+        local: &local,
+    };
+    assert!(
+        !dp.flow("10.0.1.1".parse().unwrap(), server, TCP, 80),
+        "the server is isolated by its own policy, not opened by the squatter"
+    );
+    // By address alone (no name from CNI ADD), the squatter's object wins:
+    // what the name prevents.
+    let d = compile(
+        &state,
+        &local,
+        &LocalPods::new(),
+        &mut IdentityAllocator::new(),
+    );
+    let dp = Dataplane {
+        desired: &d,
+        local: &local,
+    };
+    assert!(dp.flow("10.0.1.1".parse().unwrap(), server, TCP, 80));
 }
