@@ -6,6 +6,8 @@
 //! `cargo xtask test`) and a kernel with BPF/TCX; they run through
 //! `cargo xtask test`.
 
+pub mod fake_api;
+
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},

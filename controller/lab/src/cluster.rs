@@ -359,6 +359,7 @@ impl Lab {
                 .collect(),
             pods: Vec::new(),
             kube_proxy: options.kube_proxy,
+            kubeconfig: None,
         };
         inventory::save(&config.dir, &state)?;
         if state.kube_proxy {
@@ -514,6 +515,21 @@ impl Lab {
         Ok(())
     }
 
+    /// Restarts every agent reading the cluster from the API server of
+    /// `kubeconfig` (`None`: from the lab's manifest directory again).
+    pub fn use_kubeconfig(&mut self, kubeconfig: Option<PathBuf>) -> Result<(), LabError> {
+        let _lock = self.config.lock()?;
+        self.reload()?;
+        self.state.kubeconfig = kubeconfig;
+        inventory::save(&self.config.dir, &self.state)?;
+        let nodes: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
+        for node in nodes {
+            self.start_agent(&node)?;
+        }
+        inventory::save(&self.config.dir, &self.state)?;
+        Ok(())
+    }
+
     /// Stops the agent of `node` if it runs and starts it again; returns the
     /// new pid once it answers.
     pub fn restart_agent(&mut self, node: &str) -> Result<u32, LabError> {
@@ -629,7 +645,10 @@ fn agent_options(
             "--bpffs".into(),
             config.bpffs().display().to_string(),
             "--datastore".into(),
-            format!("dir:{}", config.manifests().root().display()),
+            match &state.kubeconfig {
+                Some(kubeconfig) => format!("kubernetes:{}", kubeconfig.display()),
+                None => format!("dir:{}", config.manifests().root().display()),
+            },
             "--routing".into(),
             state.routing.to_string(),
             "--kube-proxy-replacement".into(),
@@ -716,6 +735,7 @@ mod tests {
             nodes: vec![],
             pods: vec![],
             kube_proxy: true,
+            kubeconfig: None,
         };
         let node = NodeState {
             name: "node2".into(),

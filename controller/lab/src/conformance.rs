@@ -599,6 +599,7 @@ mod tests {
             }],
             pods: vec![pod],
             kube_proxy: false,
+            kubeconfig: None,
         };
         inventory::save(tmp.path(), &lab_state).expect("save");
         let mut lab = Lab::open(config.clone()).expect("open");

@@ -31,6 +31,12 @@ pub struct LabState {
     /// Services by the kube-proxy emulation instead of the agents.
     #[serde(default)]
     pub kube_proxy: bool,
+    /// The agents read the cluster from the API server of this kubeconfig
+    /// instead of the lab's manifest directory (the lab still writes its
+    /// objects there: something must serve them, as tests' fake API
+    /// server does).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +179,7 @@ mod tests {
                 ports: vec![80, 81],
             }],
             kube_proxy: false,
+            kubeconfig: None,
         }
     }
 

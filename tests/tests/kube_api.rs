@@ -1,0 +1,111 @@
+//! The agents' Kubernetes wiring end to end: the lab's agents run with
+//! `--datastore kubernetes:KUBECONFIG` against a fake API server (test
+//! code, `sluice_tests::fake_api`: list and watch with resource versions,
+//! bookmarks, 410 Gone, dropped watches) that serves what the lab writes,
+//! and changes made there reach the datapath as with the manifest
+//! directory: probes between real pods follow a policy's coming and going,
+//! also across dropped watches and an expired resource version.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use sluice_tests::{
+    fake_api::{FakeApi, Mirror},
+    probe, require_root, TestLab, TIMEOUT,
+};
+
+const WEB: u16 = 80;
+const WITHIN: Duration = Duration::from_secs(30);
+const API_PORT: u16 = 16443;
+
+const DENY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n";
+const ALLOW: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: [{}]\n";
+
+fn apply(lab: &TestLab, yaml: &str) {
+    let path = lab.config.dir.with_extension("policy.yaml");
+    std::fs::write(&path, yaml).expect("manifest");
+    lab.sluice_ok(&["apply", "-f", path.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn agents_follow_a_kubernetes_api_server_across_dropped_and_expired_watches() {
+    require_root!();
+    let lab = TestLab::up("ka", 2, "tunnel");
+    lab.pod_add("x/a", "node1");
+    let server = lab.pod_add("x/b", "node2");
+    let state = lab.lab().state().clone();
+    let node1 = state
+        .nodes
+        .iter()
+        .find(|n| n.name == "node1")
+        .expect("node1");
+    // The API server listens in node1's namespace, on its address: both
+    // agents reach it over the lab's network.
+    let address = SocketAddr::new(node1.ip.into(), API_PORT);
+    let listener = lab
+        .node_netns("node1")
+        .run(move || std::net::TcpListener::bind(address))
+        .expect("entering node1")
+        .expect("binding the fake API server");
+    let api = Arc::new(FakeApi::serve(listener).expect("fake API server"));
+    let _mirror = Mirror::start(api.clone(), lab.config.manifests().root().to_owned());
+    let kubeconfig = lab.config.dir.with_extension("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig");
+    let mut handle = lab.lab();
+    handle
+        .use_kubeconfig(Some(kubeconfig.clone()))
+        .unwrap_or_else(|e| panic!("agents on the fake API server: {e}\n{}", lab.agent_logs()));
+
+    let client = lab.pod_netns("x/a");
+    let web = SocketAddr::new(server.ip, WEB);
+    let reaches = || probe::tcp(&client, web, TIMEOUT);
+    assert!(
+        lab.eventually(WITHIN, reaches),
+        "x/a reaches x/b with the cluster from the API server\n{}",
+        lab.agent_logs()
+    );
+    apply(&lab, DENY);
+    assert!(
+        lab.eventually(WITHIN, || !reaches()),
+        "a policy from the API server denies\n{}",
+        lab.agent_logs()
+    );
+
+    // The watches break; the agents watch again from where they were.
+    api.drop_watches();
+    apply(&lab, ALLOW);
+    assert!(
+        lab.eventually(WITHIN, reaches),
+        "a change after dropped watches arrives\n{}",
+        lab.agent_logs()
+    );
+
+    // Their resource version expires (410 Gone): they list again.
+    api.compact();
+    api.drop_watches();
+    apply(&lab, DENY);
+    assert!(
+        lab.eventually(WITHIN, || !reaches()),
+        "a change after an expired resource version arrives\n{}",
+        lab.agent_logs()
+    );
+    let metrics = lab.scrape("node2");
+    assert!(
+        metrics.contains("sluice_datastore_objects{kind=\"networkpolicy\"} 1"),
+        "{metrics}"
+    );
+    // Each agent listed twice: at its start, and after the 410.
+    for node in ["node1", "node2"] {
+        let log = std::fs::read_to_string(lab.config.agent_log(node)).expect("agent log");
+        let lists = log
+            .matches("listed from the Kubernetes API kind=Node")
+            .count();
+        assert!(lists >= 2, "{node} listed Nodes {lists} times:\n{log}");
+    }
+
+    // Back to the manifest directory before the fake server goes.
+    handle
+        .use_kubeconfig(None)
+        .unwrap_or_else(|e| panic!("agents back on the manifests: {e}"));
+    let _ = std::fs::remove_file(&kubeconfig);
+}
