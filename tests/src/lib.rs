@@ -7,6 +7,7 @@
 //! `cargo xtask test`.
 
 pub mod fake_api;
+pub mod leftovers;
 
 use std::{
     net::IpAddr,

@@ -13,7 +13,8 @@ use std::{
 
 use serde_json::{json, Value};
 use sluice_tests::{
-    bin, bin_dir, probe, require_root, unique, CniCall, CniOutput, Netns, Node, TIMEOUT,
+    bin, bin_dir, leftovers::Leftovers, probe, require_root, unique, CniCall, CniOutput, Netns,
+    Node, TIMEOUT,
 };
 
 /// Where Debian's containernetworking-plugins puts the reference plugins.
@@ -648,78 +649,13 @@ runc = ["{wrapper}"]
             .unwrap_or_else(|_| panic!("no IP for {name} on {}: {ip:?}", self.network))
     }
 
-    /// The cgroup directories podman made for our containers, deepest first.
-    fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            if !dir.is_dir() {
-                return;
-            }
-            if let Ok(entries) = fs::read_dir(dir) {
-                for e in entries.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        walk(&e.path(), out);
-                    }
-                }
-            }
-            out.push(dir.to_owned());
+    /// What podman may leave: found by our private directory and cgroup
+    /// parent.
+    fn leftovers(&self) -> Leftovers<'_> {
+        Leftovers {
+            dir: &self.dir,
+            cgroup_parent: &self.cgroup_parent,
         }
-        let root = Path::new("/sys/fs/cgroup");
-        let relative = self.cgroup_parent.trim_start_matches('/');
-        let mut hierarchies = vec![root.to_owned()];
-        if let Ok(entries) = fs::read_dir(root) {
-            hierarchies.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-        let mut dirs = Vec::new();
-        for h in hierarchies {
-            walk(&h.join(relative), &mut dirs);
-        }
-        dirs
-    }
-
-    /// Processes started for this podman: conmon and podman's cleanup
-    /// (they carry our private paths on their command line) and whatever
-    /// is left in our containers' cgroups.
-    fn processes(&self) -> Vec<i32> {
-        let me = std::process::id() as i32;
-        let marker = self.dir.display().to_string();
-        let mut pids: Vec<i32> = fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|&pid| pid != me)
-            .filter(|pid| {
-                fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
-            })
-            .collect();
-        for dir in self.cgroup_dirs() {
-            if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-                pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-            }
-        }
-        pids.sort_unstable();
-        pids.dedup();
-        pids
-    }
-
-    /// Mount points under our dir, deepest first.
-    fn mounts(&self) -> Vec<String> {
-        let marker = self.dir.display().to_string();
-        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&marker))
-            .map(str::to_owned)
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        mounts
     }
 }
 
@@ -735,23 +671,10 @@ impl Drop for Podman<'_> {
         // conmon exits once its container is gone; give it a moment, then
         // end whatever of ours is left.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.processes().is_empty() && Instant::now() < deadline {
+        while !self.leftovers().processes().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        for pid in self.processes() {
-            eprintln!("killing leftover podman process {pid}");
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        for mount in self.mounts() {
-            eprintln!("unmounting leftover {mount}");
-            let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        for dir in self.cgroup_dirs() {
-            let _ = fs::remove_dir(&dir);
-        }
+        self.leftovers().clean();
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!("removing {}: {e}", self.dir.display());
         }

@@ -9,7 +9,8 @@ use crate::run;
 
 /// Debian packages the build, the lab and the tests use (nftables: the
 /// agent's masquerade rules; prometheus: its server and promtool scrape the
-/// lab's agents in a test).
+/// lab's agents in a test; containerd: its CRI plugin drives sluice-cni in
+/// a test).
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -22,6 +23,7 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "busybox-static",
     "prometheus",
+    "containerd",
 ];
 
 pub fn all() -> anyhow::Result<()> {
@@ -31,22 +33,31 @@ pub fn all() -> anyhow::Result<()> {
     bpf_linker()
 }
 
-/// The chart tool's PyPI packages (`helm/tools/requirements.txt`: Helm's
-/// SDK, the Kubernetes schemas).
+/// The PyPI packages of the tests' Python tools: the chart tool's
+/// (`helm/tools/requirements.txt`: Helm's SDK, the Kubernetes schemas) and
+/// the CRI client's (`tests/cri/requirements.txt`: gRPC and protoc).
 fn python() -> anyhow::Result<()> {
     let present = Command::new("python3")
-        .args(["-c", "import helm_python, kubernetes_validate, yaml"])
+        .args([
+            "-c",
+            "import helm_python, kubernetes_validate, yaml, grpc, grpc_tools",
+        ])
         .current_dir(std::env::temp_dir())
         .output()
         .is_ok_and(|o| o.status.success());
     if present {
         return Ok(());
     }
-    let requirements = crate::workspace_root().join("helm/tools/requirements.txt");
-    eprintln!("xtask: installing {}", requirements.display());
-    run(Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--requirement"])
-        .arg(&requirements))
+    let root = crate::workspace_root();
+    for requirements in ["helm/tools/requirements.txt", "tests/cri/requirements.txt"] {
+        let requirements = root.join(requirements);
+        eprintln!("xtask: installing {}", requirements.display());
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--requirement"])
+            .arg(&requirements)
+            .current_dir(std::env::temp_dir()))?;
+    }
+    Ok(())
 }
 
 fn installed(package: &str) -> bool {
