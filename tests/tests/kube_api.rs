@@ -3,8 +3,9 @@
 //! code, `sluice_tests::fake_api`: list and watch with resource versions,
 //! bookmarks, 410 Gone, dropped watches) that serves what the lab writes,
 //! and changes made there reach the datapath as with the manifest
-//! directory: probes between real pods follow a policy's coming and going,
-//! also across dropped watches and an expired resource version.
+//! directory: a Service, a pod that comes, and probes between real pods
+//! following a policy's coming and going, also across dropped watches and
+//! an expired resource version.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -16,6 +17,7 @@ use sluice_tests::{
 const WEB: u16 = 80;
 const WITHIN: Duration = Duration::from_secs(30);
 const API_PORT: u16 = 16443;
+const CLUSTER_IP: &str = "10.96.7.10";
 
 const DENY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n";
 const ALLOW: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: [{}]\n";
@@ -62,6 +64,28 @@ fn agents_follow_a_kubernetes_api_server_across_dropped_and_expired_watches() {
     assert!(
         lab.eventually(WITHIN, reaches),
         "x/a reaches x/b with the cluster from the API server\n{}",
+        lab.agent_logs()
+    );
+    // A Service and its EndpointSlice from the API server.
+    apply(
+        &lab,
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: x}}\nspec:\n  clusterIP: {CLUSTER_IP}\n  ports: [{{port: {WEB}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: x, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{port: {WEB}, protocol: TCP}}]\nendpoints: [{{addresses: [{}], nodeName: node2}}]\n",
+            server.ip
+        ),
+    );
+    let service = SocketAddr::new(CLUSTER_IP.parse().expect("ip"), WEB);
+    assert!(
+        lab.eventually(WITHIN, || probe::tcp(&client, service, TIMEOUT)),
+        "x/a reaches x/b through a Service from the API server\n{}",
+        lab.agent_logs()
+    );
+    // A pod that comes while the agents watch the API server.
+    lab.pod_add("x/c", "node1");
+    let newcomer = lab.pod_netns("x/c");
+    assert!(
+        lab.eventually(WITHIN, || probe::tcp(&newcomer, web, TIMEOUT)),
+        "a new pod reaches x/b\n{}",
         lab.agent_logs()
     );
     apply(&lab, DENY);
