@@ -3,9 +3,9 @@
 //! code, `sluice_tests::fake_api`: list and watch with resource versions,
 //! bookmarks, 410 Gone, dropped watches) that serves what the lab writes,
 //! and changes made there reach the datapath as with the manifest
-//! directory: a Service, a pod that comes, and probes between real pods
-//! following a policy's coming and going, also across dropped watches and
-//! an expired resource version.
+//! directory: a Service, a pod that comes, a Namespace's labels, and probes
+//! between real pods following a policy's coming and going, also across
+//! dropped watches and an expired resource version.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -20,6 +20,7 @@ const API_PORT: u16 = 16443;
 const CLUSTER_IP: &str = "10.96.7.10";
 
 const DENY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n";
+const FROM_BLUE: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}]}]\n";
 const ALLOW: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: [{}]\n";
 
 fn apply(lab: &TestLab, yaml: &str) {
@@ -126,6 +127,22 @@ fn agents_follow_a_kubernetes_api_server_across_dropped_and_expired_watches() {
             .count();
         assert!(lists >= 2, "{node} listed Nodes {lists} times:\n{log}");
     }
+
+    // A Namespace's labels from the API server decide a peer.
+    apply(&lab, FROM_BLUE);
+    assert!(
+        !lab.eventually(Duration::from_secs(3), reaches),
+        "x is not blue yet"
+    );
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {team: blue}}\n",
+    );
+    assert!(
+        lab.eventually(WITHIN, reaches),
+        "a Namespace's new label from the API server admits x/a\n{}",
+        lab.agent_logs()
+    );
 
     // Back to the manifest directory before the fake server goes.
     handle
