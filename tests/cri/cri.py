@@ -9,7 +9,7 @@
 
 ENDPOINT is containerd's gRPC socket (unix:///path). The stubs are
 generated at each run from runtime_v1.proto beside this file (grpcio-tools,
-into a temporary directory: nothing is written here). Exit status 1 with the
+into a temporary directory removed once they are loaded). Exit status 1 with the
 gRPC error on stderr when the runtime refuses.
 """
 
@@ -24,19 +24,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def stubs():
     from grpc_tools import protoc
 
-    out = tempfile.mkdtemp(prefix="sluice-cri-")
-    # Run from outside the package: protoc and the import see only paths.
-    os.chdir(out)
-    status = protoc.main(
-        ["protoc", f"-I{HERE}", f"--python_out={out}", f"--grpc_python_out={out}",
-         os.path.join(HERE, "runtime_v1.proto")]
-    )
-    if status != 0:
-        sys.exit(f"protoc failed: {status}")
-    sys.path.insert(0, out)
-    import runtime_v1_pb2 as pb
-    import runtime_v1_pb2_grpc as rpc
+    # Generated and imported in a directory removed right after: the
+    # modules stay loaded. Run from outside the package: protoc and the
+    # import see only paths.
+    with tempfile.TemporaryDirectory(prefix="sluice-cri-") as out:
+        os.chdir(out)
+        status = protoc.main(
+            ["protoc", f"-I{HERE}", f"--python_out={out}", f"--grpc_python_out={out}",
+             os.path.join(HERE, "runtime_v1.proto")]
+        )
+        if status != 0:
+            sys.exit(f"protoc failed: {status}")
+        sys.path.insert(0, out)
+        import runtime_v1_pb2 as pb
+        import runtime_v1_pb2_grpc as rpc
 
+        sys.path.remove(out)
+        os.chdir("/")
     return pb, rpc
 
 
