@@ -240,7 +240,8 @@ pub fn validate_container_id(id: &str) -> Result<(), &'static str> {
     }
 }
 
-/// The kernel's rules for interface names (`dev_valid_name`).
+/// The kernel's rules for interface names (`dev_valid_name`), and no name
+/// patterns (`%d`), which it would replace.
 pub fn validate_ifname(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         Err("is empty")
@@ -253,6 +254,10 @@ pub fn validate_ifname(name: &str) -> Result<(), &'static str> {
         .any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
         Err("must not contain '/', ':' or whitespace")
+    } else if name.contains('%') {
+        // A pattern: the kernel names the device itself (`eth%d` becomes
+        // `eth0`), and the runtime would be told a name the pod lacks.
+        Err("must not contain '%' (the kernel would choose the name)")
     } else {
         Ok(())
     }
@@ -389,6 +394,7 @@ mod tests {
             ("CNI_IFNAME", "eth0/1"),
             ("CNI_IFNAME", "a-very-long-ifname"),
             ("CNI_IFNAME", ".."),
+            ("CNI_IFNAME", "eth%d"),
             ("CNI_CONTAINERID", "-leading-dash"),
             ("CNI_CONTAINERID", "has space"),
         ] {

@@ -30,15 +30,26 @@ use crate::{
     netlink::NetlinkDataplane,
 };
 
+/// The largest network config read from stdin. Real ones are a few
+/// hundred bytes, with a previous result a few kilobytes; anything near
+/// this is a mistake or an attack, refused before it is parsed.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
 /// Runs one invocation: `vars` is the process environment, `stdin` the
-/// network config. Returns what to print on stdout on success (`None` for
-/// commands that print nothing).
+/// network config (the caller reads at most one byte more than
+/// [`MAX_CONFIG_BYTES`], so a longer one shows as such). Returns what to
+/// print on stdout on success (`None` for commands that print nothing).
 pub fn run<I, K, V>(vars: I, stdin: &[u8]) -> Result<Option<String>, Error>
 where
     I: IntoIterator<Item = (K, V)>,
     K: Into<OsString>,
     V: Into<OsString>,
 {
+    if stdin.len() > MAX_CONFIG_BYTES {
+        return Err(Error::config(format!(
+            "network config on stdin is longer than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
     let env = CniEnv::from_vars(vars)?;
     if env.invocation == Invocation::Version {
         return commands::version(stdin).map(Some);
@@ -117,6 +128,14 @@ mod tests {
             code_of(&del, r#"{"cniVersion":"1.0.0","type":"t"}"#),
             code::INVALID_NETWORK_CONFIG
         );
+    }
+
+    #[test]
+    fn an_oversized_config_is_refused_unread() {
+        let mut huge = br#"{"cniVersion":"1.0.0","name":"n","type":"t","pad":""#.to_vec();
+        huge.resize(MAX_CONFIG_BYTES + 1, b' ');
+        let err = run([("CNI_COMMAND", "VERSION")], &huge).expect_err("too long");
+        assert_eq!(err.code(), code::INVALID_NETWORK_CONFIG);
     }
 
     #[test]

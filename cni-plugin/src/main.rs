@@ -18,7 +18,11 @@ static PANICKED: AtomicBool = AtomicBool::new(false);
 fn main() -> ExitCode {
     init_logging();
     let mut stdin = Vec::new();
-    let read = io::stdin().lock().read_to_end(&mut stdin);
+    // One byte past the limit tells `run` that there was more.
+    let read = io::stdin()
+        .lock()
+        .take(sluice_cni::MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut stdin);
     let version = reply_version(&stdin).as_str();
     install_panic_hook(version);
 

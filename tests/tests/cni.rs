@@ -99,7 +99,14 @@ fn error_codes_follow_the_spec() {
         4,
         "no ifname on ADD"
     );
+    assert_eq!(
+        code(run(add(), &conf, &[("CNI_IFNAME", Some("eth%d"))])),
+        4,
+        "an ifname pattern the kernel would replace"
+    );
     assert_eq!(code(run(add(), "{not json", &[])), 6, "undecodable config");
+    let huge = format!("{conf}{}", " ".repeat(2 << 20));
+    assert_eq!(code(run(add(), &huge, &[])), 7, "a config of 2 MiB");
     assert_eq!(
         code(run(
             add(),

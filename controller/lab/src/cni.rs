@@ -111,7 +111,12 @@ impl CniCall {
             .stderr(Stdio::piped())
             .spawn()?;
         if let Some(mut input) = child.stdin.take() {
-            input.write_all(stdin)?;
+            // A plugin may stop reading (an oversized config): as libcni
+            // (Go's exec), take its answer instead of the broken pipe.
+            match input.write_all(stdin) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other?,
+            }
         }
         let out = child.wait_with_output()?;
         Ok(CniOutput {
