@@ -52,7 +52,8 @@ fn agents_follow_a_kubernetes_api_server_across_dropped_and_expired_watches() {
         .expect("binding the fake API server");
     let api = Arc::new(FakeApi::serve(listener).expect("fake API server"));
     let _mirror = Mirror::start(api.clone(), lab.config.manifests().root().to_owned());
-    let kubeconfig = lab.config.dir.with_extension("kubeconfig");
+    // Inside the lab's directory: it goes with the lab, also on failure.
+    let kubeconfig = lab.config.dir.join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig");
     let mut handle = lab.lab();
     handle
@@ -148,5 +149,4 @@ fn agents_follow_a_kubernetes_api_server_across_dropped_and_expired_watches() {
     handle
         .use_kubeconfig(None)
         .unwrap_or_else(|e| panic!("agents back on the manifests: {e}"));
-    let _ = std::fs::remove_file(&kubeconfig);
 }
