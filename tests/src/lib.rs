@@ -53,6 +53,26 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A short name unique to this process and call, for namespaces, nodes
 /// and containers: `<tag><pid36><n>`.
+/// Panics, naming `what` with the exit status, stdout and stderr, unless
+/// the process succeeded.
+pub fn assert_success(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `cmd` to its end and returns its stdout; panics (see
+/// [`assert_success`]) unless it succeeds.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_success(&out, what);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn unique(tag: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);

@@ -14,7 +14,7 @@ use std::{
 };
 
 use sluice_agent::{config::FileConfig, datastore::kube_source};
-use sluice_tests::{unique, PRIVILEGED_ENV};
+use sluice_tests::{run_ok, unique, PRIVILEGED_ENV};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -48,15 +48,7 @@ fn chart_tool() -> Option<Command> {
 }
 
 fn ok(mut cmd: Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_ok(&mut cmd, what)
 }
 
 /// A temporary file path, removed on drop.

@@ -407,17 +407,12 @@ fn del_with_the_agent_down_succeeds_and_the_agent_reclaims_the_address() {
     a.delete();
     assert!(!node.links().contains(&a_if), "DEL removed the veth");
     // b's veth goes with no DEL at all.
-    let out = node
-        .ns
-        .command("ip")
-        .expect("ip in the node netns")
-        .args(["link", "del", &b.host_if])
-        .output()
-        .expect("ip link del");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    sluice_tests::run_ok(
+        node.ns
+            .command("ip")
+            .expect("ip in the node netns")
+            .args(["link", "del", &b.host_if]),
+        "ip link del",
     );
     node.restart_agent();
     let status = node.status();

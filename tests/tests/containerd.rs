@@ -18,7 +18,8 @@ use std::{
 
 use serde_json::Value;
 use sluice_tests::{
-    bin, leftovers::Leftovers, probe, require_root, unique, Netns, Node, PRIVILEGED_ENV, TIMEOUT,
+    bin, leftovers::Leftovers, probe, require_root, run_ok, unique, Netns, Node, PRIVILEGED_ENV,
+    TIMEOUT,
 };
 
 const PAUSE: &str = "localhost/sluice-pause:test";
@@ -85,22 +86,18 @@ impl Containerd {
         }
 
         // The chart's init container step, into our private dirs.
-        let out = Command::new(bin("sluice"))
-            .arg("install-cni")
-            .arg("--bin-dir")
-            .arg(dir.join("bin"))
-            .arg("--conf-dir")
-            .arg(dir.join("net.d"))
-            .arg("--socket")
-            .arg(node.socket())
-            .arg("--plugin")
-            .arg(bin("sluice-cni"))
-            .output()
-            .expect("sluice install-cni");
-        assert!(
-            out.status.success(),
-            "install-cni: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new(bin("sluice"))
+                .arg("install-cni")
+                .arg("--bin-dir")
+                .arg(dir.join("bin"))
+                .arg("--conf-dir")
+                .arg(dir.join("net.d"))
+                .arg("--socket")
+                .arg(node.socket())
+                .arg("--plugin")
+                .arg(bin("sluice-cni")),
+            "sluice install-cni",
         );
 
         // restrict_oom_score_adj and disable_apparmor: this sandbox cannot
@@ -182,20 +179,16 @@ state = "{state}"
         )
         .expect("Containerfile");
         let podman = |args: &[&str]| {
-            let out = Command::new("podman")
-                .arg("--root")
-                .arg(pause.join("storage"))
-                .arg("--runroot")
-                .arg(pause.join("run"))
-                .args(["--storage-driver", "vfs", "--events-backend", "none"])
-                .args(args)
-                .output()
-                .expect("podman");
-            assert!(
-                out.status.success(),
-                "podman {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            run_ok(
+                Command::new("podman")
+                    .arg("--root")
+                    .arg(pause.join("storage"))
+                    .arg("--runroot")
+                    .arg(pause.join("run"))
+                    .args(["--storage-driver", "vfs", "--events-backend", "none"])
+                    .args(args),
+                &format!("podman {args:?}"),
+            )
         };
         let archive = pause.join("pause.tar").display().to_string();
         podman(&[
@@ -218,16 +211,12 @@ state = "{state}"
             PAUSE,
         ]);
         podman(&["rmi", "--all", "--force"]);
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(self.socket())
-            .args(["--namespace", "k8s.io", "images", "import", &archive])
-            .output()
-            .expect("ctr images import");
-        assert!(
-            out.status.success(),
-            "ctr images import: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("ctr")
+                .arg("--address")
+                .arg(self.socket())
+                .args(["--namespace", "k8s.io", "images", "import", &archive]),
+            "ctr images import",
         );
     }
 

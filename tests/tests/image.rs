@@ -7,10 +7,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
 };
 
-use sluice_tests::{require_root, unique, PRIVILEGED_ENV};
+use sluice_tests::{require_root, run_ok, unique, PRIVILEGED_ENV};
 
 const ARCHIVE_ENV: &str = "SLUICE_IMAGE_ARCHIVE";
 const TAG: &str = "localhost/sluice:test";
@@ -47,20 +47,9 @@ impl Podman {
         cmd
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self
-            .command()
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("podman {args:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+    /// podman with `args`; its stdout, or a panic if it fails.
+    fn run(&self, args: &[&str]) -> String {
+        run_ok(self.command().args(args), &format!("podman {args:?}"))
     }
 
     /// A throwaway container of the image, without network; `mounts` are
@@ -83,7 +72,7 @@ impl Podman {
         }
         args.push(TAG);
         args.extend_from_slice(command);
-        String::from_utf8_lossy(&self.run(&args).stdout).into_owned()
+        self.run(&args)
     }
 }
 
@@ -116,12 +105,7 @@ fn the_image_runs_its_binaries_and_installs_the_cni_plugin_on_a_host() {
     };
     let podman = Podman::new();
     podman.run(&["load", "--quiet", "--input", &archive.display().to_string()]);
-    let labels = String::from_utf8_lossy(
-        &podman
-            .run(&["image", "inspect", "--format", "{{json .Labels}}", TAG])
-            .stdout,
-    )
-    .into_owned();
+    let labels = podman.run(&["image", "inspect", "--format", "{{json .Labels}}", TAG]);
     let labels: serde_json::Value = serde_json::from_str(&labels).expect("labels");
     assert_eq!(labels["org.opencontainers.image.title"], "sluice");
     assert_eq!(

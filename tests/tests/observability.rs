@@ -15,7 +15,10 @@ use std::{
     time::Duration,
 };
 
-use sluice_tests::{bin, probe, require_root, unique, Netns, TestLab, PRIVILEGED_ENV, TIMEOUT};
+use sluice_tests::{
+    assert_success, bin, probe, require_root, run_ok, unique, Netns, TestLab, PRIVILEGED_ENV,
+    TIMEOUT,
+};
 
 const WEB: u16 = 80;
 /// Where the server listens, inside node1's namespace (loopback).
@@ -228,12 +231,7 @@ fn prometheus_and_sluice_status_see_the_nodes_traffic_and_state() {
         .write_all(body.as_bytes())
         .expect("feeding promtool");
     let out = check.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "promtool check metrics");
     let exposed: BTreeSet<String> = body
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -269,19 +267,14 @@ fn prometheus_and_sluice_status_see_the_nodes_traffic_and_state() {
 fn status_shows_the_node(lab: &TestLab) {
     let socket = lab.config.agent_socket("node2");
     let status = |format: &str| {
-        let out = Command::new(bin("sluice"))
-            .arg("status")
-            .arg("--socket")
-            .arg(&socket)
-            .args(["-o", format])
-            .output()
-            .expect("sluice status");
-        assert!(
-            out.status.success(),
-            "sluice status: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_ok(
+            Command::new(bin("sluice"))
+                .arg("status")
+                .arg("--socket")
+                .arg(&socket)
+                .args(["-o", format]),
+            "sluice status",
+        )
     };
     let json: sluice_common::api::AgentStatus =
         serde_json::from_str(&status("json")).expect("sluice status -o json");

@@ -13,8 +13,8 @@ use std::{
 
 use serde_json::{json, Value};
 use sluice_tests::{
-    bin, bin_dir, leftovers::Leftovers, probe, require_root, unique, CniCall, CniOutput, Netns,
-    Node, TIMEOUT,
+    assert_success, bin, bin_dir, leftovers::Leftovers, probe, require_root, run_ok, unique,
+    CniCall, CniOutput, Netns, Node, TIMEOUT,
 };
 
 /// Where Debian's containernetworking-plugins puts the reference plugins.
@@ -171,16 +171,10 @@ impl Drop for Chain<'_> {
 }
 
 fn output_in(ns: &Netns, program: &str, args: &[&str]) -> String {
-    let out = ns
+    let mut cmd = ns
         .command(program)
-        .and_then(|mut c| c.args(args).output())
         .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_ok(cmd.args(args), &format!("{program} {args:?}"))
 }
 
 fn nat_rules(ns: &Netns) -> String {
@@ -606,13 +600,7 @@ runc = ["{wrapper}"]
         let out = self
             .try_run(args)
             .unwrap_or_else(|e| panic!("podman {args:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, &format!("podman {args:?}"));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
