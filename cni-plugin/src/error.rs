@@ -139,6 +139,8 @@ impl Error {
                 ErrorKind::NotFound => code::AGENT_NOT_FOUND,
                 // The agent documents Internal as "retrying may help".
                 ErrorKind::Internal => code::TRY_AGAIN_LATER,
+                // Kubelet retries the ADD; by then the Pod may be known.
+                ErrorKind::Unidentified => code::TRY_AGAIN_LATER,
             },
             Error::AgentProtocol { .. } => code::AGENT_PROTOCOL,
             Error::NotAvailable { .. } => code::PLUGIN_NOT_AVAILABLE,
@@ -308,6 +310,7 @@ mod tests {
         assert_eq!(agent(ErrorKind::Exhausted).code(), 101);
         assert_eq!(agent(ErrorKind::NotFound).code(), 103);
         assert_eq!(agent(ErrorKind::Internal).code(), 11);
+        assert_eq!(agent(ErrorKind::Unidentified).code(), 11);
     }
 
     #[test]

@@ -150,6 +150,9 @@ pub enum ErrorKind {
     NotFound,
     /// The agent failed; retrying may help.
     Internal,
+    /// The endpoint's Pod is not (yet) known to the agent, so its policy
+    /// cannot be enforced: the ADD fails and kubelet retries it.
+    Unidentified,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -564,3 +564,176 @@ fn malformed_manifest_is_skipped() {
     assert!(status.nodes[0].agent_running, "the agent died: {status:?}");
     assert_eq!(status.nodes[0].endpoints, Some(2), "{status:?}");
 }
+
+/// sluice-cni ADD for `pod` (NS/NAME) in a netns of the test's own, on
+/// node1 of `lab`, as kubelet would call it.
+fn add_call(lab: &TestLab, netns: &Netns, pod: &str, command: &str) -> sluice_tests::CniCall {
+    let (namespace, name) = pod.split_once('/').expect("NS/NAME");
+    let conf =
+        sluice_tests::sluice_netconf(&lab.config.name, "1.1.0", &lab.config.agent_socket("node1"));
+    let mut call = sluice_tests::CniCall::new(&sluice_tests::bin("sluice-cni"), command, conf)
+        .run_in(lab.node_netns("node1").path())
+        .container(netns.name(), &netns.path().display().to_string(), "eth0");
+    call.args = format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
+    call
+}
+
+fn node_links(lab: &TestLab) -> String {
+    let out = lab
+        .node_netns("node1")
+        .command("ip")
+        .expect("ip in node1")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip -o link");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split(':').nth(1).unwrap_or_default().trim().to_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn endpoint_map_entries(lab: &TestLab) -> usize {
+    let pins = sluice_agent::kernel::bpf::pin_dir(&lab.config.bpffs().join("sluice"), "node1");
+    let data = aya::maps::MapData::from_pin(pins.join(sluice_common::maps::ENDPOINTS.name))
+        .expect("opening the endpoint map");
+    let map: aya::maps::HashMap<
+        _,
+        sluice_common::endpoint::IpKey,
+        sluice_common::endpoint::EndpointInfo,
+    > = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("endpoint map");
+    map.keys().count()
+}
+
+/// A Pod the agent never learns of is not wired: its ADD fails within the
+/// agent's bound with "try again later" and a message saying why, and
+/// leaves no veth and no endpoint behind.
+#[test]
+fn an_add_for_a_pod_the_agent_cannot_name_fails_and_leaves_nothing() {
+    require_root!();
+    let _host = shared_host();
+    let lab = TestLab::up("gh", 1, "tunnel");
+    lab.pod_add("x/a", "node1");
+    let links = node_links(&lab);
+    let netns = Netns::create(&sluice_tests::unique("ghost")).expect("netns");
+    let started = std::time::Instant::now();
+    let out = add_call(&lab, &netns, "x/ghost", "ADD")
+        .invoke()
+        .expect("ADD");
+    let waited = started.elapsed();
+    assert!(
+        !out.success,
+        "ADD of an unknown Pod must fail: {}",
+        out.stdout
+    );
+    assert_eq!(out.error_code(), Some(11), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("x/ghost unknown to the agent"),
+        "the error must say why: {}",
+        out.stdout
+    );
+    eprintln!("ADD of an unknown Pod failed after {waited:?}");
+    assert_eq!(node_links(&lab), links, "the failed ADD left a link");
+    assert_eq!(endpoint_map_entries(&lab), 1, "only x/a is an endpoint");
+    let page = lab.scrape("node1");
+    for series in [
+        "sluice_endpoint_policy_wait_seconds_count{result=\"unidentified\"} 1",
+        "sluice_endpoints 1",
+    ] {
+        assert!(page.contains(series), "no {series} in\n{page}");
+    }
+    // kubelet's DEL after the failed ADD.
+    let del = add_call(&lab, &netns, "x/ghost", "DEL")
+        .invoke()
+        .expect("DEL");
+    assert!(del.success, "{} {}", del.stdout, del.stderr);
+}
+
+/// The agent killed while an ADD is under way (here: while it waits for
+/// the Pod), and kernel state of no endpoint (a stray map entry and pod
+/// route, as a crash between the steps of an ADD or DEL leaves): the next
+/// agent removes them, keeps the pods it knows, and DEL still succeeds.
+#[test]
+fn a_crash_during_add_leaves_nothing_behind() {
+    require_root!();
+    let _host = shared_host();
+    let lab = TestLab::up("cr", 1, "tunnel");
+    let pod = lab.pod_add("x/a", "node1");
+    let links = node_links(&lab);
+    let netns = Netns::create(&sluice_tests::unique("crash")).expect("netns");
+    let add = add_call(&lab, &netns, "x/unnamed", "ADD");
+    let adding = std::thread::spawn(move || add.invoke().expect("ADD"));
+    assert!(
+        lab.eventually(Duration::from_secs(5), || endpoint_map_entries(&lab) == 2),
+        "the ADD never reached the endpoint map\n{}",
+        lab.agent_logs()
+    );
+    lab.lab().kill_agent("node1").expect("kill");
+    let out = adding.join().expect("ADD thread");
+    assert!(
+        !out.success,
+        "an ADD whose agent died must fail: {}",
+        out.stdout
+    );
+
+    // What an agent killed between two steps leaves.
+    let IpAddr::V4(a) = pod.ip else {
+        panic!("IPv4")
+    };
+    let stray = Ipv4Addr::from(u32::from(a) + 100);
+    let pins = sluice_agent::kernel::bpf::pin_dir(&lab.config.bpffs().join("sluice"), "node1");
+    let data = aya::maps::MapData::from_pin(pins.join(sluice_common::maps::ENDPOINTS.name))
+        .expect("opening the endpoint map");
+    let mut map: aya::maps::HashMap<
+        _,
+        sluice_common::endpoint::IpKey,
+        sluice_common::endpoint::EndpointInfo,
+    > = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("endpoint map");
+    let info = sluice_common::endpoint::EndpointInfo {
+        id: 102,
+        ifindex: 1,
+        pod_mac: [2, 0, 0, 0, 0, 1],
+        host_mac: [2, 0, 0, 0, 0, 2],
+    };
+    map.insert(sluice_common::endpoint::IpKey::v4(stray.octets()), info, 0)
+        .expect("stray entry");
+    drop(map);
+    let node = lab.node_netns("node1");
+    node.ip(&format!(
+        "route add {stray}/32 dev sluice_host proto static scope link"
+    ))
+    .expect("stray route");
+
+    lab.lab().restart_agent("node1").expect("restart");
+    assert!(
+        lab.eventually(Duration::from_secs(5), || endpoint_map_entries(&lab) == 1),
+        "the new agent kept {} endpoint map entries, not x/a's alone",
+        endpoint_map_entries(&lab)
+    );
+    let routes = node
+        .command("ip")
+        .expect("ip")
+        .args(["route", "show", &format!("{stray}/32")])
+        .output()
+        .expect("ip route");
+    assert!(
+        routes.stdout.is_empty(),
+        "the stray route is left: {routes:?}"
+    );
+    assert_eq!(node_links(&lab), links, "a link of the dead ADD is left");
+    let page = lab.scrape("node1");
+    for series in [
+        "sluice_endpoint_leftovers_removed_total{what=\"map_entry\"} 1",
+        "sluice_endpoint_leftovers_removed_total{what=\"route\"} 1",
+    ] {
+        assert!(page.contains(series), "no {series} in\n{page}");
+    }
+    assert!(
+        probe::tcp(&node, SocketAddr::new(pod.ip, PORT), TIMEOUT),
+        "x/a lost its wiring"
+    );
+    let del = add_call(&lab, &netns, "x/unnamed", "DEL")
+        .invoke()
+        .expect("DEL");
+    assert!(del.success, "{} {}", del.stdout, del.stderr);
+}

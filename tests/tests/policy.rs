@@ -234,3 +234,93 @@ fn ingress_from_outside_the_cluster_is_enforced() {
     let _ = std::fs::remove_file(deny);
     let _ = std::fs::remove_file(allow);
 }
+
+/// A pod is isolated from its first packet: pods added one after another
+/// to a namespace under default-deny ingress accept no connection at any
+/// moment, while a pod of the other node scans the addresses they get.
+/// A pod no policy selects, added among them, shows the scan would have
+/// seen an open one.
+#[test]
+fn new_pods_are_isolated_from_their_first_packet() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    };
+    require_root!();
+    let lab = TestLab::up("np", 2, "tunnel");
+    let file = write_policy(&lab, "deny-np", DENY_INGRESS_X);
+    lab.sluice_ok(&["apply", "-f", file.to_str().expect("utf-8 path")]);
+    let first = lab.pod_add("x/first", "node1");
+    lab.pod_add("y/scanner", "node2");
+    let std::net::IpAddr::V4(first_ip) = first.ip else {
+        panic!("IPv4 pod");
+    };
+    // IPAM hands out the next addresses of node1's range.
+    let targets: Vec<SocketAddr> = (1..=10u32)
+        .map(|i| {
+            SocketAddr::new(
+                std::net::Ipv4Addr::from(u32::from(first_ip) + i).into(),
+                PORT,
+            )
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let scanners: Vec<_> = targets
+        .iter()
+        .map(|&dst| {
+            let ns = lab.pod_netns("y/scanner");
+            let (stop, accepted) = (stop.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                ns.run(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if TcpStream::connect_timeout(&dst, Duration::from_millis(25)).is_ok() {
+                            accepted.lock().expect("lock").insert(dst.ip());
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+                .expect("entering y/scanner")
+            })
+        })
+        .collect();
+    let mut isolated = Vec::new();
+    let mut open = None;
+    for i in 0..7 {
+        if i == 3 {
+            open = Some(lab.pod_add("z/open", "node1").ip);
+        } else {
+            isolated.push(lab.pod_add(&format!("x/new{i}"), "node1").ip);
+        }
+    }
+    let open = open.expect("z/open added");
+    // The scan must have been able to see an open pod.
+    let saw_open = lab.eventually(CONVERGE, || accepted.lock().expect("lock").contains(&open));
+    stop.store(true, Ordering::Relaxed);
+    for scanner in scanners {
+        scanner.join().expect("scanner thread");
+    }
+    let _ = std::fs::remove_file(file);
+    assert!(
+        saw_open,
+        "the scan never reached z/open at {open}: it proves nothing"
+    );
+    let accepted = accepted.lock().expect("lock").clone();
+    for ip in &isolated {
+        assert!(
+            !accepted.contains(ip),
+            "a new pod at {ip} accepted a connection despite default-deny ingress (accepted: {accepted:?})\n{}",
+            lab.agent_logs()
+        );
+        assert!(
+            targets.iter().any(|t| t.ip() == *ip),
+            "{ip} was not among the scanned addresses {targets:?}"
+        );
+    }
+    // The wait is measured.
+    let page = lab.scrape("node1");
+    assert!(
+        page.contains("sluice_endpoint_policy_wait_seconds_count{result=\"ready\"} 8"),
+        "8 ADDs on node1 waited for their policy:\n{page}"
+    );
+}

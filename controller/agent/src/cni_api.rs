@@ -4,7 +4,9 @@
 //! Requests are served one at a time. Each is small and fast (a map write,
 //! a netlink call), and serialising them keeps IPAM and the endpoint
 //! registry free of interleavings; a per-connection deadline stops a stuck
-//! client from holding the agent.
+//! client from holding the agent. Only the answer to a registration may
+//! wait (for the endpoint's policy, see `registration`), and it waits
+//! without holding anyone else.
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -12,14 +14,12 @@ use std::{
     time::Duration,
 };
 
-use sluice_common::api::{ErrorKind, NodeReport, Request, Response};
+use sluice_common::api::{ErrorKind, Request, Response};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
+    net::{unix::OwnedWriteHalf, UnixListener, UnixStream},
 };
 use tracing::{debug, warn};
-
-use crate::endpoints::{Agent, Datapath};
 
 const MAX_REQUEST: u64 = 64 * 1024;
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -57,56 +57,56 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
-/// Answers one API connection, within the per-connection deadline.
-/// `report` gives a `Status` answer its node part, which is the main
-/// loop's to know (readiness, the reconciler's view).
-pub async fn serve_connection<D: Datapath>(
-    stream: UnixStream,
-    agent: &mut Agent<D>,
-    report: &dyn Fn() -> NodeReport,
-) {
-    if tokio::time::timeout(DEADLINE, serve_one(stream, agent, report))
-        .await
-        .is_err()
-    {
-        warn!("API client timed out");
+/// Where the answer to a request goes: the connection's write half. A
+/// request may be answered later than it was read (CNI ADD waits for the
+/// endpoint's policy), so the two are apart.
+pub struct Responder {
+    write: OwnedWriteHalf,
+}
+
+impl Responder {
+    /// Sends the answer, within the per-connection deadline.
+    pub async fn send(mut self, response: &Response) {
+        let line = response.to_line();
+        match tokio::time::timeout(DEADLINE, self.write.write_all(line.as_bytes())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "writing an API response"),
+            Err(_) => warn!("API client timed out reading its answer"),
+        }
     }
 }
 
-async fn serve_one<D: Datapath>(
-    stream: UnixStream,
-    agent: &mut Agent<D>,
-    report: &dyn Fn() -> NodeReport,
-) {
-    let (read, mut write) = stream.into_split();
+/// Reads one request from an API connection, within the per-connection
+/// deadline: the request, or the error answer to send when it is not one;
+/// `None` when the client went without asking.
+pub async fn read_request(stream: UnixStream) -> Option<(Result<Request, Response>, Responder)> {
+    let (read, write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
     let mut line = String::new();
-    let response = match reader.read_line(&mut line).await {
-        Ok(0) => return,
-        Ok(_) if !line.ends_with('\n') => Response::Error {
+    let read = tokio::time::timeout(DEADLINE, reader.read_line(&mut line)).await;
+    let request = match read {
+        Err(_) => {
+            warn!("API client timed out");
+            return None;
+        }
+        Ok(Ok(0)) => return None,
+        Ok(Ok(_)) if !line.ends_with('\n') => Err(Response::Error {
             kind: ErrorKind::Invalid,
             message: format!("request longer than {MAX_REQUEST} bytes or not newline-terminated"),
-        },
-        Ok(_) => match serde_json::from_str::<Request>(line.trim_end()) {
-            Ok(request) => {
-                debug!(?request, "API request");
-                let mut response = agent.handle(request).await;
-                if let Response::Status { status } = &mut response {
-                    status.node = report();
-                }
-                response
-            }
-            Err(e) => Response::Error {
+        }),
+        Ok(Ok(_)) => {
+            serde_json::from_str::<Request>(line.trim_end()).map_err(|e| Response::Error {
                 kind: ErrorKind::Invalid,
                 message: format!("undecodable request: {e}"),
-            },
-        },
-        Err(e) => Response::Error {
+            })
+        }
+        Ok(Err(e)) => Err(Response::Error {
             kind: ErrorKind::Invalid,
             message: format!("reading request: {e}"),
-        },
+        }),
     };
-    if let Err(e) = write.write_all(response.to_line().as_bytes()).await {
-        warn!(error = %e, "writing an API response");
+    if let Ok(request) = &request {
+        debug!(?request, "API request");
     }
+    Some((request, Responder { write }))
 }

@@ -15,6 +15,7 @@
 //!   `tests/`;
 //! - wiring: [`reconcile`] (the one event path from objects to the
 //!   kernel), [`cni_api`] (the unix socket the CNI plugin calls),
+//!   [`registration`] (CNI ADD answered once the pod's policy is in),
 //!   [`metrics`].
 
 pub mod cni_api;
@@ -25,6 +26,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod policy;
 pub mod reconcile;
+pub mod registration;
 pub mod services;
 pub mod topology;
 

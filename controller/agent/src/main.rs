@@ -21,16 +21,22 @@ use sluice_agent::{
     metrics::http,
     metrics::Metrics,
     reconcile::{self, Reconciler, ReconcilerMaps, ServicesConfig},
+    registration::Registrations,
     topology,
 };
+use sluice_common::api::{Request, Response};
 use tracing::{info, warn};
 
 /// How often the manifest directory is checked for changes.
 const DIR_POLL: Duration = Duration::from_millis(200);
 /// How often a failed sync is retried.
 const RETRY: Duration = Duration::from_secs(2);
-/// How often endpoints whose pod went without a DEL are looked for.
+/// How often endpoints whose pod went without a DEL, and kernel state of
+/// no endpoint, are looked for.
 const RECLAIM: Duration = Duration::from_secs(30);
+/// How long CNI ADD waits for the agent to learn the pod's Pod object
+/// (within the plugin's 15 s for an answer).
+const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Datastore events waiting for the reconciler; everything waiting is
 /// applied in one sync, so a deeper queue means fewer syncs in a burst.
 const EVENT_QUEUE: usize = 1024;
@@ -283,7 +289,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         enabled: config.kube_proxy_replacement,
         node_name: config.node_name.clone(),
     };
-    let mut reconciler = Reconciler::new(state, node_sync, maps, services, metrics.clone(), listed);
+    let mut reconciler = Reconciler::new(state, node_sync, maps, services, metrics.clone(), listed)
+        .identifying_endpoints(has_source);
     socket_hooks(
         &mut dataplane,
         config.kube_proxy_replacement,
@@ -305,8 +312,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         datapath,
     )
     .await?;
-    // Pods that went while the agent was down, their DEL unanswered.
+    // Pods that went while the agent was down, their DEL unanswered; and
+    // what a crash between the steps of an ADD or DEL left in the kernel.
     agent.reclaim().await;
+    count_swept(&metrics, agent.sweep().await);
     // Policy needs the registered pods (restored from state) to name them.
     reconciler
         .set_local_endpoints(agent.local_endpoints(), agent.local_pods())
@@ -322,27 +331,40 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut retry = tokio::time::interval(RETRY);
     let mut reclaim = tokio::time::interval(RECLAIM);
     reclaim.tick().await;
+    let mut registrations = Registrations::new(IDENTIFY_TIMEOUT, metrics.clone());
     loop {
+        let give_up = registrations.next_deadline();
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let report = || sluice_common::api::NodeReport {
-                        ready: readiness.get(),
-                        routing: config.routing.to_string(),
-                        kube_proxy_replacement: config.kube_proxy_replacement,
-                        datastore: match &config.datastore {
-                            Some(Datastore::Dir(dir)) => format!("dir:{}", dir.display()),
-                            Some(Datastore::Kubernetes { .. }) => "kubernetes".into(),
-                            None => "none".into(),
-                        },
-                        ..reconciler.report()
-                    };
-                    cni_api::serve_connection(stream, &mut agent, &report).await;
-                    reconciler.set_local_endpoints(agent.local_endpoints(), agent.local_pods()).await;
-                }
+                Ok((stream, _)) => match cni_api::read_request(stream).await {
+                    Some((Ok(Request::Register { endpoint }), responder)) => {
+                        registrations.register(endpoint, responder, &mut agent, &mut reconciler).await;
+                    }
+                    Some((Ok(request), responder)) => {
+                        let mut response = agent.handle(request).await;
+                        if let Response::Status { status } = &mut response {
+                            status.node = sluice_common::api::NodeReport {
+                                ready: readiness.get(),
+                                routing: config.routing.to_string(),
+                                kube_proxy_replacement: config.kube_proxy_replacement,
+                                datastore: match &config.datastore {
+                                    Some(Datastore::Dir(dir)) => format!("dir:{}", dir.display()),
+                                    Some(Datastore::Kubernetes { .. }) => "kubernetes".into(),
+                                    None => "none".into(),
+                                },
+                                ..reconciler.report()
+                            };
+                        }
+                        reconciler.set_local_endpoints(agent.local_endpoints(), agent.local_pods()).await;
+                        responder.send(&response).await;
+                    }
+                    Some((Err(refused), responder)) => responder.send(&refused).await,
+                    None => {}
+                },
                 Err(e) => warn!(error = %e, "accepting an API connection"),
             },
+            _ = sleep_until(give_up), if give_up.is_some() => {}
             Some(event) = events.recv() => {
                 // What queued up meanwhile goes in the same sync.
                 let mut batch = vec![event];
@@ -356,8 +378,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 if !agent.reclaim().await.is_empty() {
                     reconciler.set_local_endpoints(agent.local_endpoints(), agent.local_pods()).await;
                 }
+                count_swept(&metrics, agent.sweep().await);
             }
         }
+        registrations
+            .answer_ready(&mut agent, &mut reconciler)
+            .await;
         // Maps created or replaced at load (resized, new layout) are filled.
         readiness.set(complete_upgrade(&mut agent, &reconciler));
     }
@@ -365,6 +391,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.socket);
     info!("agent stopped; dataplane stays pinned");
     Ok(())
+}
+
+fn count_swept(metrics: &Metrics, swept: sluice_agent::endpoints::Swept) {
+    for (what, n) in [
+        ("map_entry", swept.map_entries),
+        ("link", swept.links),
+        ("route", swept.routes),
+    ] {
+        metrics
+            .leftovers_removed
+            .with_label_values(&[what])
+            .inc_by(n as u64);
+    }
+}
+
+/// Sleeps until `at`; forever without one (the branch is then disabled).
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// With kube-proxy replacement the node's own processes reach ClusterIPs

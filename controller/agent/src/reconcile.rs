@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use sluice_common::api::{MapFill, NodeReport};
+use sluice_common::api::{MapFill, NodeReport, PodRef};
 use tracing::{info, warn};
 
 use crate::{
@@ -33,8 +33,9 @@ use crate::{
     },
     metrics::{sync, Metrics},
     policy::{
-        compile::{compile, LocalEndpoints, LocalPods, PolicyProblem},
+        compile::{compile, LocalEndpoints, PolicyProblem},
         identity::IdentityAllocator,
+        unidentified,
     },
     services::{self, DesiredServices, ServiceIds, ServiceProblem},
     topology::{NodeProblem, Topology},
@@ -86,7 +87,11 @@ pub struct Reconciler {
     applied_service_nft: Option<String>,
     identities: IdentityAllocator,
     local: LocalEndpoints,
-    local_pods: LocalPods,
+    /// The Pods the local endpoints were wired for, as CNI ADD named them.
+    local_pods: BTreeMap<Ipv4Addr, PodRef>,
+    /// Local endpoints whose Pod is unknown are isolated (there is a
+    /// datastore to learn it from).
+    identify_endpoints: bool,
     topology: Topology,
     pod_identities: BTreeMap<Ipv4Addr, u32>,
     problems: Vec<PolicyProblem>,
@@ -137,7 +142,8 @@ impl Reconciler {
             applied_service_nft: None,
             identities: IdentityAllocator::new(),
             local: LocalEndpoints::new(),
-            local_pods: LocalPods::new(),
+            local_pods: BTreeMap::new(),
+            identify_endpoints: false,
             topology: Topology::default(),
             pod_identities: BTreeMap::new(),
             problems: Vec::new(),
@@ -208,9 +214,44 @@ impl Reconciler {
         self.policy_filled && self.ipcache_filled
     }
 
+    /// With a datastore, endpoints are tied to their Pods, and isolated
+    /// until they are (see [`unidentified`]); without one there is no
+    /// policy to apply.
+    pub fn identifying_endpoints(mut self, on: bool) -> Self {
+        self.identify_endpoints = on;
+        self
+    }
+
+    pub fn identifies_endpoints(&self) -> bool {
+        self.identify_endpoints
+    }
+
+    /// Whether the policy maps hold what the known state and the local
+    /// endpoints ask for.
+    pub fn policy_written(&self) -> bool {
+        self.policy_filled && !self.dirty_policy
+    }
+
+    /// Whether the endpoint at `ip` has its Pod's policy in the maps: its
+    /// Pod known (it has an identity), and policy and the ipcache applied
+    /// since. Always, without a datastore.
+    pub fn endpoint_ready(&self, ip: Ipv4Addr) -> bool {
+        if !self.identify_endpoints {
+            return true;
+        }
+        self.applied()
+            && self.policy_written()
+            && !self.dirty_ipcache
+            && self.pod_identities.contains_key(&ip)
+    }
+
     /// The pods registered on this node changed (CNI ADD/DEL), with the
     /// Pods they were wired for.
-    pub async fn set_local_endpoints(&mut self, local: LocalEndpoints, pods: LocalPods) {
+    pub async fn set_local_endpoints(
+        &mut self,
+        local: LocalEndpoints,
+        pods: BTreeMap<Ipv4Addr, PodRef>,
+    ) {
         if local != self.local || pods != self.local_pods {
             self.metrics.endpoints.set(local.len() as i64);
             self.pending_since
@@ -469,12 +510,16 @@ impl Reconciler {
 
     /// Compiles and writes policy; returns whether the maps changed.
     fn sync_policy(&mut self) -> Result<bool, DataplaneError> {
-        let desired = compile(
-            &self.state,
-            &self.local,
-            &self.local_pods,
-            &mut self.identities,
-        );
+        let local_pods = unidentified::tie_to_pods(&self.local_pods, &self.state);
+        let mut desired = compile(&self.state, &self.local, &local_pods, &mut self.identities);
+        if self.identify_endpoints {
+            let waiting = unidentified::isolate_unidentified(
+                &mut desired.placed,
+                &self.local,
+                &desired.pod_identities,
+            );
+            self.metrics.unidentified_endpoints.set(waiting as i64);
+        }
         if desired.problems != self.problems {
             for p in &desired.problems {
                 warn!(policy = %p.policy, reason = %p.reason, "policy rule allows nothing (fails closed)");

@@ -148,11 +148,16 @@ pub fn pod_object(pod: &PodState, host_ip: Option<Ipv4Addr>) -> serde_json::Valu
         })
         .collect();
     let ip: IpAddr = pod.ip;
-    let mut status = json!({
-        "phase": "Running",
-        "podIP": ip.to_string(),
-        "podIPs": [{"ip": ip.to_string()}],
-    });
+    // Unspecified: not wired yet, as kubelet shows a pod before CNI ADD.
+    let mut status = if ip.is_unspecified() {
+        json!({"phase": "Pending"})
+    } else {
+        json!({
+            "phase": "Running",
+            "podIP": ip.to_string(),
+            "podIPs": [{"ip": ip.to_string()}],
+        })
+    };
     if let Some(host_ip) = host_ip {
         status["hostIP"] = json!(host_ip.to_string());
     }
@@ -162,6 +167,9 @@ pub fn pod_object(pod: &PodState, host_ip: Option<Ipv4Addr>) -> serde_json::Valu
         "metadata": {
             "name": pod.name,
             "namespace": pod.namespace,
+            // The container id stands in for the API server's UID; CNI ADD
+            // carries it as K8S_POD_UID.
+            "uid": pod.container_id,
             "labels": pod.labels,
         },
         "spec": {

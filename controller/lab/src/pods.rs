@@ -88,8 +88,8 @@ impl Lab {
             );
         // What kubelet passes: the plugin tells the agent which Pod it is.
         call.args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
-            pod.namespace, pod.name, pod.container_id
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+            pod.namespace, pod.name, pod.container_id, pod.container_id
         );
         Ok(call)
     }
@@ -131,6 +131,27 @@ impl Lab {
             ports: spec.ports.clone(),
         };
 
+        // As in a cluster, the Pod object (labels, no address yet) exists
+        // before kubelet asks for its network; the agent answers ADD once
+        // the Pod's policy is in place.
+        let manifests = self.config.manifests();
+        let ns_path = manifests.namespace_path(&pod.namespace);
+        if !ns_path.exists() {
+            write_manifest(
+                &manifests,
+                &ns_path,
+                &manifests::namespace_object(&pod.namespace, &BTreeMap::new()),
+            )?;
+            rollback.files.push(ns_path);
+        }
+        let pod_path = manifests.pod_path(pod);
+        rollback.files.push(pod_path.clone());
+        write_manifest(
+            &manifests,
+            &pod_path,
+            &manifests::pod_object(&state, Some(node.ip)),
+        )?;
+
         let add = self.cni(&node, "ADD", &state)?;
         // DEL is idempotent, so it is the rollback even if ADD failed halfway.
         rollback.cni_del = Some(self.cni(&node, "DEL", &state)?);
@@ -160,23 +181,12 @@ impl Lab {
         rollback.server = Some(server);
         waited?;
 
-        let manifests = self.config.manifests();
-        let ns_path = manifests.namespace_path(&pod.namespace);
-        if !ns_path.exists() {
-            write_manifest(
-                &manifests,
-                &ns_path,
-                &manifests::namespace_object(&pod.namespace, &BTreeMap::new()),
-            )?;
-            rollback.files.push(ns_path);
-        }
-        let pod_path = manifests.pod_path(pod);
+        // Running, with the address: what kubelet reports after ADD.
         write_manifest(
             &manifests,
             &pod_path,
             &manifests::pod_object(&state, Some(node.ip)),
         )?;
-        rollback.files.push(pod_path);
 
         self.state.pods.push(state.clone());
         if let Err(e) = inventory::save(&self.config.dir, &self.state) {

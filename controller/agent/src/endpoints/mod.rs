@@ -11,8 +11,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 use ipnet::Ipv4Net;
 use sluice_common::{
     api::{
-        AgentStatus, Allocation, Attachment, EndpointSpec, EndpointState, ErrorKind, Request,
-        Response,
+        AgentStatus, Allocation, Attachment, EndpointSpec, EndpointState, ErrorKind, PodRef,
+        Request, Response,
     },
     endpoint::EndpointInfo,
 };
@@ -48,6 +48,27 @@ pub trait Datapath {
     async fn delete_link(&mut self, ifname: &str) -> Result<(), DatapathError>;
     /// Whether a host-side veth of that name exists.
     async fn link_exists(&mut self, ifname: &str) -> Result<bool, DatapathError>;
+    /// Removes every endpoint map entry, pod program and pod route (in
+    /// `pod_cidr`) that belongs to none of `keep`.
+    async fn sweep(
+        &mut self,
+        keep: &[EndpointSpec],
+        pod_cidr: Ipv4Net,
+    ) -> Result<Swept, DatapathError>;
+}
+
+/// What [`Datapath::sweep`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub map_entries: usize,
+    pub links: usize,
+    pub routes: usize,
+}
+
+impl Swept {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,13 +230,11 @@ impl<D: Datapath> Agent<D> {
 
     /// The Pods the registered endpoints were wired for, by address (see
     /// [`crate::policy::LocalPods`]).
-    pub fn local_pods(&self) -> crate::policy::LocalPods {
+    pub fn local_pods(&self) -> BTreeMap<std::net::Ipv4Addr, PodRef> {
         self.endpoints
             .values()
             .filter_map(|ep| match (ep.ip, &ep.pod) {
-                (IpAddr::V4(v4), Some(pod)) => {
-                    Some((v4, (pod.namespace.clone(), pod.name.clone())))
-                }
+                (IpAddr::V4(v4), Some(pod)) => Some((v4, pod.clone())),
                 _ => None,
             })
             .collect()
@@ -287,20 +306,33 @@ impl<D: Datapath> Agent<D> {
     }
 
     async fn register(&mut self, ep: EndpointSpec) -> Response {
+        let attachment = ep.attachment.clone();
+        if let Err(response) = self.admit(ep).await {
+            return response;
+        }
+        self.activate(&attachment).await
+    }
+
+    /// First half of a registration: the endpoint is recorded (durably,
+    /// so a crash from here on leaves nothing the next start does not
+    /// know) and counts among [`Self::local_endpoints`], so policy can
+    /// isolate it before [`Self::activate`] makes it reachable. Returns the
+    /// answer to send instead when it is refused.
+    pub async fn admit(&mut self, ep: EndpointSpec) -> Result<(), Response> {
         if let Err(msg) = validate_attachment(&ep.attachment) {
-            return error(ErrorKind::Invalid, msg);
+            return Err(error(ErrorKind::Invalid, msg));
         }
         let Some(ip) = self.ipam.get(&ep.attachment) else {
-            return error(
+            return Err(error(
                 ErrorKind::NotFound,
                 format!("no address allocated for {}", ep.attachment),
-            );
+            ));
         };
         if ep.ip != IpAddr::V4(ip) {
-            return error(
+            return Err(error(
                 ErrorKind::Invalid,
                 format!("{} was allocated {ip}, not {}", ep.attachment, ep.ip),
-            );
+            ));
         }
         // A retried ADD may have rewired the pod under a new ifindex.
         if let Some(old) = self.endpoints.remove(&ep.attachment) {
@@ -308,26 +340,72 @@ impl<D: Datapath> Agent<D> {
                 warn!(attachment = ?old.attachment, error = %e, "removing the previous registration");
             }
         }
+        self.endpoints.insert(ep.attachment.clone(), ep.clone());
+        if let Err(e) = self.persist() {
+            self.endpoints.remove(&ep.attachment);
+            return Err(error(ErrorKind::Internal, e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Second half of a registration: map entry, programs and route. On
+    /// failure the admission is undone as well.
+    pub async fn activate(&mut self, attachment: &Attachment) -> Response {
+        let Some(ep) = self.endpoints.get(attachment).cloned() else {
+            return error(ErrorKind::NotFound, format!("{attachment} is not admitted"));
+        };
         let info = self.endpoint_info(&ep);
         if let Err(e) = self.datapath.install(&ep, &info).await {
-            if let Err(undo) = self.datapath.remove(&ep).await {
-                warn!(attachment = ?ep.attachment, error = %undo, "rolling back a failed install");
-            }
+            self.abandon(attachment).await;
             return error(
                 ErrorKind::Internal,
                 format!("programming the datapath: {e}"),
             );
         }
-        self.endpoints.insert(ep.attachment.clone(), ep.clone());
-        if let Err(e) = self.persist() {
-            self.endpoints.remove(&ep.attachment);
-            if let Err(undo) = self.datapath.remove(&ep).await {
-                warn!(attachment = ?ep.attachment, error = %undo, "rolling back after a state write failure");
-            }
-            return error(ErrorKind::Internal, e.to_string());
-        }
         info!(attachment = ?ep.attachment, ip = %ep.ip, ifname = %ep.host_ifname, "endpoint registered");
         Response::Ok
+    }
+
+    /// Undoes a registration but keeps the address: the plugin's rollback
+    /// (or kubelet's DEL) releases it.
+    pub async fn abandon(&mut self, attachment: &Attachment) {
+        let Some(ep) = self.endpoints.remove(attachment) else {
+            return;
+        };
+        if let Err(undo) = self.datapath.remove(&ep).await {
+            warn!(?attachment, error = %undo, "rolling back a registration");
+        }
+        if let Err(e) = self.persist() {
+            // The next start reinstalls it; its DEL or the reclaim removes it.
+            warn!(?attachment, error = %e, "recording a rolled-back registration");
+        }
+    }
+
+    /// Whether the attachment is registered (admitted, at least).
+    pub fn is_registered(&self, attachment: &Attachment) -> bool {
+        self.endpoints.contains_key(attachment)
+    }
+
+    /// Removes what the kernel holds for endpoints the agent does not
+    /// know: map entries, programs and routes left by a crash between
+    /// steps, or by an agent whose state was lost. Returns what went.
+    pub async fn sweep(&mut self) -> Swept {
+        let keep: Vec<EndpointSpec> = self.endpoints.values().cloned().collect();
+        match self.datapath.sweep(&keep, self.ipam.cidr()).await {
+            Ok(swept) => {
+                if !swept.is_empty() {
+                    info!(
+                        ?swept,
+                        "removed leftovers of endpoints no longer registered"
+                    );
+                }
+                swept
+            }
+            Err(e) => {
+                warn!(error = %e, "sweeping leftovers of endpoints");
+                Swept::default()
+            }
+        }
     }
 
     async fn release(&mut self, attachment: &Attachment) -> Response {
@@ -464,6 +542,17 @@ mod tests {
 
         async fn link_exists(&mut self, ifname: &str) -> Result<bool, DatapathError> {
             Ok(!self.gone.contains(ifname))
+        }
+
+        async fn sweep(
+            &mut self,
+            keep: &[EndpointSpec],
+            _pod_cidr: Ipv4Net,
+        ) -> Result<Swept, DatapathError> {
+            let names: Vec<&str> = keep.iter().map(|ep| ep.host_ifname.as_str()).collect();
+            self.calls
+                .push(format!("sweep keeping {}", names.join(",")));
+            Ok(Swept::default())
         }
     }
 
@@ -635,6 +724,41 @@ mod tests {
             Response::Endpoint { state } => assert_eq!(state.endpoint, None),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_admitted_endpoint_is_durable_before_it_is_installed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut agent = agent(dir.path(), FakeDatapath::default()).await;
+        let a = allocate(&mut agent, "a").await;
+        agent.admit(spec("a", a.ip)).await.expect("admitted");
+        assert!(agent.datapath().calls.is_empty(), "nothing installed yet");
+        assert_eq!(agent.local_endpoints().len(), 1, "policy can see it");
+        // The agent dies here; the next one knows the endpoint, reinstalls
+        // it, and keeps it through the sweep.
+        drop(agent);
+        let mut restarted = self::agent(dir.path(), FakeDatapath::default()).await;
+        assert_eq!(
+            restarted.datapath().calls,
+            vec!["install lxca 10.9.0.2 id=2"]
+        );
+        assert!(restarted.sweep().await.is_empty());
+        assert_eq!(
+            restarted.datapath().calls.last().map(String::as_str),
+            Some("sweep keeping lxca")
+        );
+        // Abandoned (its ADD failed): gone from the datapath and the state,
+        // the address kept for the plugin's release.
+        restarted.abandon(&att("a")).await;
+        assert!(restarted.local_endpoints().is_empty());
+        assert_eq!(
+            restarted.datapath().calls.last().map(String::as_str),
+            Some("remove lxca")
+        );
+        drop(restarted);
+        let again = self::agent(dir.path(), FakeDatapath::default()).await;
+        assert!(again.datapath().calls.is_empty());
+        assert!(again.ipam.get(&att("a")).is_some());
     }
 
     #[tokio::test]

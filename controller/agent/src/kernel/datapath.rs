@@ -1,6 +1,9 @@
 //! The real [`Datapath`]: BPF maps and links plus host routes.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use sluice_common::{
     api::EndpointSpec,
@@ -8,7 +11,7 @@ use sluice_common::{
 };
 
 use crate::{
-    endpoints::{Datapath, DatapathError},
+    endpoints::{Datapath, DatapathError, Swept},
     kernel::bpf::{Dataplane, DataplaneError},
     kernel::netlink::{Netlink, NetlinkError},
 };
@@ -75,5 +78,41 @@ impl Datapath for KernelDatapath {
 
     async fn link_exists(&mut self, ifname: &str) -> Result<bool, DatapathError> {
         Ok(self.netlink.link_index(ifname).await?.is_some())
+    }
+
+    async fn sweep(
+        &mut self,
+        keep: &[EndpointSpec],
+        pod_cidr: ipnet::Ipv4Net,
+    ) -> Result<Swept, DatapathError> {
+        let mut swept = Swept::default();
+        let addresses: BTreeSet<IpKey> = keep.iter().map(|ep| IpKey::from(ep.ip)).collect();
+        for key in self.dataplane.endpoint_keys()? {
+            if !addresses.contains(&key) {
+                self.dataplane.remove_endpoint(&key)?;
+                swept.map_entries += 1;
+            }
+        }
+        let links: BTreeSet<&str> = keep.iter().map(|ep| ep.host_ifname.as_str()).collect();
+        for ifname in self.dataplane.pod_links()? {
+            if !links.contains(ifname.as_str()) {
+                self.dataplane.detach(&ifname)?;
+                swept.links += 1;
+            }
+        }
+        let routes: BTreeSet<(Ipv4Addr, u32)> = keep
+            .iter()
+            .filter_map(|ep| match ep.ip {
+                IpAddr::V4(v4) => Some((v4, ep.host_ifindex)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        for (ip, oif) in self.netlink.pod_routes(pod_cidr).await? {
+            if !routes.contains(&(ip, oif)) {
+                self.netlink.del_pod_route(oif, ip).await?;
+                swept.routes += 1;
+            }
+        }
+        Ok(swept)
     }
 }

@@ -6,7 +6,7 @@ use futures::TryStreamExt as _;
 use netlink_packet_route::{
     link::LinkAttribute,
     neighbour::NeighbourState,
-    route::{RouteProtocol, RouteScope},
+    route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope},
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -169,6 +169,48 @@ impl Netlink {
             Err(e) if is_gone(&e) => Ok(()),
             Err(e) => Err(Self::req(format!("deleting route {ip}/32"))(e)),
         }
+    }
+
+    /// The pod routes ([`Self::add_pod_route`]'s kind: static, link
+    /// scope, one address) to addresses in `pod_cidr`, with their devices.
+    pub async fn pod_routes(
+        &self,
+        pod_cidr: ipnet::Ipv4Net,
+    ) -> Result<Vec<(Ipv4Addr, u32)>, NetlinkError> {
+        let mut found = Vec::new();
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(msg) = routes
+            .try_next()
+            .await
+            .map_err(Self::req("listing routes"))?
+        {
+            let header = &msg.header;
+            if header.protocol != RouteProtocol::Static
+                || header.scope != RouteScope::Link
+                || header.destination_prefix_length != 32
+            {
+                continue;
+            }
+            let mut dst = None;
+            let mut oif = None;
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(*a),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if let (Some(dst), Some(oif)) = (dst, oif) {
+                if pod_cidr.contains(&dst) {
+                    found.push((dst, oif));
+                }
+            }
+        }
+        Ok(found)
     }
 
     pub async fn delete_link(&self, name: &str) -> Result<(), NetlinkError> {

@@ -7,8 +7,8 @@
 pub mod http;
 
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::datastore::Kind;
@@ -120,6 +120,17 @@ pub struct Metrics {
     pub implementation_delay: Histogram,
     /// `sluice_endpoints`: pods wired on this node.
     pub endpoints: IntGauge,
+    /// `sluice_endpoints_unidentified`: local endpoints whose Pod the agent
+    /// does not know (yet), isolated in both directions meanwhile.
+    pub unidentified_endpoints: IntGauge,
+    /// `sluice_endpoint_policy_wait_seconds{result}`: how long CNI ADD
+    /// waited for the endpoint's policy to be in the maps (`ready`), or
+    /// until it gave up (`unidentified`).
+    pub policy_wait: HistogramVec,
+    /// `sluice_endpoint_leftovers_removed_total{what}`: kernel state of no
+    /// registered endpoint (a crash between steps) that the agent removed:
+    /// `map_entry`, `link`, `route`.
+    pub leftovers_removed: IntCounterVec,
     /// `sluice_identities{kind}`: security identities allocated, for label
     /// sets (`labels`) and ipBlock regions (`cidr`).
     pub identities: IntGaugeVec,
@@ -292,6 +303,42 @@ impl Metrics {
             &registry,
             IntGauge::new("sluice_endpoints", "Pods wired on this node."),
         );
+        let unidentified_endpoints = register(
+            &registry,
+            IntGauge::new(
+                "sluice_endpoints_unidentified",
+                "Pods wired on this node whose Pod object the agent does not know (yet): isolated in both directions until it does.",
+            ),
+        );
+        let policy_wait = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "sluice_endpoint_policy_wait_seconds",
+                    "How long CNI ADD waited for the pod's policy to be in the maps (result ready), or until it gave up on an unknown Pod (unidentified).",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["result"],
+            ),
+        );
+        for result in ["ready", "unidentified"] {
+            policy_wait.with_label_values(&[result]);
+        }
+        let leftovers_removed = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_endpoint_leftovers_removed_total",
+                    "Kernel state of no registered endpoint (left by a crash between the steps of ADD or DEL) that the agent removed: map_entry, link, route.",
+                ),
+                &["what"],
+            ),
+        );
+        for what in ["map_entry", "link", "route"] {
+            leftovers_removed.with_label_values(&[what]);
+        }
         let identities = register(
             &registry,
             IntGaugeVec::new(
@@ -338,6 +385,9 @@ impl Metrics {
             map_pressure,
             implementation_delay,
             endpoints,
+            unidentified_endpoints,
+            policy_wait,
+            leftovers_removed,
             identities,
             last_event,
             last_sync,

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod placed;
 pub mod ports;
 pub mod selector;
+pub mod unidentified;
 
 #[cfg(test)]
 mod tests;

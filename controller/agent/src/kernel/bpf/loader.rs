@@ -469,6 +469,36 @@ impl Dataplane {
     pub fn endpoint(&self, key: &IpKey) -> Option<EndpointInfo> {
         self.endpoints.get(key, 0).ok()
     }
+
+    /// Every address in the endpoint map.
+    pub fn endpoint_keys(&self) -> Result<Vec<IpKey>, DataplaneError> {
+        self.endpoints
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(maps::ENDPOINTS.name))
+    }
+
+    /// The interfaces that have pod programs pinned (see [`Self::attach`]).
+    pub fn pod_links(&self) -> Result<BTreeSet<String>, DataplaneError> {
+        let dir = self.pin_dir.join("links");
+        let entries = std::fs::read_dir(&dir).map_err(|source| DataplaneError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                match name.split_once('@') {
+                    None => Some(name),
+                    Some((program, ifname)) if program == programs::TO_CONTAINER => {
+                        Some(ifname.to_owned())
+                    }
+                    Some(_) => None,
+                }
+            })
+            .collect())
+    }
 }
 
 /// The ifindex the TCX link pinned at `pin` is attached to; 0 once its
