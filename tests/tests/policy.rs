@@ -324,3 +324,113 @@ fn new_pods_are_isolated_from_their_first_packet() {
         "8 ADDs on node1 waited for their policy:\n{page}"
     );
 }
+
+/// The label identities in node1's pinned ipcache, by pod address.
+fn pinned_identities(lab: &TestLab) -> std::collections::BTreeMap<std::net::Ipv4Addr, u32> {
+    use sluice_common::ipcache::{Ipv4Prefix, RemoteInfo};
+    let pins = sluice_agent::kernel::bpf::pin_dir(&lab.config.bpffs().join("sluice"), "node1");
+    let data = aya::maps::MapData::from_pin(pins.join(sluice_common::maps::IPCACHE.name))
+        .expect("opening the ipcache");
+    let trie: aya::maps::LpmTrie<_, Ipv4Prefix, RemoteInfo> =
+        aya::maps::LpmTrie::try_from(aya::maps::Map::LpmTrie(data)).expect("ipcache");
+    trie.iter()
+        .filter_map(Result::ok)
+        .filter(|(key, info)| {
+            key.prefix_len() == 32
+                && (sluice_common::identity::FIRST_CLUSTER..sluice_common::identity::FIRST_CIDR)
+                    .contains(&info.identity)
+        })
+        .map(|(key, info)| (std::net::Ipv4Addr::from(key.data().addr), info.identity))
+        .collect()
+}
+
+/// A restarted agent numbers label sets as the pinned maps do, so no rule
+/// it writes can meet an ipcache entry that still gives its number to
+/// another pod: while the agent restarts under policy, a denied client
+/// probing all along never gets through, and the identities stay as they
+/// were. (The pods are added so that a fresh count would number them the
+/// other way round.)
+#[test]
+fn identities_survive_an_agent_restart_under_policy() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    };
+    require_root!();
+    let lab = TestLab::up("ir", 1, "tunnel");
+    let server = lab.pod_add("x/srv", "node1");
+    for pod in ["zz", "aa"] {
+        let label = format!("pod={pod}");
+        lab.sluice_ok(&[
+            "pod",
+            "add",
+            &format!("y/{pod}"),
+            "--node",
+            "node1",
+            "--labels",
+            &label,
+        ]);
+    }
+    let policy = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-zz, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}
+      podSelector: {matchLabels: {pod: zz}}
+";
+    let file = write_policy(&lab, "only-zz", policy);
+    lab.sluice_ok(&["apply", "-f", file.to_str().expect("utf-8 path")]);
+    let dst = SocketAddr::new(server.ip, PORT);
+    let (allowed, denied) = (lab.pod_netns("y/zz"), lab.pod_netns("y/aa"));
+    assert!(
+        lab.eventually(CONVERGE, || probe::tcp(&allowed, dst, TIMEOUT)
+            && !probe::tcp(&denied, dst, TIMEOUT)),
+        "the policy never took effect\n{}",
+        lab.agent_logs()
+    );
+    let before = pinned_identities(&lab);
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let crossed = Arc::new(AtomicUsize::new(0));
+    let probes = Arc::new(AtomicUsize::new(0));
+    let prober = {
+        let (stop, crossed, probes) = (stop.clone(), crossed.clone(), probes.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if probe::tcp(&denied, dst, Duration::from_millis(100)) {
+                    crossed.fetch_add(1, Ordering::Relaxed);
+                }
+                probes.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    for _ in 0..3 {
+        lab.lab().restart_agent("node1").expect("restart");
+        // Past the restarted agent's first sync.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    prober.join().expect("prober");
+    let _ = std::fs::remove_file(file);
+    assert_eq!(
+        crossed.load(Ordering::Relaxed),
+        0,
+        "the denied client got through during restarts ({} probes)",
+        probes.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        pinned_identities(&lab),
+        before,
+        "a restart renumbered identities"
+    );
+    assert!(
+        probe::tcp(&allowed, dst, TIMEOUT),
+        "the allowed client lost access"
+    );
+}

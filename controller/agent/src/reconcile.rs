@@ -92,6 +92,8 @@ pub struct Reconciler {
     /// Local endpoints whose Pod is unknown are isolated (there is a
     /// datastore to learn it from).
     identify_endpoints: bool,
+    /// The identity allocator has taken over the pinned maps' numbers.
+    identities_seeded: bool,
     topology: Topology,
     pod_identities: BTreeMap<Ipv4Addr, u32>,
     problems: Vec<PolicyProblem>,
@@ -144,6 +146,7 @@ impl Reconciler {
             local: LocalEndpoints::new(),
             local_pods: BTreeMap::new(),
             identify_endpoints: false,
+            identities_seeded: false,
             topology: Topology::default(),
             pod_identities: BTreeMap::new(),
             problems: Vec::new(),
@@ -509,8 +512,52 @@ impl Reconciler {
     }
 
     /// Compiles and writes policy; returns whether the maps changed.
+    /// Before the first compile: number label sets and regions as the
+    /// pinned maps (a previous agent's) already do, so no rule is written
+    /// for a number the pinned ipcache still gives to someone else. The
+    /// complete state is known by then.
+    fn seed_identities(&mut self, local_pods: &crate::policy::LocalPods) {
+        if self.identities_seeded {
+            return;
+        }
+        self.identities_seeded = true;
+        let (ipcache, regions) = match (
+            self.maps.ipcache.pinned(),
+            self.maps.policy.pinned_regions(),
+        ) {
+            (Ok(ipcache), Ok(regions)) => (ipcache, regions),
+            (Err(e), _) | (_, Err(e)) => {
+                // Fresh numbers then, past none: the old maps are replaced
+                // within this sync.
+                warn!(error = %e, "reading the pinned identities");
+                return;
+            }
+        };
+        let pods: BTreeMap<Ipv4Addr, u32> = ipcache
+            .iter()
+            .filter(|(net, _)| net.prefix_len() == 32)
+            .map(|(net, info)| (net.addr(), info.identity))
+            .collect();
+        let keys = crate::policy::compile::pod_label_keys(&self.state, local_pods);
+        let labels = crate::policy::identity::seeds(&pods, &keys);
+        let cidrs: Vec<(ipnet::Ipv4Net, u32)> = regions.iter().map(|(n, i)| (*n, *i)).collect();
+        let pinned = ipcache
+            .values()
+            .map(|info| info.identity)
+            .chain(regions.values().copied());
+        self.identities.seed(&labels, &cidrs, pinned);
+        if !labels.is_empty() || !cidrs.is_empty() {
+            info!(
+                labels = labels.len(),
+                cidrs = cidrs.len(),
+                "identities taken over from the pinned maps"
+            );
+        }
+    }
+
     fn sync_policy(&mut self) -> Result<bool, DataplaneError> {
         let local_pods = unidentified::tie_to_pods(&self.local_pods, &self.state);
+        self.seed_identities(&local_pods);
         let mut desired = compile(&self.state, &self.local, &local_pods, &mut self.identities);
         if self.identify_endpoints {
             let waiting = unidentified::isolate_unidentified(

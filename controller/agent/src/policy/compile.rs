@@ -557,3 +557,18 @@ impl Emitter<'_> {
 fn exact(port: u16) -> PortPrefix {
     PortPrefix { port, bits: 16 }
 }
+
+/// Every pod's label set by its address, as [`compile`] keys identities:
+/// what a restarted agent matches the pinned ipcache against
+/// ([`super::identity::seeds`]).
+pub fn pod_label_keys(
+    state: &ClusterState,
+    local_pods: &LocalPods,
+) -> BTreeMap<Ipv4Addr, LabelKey> {
+    let cluster = Cluster::new(state, local_pods);
+    cluster
+        .pods
+        .iter()
+        .map(|pod| (pod.ip, cluster.key(pod)))
+        .collect()
+}

@@ -97,6 +97,29 @@ impl IdentityAllocator {
             .collect()
     }
 
+    /// Takes over the numbers a previous agent left in the pinned maps
+    /// (see [`seeds`]), so a restarted agent numbers label sets as the maps
+    /// already do, and hands out new numbers only past every pinned one:
+    /// a rule written for a new owner of a number can never meet a pinned
+    /// ipcache entry that still gives it to the old one.
+    pub fn seed(
+        &mut self,
+        labels: &[(LabelKey, u32)],
+        cidrs: &[(Ipv4Net, u32)],
+        pinned: impl IntoIterator<Item = u32>,
+    ) {
+        for (key, n) in labels {
+            self.labels.seed(key, *n);
+        }
+        for (net, n) in cidrs {
+            self.cidrs.seed(net, *n);
+        }
+        for n in pinned {
+            self.labels.skip_past(n);
+            self.cidrs.skip_past(n);
+        }
+    }
+
     pub fn label(&self, key: &LabelKey) -> Option<u32> {
         self.labels.assigned.get(key).copied()
     }
@@ -113,6 +136,42 @@ impl IdentityAllocator {
     pub fn cidrs(&self) -> impl Iterator<Item = (&Ipv4Net, u32)> {
         self.cidrs.assigned.iter().map(|(k, v)| (k, *v))
     }
+}
+
+/// The label identities to take over from a previous agent: the pinned
+/// ipcache's pod entries (`pinned`: address → identity) against what the
+/// pods at those addresses are now (`now`: address → label set). A number
+/// is taken over only when every address holding it now has one and the
+/// same label set, so its rules keep meaning what the pinned ipcache says;
+/// a label set found under several numbers keeps the first.
+pub fn seeds(
+    pinned: &BTreeMap<std::net::Ipv4Addr, u32>,
+    now: &BTreeMap<std::net::Ipv4Addr, LabelKey>,
+) -> Vec<(LabelKey, u32)> {
+    let mut holders: BTreeMap<u32, Option<&LabelKey>> = BTreeMap::new();
+    let mut consistent: BTreeMap<u32, bool> = BTreeMap::new();
+    for (ip, n) in pinned {
+        let Some(key) = now.get(ip) else { continue };
+        match holders.get(n) {
+            None => {
+                holders.insert(*n, Some(key));
+                consistent.insert(*n, true);
+            }
+            Some(held) if *held != Some(key) => {
+                consistent.insert(*n, false);
+            }
+            Some(_) => {}
+        }
+    }
+    let mut taken: BTreeSet<&LabelKey> = BTreeSet::new();
+    let mut out = Vec::new();
+    for (n, key) in holders {
+        let Some(key) = key else { continue };
+        if consistent[&n] && taken.insert(key) {
+            out.push((key.clone(), n));
+        }
+    }
+    out
 }
 
 #[derive(Clone, Debug)]
@@ -158,6 +217,25 @@ impl<K: Ord + Clone> Pool<K> {
         // ... unless that is the only way to give every live key one.
         waiting.retain(|key| !self.allocate(key));
         waiting
+    }
+
+    fn seed(&mut self, key: &K, n: u32) {
+        if self.range.contains(&n) && !self.used.contains(&n) && !self.assigned.contains_key(key) {
+            self.used.insert(n);
+            self.assigned.insert(key.clone(), n);
+            self.skip_past(n);
+        }
+    }
+
+    /// New numbers start after `n` (when it is in range and ahead).
+    fn skip_past(&mut self, n: u32) {
+        if self.range.contains(&n) && n >= self.next {
+            self.next = if n == *self.range.end() {
+                *self.range.start()
+            } else {
+                n + 1
+            };
+        }
     }
 
     fn allocate(&mut self, key: &K) -> bool {
@@ -222,6 +300,59 @@ mod tests {
         assert_eq!(ids.label(&key("x", "a")), Some(a));
         assert_eq!(ids.label(&key("x", "b")), Some(b));
         assert_ne!(ids.label(&key("y", "a")), ids.label(&key("x", "a")));
+    }
+
+    #[test]
+    fn a_restarted_allocator_seeded_from_the_pinned_ipcache_keeps_the_numbers() {
+        use std::net::Ipv4Addr;
+        // The first agent saw z before a, so z got the lower number; a
+        // fresh allocator would number them the other way round.
+        let mut first = IdentityAllocator::new();
+        first.sync_labels(&set(&[key("x", "z")]));
+        first.sync_labels(&set(&[key("x", "z"), key("x", "a")]));
+        let (ip_z, ip_a, ip_b) = (
+            Ipv4Addr::new(10, 0, 0, 2),
+            Ipv4Addr::new(10, 0, 0, 3),
+            Ipv4Addr::new(10, 0, 0, 4),
+        );
+        let pinned = BTreeMap::from([
+            (ip_z, first.label(&key("x", "z")).unwrap()),
+            (ip_a, first.label(&key("x", "a")).unwrap()),
+        ]);
+        let now = BTreeMap::from([
+            (ip_z, key("x", "z")),
+            (ip_a, key("x", "a")),
+            (ip_b, key("x", "b")),
+        ]);
+        let mut next = IdentityAllocator::new();
+        next.seed(&seeds(&pinned, &now), &[], pinned.values().copied());
+        next.sync_labels(&set(&[key("x", "a"), key("x", "b"), key("x", "z")]));
+        assert_eq!(next.label(&key("x", "z")), first.label(&key("x", "z")));
+        assert_eq!(next.label(&key("x", "a")), first.label(&key("x", "a")));
+        let b = next.label(&key("x", "b")).unwrap();
+        assert!(
+            pinned.values().all(|&n| b > n),
+            "new numbers come after the pinned ones"
+        );
+    }
+
+    #[test]
+    fn a_number_whose_holders_now_differ_is_taken_over_by_none() {
+        use std::net::Ipv4Addr;
+        let (ip1, ip2) = (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3));
+        // Both pods had number 300; one was relabelled meanwhile.
+        let pinned = BTreeMap::from([(ip1, 300), (ip2, 300)]);
+        let now = BTreeMap::from([(ip1, key("x", "a")), (ip2, key("x", "b"))]);
+        assert!(seeds(&pinned, &now).is_empty());
+        let mut next = IdentityAllocator::new();
+        next.seed(&[], &[], [300]);
+        next.sync_labels(&set(&[key("x", "a"), key("x", "b")]));
+        for pod in ["a", "b"] {
+            assert!(
+                next.label(&key("x", pod)).unwrap() > 300,
+                "300 stays unused"
+            );
+        }
     }
 
     #[test]

@@ -53,6 +53,16 @@ where
     (written, first_error)
 }
 
+/// Every entry the map holds.
+pub fn contents<M: KernelMap>(map: &M) -> Result<BTreeMap<M::Key, M::Value>, DataplaneError> {
+    Ok(map
+        .all_keys()
+        .map_err(map_error(map.name()))?
+        .into_iter()
+        .filter_map(|key| Some((key.clone(), map.lookup(&key)?)))
+        .collect())
+}
+
 /// Removes every entry `keep` refuses; returns how many.
 pub fn remove_stale<M: KernelMap>(
     map: &mut M,

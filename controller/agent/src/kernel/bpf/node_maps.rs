@@ -36,6 +36,11 @@ impl Ipcache {
     ) -> Result<SyncStats, DataplaneError> {
         diff::sync(&mut self.0, desired)
     }
+
+    /// What the map holds now (a previous agent's work, at start).
+    pub fn pinned(&self) -> Result<BTreeMap<Ipv4Net, RemoteInfo>, DataplaneError> {
+        diff::contents(&self.0)
+    }
 }
 
 /// The node-wide settings the programs read.

@@ -5,6 +5,8 @@
 //! nothing: isolation still applies and stale entries still go, so what is
 //! missing denies (fails closed); the first error is reported after.
 
+use std::collections::BTreeMap;
+
 use aya::maps::{HashMap, LpmTrie, MapData};
 use ipnet::Ipv4Net;
 use sluice_common::{
@@ -54,6 +56,12 @@ impl PolicyMaps {
             },
             wanted: Default::default(),
         }
+    }
+
+    /// The ipBlock regions the map holds now (a previous agent's work, at
+    /// start): prefix → CIDR identity.
+    pub fn pinned_regions(&self) -> Result<BTreeMap<Ipv4Net, u32>, DataplaneError> {
+        diff::contents(&self.regions)
     }
 
     /// Entries the last [`Self::apply`] wanted in each map (rules withheld
