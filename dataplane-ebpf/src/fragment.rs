@@ -31,9 +31,9 @@ fn key(pkt: &Ipv4Packet) -> FragKey {
     }
 }
 
-/// A later fragment gets its first fragment's ports (and is marked
-/// tracked); `Err(reason)`: the first fragment was dropped, under
-/// `reason`. Unknown (or expired): left untracked, ports zero.
+/// A later fragment gets its first fragment's ports (and becomes
+/// [`Frag::Later`]); `Err(reason)`: the first fragment was dropped, under
+/// `reason`. Unknown (or expired): left [`Frag::Untracked`], ports zero.
 #[inline(always)]
 pub fn resolve(pkt: &mut Ipv4Packet) -> Result<(), Reason> {
     // SAFETY: a map value pointer, valid for this program run; copied out.
@@ -45,8 +45,8 @@ pub fn resolve(pkt: &mut Ipv4Packet) -> Result<(), Reason> {
         return Ok(());
     }
     if first.dropped != 0 {
-        // Not a reason this version knows (an older object's entry): as
-        // if dropped by policy, closed.
+        // Not a reason this version knows (an older object's entry):
+        // dropped all the same.
         return Err(Reason::from_number(first.dropped).unwrap_or(Reason::DropFragmentUntracked));
     }
     pkt.sport = first.sport;
