@@ -14,6 +14,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod direction;
 pub mod endpoint;
+pub mod fragment;
 pub mod identity;
 pub mod ipcache;
 pub mod maps;

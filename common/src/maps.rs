@@ -79,6 +79,9 @@ map_table! { $
     /// Node sockets given a backend by the socket hooks → the frontend
     /// they addressed (LRU hash).
     SOCK_REVERSE = "SLUICE_SOCK_REVERSE", 65536;
+    /// IPv4 datagrams whose first fragment was seen: (addresses, protocol,
+    /// IP id) → its ports and verdict (LRU hash; entries live seconds).
+    FRAGMENTS = "SLUICE_FRAGMENTS", 16384;
 }
 
 /// The map called `name`, if the object has one.

@@ -64,11 +64,19 @@ pub enum Reason {
     /// frontend under `externalTrafficPolicy: Local` on a node without a
     /// ready endpoint of the Service (there are some elsewhere).
     DropNoLocalBackend = 24,
+    /// A later IPv4 fragment (offset above zero) of a datagram whose first
+    /// fragment this node did not see (lost, reordered, expired): without
+    /// its ports no policy can decide it.
+    DropFragmentUntracked = 25,
+    /// A later IPv4 fragment whose offset lies inside the L4 header's
+    /// minimum length (TCP's 20 bytes, SCTP's 12): it would rewrite the
+    /// header policy judged the first fragment by (RFC 1858).
+    DropFragmentOverlap = 26,
 }
 
 impl Reason {
     /// Every reason, in number order.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 24] = [
         Reason::ForwardLocal,
         Reason::ToStack,
         Reason::DropSpoofedSource,
@@ -91,6 +99,8 @@ impl Reason {
         Reason::DropNoTunnelKey,
         Reason::DropSetTunnelKeyFailed,
         Reason::DropNoLocalBackend,
+        Reason::DropFragmentUntracked,
+        Reason::DropFragmentOverlap,
     ];
 
     /// Label in metrics and output.
@@ -118,6 +128,8 @@ impl Reason {
             Reason::DropNoTunnelKey => "drop_no_tunnel_key",
             Reason::DropSetTunnelKeyFailed => "drop_set_tunnel_key_failed",
             Reason::DropNoLocalBackend => "drop_no_local_backend",
+            Reason::DropFragmentUntracked => "drop_fragment_untracked",
+            Reason::DropFragmentOverlap => "drop_fragment_overlap",
         }
     }
 
@@ -145,8 +157,23 @@ impl Reason {
             | Reason::DropNativeRedirectFailed
             | Reason::DropNoTunnelKey
             | Reason::DropSetTunnelKeyFailed
-            | Reason::DropNoLocalBackend => true,
+            | Reason::DropNoLocalBackend
+            | Reason::DropFragmentUntracked
+            | Reason::DropFragmentOverlap => true,
         }
+    }
+
+    /// The reason numbered `n`, if there is one (numbers are stable, see
+    /// above).
+    pub const fn from_number(n: u32) -> Option<Self> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u32 == n {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
     }
 
     /// The drop reason of a policy denial in `direction`.
@@ -159,7 +186,7 @@ impl Reason {
 }
 
 /// Largest reason number plus one.
-pub const LIMIT: u32 = Reason::DropNoLocalBackend as u32 + 1;
+pub const LIMIT: u32 = Reason::DropFragmentOverlap as u32 + 1;
 
 const _: () = {
     // ALL lists every reason exactly once, in number order.
@@ -184,6 +211,11 @@ mod tests {
         }
         for retired in [3, 5, 8] {
             assert!(Reason::ALL.iter().all(|r| *r as u32 != retired));
+            assert_eq!(Reason::from_number(retired), None);
         }
+        for reason in Reason::ALL {
+            assert_eq!(Reason::from_number(reason as u32), Some(reason));
+        }
+        assert_eq!(Reason::from_number(LIMIT), None);
     }
 }

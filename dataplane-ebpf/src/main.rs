@@ -7,6 +7,7 @@
 //!   ├─ service     Service frontends to backends and back (kube-proxy replacement)
 //!   ├─ policy      NetworkPolicy enforcement: conntrack + the shared decision
 //!   │   └─ conntrack   flow entries, timeouts, tombstones, related ICMP errors
+//!   ├─ fragment    IPv4 fragments: later ones decided as their first one
 //!   ├─ forward     delivery: into a local pod, into the tunnel, native routing
 //!   ├─ parse       bounds-checked header parsing
 //!   ├─ lookup      typed access to the maps (endpoints, ipcache, config)
@@ -19,6 +20,7 @@
 
 mod conntrack;
 mod forward;
+mod fragment;
 mod lookup;
 mod maps;
 mod metrics;

@@ -12,6 +12,7 @@ use sluice_common::{
     conntrack::{CtEntry, CtKey},
     counters::Counter,
     endpoint::{EndpointInfo, IpKey},
+    fragment::{FragEntry, FragKey},
     ipcache::{Ipv4Prefix, RemoteInfo},
     policy::{Isolation, PolicyEntry, PolicyKey},
     services::{
@@ -38,3 +39,4 @@ bpf_map!(SERVICE_REVERSE: LruHashMap<CtKey, Frontend>);
 bpf_map!(SERVICE_AFFINITY: LruHashMap<AffinityKey, Affinity>);
 bpf_map!(SERVICE_COUNTERS: PerCpuArray<ServiceCounter>);
 bpf_map!(SOCK_REVERSE: LruHashMap<SockKey, SockFrontend>);
+bpf_map!(FRAGMENTS: LruHashMap<FragKey, FragEntry>);

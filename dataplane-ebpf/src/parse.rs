@@ -2,7 +2,10 @@
 //! bpf_skb_load_bytes, so a short packet is an error, never an out-of-bounds
 //! read. Errors are the drop reason that names what was wrong.
 use aya_ebpf::programs::TcContext;
-use sluice_common::reason::Reason;
+use sluice_common::{
+    fragment::{IP_MF, IP_OFFSET},
+    reason::Reason,
+};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -62,8 +65,46 @@ pub struct Ipv4Packet {
     pub dport: u16,
     /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 otherwise.
     pub tcp_flags: u8,
+    /// ICMP errors: the packet they report on, as its sender sent it
+    /// (see [`Ipv4Packet::quoted`]). Zero and not `Option`: a `None`'s
+    /// undefined bytes, copied with the packet, are registers the verifier
+    /// refuses to see stored.
+    quoted: Quoted,
+    has_quoted: bool,
+    /// Where the packet lies in its datagram.
+    pub frag: Frag,
+}
+
+impl Ipv4Packet {
     /// ICMP errors: the packet they report on, as its sender sent it.
-    pub quoted: Option<Quoted>,
+    #[inline(always)]
+    pub fn quoted(&self) -> Option<&Quoted> {
+        self.has_quoted.then_some(&self.quoted)
+    }
+}
+
+/// Which part of a datagram a packet is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not fragmented.
+    Whole,
+    /// The first fragment: offset zero, more fragments follow. It carries
+    /// the L4 header.
+    First,
+    /// A later fragment, without an L4 header, whose first fragment is
+    /// not known (yet): ports zero.
+    Untracked,
+    /// A later fragment given its first fragment's ports
+    /// (`fragment::resolve`).
+    Later,
+}
+
+impl Frag {
+    /// The packet holds no L4 header: nothing may read or rewrite one.
+    #[inline(always)]
+    pub fn is_later(self) -> bool {
+        matches!(self, Frag::Untracked | Frag::Later)
+    }
 }
 
 /// The header an ICMP error (destination unreachable, time exceeded,
@@ -77,6 +118,15 @@ pub struct Quoted {
     /// The first four 16-bit words of the quoted L4 header, host order:
     /// ports for TCP/UDP; type/code, checksum and id for ICMP.
     pub l4: [u16; 4],
+}
+
+impl Quoted {
+    const NONE: Self = Self {
+        saddr: [0; 4],
+        daddr: [0; 4],
+        protocol: 0,
+        l4: [0; 4],
+    };
 }
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -104,16 +154,33 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, Reason> {
     if tot_len < ihl || ETH_HLEN + tot_len > ctx.len() as usize {
         return Err(BAD_HEADER);
     }
+    // Only the first fragment carries the L4 header; a later one may not
+    // reach into the part of it that policy reads (RFC 1858's overlapping
+    // fragment attack: offset 1 rewriting TCP's flags), which the receiver
+    // would take as the header.
+    let frag_off = u16::from_be(hdr.frag_off);
+    let offset = usize::from(frag_off & IP_OFFSET) * 8;
+    let frag = if offset != 0 {
+        if offset < min_l4_header(hdr.protocol) {
+            return Err(Reason::DropFragmentOverlap);
+        }
+        Frag::Untracked
+    } else if frag_off & IP_MF != 0 {
+        Frag::First
+    } else {
+        Frag::Whole
+    };
     let mut pkt = Ipv4Packet {
         hdr,
         l4_offset: ETH_HLEN + ihl,
         sport: 0,
         dport: 0,
         tcp_flags: 0,
-        quoted: None,
+        quoted: Quoted::NONE,
+        has_quoted: false,
+        frag,
     };
-    // Only the first fragment carries the L4 header.
-    if u16::from_be(hdr.frag_off) & 0x1fff != 0 {
+    if frag == Frag::Untracked {
         return Ok(pkt);
     }
     let l4 = ETH_HLEN + ihl;
@@ -156,7 +223,7 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, Reason> {
             ) {
                 // An error quoting less than it must is unrelated to any
                 // flow, not malformed: policy decides it as plain ICMP.
-                pkt.quoted = quoted(ctx, l4 + ICMP_ERROR_HLEN, ETH_HLEN + tot_len);
+                read_quoted(ctx, l4 + ICMP_ERROR_HLEN, ETH_HLEN + tot_len, &mut pkt);
             }
         }
         _ => {}
@@ -164,16 +231,36 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4Packet, Reason> {
     Ok(pkt)
 }
 
-/// The quoted header at `at`, if it and 8 bytes of its L4 header lie
-/// within the packet (before `end`, so never in an L2 trailer).
-fn quoted(ctx: &TcContext, at: usize, end: usize) -> Option<Quoted> {
-    let hdr: Ipv4Hdr = ctx.load(at).ok()?;
+/// The L4 header bytes a first fragment must hold and a later one may not
+/// overlap: what the parser reads below (TCP's fixed header, SCTP's common
+/// header, UDP's and ICMP's 8 bytes); other protocols have none it reads.
+#[inline(always)]
+fn min_l4_header(protocol: u8) -> usize {
+    match protocol {
+        IPPROTO_TCP => 20,
+        IPPROTO_SCTP => 12,
+        IPPROTO_UDP | IPPROTO_ICMP => 8,
+        _ => 0,
+    }
+}
+
+/// The quoted header at `at`, into `pkt`, if it and 8 bytes of its L4
+/// header lie within the packet (before `end`, so never in an L2
+/// trailer). Not inlined: its loads would grow the parser's stack frame,
+/// which adds to every program's.
+#[inline(never)]
+fn read_quoted(ctx: &TcContext, at: usize, end: usize, pkt: &mut Ipv4Packet) {
+    let Ok(hdr) = ctx.load::<Ipv4Hdr>(at) else {
+        return;
+    };
     let ihl = ((hdr.version_ihl & 0x0f) as usize) * 4;
     if hdr.version_ihl >> 4 != 4 || ihl < 20 || at + ihl + 8 > end {
-        return None;
+        return;
     }
-    let l4: [u16; 4] = ctx.load(at + ihl).ok()?;
-    Some(Quoted {
+    let Ok(l4) = ctx.load::<[u16; 4]>(at + ihl) else {
+        return;
+    };
+    pkt.quoted = Quoted {
         saddr: hdr.saddr,
         daddr: hdr.daddr,
         protocol: hdr.protocol,
@@ -183,5 +270,6 @@ fn quoted(ctx: &TcContext, at: usize, end: usize) -> Option<Quoted> {
             u16::from_be(l4[2]),
             u16::from_be(l4[3]),
         ],
-    })
+    };
+    pkt.has_quoted = true;
 }

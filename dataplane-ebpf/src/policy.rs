@@ -18,7 +18,7 @@ use crate::{
     conntrack::{self, Checked, Entry},
     lookup::{self, BpfPolicy},
     metrics::count_verdict,
-    parse::Ipv4Packet,
+    parse::{Frag, Ipv4Packet},
 };
 
 /// Policy for a flow's first packet (or a re-check), `flow` being its
@@ -110,7 +110,9 @@ pub struct Passed {
 }
 
 /// Decides a packet between `src` and `dst` (each given when it is a pod
-/// on this node): `Err(reason)` to drop.
+/// on this node): `Err(reason)` to drop. A later fragment is decided by
+/// its first fragment's ports; without them the caller has dropped it
+/// (`fragment::decidable`).
 #[inline(always)]
 /// `translated`: the packet is a client's, translated to a Service backend
 /// (a new flow is tracked as such).
@@ -124,7 +126,7 @@ pub fn enforce(
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     let revision = lookup::policy_revision();
-    if let Some(quoted) = &pkt.quoted {
+    if let Some(quoted) = pkt.quoted() {
         if let Some(related) = conntrack::related(quoted, pkt, src.is_some(), now, revision) {
             return Ok(Passed {
                 via_stack: related.via_stack,
@@ -192,6 +194,9 @@ pub fn enforce(
 /// their own enforcement points keep them.
 #[inline(always)]
 pub fn note_stack_forwarded(pkt: &Ipv4Packet) {
+    if pkt.frag == Frag::Untracked {
+        return;
+    }
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = conntrack::packet_key(pkt);

@@ -307,7 +307,7 @@ pub fn from_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<(), Reason>
 /// about the connection, gets the frontend back.
 #[inline(always)]
 pub fn leaving_node(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<(), Reason> {
-    if pkt.quoted.is_some() {
+    if pkt.quoted().is_some() {
         error_from_backend(ctx, pkt)
     } else {
         from_backend(ctx, pkt)
@@ -324,7 +324,7 @@ pub fn leaving_node(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<(), Reason>
 #[inline(never)]
 pub fn error_from_backend(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<(), Reason> {
     const FAILED: Reason = Reason::DropRewriteFailed;
-    let Some(quoted) = pkt.quoted else {
+    let Some(&quoted) = pkt.quoted() else {
         return Ok(());
     };
     if quoted.protocol != IPPROTO_TCP && quoted.protocol != IPPROTO_UDP {
@@ -403,7 +403,11 @@ fn rewrite(
         u16::from_ne_bytes(old_port.to_be_bytes()),
         u16::from_ne_bytes(port),
     );
+    // A later fragment carries no L4 header: its first fragment's
+    // checksum update covers the whole datagram.
+    let l4_header = !pkt.frag.is_later();
     let l4_csum = match pkt.hdr.protocol {
+        _ if !l4_header => None,
         IPPROTO_TCP => Some((pkt.l4_offset + TCP_CSUM_OFF, 0)),
         // A UDP checksum of zero means none: it stays zero.
         IPPROTO_UDP => Some((pkt.l4_offset + UDP_CSUM_OFF, BPF_F_MARK_MANGLED_0 as u64)),
@@ -436,7 +440,7 @@ fn rewrite(
     .map_err(|_| FAILED)?;
     ctx.store(ETH_HLEN + addr_off, &addr, 0)
         .map_err(|_| FAILED)?;
-    if old_port_be != new_port_be && pkt.hdr.protocol != IPPROTO_SCTP {
+    if old_port_be != new_port_be && pkt.hdr.protocol != IPPROTO_SCTP && l4_header {
         ctx.store(pkt.l4_offset + port_off, &port, 0)
             .map_err(|_| FAILED)?;
     }

@@ -419,6 +419,15 @@ impl TestLab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `sluice lab apply -f` of `yaml`, through a file beside the lab's
+    /// directory (named `name`, removed again).
+    pub fn apply_yaml(&self, name: &str, yaml: &str) {
+        let path = self.config.dir.with_extension(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        self.sluice_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
+        let _ = std::fs::remove_file(&path);
+    }
+
     /// The lab through the library (probes, agent restarts, state).
     pub fn lab(&self) -> Lab {
         Lab::open(self.config.clone()).unwrap_or_else(|e| panic!("opening the lab: {e}"))

@@ -206,6 +206,21 @@ impl Unit {
         self.apply();
     }
 
+    /// Isolates pod B for ingress, allowing `protocol` to `port` from
+    /// anyone.
+    fn allow_b_ingress(&mut self, protocol: u8, port: u16) {
+        self.policy.isolate(B_ENDPOINT_ID, Direction::Ingress);
+        let port = PortPrefix { port, bits: 16 };
+        self.policy.allow(
+            B_ENDPOINT_ID,
+            Direction::Ingress,
+            ANY_IDENTITY,
+            protocol,
+            Some(port),
+        );
+        self.apply();
+    }
+
     /// Clears every policy: nothing isolated.
     fn open_everything(&mut self) {
         self.policy = PlacedPolicy::default();
@@ -408,15 +423,6 @@ fn bad_headers_are_dropped_under_the_reason_that_names_them() {
     assert_eq!(unit.counter(Reason::DropBadIpv4Header), n_ipv4);
     assert_eq!(unit.counter(Reason::DropTruncatedL4), n_l4);
     assert_eq!(unit.counter(Reason::ForwardLocal), 0);
-}
-
-#[test]
-fn non_first_fragments_need_no_l4_header() {
-    require_root!();
-    let mut unit = Unit::new();
-    // Offset 185 * 8 bytes, no TCP header in this fragment.
-    let verdict = unit.sent_by_a(&ipv4(POD_A, POD_B, 6, 64, 185, &[0u8; 8]));
-    assert_eq!(verdict, TC_ACT_REDIRECT);
 }
 
 #[test]
@@ -792,6 +798,279 @@ fn underlay_ingress_delivers_local_pods_and_leaves_the_rest() {
     let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &from_outside, ul, ul);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, from_outside);
+}
+
+// IPv4 fragments: only a datagram's first fragment carries its ports; the
+// later ones go the way it went.
+
+/// Fragment of datagram `id` at `offset` (8-byte units), `more` to follow
+/// or not; a first fragment's `bytes` start with its L4 header.
+fn fragment(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    id: u16,
+    offset: u16,
+    more: bool,
+    bytes: &[u8],
+) -> Vec<u8> {
+    let flags = if more { 0x2000 } else { 0 };
+    let mut pkt = ipv4(src, dst, proto, 64, offset | flags, bytes);
+    pkt[18..20].copy_from_slice(&id.to_be_bytes());
+    pkt[24..26].copy_from_slice(&[0, 0]);
+    let csum = checksum(&pkt[14..34]);
+    pkt[24..26].copy_from_slice(&csum.to_be_bytes());
+    pkt
+}
+
+/// A UDP header and 24 bytes of payload: 32 bytes, cut by
+/// [`udp_fragments`] at 24 (offset 3).
+fn udp_datagram(sport: u16, dport: u16) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&[0, 32, 0, 0]);
+    u.extend((0..24).map(|i| i as u8 | 0x40));
+    u
+}
+
+/// Datagram `id` from `src` to `dst` in two fragments: the first with
+/// the UDP header and 16 bytes, the last with 8 bytes at offset 3.
+fn udp_fragments(src: Ipv4Addr, dst: Ipv4Addr, id: u16, sport: u16, dport: u16) -> [Vec<u8>; 2] {
+    let datagram = udp_datagram(sport, dport);
+    [
+        fragment(src, dst, 17, id, 0, true, &datagram[..24]),
+        fragment(src, dst, 17, id, 3, false, &datagram[24..]),
+    ]
+}
+
+/// Allowed by pod B's ingress policy, a datagram arrives whole: its
+/// later fragment passes as its first did, through conntrack, so a
+/// policy change that revokes the flow stops it too.
+#[test]
+fn later_fragments_pass_as_their_first_fragment_did() {
+    require_root!();
+    let mut unit = Unit::new();
+    unit.allow_b_ingress(17, 53);
+    let a = unit.a_if;
+    for (id, sport) in [(7, 5000), (8, 5001)] {
+        for (what, pkt) in ["first", "later"]
+            .into_iter()
+            .zip(udp_fragments(POD_A, POD_B, id, sport, 53))
+        {
+            let (verdict, out) = unit.run_on(programs::FROM_CONTAINER, &pkt, a, a);
+            assert_eq!(
+                verdict, TC_ACT_REDIRECT,
+                "datagram {id}: the {what} fragment"
+            );
+            assert_routed_to(&out, &pkt, B_POD_MAC, B_HOST_MAC);
+        }
+    }
+    assert_eq!(unit.counter(Reason::ForwardLocal), 4);
+    assert_eq!(
+        unit.verdicts(Direction::Ingress, Verdict::Allowed),
+        2,
+        "one decision per flow"
+    );
+
+    // Port 53 no longer allowed: the next datagram's first fragment is
+    // refused, and so is a late fragment of the flow's earlier one.
+    unit.policy = PlacedPolicy::default();
+    unit.isolate(B_ENDPOINT_ID, Direction::Ingress);
+    unit.bpf.bump_revision().expect("revision");
+    let [_, late] = udp_fragments(POD_A, POD_B, 8, 5001, 53);
+    assert_eq!(
+        unit.sent_by_a(&late),
+        TC_ACT_SHOT,
+        "a revoked flow's fragment"
+    );
+    assert_eq!(unit.counter(Reason::DropPolicyIngress), 1);
+    assert_eq!(unit.counter(Reason::DropFragmentUntracked), 0);
+}
+
+/// A later fragment whose first fragment was never seen has no ports to
+/// be judged by: dropped and counted, also for a pod no policy isolates,
+/// and for any protocol.
+#[test]
+fn later_fragments_without_their_first_fragment_are_dropped() {
+    require_root!();
+    let mut unit = Unit::new();
+    let [_, orphan] = udp_fragments(POD_A, POD_B, 9, 5000, 53);
+    assert_eq!(unit.sent_by_a(&orphan), TC_ACT_SHOT);
+    let tcp_orphan = fragment(POD_A, POD_B, 6, 10, 185, false, &[0; 8]);
+    assert_eq!(unit.sent_by_a(&tcp_orphan), TC_ACT_SHOT);
+    // The same datagram's first fragment, from another source, does not
+    // vouch for it: the datagram is the addresses, protocol and id.
+    let b = unit.b_if;
+    let [first, _] = udp_fragments(POD_B, POD_A, 9, 5000, 53);
+    assert_eq!(
+        unit.run_on(programs::FROM_CONTAINER, &first, b, b).0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(unit.sent_by_a(&orphan), TC_ACT_SHOT);
+    assert_eq!(unit.counter(Reason::DropFragmentUntracked), 3);
+    assert_eq!(unit.counter(Reason::ForwardLocal), 1);
+}
+
+/// A first fragment to a port policy denies is dropped, and every later
+/// fragment of its datagram under the same reason.
+#[test]
+fn later_fragments_of_a_denied_first_fragment_are_dropped() {
+    require_root!();
+    let mut unit = Unit::new();
+    unit.allow_b_ingress(17, 53);
+    let [first, later] = udp_fragments(POD_A, POD_B, 11, 5000, 80);
+    assert_eq!(unit.sent_by_a(&first), TC_ACT_SHOT);
+    assert_eq!(unit.sent_by_a(&later), TC_ACT_SHOT);
+    assert_eq!(
+        unit.sent_by_a(&later),
+        TC_ACT_SHOT,
+        "a retransmitted fragment"
+    );
+    assert_eq!(unit.counter(Reason::DropPolicyIngress), 3);
+    assert_eq!(unit.counter(Reason::ForwardLocal), 0);
+    // Pod A's egress policy, the same way.
+    unit.allow_a_egress(17, 53);
+    let [first, later] = udp_fragments(POD_A, POD_B, 12, 5000, 80);
+    assert_eq!(unit.sent_by_a(&first), TC_ACT_SHOT);
+    assert_eq!(unit.sent_by_a(&later), TC_ACT_SHOT);
+    assert_eq!(unit.counter(Reason::DropPolicyEgress), 2);
+}
+
+/// The fragment attacks: a later fragment reaching into the L4 header
+/// policy read (RFC 1858: TCP at offset 8 rewrites the flags, SCTP's
+/// 12-byte header), a first fragment too short to hold the ports, a
+/// second first fragment with other ports. Dropped, whatever the policy.
+#[test]
+fn fragments_overlapping_or_cutting_the_l4_header_are_dropped() {
+    require_root!();
+    let mut unit = Unit::new();
+    let overlapping = [
+        (
+            "TCP at 8 bytes",
+            fragment(POD_A, POD_B, 6, 20, 1, true, &[0; 16]),
+        ),
+        (
+            "TCP at 16 bytes",
+            fragment(POD_A, POD_B, 6, 20, 2, false, &[0; 8]),
+        ),
+        (
+            "SCTP at 8 bytes",
+            fragment(POD_A, POD_B, 132, 21, 1, false, &[0; 8]),
+        ),
+    ];
+    for (what, pkt) in &overlapping {
+        assert_eq!(unit.sent_by_a(pkt), TC_ACT_SHOT, "{what}");
+    }
+    assert_eq!(unit.counter(Reason::DropFragmentOverlap), 3);
+
+    let tiny = [
+        (
+            "TCP, 12 bytes",
+            fragment(POD_A, POD_B, 6, 22, 0, true, &tcp_syn(1, 80)[..12]),
+        ),
+        (
+            "UDP, 6 bytes",
+            fragment(POD_A, POD_B, 17, 23, 0, true, &udp(1, 53)[..6]),
+        ),
+    ];
+    for (what, pkt) in &tiny {
+        assert_eq!(
+            unit.sent_by_a(pkt),
+            TC_ACT_SHOT,
+            "tiny first fragment: {what}"
+        );
+    }
+    assert_eq!(unit.counter(Reason::DropTruncatedL4), 2);
+    assert_eq!(unit.counter(Reason::ForwardLocal), 0);
+
+    // UDP's header is 8 bytes: a fragment at 8 bytes is past it.
+    unit.allow_b_ingress(17, 53);
+    let datagram = udp_datagram(5000, 53);
+    let first = fragment(POD_A, POD_B, 17, 24, 0, true, &datagram[..8]);
+    let next = fragment(POD_A, POD_B, 17, 24, 1, true, &datagram[8..16]);
+    assert_eq!(unit.sent_by_a(&first), TC_ACT_REDIRECT);
+    assert_eq!(unit.sent_by_a(&next), TC_ACT_REDIRECT, "UDP at 8 bytes");
+    // Another first fragment of the datagram, to a denied port, is judged
+    // by its own ports; the datagram's later fragments are then dropped
+    // with it (the receiver could not tell which first fragment is right).
+    let other = fragment(POD_A, POD_B, 17, 24, 0, true, &udp_datagram(5000, 80)[..8]);
+    assert_eq!(unit.sent_by_a(&other), TC_ACT_SHOT);
+    let last = fragment(POD_A, POD_B, 17, 24, 2, false, &datagram[16..]);
+    assert_eq!(unit.sent_by_a(&last), TC_ACT_SHOT);
+    assert_eq!(unit.counter(Reason::DropPolicyIngress), 2);
+}
+
+/// From another node (native routing, on the underlay): the same, for
+/// the destination's ingress policy; the node's own fragments pass, with
+/// or without their first one, uncounted.
+#[test]
+fn fragments_from_other_nodes_pass_as_their_first_fragment_did() {
+    require_root!();
+    let mut unit = Unit::new();
+    unit.set_routing(routing::NATIVE);
+    unit.allow_b_ingress(17, 53);
+    let ul = unit.underlay_if;
+    for pkt in udp_fragments(REMOTE_POD, POD_B, 40, 5000, 53) {
+        let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &pkt, ul, ul);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_routed_to(&out, &pkt, B_POD_MAC, B_HOST_MAC);
+    }
+    for pkt in udp_fragments(REMOTE_POD, POD_B, 41, 5000, 80) {
+        assert_eq!(
+            unit.run_on(programs::FROM_NETDEV, &pkt, ul, ul).0,
+            TC_ACT_SHOT
+        );
+    }
+    let [_, orphan] = udp_fragments(REMOTE_POD, POD_B, 42, 5000, 53);
+    assert_eq!(
+        unit.run_on(programs::FROM_NETDEV, &orphan, ul, ul).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(unit.counter(Reason::ForwardLocal), 2);
+    assert_eq!(unit.counter(Reason::DropPolicyIngress), 2);
+    assert_eq!(unit.counter(Reason::DropFragmentUntracked), 1);
+
+    let node = Ipv4Addr::new(172, 31, 0, 1);
+    let [first, later] = udp_fragments(REMOTE_NODE, node, 43, 5000, 22);
+    let [_, orphan] = udp_fragments(REMOTE_NODE, node, 44, 5000, 22);
+    for pkt in [first, later, orphan] {
+        let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &pkt, ul, ul);
+        assert_eq!(verdict, TC_ACT_OK, "the node's own");
+        assert_eq!(out, pkt);
+    }
+    let total: u64 = Reason::ALL.iter().map(|r| unit.counter(*r)).sum();
+    assert_eq!(total, 5, "the node's own fragments are not counted");
+}
+
+/// A datagram to a Service: its first fragment picks the backend and is
+/// translated (address, port, checksum); the later one goes to the same
+/// backend with only its address rewritten (it holds no port), and the
+/// reassembled datagram's UDP checksum is right for the backend.
+#[test]
+fn later_fragments_to_a_service_reach_the_first_fragment_s_backend() {
+    require_root!();
+    let mut unit = Unit::new();
+    web_service(&mut unit, &mut ServiceIds::new(), &[POD_B]);
+    let a = unit.a_if;
+    let whole = with_l4_checksum(ipv4(POD_A, VIP, 17, 64, 0, &udp_datagram(40000, 53)));
+    let first = fragment(POD_A, VIP, 17, 50, 0, true, &whole[34..58]);
+    let later = fragment(POD_A, VIP, 17, 50, 3, false, &whole[58..]);
+    let (verdict, first_out) = unit.run_on(programs::FROM_CONTAINER, &first, a, a);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(dst_of(&first_out), (POD_B, 5353));
+    let (verdict, later_out) = unit.run_on(programs::FROM_CONTAINER, &later, a, a);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&later_out[0..6], &B_POD_MAC);
+    assert_eq!(&later_out[30..34], &POD_B.octets(), "to the backend");
+    assert_eq!(checksum(&later_out[14..34]), 0, "IPv4 header checksum");
+    assert_eq!(&later_out[34..], &later[34..], "the payload untouched");
+    let payload = [&first_out[34..], &later_out[34..]].concat();
+    let reassembled = ipv4(POD_A, POD_B, 17, 63, 0, &payload);
+    assert!(
+        l4_checksum_ok(&reassembled),
+        "UDP checksum of the whole datagram"
+    );
 }
 
 // Flows the host stack hands in (kube-proxy's Service DNAT, hostPorts):

@@ -64,7 +64,8 @@ impl EchoServer {
         });
         let udp_stop = stop.clone();
         let udp_thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
+            // Any datagram whole, fragmented ones too.
+            let mut buf = vec![0u8; MAX_DATAGRAM];
             while !udp_stop.load(Ordering::Relaxed) {
                 if let Ok((n, peer)) = udp.recv_from(&mut buf) {
                     let _ = udp.send_to(&buf[..n], peer);
@@ -105,17 +106,27 @@ pub fn tcp(ns: &Netns, dst: SocketAddr, timeout: Duration) -> bool {
     .unwrap_or(false)
 }
 
+/// The largest UDP payload over IPv4.
+const MAX_DATAGRAM: usize = 65507;
+
 /// Sends a datagram from inside `ns` and waits for the echo.
 pub fn udp(ns: &Netns, dst: SocketAddr, timeout: Duration) -> bool {
+    udp_sized(ns, dst, b"sluice-probe".len(), timeout)
+}
+
+/// [`udp`] with a datagram of `len` bytes (at most 65,507): beyond the
+/// path MTU the sender's kernel fragments it, and only the whole datagram,
+/// echoed byte for byte, counts.
+pub fn udp_sized(ns: &Netns, dst: SocketAddr, len: usize, timeout: Duration) -> bool {
+    let msg: Vec<u8> = b"sluice-probe".iter().copied().cycle().take(len).collect();
     ns.run(move || -> bool {
         let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
             return false;
         };
         let _ = sock.set_read_timeout(Some(timeout));
-        let msg = b"sluice-probe";
-        let mut buf = [0u8; 64];
-        sock.send_to(msg, dst).is_ok()
-            && matches!(sock.recv_from(&mut buf), Ok((n, from)) if from == dst && &buf[..n] == msg)
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        sock.send_to(&msg, dst).is_ok()
+            && matches!(sock.recv_from(&mut buf), Ok((n, from)) if from == dst && buf[..n] == msg[..])
     })
     .unwrap_or(false)
 }

@@ -12,7 +12,8 @@ use aya_ebpf::programs::TcContext;
 use sluice_common::{direction::Direction, reason::Reason};
 
 use crate::{
-    forward, lookup, metrics, parse,
+    forward, fragment, lookup, metrics,
+    parse::{self, Frag},
     policy::{self, Arrival},
     service,
     verdict::{drop, pass, Verdict},
@@ -26,6 +27,34 @@ pub fn run(ctx: &TcContext, decide: fn(&TcContext) -> Verdict, direction: Direct
         metrics::count(reason, direction, ctx.len());
     }
     verdict.action
+}
+
+/// Decides an IPv4 packet as part of its datagram: a later fragment with
+/// its first fragment's ports (or dropped as its first fragment was); a
+/// first fragment's verdict and ports, as it arrived, are kept for the
+/// later ones. One call of `decide`, and the packet as it arrived copied
+/// for every packet: a value computed on one path only is a register the
+/// verifier refuses to see spilled on the others.
+#[inline(always)]
+fn by_datagram(
+    ctx: &TcContext,
+    pkt: &mut parse::Ipv4Packet,
+    decide: fn(&TcContext, &mut parse::Ipv4Packet) -> Verdict,
+) -> Verdict {
+    let arrived = fragment::First::of(pkt);
+    let resolved = if pkt.frag.is_later() {
+        fragment::resolve(pkt)
+    } else {
+        Ok(())
+    };
+    let verdict = match resolved {
+        Ok(()) => decide(ctx, pkt),
+        Err(reason) => drop(reason),
+    };
+    if pkt.frag == Frag::First {
+        arrived.record(&verdict);
+    }
+    verdict
 }
 
 /// What became of a packet from another node.
@@ -47,6 +76,9 @@ fn to_local_pod(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> FromNode {
     let Some(dst) = lookup::local_endpoint(pkt.hdr.daddr) else {
         return FromNode::NotLocal;
     };
+    if let Err(reason) = fragment::decidable(pkt) {
+        return FromNode::Done(drop(reason));
+    }
     if pkt.hdr.ttl <= 1 {
         // The host stack answers with time exceeded.
         return FromNode::Done(pass(Reason::ToStack));

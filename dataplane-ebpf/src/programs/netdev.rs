@@ -4,7 +4,7 @@ use aya_ebpf::programs::TcContext;
 
 use sluice_common::{config::routing, reason::Reason};
 
-use super::{to_local_pod, FromNode};
+use super::{by_datagram, to_local_pod, FromNode};
 use crate::{
     lookup,
     parse::{self, ETH_P_IP},
@@ -29,7 +29,13 @@ pub fn from_netdev(ctx: &TcContext) -> Verdict {
     let Ok(mut pkt) = parse::ipv4(ctx) else {
         return pass_uncounted();
     };
-    match service::from_outside(ctx, &mut pkt) {
+    by_datagram(ctx, &mut pkt, from_underlay)
+}
+
+/// An IPv4 packet from the underlay.
+#[inline(always)]
+fn from_underlay(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
+    match service::from_outside(ctx, pkt) {
         Ok(Toward::NotAService) => {}
         // Translated: the stack forwards it (and masquerades it if asked).
         // Without a ready backend: the stack refuses it.
@@ -39,7 +45,7 @@ pub fn from_netdev(ctx: &TcContext) -> Verdict {
     if lookup::config().routing != routing::NATIVE {
         return pass_uncounted();
     }
-    match to_local_pod(ctx, &mut pkt) {
+    match to_local_pod(ctx, pkt) {
         FromNode::Done(verdict) => verdict,
         FromNode::ToStack => pass(Reason::ToStack),
         FromNode::NotLocal => pass_uncounted(),
@@ -63,10 +69,16 @@ pub fn to_netdev(ctx: &TcContext) -> Verdict {
     let Ok(mut pkt) = parse::ipv4(ctx) else {
         return pass_uncounted();
     };
+    by_datagram(ctx, &mut pkt, to_underlay)
+}
+
+/// An IPv4 packet leaving through the underlay.
+#[inline(always)]
+fn to_underlay(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
     if lookup::local_endpoint(pkt.hdr.saddr).is_some() {
-        policy::note_stack_forwarded(&pkt);
+        policy::note_stack_forwarded(pkt);
     }
-    if let Err(reason) = service::leaving_node(ctx, &mut pkt) {
+    if let Err(reason) = service::leaving_node(ctx, pkt) {
         return drop(reason);
     }
     pass_uncounted()

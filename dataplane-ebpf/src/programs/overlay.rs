@@ -4,7 +4,7 @@
 use aya_ebpf::programs::TcContext;
 use sluice_common::{ipcache::flags, reason::Reason};
 
-use super::{to_local_pod, FromNode};
+use super::{by_datagram, to_local_pod, FromNode};
 use crate::{
     forward, lookup,
     parse::{self, ETH_P_IP},
@@ -39,7 +39,13 @@ pub fn from_overlay(ctx: &TcContext) -> Verdict {
         Some(src) if src.tunnel_endpoint == sender => {}
         _ => return drop(Reason::DropTunnelSource),
     }
-    if let FromNode::Done(verdict) = to_local_pod(ctx, &mut pkt) {
+    by_datagram(ctx, &mut pkt, from_node)
+}
+
+/// An IPv4 packet from the node that sent it (checked).
+#[inline(always)]
+fn from_node(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
+    if let FromNode::Done(verdict) = to_local_pod(ctx, pkt) {
         return verdict;
     }
     // For the host itself (e.g. replies to the node's own connections), or
@@ -65,14 +71,20 @@ pub fn to_overlay(ctx: &TcContext) -> Verdict {
         Ok(pkt) => pkt,
         Err(verdict) => return verdict,
     };
+    by_datagram(ctx, &mut pkt, to_node)
+}
+
+/// An IPv4 packet the host stack routes to another node.
+#[inline(always)]
+fn to_node(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
     match lookup::ipcache(pkt.hdr.daddr) {
         Some(dst) if dst.flags & flags::REMOTE_POD_CIDR != 0 => {
             if lookup::local_endpoint(pkt.hdr.saddr).is_some() {
                 // A pod's packet the stack forwarded here (after a
                 // Service DNAT, say): the reply must come back through it.
-                policy::note_stack_forwarded(&pkt);
+                policy::note_stack_forwarded(pkt);
             }
-            if let Err(reason) = service::leaving_node(ctx, &mut pkt) {
+            if let Err(reason) = service::leaving_node(ctx, pkt) {
                 return drop(reason);
             }
             match forward::set_tunnel_key(ctx, dst.tunnel_endpoint) {

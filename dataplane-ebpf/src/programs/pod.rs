@@ -6,8 +6,9 @@ use sluice_common::{
     config::routing, ipcache::flags, reason::Reason, services::HAIRPIN_SOURCE,
 };
 
+use super::by_datagram;
 use crate::{
-    forward, lookup,
+    forward, fragment, lookup,
     parse::{self, ETH_P_ARP, ETH_P_IP},
     policy::{self, Arrival},
     service::{self, Toward},
@@ -31,7 +32,12 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
         Ok(pkt) => pkt,
         Err(reason) => return drop(reason),
     };
+    by_datagram(ctx, &mut pkt, from_pod)
+}
 
+/// An IPv4 packet from the pod.
+#[inline(always)]
+fn from_pod(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
     // Anti-spoofing: the source must be an endpoint, and the packet must
     // come in through that endpoint's own veth.
     // SAFETY: the context's skb pointer is valid for this program run.
@@ -40,6 +46,9 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
         Some(src) if src.ifindex == ifindex => src,
         _ => return drop(Reason::DropSpoofedSource),
     };
+    if let Err(reason) = fragment::decidable(pkt) {
+        return drop(reason);
+    }
 
     // Let the host stack answer with ICMP time-exceeded.
     if pkt.hdr.ttl <= 1 {
@@ -48,13 +57,13 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     // A pod answering itself through its own Service (hairpin): back to
     // itself, then as any backend's reply.
     if pkt.hdr.daddr == HAIRPIN_SOURCE {
-        if let Err(reason) = service::hairpin_back(ctx, &mut pkt) {
+        if let Err(reason) = service::hairpin_back(ctx, pkt) {
             return drop(reason);
         }
     }
     // A Service frontend: to a backend, before policy and forwarding
     // judge the packet, so both see the backend.
-    let translated = match service::to_backend(ctx, &mut pkt) {
+    let translated = match service::to_backend(ctx, pkt) {
         Ok(Toward::NotAService) => false,
         Ok(Toward::Backend) => true,
         // The host stack refuses it (RST, port unreachable), as kube-proxy
@@ -64,7 +73,7 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
     };
     let dst = lookup::local_endpoint(pkt.hdr.daddr);
     let arrival = Arrival::Direct;
-    let passed = match policy::enforce(&pkt, Some(&src), dst.as_ref(), arrival, translated) {
+    let passed = match policy::enforce(pkt, Some(&src), dst.as_ref(), arrival, translated) {
         Ok(passed) => passed,
         Err(reason) => return drop(reason),
     };
@@ -75,19 +84,19 @@ pub fn from_container(ctx: &TcContext) -> Verdict {
         return pass(Reason::ToStack);
     }
     if passed.service_reply {
-        if let Err(reason) = service::from_backend(ctx, &mut pkt) {
+        if let Err(reason) = service::from_backend(ctx, pkt) {
             return drop(reason);
         }
     }
     if passed.service_error {
-        if let Err(reason) = service::error_from_backend(ctx, &mut pkt) {
+        if let Err(reason) = service::error_from_backend(ctx, pkt) {
             return drop(reason);
         }
     }
     // Translated to itself: policy judged the pod reaching itself; the
     // source changes only so the pod accepts the packet.
     if translated && pkt.hdr.saddr == pkt.hdr.daddr {
-        if let Err(reason) = service::hairpin_out(ctx, &mut pkt) {
+        if let Err(reason) = service::hairpin_out(ctx, pkt) {
             return drop(reason);
         }
     }
@@ -132,15 +141,24 @@ pub fn to_container(ctx: &TcContext) -> Verdict {
         // speak.
         return pass(Reason::FromStack);
     }
-    let pkt = match parse::ipv4(ctx) {
+    let mut pkt = match parse::ipv4(ctx) {
         Ok(pkt) => pkt,
         Err(reason) => return drop(reason),
     };
+    by_datagram(ctx, &mut pkt, from_stack)
+}
+
+/// An IPv4 packet the host stack sends to the pod.
+#[inline(always)]
+fn from_stack(_ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
     let Some(dst) = lookup::local_endpoint(pkt.hdr.daddr) else {
         // Not addressed to the pod's own IP (broadcast and the like).
         return pass(Reason::FromStack);
     };
-    match policy::enforce(&pkt, None, Some(&dst), Arrival::FromStack, false) {
+    if let Err(reason) = fragment::decidable(pkt) {
+        return drop(reason);
+    }
+    match policy::enforce(pkt, None, Some(&dst), Arrival::FromStack, false) {
         Ok(_) => pass(Reason::FromStack),
         Err(reason) => drop(reason),
     }

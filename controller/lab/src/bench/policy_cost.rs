@@ -10,6 +10,11 @@
 //!   run does the full evaluation (all identity × protocol lookups miss);
 //!   A's policy denies it;
 //! - a TCP packet of an allowed, established flow: a conntrack hit.
+//! - the same flow's packet as a datagram's first fragment (conntrack hit,
+//!   then its ports and verdict kept for the later fragments) and as a
+//!   later fragment (its first fragment's ports looked up, then the
+//!   conntrack hit): the fragment tracking's cost, next to the whole
+//!   packet's.
 //!
 //! The N rules allow A to reach other identities on many ports; none
 //! matches B, as in a cluster with many policies.
@@ -46,6 +51,8 @@ pub struct Cost {
     pub rules: usize,
     pub denied_new_flow: Duration,
     pub established: Duration,
+    pub first_fragment: Duration,
+    pub later_fragment: Duration,
 }
 
 fn one_port(port: u16) -> Option<PortPrefix> {
@@ -98,11 +105,20 @@ fn populate(bpf: &mut TestDataplane, rules: usize) -> Result<(), CostError> {
 /// A TCP segment from A to B (no options, checksum left zero: the program
 /// does not verify it).
 fn tcp(dport: u16, flags: u8) -> Vec<u8> {
+    tcp_fragment(dport, flags, 0)
+}
+
+/// The same, with these IPv4 flags and offset (`frame::ipv4` gives every
+/// packet one IP id, so fragments belong to one datagram).
+fn tcp_fragment(dport: u16, flags: u8, frag_off: u16) -> Vec<u8> {
     let mut l4 = 40000u16.to_be_bytes().to_vec();
     l4.extend_from_slice(&dport.to_be_bytes());
     l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    frame::ipv4(POD_A, POD_B, 6, 64, 0, &l4)
+    frame::ipv4(POD_A, POD_B, 6, 64, frag_off, &l4)
 }
+
+/// IPv4 "more fragments".
+const MF: u16 = 0x2000;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -126,25 +142,48 @@ pub fn measure(rules: usize, repeat: u32) -> Result<Cost, CostError> {
             "the established packet got verdict {verdict}, not pass"
         )));
     }
+    let (verdict, first_fragment) = bpf.time(program, &tcp_fragment(8080, 0x10, MF), repeat)?;
+    if verdict != TC_ACT_OK {
+        return Err(CostError::Setup(format!(
+            "the first fragment got verdict {verdict}, not pass"
+        )));
+    }
+    // At offset 3 (24 bytes), past the TCP header, in the datagram just
+    // recorded.
+    let later = frame::ipv4(POD_A, POD_B, 6, 64, 3, &[0; 16]);
+    let (verdict, later_fragment) = bpf.time(program, &later, repeat)?;
+    if verdict != TC_ACT_OK {
+        return Err(CostError::Setup(format!(
+            "the later fragment got verdict {verdict}, not pass"
+        )));
+    }
     Ok(Cost {
         rules,
         denied_new_flow: denied,
         established,
+        first_fragment,
+        later_fragment,
     })
 }
 
 /// The table `cargo xtask bench` prints.
 pub fn report(costs: &[Cost]) -> String {
     let mut out = format!(
-        "{:<12} {:>26} {:>26}\n",
-        "rules", "new flow, denied (ns/pkt)", "established (ns/pkt)"
+        "{:<12} {:>26} {:>26} {:>26} {:>26}\n",
+        "rules",
+        "new flow, denied (ns/pkt)",
+        "established (ns/pkt)",
+        "first fragment (ns/pkt)",
+        "later fragment (ns/pkt)"
     );
     for c in costs {
         out.push_str(&format!(
-            "{:<12} {:>26} {:>26}\n",
+            "{:<12} {:>26} {:>26} {:>26} {:>26}\n",
             c.rules,
             c.denied_new_flow.as_nanos(),
-            c.established.as_nanos()
+            c.established.as_nanos(),
+            c.first_fragment.as_nanos(),
+            c.later_fragment.as_nanos()
         ));
     }
     out
