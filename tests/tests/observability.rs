@@ -318,3 +318,61 @@ fn wait_for_value(lab: &TestLab, ns: &Netns, promql: &str) -> f64 {
     );
     value.unwrap_or_default()
 }
+
+/// A pod holding every connection it can open to its node's metrics port
+/// starves no one: each scrape from the node still gets through. The
+/// occupancy of the maps the datapath fills is on the page.
+#[test]
+fn a_pod_cannot_starve_its_nodes_metrics() {
+    require_root!();
+    let lab = TestLab::up("st", 1, "tunnel");
+    let server = lab.pod_add("x/srv", "node1");
+    let hog = lab.pod_add("x/hog", "node1");
+    let hog_ns = lab.pod_netns("x/hog");
+    assert!(probe::tcp(
+        &hog_ns,
+        SocketAddr::new(server.ip, WEB),
+        TIMEOUT
+    ));
+    let std::net::IpAddr::V4(pod_ip) = hog.ip else {
+        panic!("IPv4 pod");
+    };
+    // The node's gateway address, first of its pod range.
+    let gateway = std::net::Ipv4Addr::from((u32::from(pod_ip) & !0xff) + 1);
+    let target = SocketAddr::new(gateway.into(), metrics_port());
+    let held = hog_ns
+        .run(move || {
+            (0..64)
+                .filter_map(|_| std::net::TcpStream::connect_timeout(&target, TIMEOUT).ok())
+                .collect::<Vec<_>>()
+        })
+        .expect("entering x/hog");
+    assert!(!held.is_empty(), "x/hog could not reach {target} at all");
+    let node = lab.node_netns("node1");
+    let local = SocketAddr::new([127, 0, 0, 1].into(), metrics_port());
+    let served = (0..20)
+        .filter(|_| {
+            http_get(&node, local, "/metrics").is_some_and(|p| p.contains("sluice_endpoints 2"))
+        })
+        .count();
+    drop(held);
+    assert_eq!(served, 20, "scrapes failed while a pod held connections");
+
+    // Counted at start: restart to count the connection above now.
+    lab.lab().restart_agent("node1").expect("restart");
+    let page = http_get(&node, local, "/metrics").expect("scrape");
+    assert!(
+        page.contains("sluice_bpf_map_occupancy{map=\"SLUICE_ENDPOINTS\"} 2"),
+        "{page}"
+    );
+    let conntrack: u64 = page
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sluice_bpf_map_occupancy{map=\"SLUICE_CONNTRACK\"}")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no conntrack occupancy in\n{page}"));
+    assert!(conntrack > 0, "the probe's flow is not counted");
+}

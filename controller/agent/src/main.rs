@@ -316,6 +316,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // what a crash between the steps of an ADD or DEL left in the kernel.
     agent.reclaim().await;
     count_swept(&metrics, agent.sweep().await);
+    count_occupancy(&metrics, &agent);
     // Policy needs the registered pods (restored from state) to name them.
     reconciler
         .set_local_endpoints(agent.local_endpoints(), agent.local_pods())
@@ -379,6 +380,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     reconciler.set_local_endpoints(agent.local_endpoints(), agent.local_pods()).await;
                 }
                 count_swept(&metrics, agent.sweep().await);
+                count_occupancy(&metrics, &agent);
             }
         }
         registrations
@@ -403,6 +405,15 @@ fn count_swept(metrics: &Metrics, swept: sluice_agent::endpoints::Swept) {
             .leftovers_removed
             .with_label_values(&[what])
             .inc_by(n as u64);
+    }
+}
+
+fn count_occupancy(metrics: &Metrics, agent: &Agent<KernelDatapath>) {
+    for (map, entries) in agent.datapath().dataplane.occupancy() {
+        metrics
+            .map_occupancy
+            .with_label_values(&[map])
+            .set(entries as i64);
     }
 }
 

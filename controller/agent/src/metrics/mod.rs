@@ -127,6 +127,10 @@ pub struct Metrics {
     /// waited for the endpoint's policy to be in the maps (`ready`), or
     /// until it gave up (`unidentified`).
     pub policy_wait: HistogramVec,
+    /// `sluice_bpf_map_occupancy{map}`: entries the endpoint map and the
+    /// maps the datapath fills itself (conntrack, Service flows,
+    /// fragments) hold, counted every 30 s.
+    pub map_occupancy: IntGaugeVec,
     /// `sluice_endpoint_leftovers_removed_total{what}`: kernel state of no
     /// registered endpoint (a crash between steps) that the agent removed:
     /// `map_entry`, `link`, `route`.
@@ -326,6 +330,16 @@ impl Metrics {
         for result in ["ready", "unidentified"] {
             policy_wait.with_label_values(&[result]);
         }
+        let map_occupancy = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "sluice_bpf_map_occupancy",
+                    "Entries held by the endpoint map and the maps the datapath fills itself (connection tracking, Service flows, fragments; LRU maps evict their oldest entries when full), counted every 30 s.",
+                ),
+                &["map"],
+            ),
+        );
         let leftovers_removed = register(
             &registry,
             IntCounterVec::new(
@@ -387,6 +401,7 @@ impl Metrics {
             endpoints,
             unidentified_endpoints,
             policy_wait,
+            map_occupancy,
             leftovers_removed,
             identities,
             last_event,

@@ -470,6 +470,33 @@ impl Dataplane {
         self.endpoints.get(key, 0).ok()
     }
 
+    /// Entries held now by the endpoint map and the maps the datapath fills
+    /// itself (connection tracking, Service flows, fragments), counted key
+    /// by key: a walk of each map, for a periodic gauge, not a scrape.
+    pub fn occupancy(&self) -> Vec<(&'static str, usize)> {
+        fn count<K: aya::Pod, V: aya::Pod>(
+            ebpf: &Ebpf,
+            name: &'static str,
+        ) -> Option<(&'static str, usize)> {
+            let map = aya::maps::HashMap::<_, K, V>::try_from(ebpf.map(name)?).ok()?;
+            Some((name, map.keys().filter(Result::is_ok).count()))
+        }
+        use sluice_common::{conntrack, fragment, services};
+        [
+            Some((
+                maps::ENDPOINTS.name,
+                self.endpoints.keys().filter(Result::is_ok).count(),
+            )),
+            count::<conntrack::CtKey, conntrack::CtEntry>(&self.ebpf, maps::CONNTRACK.name),
+            count::<conntrack::CtKey, services::ServiceFlow>(&self.ebpf, maps::SERVICE_FLOWS.name),
+            count::<conntrack::CtKey, services::Frontend>(&self.ebpf, maps::SERVICE_REVERSE.name),
+            count::<fragment::FragKey, fragment::FragEntry>(&self.ebpf, maps::FRAGMENTS.name),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     /// Every address in the endpoint map.
     pub fn endpoint_keys(&self) -> Result<Vec<IpKey>, DataplaneError> {
         self.endpoints
