@@ -79,6 +79,9 @@ map_table! { $
     /// Node sockets given a backend by the socket hooks → the frontend
     /// they addressed (LRU hash).
     SOCK_REVERSE = "SLUICE_SOCK_REVERSE", 65536;
+    /// The prefilter's deny list: source CIDRs XDP drops on the underlay
+    /// (LPM trie; the value is unused).
+    PREFILTER_DENY = "SLUICE_PREFILTER_DENY", 16384;
 }
 
 /// The map called `name`, if the object has one.

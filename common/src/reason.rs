@@ -64,11 +64,18 @@ pub enum Reason {
     /// frontend under `externalTrafficPolicy: Local` on a node without a
     /// ready endpoint of the Service (there are some elsewhere).
     DropNoLocalBackend = 24,
+    /// The source address is in the operator's prefilter deny list
+    /// (`prefilter.denyCIDRs`, `sluice prefilter`): dropped by XDP on the
+    /// underlay before the kernel allocated anything for it.
+    DropDeniedSource = 25,
+    /// A VXLAN packet (to the node's VXLAN port, tunnel routing) from an
+    /// address that is no node of the cluster: dropped by the prefilter.
+    DropVxlanNotFromNode = 26,
 }
 
 impl Reason {
     /// Every reason, in number order.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 24] = [
         Reason::ForwardLocal,
         Reason::ToStack,
         Reason::DropSpoofedSource,
@@ -91,6 +98,8 @@ impl Reason {
         Reason::DropNoTunnelKey,
         Reason::DropSetTunnelKeyFailed,
         Reason::DropNoLocalBackend,
+        Reason::DropDeniedSource,
+        Reason::DropVxlanNotFromNode,
     ];
 
     /// Label in metrics and output.
@@ -118,6 +127,8 @@ impl Reason {
             Reason::DropNoTunnelKey => "drop_no_tunnel_key",
             Reason::DropSetTunnelKeyFailed => "drop_set_tunnel_key_failed",
             Reason::DropNoLocalBackend => "drop_no_local_backend",
+            Reason::DropDeniedSource => "drop_denied_source",
+            Reason::DropVxlanNotFromNode => "drop_vxlan_not_from_node",
         }
     }
 
@@ -145,7 +156,9 @@ impl Reason {
             | Reason::DropNativeRedirectFailed
             | Reason::DropNoTunnelKey
             | Reason::DropSetTunnelKeyFailed
-            | Reason::DropNoLocalBackend => true,
+            | Reason::DropNoLocalBackend
+            | Reason::DropDeniedSource
+            | Reason::DropVxlanNotFromNode => true,
         }
     }
 
@@ -159,7 +172,7 @@ impl Reason {
 }
 
 /// Largest reason number plus one.
-pub const LIMIT: u32 = Reason::DropNoLocalBackend as u32 + 1;
+pub const LIMIT: u32 = Reason::DropVxlanNotFromNode as u32 + 1;
 
 const _: () = {
     // ALL lists every reason exactly once, in number order.

@@ -19,7 +19,10 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::endpoints::{Agent, Datapath};
+use crate::{
+    endpoints::{Agent, Datapath},
+    prefilter::Prefilter,
+};
 
 const MAX_REQUEST: u64 = 64 * 1024;
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -59,13 +62,15 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 
 /// Answers one API connection, within the per-connection deadline.
 /// `report` gives a `Status` answer its node part, which is the main
-/// loop's to know (readiness, the reconciler's view).
+/// loop's to know (readiness, the reconciler's view); `prefilter`
+/// answers `Prefilter` requests.
 pub async fn serve_connection<D: Datapath>(
     stream: UnixStream,
     agent: &mut Agent<D>,
     report: &dyn Fn() -> NodeReport,
+    prefilter: &mut Prefilter,
 ) {
-    if tokio::time::timeout(DEADLINE, serve_one(stream, agent, report))
+    if tokio::time::timeout(DEADLINE, serve_one(stream, agent, report, prefilter))
         .await
         .is_err()
     {
@@ -77,6 +82,7 @@ async fn serve_one<D: Datapath>(
     stream: UnixStream,
     agent: &mut Agent<D>,
     report: &dyn Fn() -> NodeReport,
+    prefilter: &mut Prefilter,
 ) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
@@ -88,6 +94,10 @@ async fn serve_one<D: Datapath>(
             message: format!("request longer than {MAX_REQUEST} bytes or not newline-terminated"),
         },
         Ok(_) => match serde_json::from_str::<Request>(line.trim_end()) {
+            Ok(Request::Prefilter { prefilter: op }) => {
+                debug!(?op, "API request: prefilter");
+                prefilter.handle(&op)
+            }
             Ok(request) => {
                 debug!(?request, "API request");
                 let mut response = agent.handle(request).await;

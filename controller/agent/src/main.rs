@@ -20,6 +20,7 @@ use sluice_agent::{
     kernel::{masquerade, nft, service_nft},
     metrics::http,
     metrics::Metrics,
+    prefilter::Prefilter,
     reconcile::{self, Reconciler, ReconcilerMaps, ServicesConfig},
     topology,
 };
@@ -186,6 +187,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } = dataplane
         .take_sync_maps()
         .context("eBPF maps to sync missing")?;
+    // Filled before the prefilter is attached, so nothing denied slips in.
+    let mut prefilter = Prefilter::start(
+        dataplane.take_deny_list()?,
+        &config.state_dir,
+        &config.prefilter_deny,
+    )
+    .context("loading the prefilter deny list")?;
     for (map, _, size) in config.map_sizes.by_map() {
         metrics
             .map_capacity
@@ -259,6 +267,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    if let Some(setup) = &setup {
+        prefilter.set_attached(&setup.underlay.name, setup.prefilter);
+    }
     let mtu = config
         .mtu
         .or(setup.as_ref().map(|s| s.pod_mtu()))
@@ -338,7 +349,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                         },
                         ..reconciler.report()
                     };
-                    cni_api::serve_connection(stream, &mut agent, &report).await;
+                    cni_api::serve_connection(stream, &mut agent, &report, &mut prefilter).await;
                     reconciler.set_local_endpoints(agent.local_endpoints(), agent.local_pods()).await;
                 }
                 Err(e) => warn!(error = %e, "accepting an API connection"),

@@ -72,6 +72,12 @@ enum LabCommand {
         #[arg(long)]
         ignore_not_found: bool,
     },
+    /// A node's prefilter deny list, as `sluice prefilter` on that node.
+    Prefilter {
+        node: String,
+        #[command(subcommand)]
+        command: crate::prefilter::PrefilterCommand,
+    },
     /// Run a command in a pod's (NS/NAME) or a node's (nodeN) network
     /// namespace.
     Exec {
@@ -268,6 +274,9 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             if missing > 0 && !ignore_not_found {
                 bail!("{missing} object(s) not found (--ignore-not-found to accept)");
             }
+        }
+        LabCommand::Prefilter { node, command } => {
+            return crate::prefilter::run(&config.agent_socket(&node), command)
         }
         LabCommand::Exec { target, command } => {
             return exec(&Lab::open(config)?, &target, &command)

@@ -260,6 +260,12 @@ impl<D: Datapath> Agent<D> {
                     node: Default::default(),
                 },
             },
+            // The node's prefilter, not an endpoint's: the API server
+            // answers it (cni_api).
+            Request::Prefilter { .. } => error(
+                ErrorKind::Invalid,
+                "the prefilter is not the endpoint registry's",
+            ),
         }
     }
 
