@@ -136,6 +136,8 @@ enum BenchSuite {
     Throughput,
     /// Through a ClusterIP vs to the pod, eBPF vs the kube-proxy emulation.
     Services,
+    /// Drops/s of a denied CIDR: XDP prefilter vs TC vs iptables raw.
+    Prefilter,
 }
 
 #[derive(clap::Args, Debug)]
@@ -331,6 +333,15 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 );
                 let rates = bench::services::run(&options, &services)?;
                 print!("{}", bench::services::report(&rates));
+            }
+            if wanted(BenchSuite::Prefilter) {
+                println!(
+                    "prefilter: {}-byte UDP from a denied CIDR at a veth underlay, sender pinned to CPU 0 (the drop runs there too), \
+                     {seconds} s x {runs} runs per drop point, in turns",
+                    bench::prefilter::PAYLOAD
+                );
+                let rates = bench::prefilter::run(&options)?;
+                print!("{}", bench::prefilter::report(&rates));
             }
         }
         LabCommand::Serve { .. } => unreachable!("handled above"),
