@@ -1446,3 +1446,71 @@ fn the_prefilter_drops_vxlan_from_addresses_that_are_not_nodes() {
     assert_eq!(unit.prefilter(&vxlan_from(REMOTE_NODE)), XDP_DROP);
     assert_eq!(unit.counter(Reason::DropDeniedSource), 1);
 }
+
+/// The prefilter attaches natively where the driver can (veth), falls back
+/// to generic mode where it cannot (a bridge), takes generic when
+/// configured so, keeps a live link across attaches, replaces it when the
+/// mode changes, and leaves with its pin.
+#[test]
+fn the_prefilter_attaches_native_or_falls_back_to_generic() {
+    require_root!();
+    use sluice_agent::kernel::bpf::AttachMode;
+    let mut unit = Unit::new();
+    unit._ns.ip("link add br9 type bridge").expect("bridge");
+    unit._ns.ip("link set br9 up").expect("bridge up");
+    let bridge = nix::net::if_::if_nametoindex("br9").expect("br9");
+    let underlay = unit.underlay_if;
+    let pins = unit.bpf.pin_dir().join("xdp");
+    let pinned = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&pins)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let dataplane = unit.bpf.dataplane();
+    let attach = |dp: &mut sluice_agent::kernel::bpf::Dataplane, dev, index, mode| {
+        dp.attach_prefilter(dev, index, mode)
+            .unwrap_or_else(|e| panic!("attaching to {dev}: {e}"))
+    };
+    assert_eq!(
+        attach(dataplane, "ul0", underlay, AttachMode::Native),
+        AttachMode::Native
+    );
+    assert_eq!(
+        attach(dataplane, "ul0", underlay, AttachMode::Native),
+        AttachMode::Native
+    );
+    assert_eq!(pinned(), ["native@ul0"]);
+    assert_eq!(
+        attach(dataplane, "ul0", underlay, AttachMode::Generic),
+        AttachMode::Generic
+    );
+    assert_eq!(pinned(), ["generic@ul0"]);
+    assert_eq!(
+        attach(dataplane, "br9", bridge, AttachMode::Native),
+        AttachMode::Generic,
+        "a bridge has no native XDP"
+    );
+    assert_eq!(
+        pinned(),
+        ["generic@br9"],
+        "one device carries the prefilter"
+    );
+    let link = |dev: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-d", "link", "show", dev])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(link("br9").contains("xdpgeneric"), "{}", link("br9"));
+    assert!(!link("ul0").contains("xdp"), "{}", link("ul0"));
+    dataplane.detach_prefilter().expect("detach");
+    assert!(pinned().is_empty());
+    assert!(!link("br9").contains("xdp"), "{}", link("br9"));
+}

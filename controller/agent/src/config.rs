@@ -9,7 +9,7 @@ use std::{
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use crate::kernel::bpf::MapSizes;
+use crate::kernel::bpf::{AttachMode, MapSizes};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -117,6 +117,11 @@ pub struct PrefilterConfig {
     /// Source CIDRs dropped by XDP on the underlay.
     #[serde(rename = "denyCIDRs", default)]
     pub deny_cidrs: Vec<Ipv4Net>,
+    /// `native` (the default: in the driver, generic where the driver
+    /// refuses) or `generic`. On veth, native XDP takes GSO from the
+    /// peer, which costs TCP throughput through it (README).
+    #[serde(default)]
+    pub mode: AttachMode,
 }
 
 /// Flags as given; `None` when absent.
@@ -168,6 +173,8 @@ pub struct Config {
     pub cgroup_root: Option<PathBuf>,
     /// The config file's `prefilter.denyCIDRs`.
     pub prefilter_deny: Vec<Ipv4Net>,
+    /// The config file's `prefilter.mode`.
+    pub prefilter_mode: AttachMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +279,10 @@ impl Config {
                 });
             }
         }
-        let prefilter_deny = file.prefilter.unwrap_or_default().deny_cidrs;
+        let PrefilterConfig {
+            deny_cidrs: prefilter_deny,
+            mode: prefilter_mode,
+        } = file.prefilter.unwrap_or_default();
         if let Some(cidr) = prefilter_deny.iter().find(|c| c.trunc() != **c) {
             return Err(ConfigError::PrefilterCidr {
                 cidr: *cidr,
@@ -310,6 +320,7 @@ impl Config {
             log_level,
             cgroup_root: file.cgroup_root,
             prefilter_deny,
+            prefilter_mode,
         })
     }
 
@@ -425,8 +436,13 @@ mod tests {
                 .map(|c| c.parse::<Ipv4Net>().expect("cidr"))
                 .to_vec()
         );
+        assert_eq!(cfg.prefilter_mode, AttachMode::Native);
         let cfg = Config::merge(flags(), FileConfig::default()).expect("config");
         assert!(cfg.prefilter_deny.is_empty());
+        let file: FileConfig = serde_yaml::from_str("prefilter: {mode: generic}\n").expect("yaml");
+        let cfg = Config::merge(flags(), file).expect("config");
+        assert_eq!(cfg.prefilter_mode, AttachMode::Generic);
+        assert!(serde_yaml::from_str::<FileConfig>("prefilter: {mode: offload}\n").is_err());
         let file: FileConfig =
             serde_yaml::from_str("prefilter: {denyCIDRs: [10.1.2.3/8]}\n").expect("yaml");
         let err = Config::merge(flags(), file).unwrap_err();

@@ -261,6 +261,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 &netlink,
                 config.routing,
                 node_ip,
+                config.prefilter_mode,
             )
             .await
             .context("setting up cross-node routing")?,

@@ -67,6 +67,7 @@ pub async fn setup(
     netlink: &Netlink,
     mode: Routing,
     node_ip: Ipv4Addr,
+    prefilter_mode: AttachMode,
 ) -> Result<RoutingSetup, NodeSyncError> {
     let underlay = netlink
         .device_with_address(node_ip)
@@ -74,7 +75,7 @@ pub async fn setup(
         .ok_or(NodeSyncError::NoUnderlay(node_ip))?;
     dataplane.attach_program(programs::FROM_NETDEV, &underlay.name, underlay.index)?;
     dataplane.attach_program(programs::TO_NETDEV, &underlay.name, underlay.index)?;
-    let prefilter = dataplane.attach_prefilter(&underlay.name, underlay.index)?;
+    let prefilter = dataplane.attach_prefilter(&underlay.name, underlay.index, prefilter_mode)?;
     // The node's sockets are the socket hooks' (the agent runs in the
     // node's network namespace).
     let netns_cookie = sluice_sys::netns::current_cookie().map_err(NodeSyncError::NetnsCookie)?;

@@ -31,10 +31,14 @@ use super::{
 /// The directory of the prefilter's link pins.
 const PIN_DIR: &str = "xdp";
 
-/// Where the prefilter runs on its device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where the prefilter runs on its device (also the config file's
+/// `prefilter.mode`: the mode wanted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
-    /// In the driver, before an skb exists.
+    /// In the driver, before an skb exists (generic where the driver
+    /// refuses).
+    #[default]
     Native,
     /// In the stack, on the skb: drivers without XDP support.
     Generic,
@@ -75,14 +79,16 @@ impl Dataplane {
         self.pin_dir.join(PIN_DIR)
     }
 
-    /// Attaches the prefilter to the underlay device `ifname`: native
-    /// mode, or generic mode where the driver refuses native, and pins the
-    /// link in place of any earlier one. An agent restarting finds its
-    /// link (now running its program) and keeps it. Returns the mode.
+    /// Attaches the prefilter to the underlay device `ifname` in the mode
+    /// `wanted`: native falls back to generic where the driver refuses it.
+    /// Pins the link in place of any earlier one; an agent restarting
+    /// finds its link (now running its program) and keeps it, unless
+    /// another mode is wanted. Returns the mode.
     pub fn attach_prefilter(
         &mut self,
         ifname: &str,
         ifindex: u32,
+        wanted: AttachMode,
     ) -> Result<AttachMode, DataplaneError> {
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -90,13 +96,17 @@ impl Dataplane {
         };
         let dir = self.prefilter_pins();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        // One device carries it: a live link on it is kept; pins of
-        // another device (the underlay changed) or of a device gone go,
-        // detaching their links.
+        // One device carries it: a live link on it is kept (a native one
+        // that fell back stays generic); pins of another device (the
+        // underlay changed), of a device gone or of the other mode go,
+        // detaching their links (a device runs one mode at a time).
         for entry in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             match pin_mode(&name, ifname) {
-                Some(mode) if pinned_ifindex(&entry.path()).ok() == Some(ifindex) => {
+                Some(mode)
+                    if (mode == wanted || wanted == AttachMode::Native)
+                        && pinned_ifindex(&entry.path()).ok() == Some(ifindex) =>
+                {
                     return Ok(mode)
                 }
                 _ => remove_pin(&entry.path())?,
@@ -104,10 +114,14 @@ impl Dataplane {
         }
         let name = programs::PREFILTER;
         let prog = self.xdp()?;
-        let (id, mode) = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-            Ok(id) => (id, AttachMode::Native),
-            Err(native) => {
-                warn!(device = ifname, error = %native, "native XDP refused; the prefilter falls back to generic mode");
+        let native = (wanted == AttachMode::Native)
+            .then(|| prog.attach_to_if_index(ifindex, XdpMode::Driver));
+        let (id, mode) = match native {
+            Some(Ok(id)) => (id, AttachMode::Native),
+            generic => {
+                if let Some(Err(native)) = generic {
+                    warn!(device = ifname, error = %native, "native XDP refused; the prefilter falls back to generic mode");
+                }
                 let id = prog
                     .attach_to_if_index(ifindex, XdpMode::Skb)
                     .map_err(program_error(name))?;
