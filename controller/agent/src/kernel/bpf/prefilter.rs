@@ -1,9 +1,9 @@
 //! The prefilter in the kernel (`programs/prefilter.rs` in the eBPF
 //! crate): XDP on the underlay device, attached in the driver (native
 //! mode) where the driver supports it, else in the stack (generic mode),
-//! and its deny list. The link is pinned as `<pins>/xdp/<mode>@<device>`, beside
-//! `links/`, so the prefilter stays while the agent restarts, and a new
-//! agent swaps its program into it like into the TC links.
+//! and its deny list. The link is pinned as `<pins>/xdp/<mode>@<device>`,
+//! beside `links/`, so the prefilter stays while the agent restarts, and a
+//! new agent swaps its program into it like into the TC links.
 
 use std::{
     collections::BTreeMap,
@@ -40,7 +40,8 @@ pub enum AttachMode {
     /// refuses).
     #[default]
     Native,
-    /// In the stack, on the skb: drivers without XDP support.
+    /// In the stack, on the skb: drivers without XDP support, or where
+    /// configured.
     Generic,
 }
 
@@ -100,17 +101,22 @@ impl Dataplane {
         // that fell back stays generic); pins of another device (the
         // underlay changed), of a device gone or of the other mode go,
         // detaching their links (a device runs one mode at a time).
+        let mut kept = None;
         for entry in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             match pin_mode(&name, ifname) {
                 Some(mode)
-                    if (mode == wanted || wanted == AttachMode::Native)
+                    if kept.is_none()
+                        && (mode == wanted || wanted == AttachMode::Native)
                         && pinned_ifindex(&entry.path()).ok() == Some(ifindex) =>
                 {
-                    return Ok(mode)
+                    kept = Some(mode)
                 }
                 _ => remove_pin(&entry.path())?,
             }
+        }
+        if let Some(mode) = kept {
+            return Ok(mode);
         }
         let name = programs::PREFILTER;
         let prog = self.xdp()?;
