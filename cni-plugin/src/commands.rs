@@ -314,6 +314,7 @@ pub(crate) mod fakes {
                     Request::Get { .. } => "get",
                     Request::Gc { .. } => "gc",
                     Request::Status => "status",
+                    Request::Prefilter { .. } => "prefilter",
                 })
                 .collect()
         }
@@ -355,6 +356,11 @@ pub(crate) mod fakes {
                         ..Default::default()
                     },
                 }),
+                // The plugin never asks it.
+                Request::Prefilter { .. } => Response::Error {
+                    kind: ErrorKind::Invalid,
+                    message: "not the plugin's".into(),
+                },
             })
         }
     }

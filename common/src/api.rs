@@ -70,6 +70,45 @@ pub enum Request {
     Gc { valid: Vec<Attachment> },
     /// Is the agent ready to wire pods?
     Status,
+    /// Read or change the underlay prefilter's deny list (`sluice
+    /// prefilter`).
+    Prefilter { prefilter: PrefilterOp },
+}
+
+/// What `sluice prefilter` asks of the deny list. CIDRs travel as text so
+/// the agent, which owns the list, names whatever it refuses; a request
+/// with one bad CIDR changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum PrefilterOp {
+    List,
+    /// Deny these too (already denied ones are no error).
+    Add {
+        cidrs: Vec<String>,
+    },
+    /// Stop denying these (each must have been added; the config file's
+    /// own stay until the file changes).
+    Delete {
+        cidrs: Vec<String>,
+    },
+    /// Make the added list exactly this (the config file's stay).
+    Set {
+        cidrs: Vec<String>,
+    },
+}
+
+/// The deny list and where the prefilter runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefilterStatus {
+    /// The underlay device it is attached to; `None` without one (no
+    /// datastore, so no underlay is known).
+    pub device: Option<String>,
+    /// `native` (in the driver) or `generic` (after the skb is built).
+    pub mode: Option<String>,
+    /// From the config file's `prefilter.denyCIDRs`.
+    pub config_cidrs: Vec<String>,
+    /// Added through the API; kept in the agent's state directory.
+    pub added_cidrs: Vec<String>,
 }
 
 /// Address configuration handed to a new pod.
@@ -163,6 +202,7 @@ pub enum Response {
     Endpoint { state: EndpointState },
     Collected { released: Vec<Attachment> },
     Status { status: AgentStatus },
+    Prefilter { prefilter: PrefilterStatus },
     Error { kind: ErrorKind, message: String },
 }
 

@@ -17,6 +17,10 @@ pub mod routing {
 /// VNI carries no identity. Cluster-wide identities would go here.
 pub const TUNNEL_VNI: u32 = 0;
 
+/// The UDP port of the node's VXLAN device (IANA's): the prefilter drops
+/// packets to it from addresses that are not nodes.
+pub const VXLAN_PORT: u16 = 4789;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DataplaneConfig {

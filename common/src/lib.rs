@@ -49,4 +49,10 @@ pub mod programs {
     pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
     pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
     pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+    /// XDP on the underlay device: drops what must never enter the node
+    /// (denied sources, malformed IPv4, VXLAN from non-nodes).
+    pub const PREFILTER: &str = "prefilter";
+    /// The prefilter's deny list checked at TC ingress instead: not
+    /// attached by the agent; the prefilter benchmark's comparison.
+    pub const PREFILTER_TC: &str = "prefilter_tc";
 }

@@ -82,6 +82,9 @@ map_table! { $
     /// IPv4 datagrams whose first fragment was seen: (addresses, protocol,
     /// IP id) → its ports and verdict (LRU hash; entries live seconds).
     FRAGMENTS = "SLUICE_FRAGMENTS", 16384;
+    /// The prefilter's deny list: source CIDRs XDP drops on the underlay
+    /// (LPM trie; the value is unused).
+    PREFILTER_DENY = "SLUICE_PREFILTER_DENY", 16384;
 }
 
 /// The map called `name`, if the object has one.

@@ -72,11 +72,18 @@ pub enum Reason {
     /// minimum length (TCP's 20 bytes, SCTP's 12): it would rewrite the
     /// header policy judged the first fragment by (RFC 1858).
     DropFragmentOverlap = 26,
+    /// The source address is in the operator's prefilter deny list
+    /// (`prefilter.denyCIDRs`, `sluice prefilter`): dropped by XDP on the
+    /// underlay before the kernel allocated anything for it.
+    DropDeniedSource = 27,
+    /// A VXLAN packet (to the node's VXLAN port, tunnel routing) from an
+    /// address that is no node of the cluster: dropped by the prefilter.
+    DropVxlanNotFromNode = 28,
 }
 
 impl Reason {
     /// Every reason, in number order.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 26] = [
         Reason::ForwardLocal,
         Reason::ToStack,
         Reason::DropSpoofedSource,
@@ -101,6 +108,8 @@ impl Reason {
         Reason::DropNoLocalBackend,
         Reason::DropFragmentUntracked,
         Reason::DropFragmentOverlap,
+        Reason::DropDeniedSource,
+        Reason::DropVxlanNotFromNode,
     ];
 
     /// Label in metrics and output.
@@ -130,6 +139,8 @@ impl Reason {
             Reason::DropNoLocalBackend => "drop_no_local_backend",
             Reason::DropFragmentUntracked => "drop_fragment_untracked",
             Reason::DropFragmentOverlap => "drop_fragment_overlap",
+            Reason::DropDeniedSource => "drop_denied_source",
+            Reason::DropVxlanNotFromNode => "drop_vxlan_not_from_node",
         }
     }
 
@@ -159,7 +170,9 @@ impl Reason {
             | Reason::DropSetTunnelKeyFailed
             | Reason::DropNoLocalBackend
             | Reason::DropFragmentUntracked
-            | Reason::DropFragmentOverlap => true,
+            | Reason::DropFragmentOverlap
+            | Reason::DropDeniedSource
+            | Reason::DropVxlanNotFromNode => true,
         }
     }
 
@@ -186,7 +199,7 @@ impl Reason {
 }
 
 /// Largest reason number plus one.
-pub const LIMIT: u32 = Reason::DropFragmentOverlap as u32 + 1;
+pub const LIMIT: u32 = Reason::DropVxlanNotFromNode as u32 + 1;
 
 const _: () = {
     // ALL lists every reason exactly once, in number order.

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! programs/{pod,overlay,netdev}   what a packet does at each attach point
+//! programs/prefilter              what never enters the node (XDP)
 //!   ├─ service     Service frontends to backends and back (kube-proxy replacement)
 //!   ├─ policy      NetworkPolicy enforcement: conntrack + the shared decision
 //!   │   └─ conntrack   flow entries, timeouts, tombstones, related ICMP errors
@@ -31,8 +32,8 @@ mod service;
 mod verdict;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use sluice_common::direction::Direction;
 
@@ -71,6 +72,28 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_netdev(ctx: TcContext) -> i32 {
     programs::run(&ctx, programs::netdev::to_netdev, Direction::Egress)
+}
+
+/// XDP on the underlay device: drops what must never enter the node.
+#[xdp]
+pub fn prefilter(ctx: XdpContext) -> u32 {
+    let reason = programs::prefilter::decide(&ctx);
+    if let Some(reason) = reason {
+        let len = ctx.data_end() - ctx.data();
+        metrics::count(reason, Direction::Ingress, len as u32);
+    }
+    programs::prefilter::action(reason)
+}
+
+/// The prefilter's deny list at TC ingress instead: only for the
+/// benchmark that compares the two (the agent never attaches it).
+#[classifier]
+pub fn prefilter_tc(ctx: TcContext) -> i32 {
+    let (action, reason) = programs::prefilter::decide_tc(&ctx);
+    if let Some(reason) = reason {
+        metrics::count(reason, Direction::Ingress, ctx.len());
+    }
+    action
 }
 
 /// The host's sockets connecting (TCP, UDP): a ClusterIP becomes a backend.

@@ -1576,3 +1576,220 @@ fn hairpin_connections_reach_the_pod_itself() {
     assert_eq!(checksum(&out[14..34]), 0);
     assert!(l4_checksum_ok(&out));
 }
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// A VXLAN packet (outer UDP to the VXLAN port) from `src`.
+fn vxlan_from(src: Ipv4Addr) -> Vec<u8> {
+    let mut payload = udp(40000, sluice_common::config::VXLAN_PORT);
+    payload[4..6].copy_from_slice(&16u16.to_be_bytes());
+    // VXLAN header (I flag, VNI 0) and the start of an inner frame.
+    payload.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 0, 0]);
+    ipv4(src, GATEWAY, 17, 64, 0, &payload)
+}
+
+impl Unit {
+    fn prefilter(&mut self, pkt: &[u8]) -> u32 {
+        let (action, out) = self
+            .bpf
+            .run_prefilter(pkt)
+            .unwrap_or_else(|e| panic!("prefilter: {e}"));
+        assert_eq!(out, pkt, "the prefilter never rewrites a packet");
+        action
+    }
+
+    fn deny(&mut self, cidrs: &[&str]) {
+        let cidrs: Vec<Ipv4Net> = cidrs.iter().map(|c| c.parse().expect("cidr")).collect();
+        self.bpf.set_deny_list(&cidrs).expect("deny list");
+    }
+}
+
+/// Sources in the deny list are dropped (the most specific entry needs no
+/// covering one; removing an entry lets its sources in again), the rest
+/// pass untouched and uncounted.
+#[test]
+fn the_prefilter_drops_denied_sources_only() {
+    require_root!();
+    let mut unit = Unit::new();
+    let from = |src| ipv4(src, GATEWAY, 6, 64, 0, &tcp_syn(40000, 22));
+    assert_eq!(unit.prefilter(&from(OUTSIDE)), XDP_PASS, "empty deny list");
+    unit.deny(&["192.0.2.0/24", "10.60.0.5/32"]);
+    assert_eq!(unit.prefilter(&from(OUTSIDE)), XDP_DROP, "in 192.0.2.0/24");
+    assert_eq!(unit.prefilter(&from(REMOTE_POD)), XDP_DROP, "the /32");
+    let neighbour = Ipv4Addr::new(10, 60, 0, 6);
+    assert_eq!(
+        unit.prefilter(&from(neighbour)),
+        XDP_PASS,
+        "next to the /32"
+    );
+    assert_eq!(unit.prefilter(&from(REMOTE_NODE)), XDP_PASS, "not denied");
+    assert_eq!(unit.counter(Reason::DropDeniedSource), 2);
+    unit.deny(&["192.0.2.0/24"]);
+    assert_eq!(unit.prefilter(&from(REMOTE_POD)), XDP_PASS, "/32 removed");
+    assert_eq!(unit.prefilter(&from(OUTSIDE)), XDP_DROP);
+    assert_eq!(unit.counter(Reason::DropDeniedSource), 3);
+    for reason in Reason::ALL {
+        if reason != Reason::DropDeniedSource {
+            assert_eq!(unit.counter(reason), 0, "{}", reason.name());
+        }
+    }
+}
+
+/// IPv4 headers that are not one are dropped before the stack sees them;
+/// a sound packet with options passes.
+#[test]
+fn the_prefilter_drops_malformed_ipv4() {
+    require_root!();
+    let mut unit = Unit::new();
+    let good = ipv4(OUTSIDE, GATEWAY, 17, 64, 0, &udp(40000, 53));
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut bad_version = good.clone();
+    bad_version[14] = 0x65;
+    cases.push(("version 6 in an IPv4 frame", bad_version));
+    let mut short_ihl = good.clone();
+    short_ihl[14] = 0x44;
+    cases.push(("IHL below 5", short_ihl));
+    let mut long_ihl = good.clone();
+    long_ihl[14] = 0x4f;
+    cases.push(("IHL beyond the total length", long_ihl));
+    let mut short_len = good.clone();
+    short_len[16..18].copy_from_slice(&19u16.to_be_bytes());
+    cases.push(("total length below the header", short_len));
+    let mut long_len = good.clone();
+    long_len[16..18].copy_from_slice(&1400u16.to_be_bytes());
+    cases.push(("total length beyond the frame", long_len));
+    cases.push(("header cut short", good[..14 + 12].to_vec()));
+    let n = cases.len() as u64;
+    for (what, pkt) in cases {
+        assert_eq!(unit.prefilter(&pkt), XDP_DROP, "{what}");
+    }
+    assert_eq!(unit.counter(Reason::DropBadIpv4Header), n);
+    assert_eq!(unit.prefilter(&good), XDP_PASS);
+    // 4 bytes of options (IHL 6), total length counting them.
+    let mut options = good[..34].to_vec();
+    options.extend_from_slice(&[1, 1, 1, 0]);
+    options.extend_from_slice(&good[34..]);
+    options[14] = 0x46;
+    let tot_len = (options.len() - 14) as u16;
+    options[16..18].copy_from_slice(&tot_len.to_be_bytes());
+    assert_eq!(unit.prefilter(&options), XDP_PASS, "IPv4 with options");
+    // Ethernet padding after a short packet is no malformation.
+    let mut padded = good.clone();
+    padded.extend_from_slice(&[0; 16]);
+    assert_eq!(unit.prefilter(&padded), XDP_PASS, "padded frame");
+    assert_eq!(unit.counter(Reason::DropBadIpv4Header), n);
+}
+
+/// ARP and IPv6 are none of the prefilter's business, even from a denied
+/// source's neighbourhood, and are not counted.
+#[test]
+fn the_prefilter_passes_arp_and_ipv6() {
+    require_root!();
+    let mut unit = Unit::new();
+    unit.deny(&["10.50.0.0/24", "0.0.0.0/0"]);
+    assert_eq!(unit.prefilter(&arp_from_a()), XDP_PASS, "ARP");
+    assert_eq!(unit.prefilter(&ipv6_frame()), XDP_PASS, "IPv6");
+    for reason in Reason::ALL {
+        assert_eq!(unit.counter(reason), 0, "{}", reason.name());
+    }
+}
+
+/// In tunnel routing, VXLAN from an address that is no node's is dropped,
+/// from a node it passes; other UDP from the same address, later
+/// fragments (no UDP header) and, in native routing (no VXLAN device),
+/// the port itself are left alone.
+#[test]
+fn the_prefilter_drops_vxlan_from_addresses_that_are_not_nodes() {
+    require_root!();
+    let mut unit = Unit::new();
+    unit.set_routing(routing::TUNNEL);
+    assert_eq!(unit.prefilter(&vxlan_from(OUTSIDE)), XDP_DROP, "not a node");
+    assert_eq!(
+        unit.prefilter(&vxlan_from(REMOTE_POD)),
+        XDP_DROP,
+        "a remote pod is not its node"
+    );
+    assert_eq!(unit.prefilter(&vxlan_from(REMOTE_NODE)), XDP_PASS, "a node");
+    assert_eq!(unit.counter(Reason::DropVxlanNotFromNode), 2);
+    let dns = ipv4(OUTSIDE, GATEWAY, 17, 64, 0, &udp(40000, 53));
+    assert_eq!(unit.prefilter(&dns), XDP_PASS, "other UDP");
+    let fragment = ipv4(OUTSIDE, GATEWAY, 17, 64, 185, &[0u8; 16]);
+    assert_eq!(unit.prefilter(&fragment), XDP_PASS, "a later fragment");
+    unit.set_routing(routing::NATIVE);
+    assert_eq!(unit.prefilter(&vxlan_from(OUTSIDE)), XDP_PASS, "native");
+    assert_eq!(unit.counter(Reason::DropVxlanNotFromNode), 2);
+    // A denied node is denied all the same.
+    unit.set_routing(routing::TUNNEL);
+    unit.deny(&["172.31.0.2/32"]);
+    assert_eq!(unit.prefilter(&vxlan_from(REMOTE_NODE)), XDP_DROP);
+    assert_eq!(unit.counter(Reason::DropDeniedSource), 1);
+}
+
+/// The prefilter attaches natively where the driver can (veth), falls back
+/// to generic mode where it cannot (a bridge), takes generic when
+/// configured so, keeps a live link across attaches, replaces it when the
+/// mode changes, and leaves with its pin.
+#[test]
+fn the_prefilter_attaches_native_or_falls_back_to_generic() {
+    require_root!();
+    use sluice_agent::kernel::bpf::AttachMode;
+    let mut unit = Unit::new();
+    unit._ns.ip("link add br9 type bridge").expect("bridge");
+    unit._ns.ip("link set br9 up").expect("bridge up");
+    let bridge = nix::net::if_::if_nametoindex("br9").expect("br9");
+    let underlay = unit.underlay_if;
+    let pins = unit.bpf.pin_dir().join("xdp");
+    let pinned = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&pins)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let dataplane = unit.bpf.dataplane();
+    let attach = |dp: &mut sluice_agent::kernel::bpf::Dataplane, dev, index, mode| {
+        dp.attach_prefilter(dev, index, mode)
+            .unwrap_or_else(|e| panic!("attaching to {dev}: {e}"))
+    };
+    assert_eq!(
+        attach(dataplane, "ul0", underlay, AttachMode::Native),
+        AttachMode::Native
+    );
+    assert_eq!(
+        attach(dataplane, "ul0", underlay, AttachMode::Native),
+        AttachMode::Native
+    );
+    assert_eq!(pinned(), ["native@ul0"]);
+    assert_eq!(
+        attach(dataplane, "ul0", underlay, AttachMode::Generic),
+        AttachMode::Generic
+    );
+    assert_eq!(pinned(), ["generic@ul0"]);
+    assert_eq!(
+        attach(dataplane, "br9", bridge, AttachMode::Native),
+        AttachMode::Generic,
+        "a bridge has no native XDP"
+    );
+    assert_eq!(
+        pinned(),
+        ["generic@br9"],
+        "one device carries the prefilter"
+    );
+    let link = |dev: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-d", "link", "show", dev])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(link("br9").contains("xdpgeneric"), "{}", link("br9"));
+    assert!(!link("ul0").contains("xdp"), "{}", link("ul0"));
+    dataplane.detach_prefilter().expect("detach");
+    assert!(pinned().is_empty());
+    assert!(!link("br9").contains("xdp"), "{}", link("br9"));
+}

@@ -9,7 +9,7 @@ use std::{
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use crate::kernel::bpf::MapSizes;
+use crate::kernel::bpf::{AttachMode, MapSizes};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -106,6 +106,22 @@ pub struct FileConfig {
     pub kube_proxy_replacement: Option<bool>,
     pub log_level: Option<String>,
     pub cgroup_root: Option<PathBuf>,
+    pub prefilter: Option<PrefilterConfig>,
+}
+
+/// The config file's `prefilter` key: the underlay prefilter's initial
+/// deny list (`sluice prefilter` adds to it while the agent runs).
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PrefilterConfig {
+    /// Source CIDRs dropped by XDP on the underlay.
+    #[serde(rename = "denyCIDRs", default)]
+    pub deny_cidrs: Vec<Ipv4Net>,
+    /// `native` (the default: in the driver, generic where the driver
+    /// refuses) or `generic`. On veth, native XDP takes GSO from the
+    /// peer, which costs TCP throughput through it (README).
+    #[serde(default)]
+    pub mode: AttachMode,
 }
 
 /// Flags as given; `None` when absent.
@@ -155,6 +171,10 @@ pub struct Config {
     /// `/sys/fs/cgroup`, mounted elsewhere in a container). `None`: the
     /// first cgroup2 mount the agent sees.
     pub cgroup_root: Option<PathBuf>,
+    /// The config file's `prefilter.denyCIDRs`.
+    pub prefilter_deny: Vec<Ipv4Net>,
+    /// The config file's `prefilter.mode`.
+    pub prefilter_mode: AttachMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +209,8 @@ pub enum ConfigError {
     Conflict(&'static str, &'static str),
     #[error("--pod-cidr is required without a datastore (with one, the node's own Node object gives it)")]
     PodCidr,
+    #[error("prefilter.denyCIDRs: {cidr} has host bits set; the network is {network}")]
+    PrefilterCidr { cidr: Ipv4Net, network: Ipv4Net },
     #[error("invalid logLevel {level:?}: {reason}")]
     LogLevel { level: String, reason: String },
 }
@@ -257,6 +279,16 @@ impl Config {
                 });
             }
         }
+        let PrefilterConfig {
+            deny_cidrs: prefilter_deny,
+            mode: prefilter_mode,
+        } = file.prefilter.unwrap_or_default();
+        if let Some(cidr) = prefilter_deny.iter().find(|c| c.trunc() != **c) {
+            return Err(ConfigError::PrefilterCidr {
+                cidr: *cidr,
+                network: cidr.trunc(),
+            });
+        }
         Ok(Self {
             node_name,
             pod_cidr,
@@ -287,6 +319,8 @@ impl Config {
                 .unwrap_or(true),
             log_level,
             cgroup_root: file.cgroup_root,
+            prefilter_deny,
+            prefilter_mode,
         })
     }
 
@@ -388,6 +422,36 @@ mod tests {
         assert!("dir:".parse::<Datastore>().is_err());
         assert!("kubernetes:".parse::<Datastore>().is_err());
         assert!("kube".parse::<Datastore>().is_err());
+    }
+
+    #[test]
+    fn the_prefilter_deny_list_comes_from_the_file_and_must_name_networks() {
+        let file: FileConfig =
+            serde_yaml::from_str("prefilter: {denyCIDRs: [198.18.0.0/15, 203.0.113.7/32]}\n")
+                .expect("yaml");
+        let cfg = Config::merge(flags(), file).expect("config");
+        assert_eq!(
+            cfg.prefilter_deny,
+            ["198.18.0.0/15", "203.0.113.7/32"]
+                .map(|c| c.parse::<Ipv4Net>().expect("cidr"))
+                .to_vec()
+        );
+        assert_eq!(cfg.prefilter_mode, AttachMode::Native);
+        let cfg = Config::merge(flags(), FileConfig::default()).expect("config");
+        assert!(cfg.prefilter_deny.is_empty());
+        let file: FileConfig = serde_yaml::from_str("prefilter: {mode: generic}\n").expect("yaml");
+        let cfg = Config::merge(flags(), file).expect("config");
+        assert_eq!(cfg.prefilter_mode, AttachMode::Generic);
+        assert!(serde_yaml::from_str::<FileConfig>("prefilter: {mode: offload}\n").is_err());
+        let file: FileConfig =
+            serde_yaml::from_str("prefilter: {denyCIDRs: [10.1.2.3/8]}\n").expect("yaml");
+        let err = Config::merge(flags(), file).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "prefilter.denyCIDRs: 10.1.2.3/8 has host bits set; the network is 10.0.0.0/8"
+        );
+        assert!(serde_yaml::from_str::<FileConfig>("prefilter: {denyCidrs: []}\n").is_err());
+        assert!(serde_yaml::from_str::<FileConfig>("prefilter: {denyCIDRs: [nope]}\n").is_err());
     }
 
     #[test]

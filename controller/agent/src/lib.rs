@@ -9,7 +9,8 @@
 //!   [`policy`] (NetworkPolicy compiler), [`services`] (Services and
 //!   EndpointSlices → frontends and backends), [`topology`] (Node objects →
 //!   routes and ipcache), [`endpoints`] (IPAM and the endpoint registry
-//!   behind the CNI API), [`config`];
+//!   behind the CNI API), [`config`], [`prefilter`] (the underlay deny
+//!   list, with its one map writer);
 //! - kernel I/O: everything under [`kernel`] (BPF objects and maps,
 //!   netlink, nftables, bpffs), exercised by the namespace tests in
 //!   `tests/`;
@@ -25,6 +26,7 @@ pub mod endpoints;
 pub mod kernel;
 pub mod metrics;
 pub mod policy;
+pub mod prefilter;
 pub mod reconcile;
 pub mod registration;
 pub mod services;

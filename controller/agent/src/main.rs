@@ -20,6 +20,7 @@ use sluice_agent::{
     kernel::{masquerade, nft, service_nft},
     metrics::http,
     metrics::Metrics,
+    prefilter::Prefilter,
     reconcile::{self, Reconciler, ReconcilerMaps, ServicesConfig},
     registration::Registrations,
     topology,
@@ -192,6 +193,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } = dataplane
         .take_sync_maps()
         .context("eBPF maps to sync missing")?;
+    // Filled before the prefilter is attached, so nothing denied slips in.
+    let mut prefilter = Prefilter::start(
+        dataplane.take_deny_list()?,
+        &config.state_dir,
+        &config.prefilter_deny,
+    )
+    .context("loading the prefilter deny list")?;
     for (map, _, size) in config.map_sizes.by_map() {
         metrics
             .map_capacity
@@ -259,12 +267,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 &netlink,
                 config.routing,
                 node_ip,
+                config.prefilter_mode,
             )
             .await
             .context("setting up cross-node routing")?,
         ),
         None => None,
     };
+    if let Some(setup) = &setup {
+        prefilter.set_attached(&setup.underlay.name, setup.prefilter);
+    }
     let mtu = config
         .mtu
         .or(setup.as_ref().map(|s| s.pod_mtu()))
@@ -341,6 +353,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 Ok((stream, _)) => match cni_api::read_request(stream).await {
                     Some((Ok(Request::Register { endpoint }), responder)) => {
                         registrations.register(endpoint, responder, &mut agent, &mut reconciler).await;
+                    }
+                    Some((Ok(Request::Prefilter { prefilter: op }), responder)) => {
+                        responder.send(&prefilter.handle(&op)).await;
                     }
                     Some((Ok(request), responder)) => {
                         let mut response = agent.handle(request).await;

@@ -72,6 +72,12 @@ enum LabCommand {
         #[arg(long)]
         ignore_not_found: bool,
     },
+    /// A node's prefilter deny list, as `sluice prefilter` on that node.
+    Prefilter {
+        node: String,
+        #[command(subcommand)]
+        command: crate::prefilter::PrefilterCommand,
+    },
     /// Run a command in a pod's (NS/NAME) or a node's (nodeN) network
     /// namespace.
     Exec {
@@ -130,6 +136,8 @@ enum BenchSuite {
     Throughput,
     /// Through a ClusterIP vs to the pod, eBPF vs the kube-proxy emulation.
     Services,
+    /// Drops/s of a denied CIDR: XDP prefilter vs TC vs iptables raw.
+    Prefilter,
 }
 
 #[derive(clap::Args, Debug)]
@@ -269,6 +277,9 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 bail!("{missing} object(s) not found (--ignore-not-found to accept)");
             }
         }
+        LabCommand::Prefilter { node, command } => {
+            return crate::prefilter::run(&config.agent_socket(&node), command)
+        }
         LabCommand::Exec { target, command } => {
             return exec(&Lab::open(config)?, &target, &command)
         }
@@ -322,6 +333,15 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 );
                 let rates = bench::services::run(&options, &services)?;
                 print!("{}", bench::services::report(&rates));
+            }
+            if wanted(BenchSuite::Prefilter) {
+                println!(
+                    "prefilter: {}-byte UDP from a denied CIDR at a veth underlay, sender pinned to CPU 0 (the drop runs there too), \
+                     {seconds} s x {runs} runs per drop point, in turns",
+                    bench::prefilter::PAYLOAD
+                );
+                let rates = bench::prefilter::run(&options)?;
+                print!("{}", bench::prefilter::report(&rates));
             }
         }
         LabCommand::Serve { .. } => unreachable!("handled above"),

@@ -1,6 +1,7 @@
 //! sluice: the user CLI.
 mod install_cni;
 mod lab;
+mod prefilter;
 mod status;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -35,6 +36,14 @@ enum Command {
         /// `text` for people, `json` (one object) for programs.
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+    /// Read or change the underlay prefilter's deny list (XDP drops of
+    /// source CIDRs), live, through the node agent.
+    Prefilter {
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[command(subcommand)]
+        command: prefilter::PrefilterCommand,
     },
     /// Show the dataplane's packet counters (forwarded / dropped by reason).
     Counters {
@@ -133,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 other => bail!("unexpected answer: {other:?}"),
             }
         }
+        Command::Prefilter { socket, command } => prefilter::run(&socket, command),
         Command::InstallCni {
             bin_dir,
             conf_dir,

@@ -1,11 +1,13 @@
 //! What a packet does at each attach point: `pod` (the host side of a
 //! pod's veth), `overlay` (the node's VXLAN device), `netdev` (the underlay
 //! device); and what the node's sockets' addresses become (`sock`, the
-//! cgroup socket hooks). Each program's decision is a function from the
+//! cgroup socket hooks); what never enters the node at all (`prefilter`,
+//! XDP on the underlay). Each program's decision is a function from the
 //! packet to a [`Verdict`]; [`run`] counts it.
 pub mod netdev;
 pub mod overlay;
 pub mod pod;
+pub mod prefilter;
 pub mod sock;
 
 use aya_ebpf::programs::TcContext;

@@ -279,6 +279,12 @@ impl<D: Datapath> Agent<D> {
                     node: Default::default(),
                 },
             },
+            // The node's prefilter, not an endpoint's: the API server
+            // answers it (the main loop).
+            Request::Prefilter { .. } => error(
+                ErrorKind::Invalid,
+                "the prefilter is not the endpoint registry's",
+            ),
         }
     }
 

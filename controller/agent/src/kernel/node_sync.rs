@@ -13,7 +13,7 @@ use sluice_common::{
 use tracing::info;
 
 use super::{
-    bpf::{ConfigMap, Dataplane, DataplaneError},
+    bpf::{AttachMode, ConfigMap, Dataplane, DataplaneError},
     masquerade,
     netlink::{Netlink, NetlinkError},
     nft::{self, NftError},
@@ -46,6 +46,8 @@ pub struct RoutingSetup {
     /// Where routes to other nodes' pod ranges point: the VXLAN device
     /// (tunnel) or the underlay (native).
     pub route_device: u32,
+    /// Where the prefilter runs on the underlay.
+    pub prefilter: AttachMode,
 }
 
 impl RoutingSetup {
@@ -57,14 +59,15 @@ impl RoutingSetup {
 
 /// Sets up cross-node routing for a node whose InternalIP is `node_ip`:
 /// the VXLAN device with its two programs (tunnel), the programs on the
-/// underlay (both modes: external Service traffic arrives there), and the
-/// programs' configuration.
+/// underlay (both modes: external Service traffic arrives there), the
+/// prefilter (XDP) on it, and the programs' configuration.
 pub async fn setup(
     dataplane: &mut Dataplane,
     config_map: &mut ConfigMap,
     netlink: &Netlink,
     mode: Routing,
     node_ip: Ipv4Addr,
+    prefilter_mode: AttachMode,
 ) -> Result<RoutingSetup, NodeSyncError> {
     let underlay = netlink
         .device_with_address(node_ip)
@@ -72,6 +75,7 @@ pub async fn setup(
         .ok_or(NodeSyncError::NoUnderlay(node_ip))?;
     dataplane.attach_program(programs::FROM_NETDEV, &underlay.name, underlay.index)?;
     dataplane.attach_program(programs::TO_NETDEV, &underlay.name, underlay.index)?;
+    let prefilter = dataplane.attach_prefilter(&underlay.name, underlay.index, prefilter_mode)?;
     // The node's sockets are the socket hooks' (the agent runs in the
     // node's network namespace).
     let netns_cookie = sluice_sys::netns::current_cookie().map_err(NodeSyncError::NetnsCookie)?;
@@ -101,11 +105,12 @@ pub async fn setup(
         }
     };
     config_map.set(config)?;
-    info!(routing = %mode, underlay = %underlay.name, mtu = underlay.mtu, "cross-node routing set up");
+    info!(routing = %mode, underlay = %underlay.name, mtu = underlay.mtu, prefilter = %prefilter, "cross-node routing set up");
     Ok(RoutingSetup {
         routing: mode,
         underlay,
         route_device,
+        prefilter,
     })
 }
 

@@ -26,7 +26,7 @@ use crate::{
 /// The node's collect-metadata VXLAN device.
 pub const VXLAN_DEVICE: &str = "sluice_vxlan";
 /// IANA's VXLAN port.
-pub const VXLAN_PORT: u16 = 4789;
+pub const VXLAN_PORT: u16 = sluice_common::config::VXLAN_PORT;
 /// Routes the agent owns carry this protocol number, so it can find (and
 /// only touch) its own.
 pub const ROUTE_PROTOCOL: u8 = 201;

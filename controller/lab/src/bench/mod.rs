@@ -3,6 +3,7 @@
 
 pub mod frame;
 pub mod policy_cost;
+pub mod prefilter;
 pub mod services;
 pub mod test_run;
 pub mod throughput;

@@ -17,7 +17,7 @@ use ipnet::Ipv4Net;
 use sluice_agent::{
     config::DEFAULT_BPFFS,
     kernel::{
-        bpf::{self, Dataplane, DataplaneError, MapSizes, SyncMaps},
+        bpf::{self, Dataplane, DataplaneError, DenyList, MapSizes, SyncMaps},
         bpffs,
     },
     policy::PlacedPolicy,
@@ -70,6 +70,7 @@ impl SkbContext {
 pub struct TestDataplane {
     dataplane: Dataplane,
     maps: SyncMaps,
+    deny: DenyList,
     pin_dir: PathBuf,
 }
 
@@ -92,9 +93,11 @@ impl TestDataplane {
         let maps = dataplane
             .take_sync_maps()
             .ok_or_else(|| TestRunError::Setup("sync maps taken".into()))?;
+        let deny = dataplane.take_deny_list()?;
         Ok(Self {
             dataplane,
             maps,
+            deny,
             pin_dir,
         })
     }
@@ -126,6 +129,36 @@ impl TestDataplane {
     pub fn apply_services(&mut self, services: &DesiredServices) -> Result<(), TestRunError> {
         self.maps.services.apply(services)?;
         Ok(())
+    }
+
+    /// Makes the prefilter deny exactly `cidrs`, as the agent does.
+    pub fn set_deny_list(&mut self, cidrs: &[Ipv4Net]) -> Result<(), TestRunError> {
+        self.deny.sync(cidrs)?;
+        Ok(())
+    }
+
+    /// The loaded object, for attaching its programs (the benchmarks).
+    pub fn dataplane(&mut self) -> &mut Dataplane {
+        &mut self.dataplane
+    }
+
+    /// Runs the prefilter (XDP) once on `pkt`, as arriving on loopback:
+    /// (XDP action, packet as it left).
+    pub fn run_prefilter(&mut self, pkt: &[u8]) -> Result<(u32, Vec<u8>), TestRunError> {
+        let program = sluice_common::programs::PREFILTER;
+        let mut out = vec![0u8; pkt.len() + 256];
+        let res = self
+            .dataplane
+            .prefilter_program()?
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| TestRunError::Run { program, source })?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out))
     }
 
     pub fn set_config(&mut self, config: DataplaneConfig) -> Result<(), TestRunError> {

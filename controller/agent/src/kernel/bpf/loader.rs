@@ -279,6 +279,7 @@ impl Dataplane {
                 .map_err(program_error(name))?;
         }
         dataplane.load_socket_hooks()?;
+        dataplane.load_prefilter()?;
         // New programs on new, still empty maps would see no endpoints, no
         // isolation, no rules: fail open (or drop everything). Then the
         // running programs, if any, keep their old, consistent maps until
@@ -337,6 +338,7 @@ impl Dataplane {
     /// earlier programs used.
     fn switch_links(&mut self) -> Result<(), DataplaneError> {
         self.upgrade_links();
+        self.upgrade_prefilter_links();
         remove_foreign_pins(&self.pin_dir, &self.map_names)
     }
 
@@ -529,11 +531,12 @@ impl Dataplane {
 }
 
 /// The ifindex the TCX link pinned at `pin` is attached to; 0 once its
-/// device is gone.
+/// device is gone. The XDP part of the info starts with the ifindex at
+/// the same offset, so the prefilter's links are read the same way.
 ///
 /// aya's `LinkInfo` does not expose the TCX part of `bpf_link_info`, so this
 /// asks the kernel directly (BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD).
-fn pinned_tcx_ifindex(pin: &Path) -> io::Result<u32> {
+pub(super) fn pinned_tcx_ifindex(pin: &Path) -> io::Result<u32> {
     use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
 
     const BPF_OBJ_GET: libc::c_long = 7;

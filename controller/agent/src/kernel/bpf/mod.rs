@@ -8,7 +8,8 @@
 //! Layout under the node's pin directory (`<bpf-root>/<node-name>/`): the
 //! maps by name (`sluice_common::maps`), `links/` with one pin per
 //! attached TC program, and `sock/` with the socket hooks' links
-//! ([`socket_hooks`]). Pins outlive the agent, so traffic keeps flowing
+//! ([`socket_hooks`]), `xdp/` with the underlay prefilter's
+//! ([`prefilter`]). Pins outlive the agent, so traffic keeps flowing
 //! across agent restarts.
 
 pub mod diff;
@@ -16,6 +17,7 @@ pub mod loader;
 pub mod map_sizes;
 pub mod node_maps;
 pub mod policy_maps;
+pub mod prefilter;
 pub mod revision;
 pub mod service_maps;
 pub mod socket_hooks;
@@ -31,6 +33,7 @@ pub use loader::{Dataplane, MapShape, SyncMaps};
 pub use map_sizes::MapSizes;
 pub use node_maps::{ConfigMap, Ipcache};
 pub use policy_maps::PolicyMaps;
+pub use prefilter::{AttachMode, DenyList};
 pub use revision::PolicyRevision;
 pub use service_maps::ServiceMaps;
 
