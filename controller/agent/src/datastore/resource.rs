@@ -519,13 +519,21 @@ pub fn admit(resource: Resource, value: impl FnOnce() -> Value) -> Resource {
     let Resource::NetworkPolicy(policy) = &resource else {
         return resource;
     };
-    let errors = validate::network_policy(policy);
-    if errors.is_empty() {
-        return resource;
-    }
     let key = resource.key();
-    let reason = validate::rejection("NetworkPolicy.networking.k8s.io", &key.name, &errors);
-    Resource::Rejected(Box::new(Rejected::new(&key, vec![value()], reason)))
+    let raw = value();
+    let known = serde_json::to_value(policy).unwrap_or(Value::Null);
+    let unknown = validate::unknown_fields(&raw, &known);
+    let errors = validate::network_policy(policy);
+    let reason = if !unknown.is_empty() {
+        // A misspelt field is dropped by decoding: `form:` for `from:`
+        // would leave a rule that admits everyone.
+        validate::strict_decoding(&unknown)
+    } else if !errors.is_empty() {
+        validate::rejection("NetworkPolicy.networking.k8s.io", &key.name, &errors)
+    } else {
+        return resource;
+    };
+    Resource::Rejected(Box::new(Rejected::new(&key, vec![raw], reason)))
 }
 
 fn decode<T: DeserializeOwned + k8s_openapi::Resource>(
@@ -771,6 +779,17 @@ mod tests {
         assert!(
             message.contains("metadata.labels.team: invalid type: integer"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_field_of_a_network_policy_rejects_it() {
+        // Without `from`, the rule would admit every peer.
+        let policy = POLICY.replace("  - from:", "  - form:");
+        assert_ne!(policy, POLICY, "the fixture changed");
+        assert_eq!(
+            one_rejection(&policy),
+            "NetworkPolicy in version \"v1\" cannot be handled as a NetworkPolicy: strict decoding error: unknown field \"spec.ingress[0].form\""
         );
     }
 

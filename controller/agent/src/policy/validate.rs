@@ -17,6 +17,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
 
 /// One of the API server's `field.Error`s: `{field}: {body}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +108,55 @@ pub fn rejection(what: &str, name: &str, errors: &[FieldError]) -> String {
         many => format!("[{}]", many.join(", ")),
     };
     format!("{what} {name:?} is invalid: {list}")
+}
+
+/// The fields of `raw` (a NetworkPolicy as it came) under `spec` that its
+/// type does not have, as paths: what the API server's strict field
+/// validation (kubectl's default) refuses with `strict decoding error:
+/// unknown field "spec.ingress[0].form"`. `known` is the decoded policy
+/// serialized again; values are not compared, only which fields exist, and
+/// a null counts as absent.
+pub fn unknown_fields(raw: &Value, known: &Value) -> Vec<String> {
+    let mut unknown = Vec::new();
+    if let (Some(raw), Some(known)) = (raw.get("spec"), known.get("spec")) {
+        walk(raw, known, "spec", &mut unknown);
+    } else if raw.get("spec").is_some_and(|s| !s.is_null()) {
+        unknown.push("spec".to_owned());
+    }
+    unknown
+}
+
+fn walk(raw: &Value, known: &Value, path: &str, unknown: &mut Vec<String>) {
+    match (raw, known) {
+        (Value::Object(raw), Value::Object(known)) => {
+            for (key, value) in raw {
+                let path = format!("{path}.{key}");
+                match known.get(key) {
+                    _ if value.is_null() => {}
+                    None => unknown.push(path),
+                    Some(known) => walk(value, known, &path, unknown),
+                }
+            }
+        }
+        (Value::Array(raw), Value::Array(known)) => {
+            for (i, (raw, known)) in raw.iter().zip(known).enumerate() {
+                walk(raw, known, &format!("{path}[{i}]"), unknown);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The API server's answer to unknown fields under strict validation.
+pub fn strict_decoding(unknown: &[String]) -> String {
+    let fields: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field {f:?}"))
+        .collect();
+    format!(
+        "NetworkPolicy in version \"v1\" cannot be handled as a NetworkPolicy: strict decoding error: {}",
+        fields.join(", ")
+    )
 }
 
 /// `ValidateNetworkPolicySpec`: every error, in the API server's order.
@@ -634,6 +684,32 @@ mod tests {
             errors("{egress: [{to: [{podSelector: {matchExpressions: [{key: a, operator: Near}]}}]}]}"),
             ["spec.egress[0].to[0].podSelector.matchExpressions[0].operator: Invalid value: \"Near\": not a valid selector operator"]
         );
+    }
+
+    #[test]
+    fn unknown_fields_under_spec_are_found_by_path() {
+        let raw: Value = serde_yaml::from_str(
+            "{metadata: {name: p, x-extra: 1}, spec: {podSelector: {matchLabels: {a: b}}, ingress: [{from: [{podSelector: {}}]}, {form: [{podSelector: {}}], ports: [{port: 80, prot: TCP}]}], egress: null, policyTypes: [Ingress]}}",
+        )
+        .unwrap();
+        let policy: NetworkPolicy = serde_json::from_value(raw.clone()).unwrap();
+        let known = serde_json::to_value(&policy).unwrap();
+        let unknown = unknown_fields(&raw, &known);
+        assert_eq!(
+            unknown,
+            ["spec.ingress[1].form", "spec.ingress[1].ports[0].prot"]
+        );
+        assert_eq!(
+            strict_decoding(&unknown[..1]),
+            "NetworkPolicy in version \"v1\" cannot be handled as a NetworkPolicy: strict decoding error: unknown field \"spec.ingress[1].form\""
+        );
+        // Everything the type has, empty objects and lists included.
+        let raw: Value = serde_yaml::from_str(
+            "{spec: {podSelector: {}, ingress: [{}], egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: []}}], ports: [{port: web, endPort: null, protocol: UDP}]}], policyTypes: []}}",
+        )
+        .unwrap();
+        let policy: NetworkPolicy = serde_json::from_value(raw.clone()).unwrap();
+        assert!(unknown_fields(&raw, &serde_json::to_value(&policy).unwrap()).is_empty());
     }
 
     #[test]
