@@ -33,7 +33,7 @@ use crate::{
     },
     metrics::{sync, Metrics},
     policy::{
-        compile::{compile, LocalEndpoints, PolicyProblem},
+        compile::{compile, IpConflict, LocalEndpoints, PolicyProblem},
         identity::IdentityAllocator,
         unidentified,
     },
@@ -97,6 +97,8 @@ pub struct Reconciler {
     topology: Topology,
     pod_identities: BTreeMap<Ipv4Addr, u32>,
     problems: Vec<PolicyProblem>,
+    /// The address conflicts last reported, so each is logged once.
+    ip_conflicts: Vec<IpConflict>,
     node_problems: Vec<NodeProblem>,
     metrics: Metrics,
     /// What must be recomputed or (re)applied; stays set while applying
@@ -150,6 +152,7 @@ impl Reconciler {
             topology: Topology::default(),
             pod_identities: BTreeMap::new(),
             problems: Vec::new(),
+            ip_conflicts: Vec::new(),
             node_problems: Vec::new(),
             metrics,
             dirty_topology: true,
@@ -582,6 +585,15 @@ impl Reconciler {
         self.metrics
             .policy_problems
             .set(desired.problems.len() as i64);
+        if desired.ip_conflicts != self.ip_conflicts {
+            for c in &desired.ip_conflicts {
+                warn!(ip = %c.ip, pods = ?c.pods, "Pod IP claimed by more than one Pod; it belongs to none of them");
+            }
+            self.ip_conflicts = desired.ip_conflicts.clone();
+        }
+        self.metrics
+            .pod_ip_conflicts
+            .set(desired.ip_conflicts.len() as i64);
         if self.pod_identities != desired.pod_identities {
             self.pod_identities = desired.pod_identities;
             self.dirty_ipcache = true;

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use super::resource::{Kind, ObjectKey, Resource};
+use super::resource::{Kind, ObjectKey, Rejected, Resource};
 
 /// A change reported by a source. The variants mirror kube-rs's watcher
 /// events so that source maps onto them one to one.
@@ -109,6 +109,10 @@ pub struct ClusterState {
     pub policies: BTreeMap<(String, String), NetworkPolicy>,
     pub services: BTreeMap<(String, String), Service>,
     pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
+    /// Objects whose current version was rejected (see [`Rejected`]). The
+    /// maps above keep their last good version, if there was one: a
+    /// rejected version is not a delete.
+    pub rejected: BTreeMap<ObjectKey, Rejected>,
 }
 
 impl ClusterState {
@@ -135,16 +139,26 @@ impl ClusterState {
         }
     }
 
+    /// The rejected NetworkPolicies, by (namespace, name).
+    pub fn rejected_policies(&self) -> impl Iterator<Item = ((&str, &str), &Rejected)> {
+        self.rejected
+            .iter()
+            .filter(|(key, _)| key.kind == Kind::NetworkPolicy)
+            .map(|(key, r)| {
+                let namespace = key.namespace.as_deref().unwrap_or_default();
+                ((namespace, key.name.as_str()), r)
+            })
+    }
+
     fn upsert(&mut self, resource: Resource) -> Changed {
         let key = resource.key();
         let kind = key.kind;
         let changed = match resource {
-            Resource::Node(o) => put(&mut self.nodes, key.name, *o),
-            Resource::Namespace(o) => put(&mut self.namespaces, key.name, *o),
-            Resource::Pod(o) => put(&mut self.pods, namespaced(key), *o),
-            Resource::NetworkPolicy(o) => put(&mut self.policies, namespaced(key), *o),
-            Resource::Service(o) => put(&mut self.services, namespaced(key), *o),
-            Resource::EndpointSlice(o) => put(&mut self.endpoint_slices, namespaced(key), *o),
+            Resource::Rejected(r) => put(&mut self.rejected, key, *r),
+            good => {
+                let was_rejected = self.rejected.remove(&key).is_some();
+                self.store(good) | was_rejected
+            }
         };
         if changed {
             Changed::only(kind)
@@ -153,7 +167,40 @@ impl ClusterState {
         }
     }
 
+    /// Stores a good version; true if anything changed.
+    fn store(&mut self, resource: Resource) -> bool {
+        let key = resource.key();
+        match resource {
+            Resource::Node(o) => put(&mut self.nodes, key.name, *o),
+            Resource::Namespace(o) => put(&mut self.namespaces, key.name, *o),
+            Resource::Pod(o) => put(&mut self.pods, namespaced(key), *o),
+            Resource::NetworkPolicy(o) => put(&mut self.policies, namespaced(key), *o),
+            Resource::Service(o) => put(&mut self.services, namespaced(key), *o),
+            Resource::EndpointSlice(o) => put(&mut self.endpoint_slices, namespaced(key), *o),
+            Resource::Rejected(_) => unreachable!("rejected objects are not stored as good"),
+        }
+    }
+
+    /// The stored good version of `key`.
+    fn good(&self, key: &ObjectKey) -> Option<Resource> {
+        let name = &key.name;
+        let ns = || (key.namespace.clone().unwrap_or_default(), name.clone());
+        Some(match key.kind {
+            Kind::Node => Resource::Node(Box::new(self.nodes.get(name)?.clone())),
+            Kind::Namespace => Resource::Namespace(Box::new(self.namespaces.get(name)?.clone())),
+            Kind::Pod => Resource::Pod(Box::new(self.pods.get(&ns())?.clone())),
+            Kind::NetworkPolicy => {
+                Resource::NetworkPolicy(Box::new(self.policies.get(&ns())?.clone()))
+            }
+            Kind::Service => Resource::Service(Box::new(self.services.get(&ns())?.clone())),
+            Kind::EndpointSlice => {
+                Resource::EndpointSlice(Box::new(self.endpoint_slices.get(&ns())?.clone()))
+            }
+        })
+    }
+
     fn remove(&mut self, key: &ObjectKey) -> Changed {
+        let was_rejected = self.rejected.remove(key).is_some();
         let removed = match key.kind {
             Kind::Node => self.nodes.remove(&key.name).is_some(),
             Kind::Namespace => self.namespaces.remove(&key.name).is_some(),
@@ -165,21 +212,43 @@ impl ClusterState {
                 .remove(&namespaced(key.clone()))
                 .is_some(),
         };
-        if removed {
+        if removed || was_rejected {
             Changed::only(key.kind)
         } else {
             Changed::default()
         }
     }
 
-    fn resync(&mut self, resources: Vec<Resource>) -> Changed {
+    /// A state of just `resources`, where a rejected object keeps the good
+    /// version this state has of it.
+    fn fresh(&self, resources: impl IntoIterator<Item = Resource>) -> ClusterState {
         let mut fresh = ClusterState::default();
         for resource in resources {
             // A list holds each object once; if a source repeats one, the
             // last copy wins, as it would have with Apply events.
             fresh.upsert(resource);
         }
-        let changed = Changed {
+        let keep: Vec<Resource> = fresh
+            .rejected
+            .keys()
+            .filter(|key| fresh.good(key).is_none())
+            .filter_map(|key| self.good(key))
+            .collect();
+        for good in keep {
+            fresh.store(good);
+        }
+        fresh
+    }
+
+    fn rejected_of(&self, kind: Kind) -> impl Iterator<Item = (&ObjectKey, &Rejected)> {
+        self.rejected
+            .iter()
+            .filter(move |(key, _)| key.kind == kind)
+    }
+
+    fn resync(&mut self, resources: Vec<Resource>) -> Changed {
+        let fresh = self.fresh(resources);
+        let mut changed = Changed {
             nodes: fresh.nodes != self.nodes,
             namespaces: fresh.namespaces != self.namespaces,
             pods: fresh.pods != self.pods,
@@ -187,15 +256,20 @@ impl ClusterState {
             services: fresh.services != self.services,
             endpoint_slices: fresh.endpoint_slices != self.endpoint_slices,
         };
+        for kind in Kind::ALL {
+            if !fresh.rejected_of(kind).eq(self.rejected_of(kind)) {
+                changed.set(kind);
+            }
+        }
         *self = fresh;
         changed
     }
 
     fn resync_kind(&mut self, kind: Kind, resources: Vec<Resource>) -> Changed {
-        let mut fresh = ClusterState::default();
-        for resource in resources.into_iter().filter(|r| r.kind() == kind) {
-            fresh.upsert(resource);
-        }
+        let fresh = self.fresh(resources.into_iter().filter(|r| r.kind() == kind));
+        let rejected_changed = !fresh.rejected_of(kind).eq(self.rejected_of(kind));
+        self.rejected.retain(|key, _| key.kind != kind);
+        self.rejected.extend(fresh.rejected.clone());
         let changed = match kind {
             Kind::Node => replace(&mut self.nodes, fresh.nodes),
             Kind::Namespace => replace(&mut self.namespaces, fresh.namespaces),
@@ -204,7 +278,7 @@ impl ClusterState {
             Kind::Service => replace(&mut self.services, fresh.services),
             Kind::EndpointSlice => replace(&mut self.endpoint_slices, fresh.endpoint_slices),
         };
-        if changed {
+        if changed || rejected_changed {
             Changed::only(kind)
         } else {
             Changed::default()
@@ -447,6 +521,68 @@ mod tests {
         assert!(ClusterState::default()
             .apply(Event::ResyncKind(Kind::Node, Vec::new()))
             .is_empty());
+    }
+
+    fn rejected_policy() -> Resource {
+        let broken = POLICY.replace("operator: In", "operator: Equals");
+        let r = resource(&broken);
+        assert!(r.is_rejected(), "{r:?}");
+        r
+    }
+
+    #[test]
+    fn a_rejected_version_keeps_the_last_good_one_until_a_good_one_or_a_delete() {
+        let mut state = loaded(all());
+        let good = state.policies.clone();
+        let key = ObjectKey::namespaced(Kind::NetworkPolicy, "shop", "web-allow-frontend");
+        assert_eq!(
+            state.apply(Event::Apply(rejected_policy())),
+            Changed::only(Kind::NetworkPolicy)
+        );
+        assert_eq!(state.policies, good, "the last good version stays");
+        assert!(state.rejected.contains_key(&key));
+        assert_eq!(state.rejected_policies().count(), 1);
+        assert!(state.apply(Event::Apply(rejected_policy())).is_empty());
+
+        // A relist that holds the rejected version: still not a delete,
+        // whether of everything or of the kind.
+        let mut everything = all();
+        everything[3] = rejected_policy();
+        assert!(state.apply(Event::Resync(everything.clone())).is_empty());
+        assert_eq!(state.policies, good);
+        let only = vec![rejected_policy()];
+        assert!(state
+            .apply(Event::ResyncKind(Kind::NetworkPolicy, only))
+            .is_empty());
+        assert_eq!(state.policies, good);
+        assert!(state.rejected.contains_key(&key));
+
+        // Good again: the rejection goes.
+        assert_eq!(
+            state.apply(Event::Apply(resource(POLICY))),
+            Changed::only(Kind::NetworkPolicy)
+        );
+        assert!(state.rejected.is_empty());
+
+        // Rejected, then deleted: both go.
+        state.apply(Event::Apply(rejected_policy()));
+        assert_eq!(
+            state.apply(Event::Delete(key.clone())),
+            Changed::only(Kind::NetworkPolicy)
+        );
+        assert!(state.rejected.is_empty() && state.policies.is_empty());
+
+        // Rejected with no good version ever: known only as rejected.
+        let mut state = ClusterState::default();
+        state.apply(Event::Resync(vec![rejected_policy()]));
+        assert!(state.policies.is_empty());
+        assert_eq!(state.rejected_policies().count(), 1);
+        // A relist without it deletes it.
+        assert_eq!(
+            state.apply(Event::ResyncKind(Kind::NetworkPolicy, Vec::new())),
+            Changed::only(Kind::NetworkPolicy)
+        );
+        assert!(state.rejected.is_empty());
     }
 
     #[test]

@@ -14,13 +14,23 @@
 //! - A malformed document is logged, counted and skipped; the rest of its
 //!   file still loads. While a file has any malformed document, nothing it
 //!   used to define is deleted: a half-written file keeps its last good
-//!   objects until it parses cleanly again.
+//!   objects until it parses cleanly again. A document whose kind and name
+//!   can be read but that does not decode, or that the API server would
+//!   reject, is passed on as [`Resource::Rejected`] (not a delete: the
+//!   consumer keeps its last good version and policy fails closed).
+//! - A file with no objects at all (empty, or only comments) is malformed
+//!   too: that is what a truncating writer leaves first.
+//! - A file is taken only once it has settled: read twice in a row with the
+//!   same content and metadata, unless it was last modified long enough
+//!   ago. A writer that truncates and rewrites in place is thus not seen
+//!   mid-way unless it stalls for a whole poll interval; a version seen
+//!   mid-way and then rewritten in place is counted as malformed.
 //! - An unreadable file or directory likewise keeps what it had.
-//! - The same object in two places: the first in path order wins.
+//! - The same object in two places, or twice in one file, is a conflict
+//!   (logged, counted): identical copies are the object, different ones
+//!   are neither but a [`Resource::Rejected`] holding every version.
 //!
-//! Write files atomically (temporary file + rename) where you can: a writer
-//! that truncates first may be seen mid-way, and a prefix of a file that
-//! happens to be valid (whole documents) is taken at its word.
+//! Write files atomically (temporary file + rename) where you can.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -33,7 +43,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::cluster_state::Event;
-use super::resource::{parse_documents, parse_json, Kind, ObjectKey, Resource};
+use super::resource::{parse_documents, parse_json, Kind, ObjectKey, Rejected, Resource};
 use crate::metrics::{reason, Metrics};
 
 /// A file modified this recently may have changed again, within the same
@@ -64,7 +74,9 @@ pub struct DirSource {
     /// Reported problems still present, so each is logged and counted once
     /// rather than on every poll.
     read_errors: BTreeMap<PathBuf, String>,
-    conflicts: BTreeSet<(ObjectKey, PathBuf)>,
+    conflicts: BTreeSet<(ObjectKey, Vec<PathBuf>)>,
+    /// Files read once while recently modified, waiting to settle.
+    unsettled: BTreeMap<PathBuf, Unsettled>,
 }
 
 /// Identifies a file version without reading it.
@@ -83,6 +95,13 @@ struct FileState {
     /// What the file contributes: its good objects, plus, while it has
     /// malformed documents, those it had before that are not among them.
     objects: Vec<Resource>,
+}
+
+/// A version of a file read while it may still have been written: taken
+/// if the next read finds the same.
+struct Unsettled {
+    stamp: Stamp,
+    content: Vec<u8>,
 }
 
 impl Stamp {
@@ -140,6 +159,7 @@ impl DirSource {
             published: None,
             read_errors: BTreeMap::new(),
             conflicts: BTreeSet::new(),
+            unsettled: BTreeMap::new(),
         })
     }
 
@@ -169,11 +189,20 @@ impl DirSource {
                     present.insert(path);
                 }
                 Ok(content) => {
-                    changed |= self.load(&path, stamp, read_at, content);
+                    // Changed while being read: what we have may be half of
+                    // one version; the stamp after the read is the one to
+                    // compare the next read with.
+                    let after = fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+                    let changing = after != Some(stamp);
+                    let stamp = after.unwrap_or(stamp);
+                    if let Some(content) = self.settle(&path, stamp, read_at, content, changing) {
+                        changed |= self.load(&path, stamp, read_at, content);
+                    }
                     present.insert(path);
                 }
             }
         }
+        self.unsettled.retain(|path, _| present.contains(path));
 
         // A file is gone only if we could look where it was.
         let before = self.files.len();
@@ -187,7 +216,9 @@ impl DirSource {
         let unlisted = read_errors.contains_key(&self.dir);
         self.report_read_errors(read_errors);
 
-        if !changed || (unlisted && self.published.is_none()) {
+        // Nor one that leaves out a file still being written.
+        let unsettled = !self.unsettled.is_empty();
+        if !changed || (self.published.is_none() && (unlisted || unsettled)) {
             return Vec::new();
         }
         let (objects, conflicts) = merge(&self.files);
@@ -241,6 +272,42 @@ impl DirSource {
                 _ = tx.closed() => return,
             }
         }
+    }
+
+    /// The content to load from this read of a file, if it has settled:
+    /// last modified long enough ago, or read the same the time before.
+    fn settle(
+        &mut self,
+        path: &Path,
+        stamp: Stamp,
+        read_at: SystemTime,
+        content: Vec<u8>,
+        changing: bool,
+    ) -> Option<Vec<u8>> {
+        let previous = self.unsettled.remove(path);
+        let old = stamp
+            .modified()
+            .and_then(|t| t.checked_add(RACY))
+            .is_some_and(|t| t < read_at);
+        let same = |p: &Unsettled| p.stamp == stamp && p.content == content;
+        if !changing && (old || previous.as_ref().is_some_and(same)) {
+            return Some(content);
+        }
+        if !changing && self.files.get(path).is_some_and(|f| f.content == content) {
+            return Some(content); // touched: nothing new to wait for
+        }
+        if let Some(previous) = previous {
+            if previous.stamp.ino == stamp.ino && previous.content != content {
+                warn!(
+                    file = %path.display(),
+                    "manifest was rewritten in place while being read; not taken until it settles (write files atomically: temporary file and rename)"
+                );
+                self.count(reason::MALFORMED);
+            }
+        }
+        self.unsettled
+            .insert(path.to_owned(), Unsettled { stamp, content });
+        None
     }
 
     /// Takes a newly read version of a file; true if its objects may have
@@ -304,10 +371,28 @@ impl DirSource {
             parse_documents(text)
         };
 
+        if results.is_empty() {
+            // kubectl refuses such a file ("no objects passed to apply");
+            // here it is most likely one being written.
+            warn!(file = %path.display(), "manifest holds no objects; keeping what it defined");
+            self.count(reason::MALFORMED);
+            return (Vec::new(), true);
+        }
         let mut objects = Vec::new();
         let mut malformed = false;
         for result in results {
             match result {
+                Ok(Resource::Rejected(rejected)) => {
+                    warn!(
+                        file = %path.display(),
+                        object = %Resource::Rejected(rejected.clone()).key(),
+                        reason = %rejected.reason,
+                        "rejected manifest object; its last good version stays and its policy fails closed"
+                    );
+                    self.count(reason::MALFORMED);
+                    malformed = true;
+                    objects.push(Resource::Rejected(rejected));
+                }
                 Ok(object) => objects.push(object),
                 Err(e) if e.is_unsupported() => {
                     debug!(file = %path.display(), document = e.location.document, "ignoring {}", e.kind);
@@ -341,14 +426,18 @@ impl DirSource {
     fn report_conflicts(&mut self, conflicts: Vec<Conflict>) {
         let mut current = BTreeSet::new();
         for conflict in conflicts {
-            let id = (conflict.key, conflict.ignored);
+            let id = (conflict.key, conflict.paths);
             if !self.conflicts.contains(&id) {
-                warn!(
-                    object = %id.0,
-                    ignored = %id.1.display(),
-                    used = %conflict.used.display(),
-                    "object defined more than once; the first definition wins"
-                );
+                let paths: Vec<_> = id.1.iter().map(|p| p.display().to_string()).collect();
+                if conflict.identical {
+                    warn!(object = %id.0, files = ?paths, "object defined more than once (identical copies)");
+                } else {
+                    warn!(
+                        object = %id.0,
+                        files = ?paths,
+                        "object defined more than once, differently: neither definition is taken (its last good version stays; a policy fails closed)"
+                    );
+                }
                 self.count(reason::CONFLICT);
             }
             current.insert(id);
@@ -366,30 +455,57 @@ impl DirSource {
 
 struct Conflict {
     key: ObjectKey,
-    used: PathBuf,
-    ignored: PathBuf,
+    /// Every place it is defined, in path order (a path twice for two
+    /// definitions in one file).
+    paths: Vec<PathBuf>,
+    identical: bool,
 }
 
-/// All files' objects in one map; the first definition (path order, then
-/// document order) of a key wins.
+/// All files' objects in one map. A key defined more than once is a
+/// conflict: identical copies are taken as one; different ones are
+/// neither, whatever their order, but a [`Rejected`] of all versions.
 fn merge(files: &BTreeMap<PathBuf, FileState>) -> (BTreeMap<ObjectKey, Resource>, Vec<Conflict>) {
-    let mut objects = BTreeMap::new();
-    let mut sources: BTreeMap<ObjectKey, &Path> = BTreeMap::new();
-    let mut conflicts = Vec::new();
+    let mut defined: BTreeMap<ObjectKey, Vec<(&Path, &Resource)>> = BTreeMap::new();
     for (path, file) in files {
         for object in &file.objects {
-            let key = object.key();
-            if let Some(used) = sources.get(&key) {
-                conflicts.push(Conflict {
-                    key,
-                    used: used.to_path_buf(),
-                    ignored: path.clone(),
-                });
-            } else {
-                sources.insert(key.clone(), path);
-                objects.insert(key, object.clone());
-            }
+            defined
+                .entry(object.key())
+                .or_default()
+                .push((path, object));
         }
+    }
+    let mut objects = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    for (key, definitions) in defined {
+        let [(_, first), rest @ ..] = &definitions[..] else {
+            continue;
+        };
+        if rest.is_empty() {
+            objects.insert(key, (*first).clone());
+            continue;
+        }
+        let identical = rest.iter().all(|(_, o)| o == first);
+        let paths: Vec<PathBuf> = definitions.iter().map(|(p, _)| p.to_path_buf()).collect();
+        let object = if identical {
+            (*first).clone()
+        } else {
+            let versions = definitions
+                .iter()
+                .flat_map(|(_, o)| match o {
+                    Resource::Rejected(r) => r.versions.clone(),
+                    good => vec![good.to_value()],
+                })
+                .collect();
+            let places: Vec<_> = paths.iter().map(|p| p.display().to_string()).collect();
+            let reason = format!("defined more than once: {}", places.join(", "));
+            Resource::Rejected(Box::new(Rejected::new(&key, versions, reason)))
+        };
+        objects.insert(key.clone(), object);
+        conflicts.push(Conflict {
+            key,
+            paths,
+            identical,
+        });
     }
     (objects, conflicts)
 }
@@ -522,8 +638,16 @@ mod tests {
         }
 
         /// The events of one scan, as short strings.
-        fn scan(&mut self) -> Vec<String> {
+        fn scan_once(&mut self) -> Vec<String> {
             self.source.scan().iter().map(describe).collect()
+        }
+
+        /// The events of two scans in a row: what was just written has
+        /// settled (read the same twice) by the second.
+        fn scan(&mut self) -> Vec<String> {
+            let mut events = self.scan_once();
+            events.extend(self.scan_once());
+            events
         }
 
         fn errors(&self, reason: &str) -> u64 {
@@ -698,36 +822,166 @@ mod tests {
         }
     }
 
+    fn published_object(lab: &Lab, key: &ObjectKey) -> Resource {
+        lab.source.published.as_ref().unwrap()[key].clone()
+    }
+
     #[test]
-    fn the_first_of_two_definitions_wins_and_the_conflict_is_counted_once() {
+    fn two_different_definitions_are_neither_and_the_conflict_is_counted_once() {
         let mut lab = Lab::new();
-        lab.write("a.yaml", POD);
-        lab.write("b.yaml", &POD.replace("10.244.1.5", "10.244.1.77"));
-        lab.scan();
+        let key = ObjectKey::namespaced(Kind::Pod, "shop", "web-7d4b9c5f6-x2x9k");
+        // "a" sorts first: it must not win for that.
+        lab.write("a.yaml", &POD.replace("10.244.1.5", "10.244.1.77"));
+        lab.write("b.yaml", POD);
+        assert_eq!(lab.scan(), [format!("resync [{WEB}]")]);
         assert_eq!(lab.errors(reason::CONFLICT), 1);
-        let ip = |lab: &Lab| {
-            let key = ObjectKey::namespaced(Kind::Pod, "shop", "web-7d4b9c5f6-x2x9k");
-            let Resource::Pod(pod) = &lab.source.published.as_ref().unwrap()[&key] else {
-                panic!("not a pod")
-            };
-            pod.status.as_ref().unwrap().pod_ip.clone().unwrap()
+        let Resource::Rejected(rejected) = published_object(&lab, &key) else {
+            panic!("a conflict is rejected")
         };
-        assert_eq!(ip(&lab), "10.244.1.5");
+        assert_eq!(rejected.versions.len(), 2);
+        assert!(rejected.reason.contains("a.yaml") && rejected.reason.contains("b.yaml"));
 
         // Still in conflict after an unrelated change: not counted again.
         lab.write("ns.yaml", NAMESPACE);
         assert_eq!(lab.scan(), ["apply Namespace shop"]);
         assert_eq!(lab.errors(reason::CONFLICT), 1);
 
-        // The winner goes: the other definition takes over.
+        // One definition goes: the other is the object.
         lab.remove("a.yaml");
         assert_eq!(lab.scan(), [format!("apply {WEB}")]);
-        assert_eq!(ip(&lab), "10.244.1.77");
+        let Resource::Pod(pod) = published_object(&lab, &key) else {
+            panic!("one definition left is the pod")
+        };
+        assert_eq!(pod.status.unwrap().pod_ip.as_deref(), Some("10.244.1.5"));
 
-        // Twice in one file counts too.
-        lab.write("b.yaml", &join(&[POD, POD]));
-        lab.scan();
+        // Twice in one file, differently, counts too.
+        lab.write(
+            "b.yaml",
+            &join(&[POD, &POD.replace("app: web", "app: admin")]),
+        );
+        assert_eq!(lab.scan(), [format!("apply {WEB}")]);
         assert_eq!(lab.errors(reason::CONFLICT), 2);
+        assert!(published_object(&lab, &key).is_rejected());
+    }
+
+    #[test]
+    fn identical_copies_are_the_object_but_still_a_conflict() {
+        let mut lab = Lab::new();
+        lab.write("a.yaml", POD);
+        lab.write("b.yaml", POD);
+        assert_eq!(lab.scan(), [format!("resync [{WEB}]")]);
+        assert_eq!(lab.errors(reason::CONFLICT), 1);
+        let key = ObjectKey::namespaced(Kind::Pod, "shop", "web-7d4b9c5f6-x2x9k");
+        assert!(matches!(published_object(&lab, &key), Resource::Pod(_)));
+    }
+
+    #[test]
+    fn an_object_that_does_not_decode_or_validate_is_rejected_not_deleted() {
+        let mut lab = Lab::new();
+        lab.write("policy.yaml", POLICY);
+        lab.scan();
+        let key = ObjectKey::namespaced(Kind::NetworkPolicy, "shop", "web-allow-frontend");
+        for broken in [
+            // The API server would reject it.
+            POLICY.replace(
+                "podSelector:
+    matchLabels:
+      app: web",
+                "podSelector:
+    matchExpressions:
+    - {key: app, operator: Equals, values: [web]}",
+            ),
+            // It does not decode.
+            POLICY.replace(
+                "policyTypes:",
+                "policyTypes: 7
+  x:",
+            ),
+        ] {
+            assert_ne!(broken, POLICY, "the fixture changed");
+            lab.write("policy.yaml", &broken);
+            assert_eq!(lab.scan(), ["apply NetworkPolicy shop/web-allow-frontend"]);
+            let Resource::Rejected(rejected) = published_object(&lab, &key) else {
+                panic!("rejected: {broken}")
+            };
+            assert_eq!(rejected.versions.len(), 1);
+        }
+        assert_eq!(lab.errors(reason::MALFORMED), 2);
+        lab.write("policy.yaml", POLICY);
+        assert_eq!(lab.scan(), ["apply NetworkPolicy shop/web-allow-frontend"]);
+        assert!(matches!(
+            published_object(&lab, &key),
+            Resource::NetworkPolicy(_)
+        ));
+    }
+
+    #[test]
+    fn an_emptied_file_is_malformed_and_keeps_its_objects() {
+        let mut lab = Lab::new();
+        lab.write("web.yaml", &join(&[NAMESPACE, POD]));
+        lab.scan();
+        for empty in ["", "\n\n", "# nothing yet\n---\n"] {
+            lab.write("web.yaml", empty);
+            assert!(lab.scan().is_empty(), "{empty:?}");
+            assert_eq!(lab.published(), ["Namespace shop", WEB]);
+        }
+        assert_eq!(lab.errors(reason::MALFORMED), 3);
+        // Deleting the file is how its objects go.
+        lab.remove("web.yaml");
+        assert_eq!(lab.scan().len(), 2);
+        assert!(lab.published().is_empty());
+    }
+
+    #[test]
+    fn a_file_being_written_is_taken_only_once_it_settles() {
+        let mut lab = Lab::new();
+        lab.write("ns.yaml", NAMESPACE);
+        let path = lab.path("policy.yaml");
+        // A writer that truncates, then writes a prefix that parses: the
+        // policy's ingress rule cut after `- from:` would allow everyone.
+        let cut = POLICY
+            .find("    - namespaceSelector")
+            .expect("fixture has a from peer");
+        fs::write(&path, &POLICY[..cut]).unwrap();
+        // Not even the first resync goes out with a file still in flux.
+        assert!(lab.scan_once().is_empty());
+        assert!(lab.source.published.is_none());
+        fs::write(&path, POLICY).unwrap();
+        assert!(lab.scan_once().is_empty(), "changed since the last read");
+        assert_eq!(lab.errors(reason::MALFORMED), 1, "seen mid-way: counted");
+        let events = lab.scan_once();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(
+            events[0].contains("NetworkPolicy shop/web-allow-frontend"),
+            "{events:?}"
+        );
+        let key = ObjectKey::namespaced(Kind::NetworkPolicy, "shop", "web-allow-frontend");
+        let Resource::NetworkPolicy(policy) = published_object(&lab, &key) else {
+            panic!("the whole policy")
+        };
+        let from = policy.spec.unwrap().ingress.unwrap()[0].from.clone();
+        assert!(
+            from.is_some_and(|f| !f.is_empty()),
+            "the complete rule, not the prefix"
+        );
+        assert_eq!(lab.errors(reason::MALFORMED), 1);
+    }
+
+    #[test]
+    fn a_file_turned_unreadable_keeps_its_objects() {
+        let mut lab = Lab::new();
+        lab.write("web.yaml", POD);
+        lab.scan();
+        // Root reads any mode; a symlink loop it cannot read either.
+        fs::remove_file(lab.path("web.yaml")).unwrap();
+        std::os::unix::fs::symlink("web.yaml", lab.path("web.yaml")).unwrap();
+        assert!(lab.scan().is_empty());
+        assert_eq!(lab.published(), [WEB]);
+        assert_eq!(lab.errors(reason::READ), 1);
+        fs::remove_file(lab.path("web.yaml")).unwrap();
+        lab.write("web.yaml", POD);
+        assert!(lab.scan().is_empty(), "the same object again");
+        assert_eq!(lab.published(), [WEB]);
     }
 
     #[test]

@@ -18,10 +18,13 @@
 //! watcher would relist and fail forever. So the watchers run on [`Raw`]
 //! objects, which accept any JSON and read only the metadata the watcher
 //! needs (name, namespace, resourceVersion); each object is decoded into
-//! its k8s-openapi type afterwards, on its own. One that does not decode
-//! is logged, counted as `sluice_datastore_errors_total{reason="malformed"}`
-//! and skipped: an update leaves the last good version in place, a relist
-//! leaves it out (so it is deleted). A `Delete` needs only the name, so a
+//! its k8s-openapi type afterwards, on its own. One that does not decode,
+//! or that this agent's copy of the API server's validation rejects, is
+//! logged, counted as `sluice_datastore_errors_total{reason="malformed"}`
+//! and passed on as a [`Resource::Rejected`], in an update and in a relist
+//! alike: it is not a delete, the last good version stays beside it, and a
+//! rejected NetworkPolicy isolates what it could have selected. Only an
+//! object without a name is skipped. A `Delete` needs only the name, so a
 //! malformed object can still be deleted.
 
 use std::borrow::Cow;
@@ -44,7 +47,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::cluster_state::Event;
-use super::resource::{Kind, ObjectKey, Resource};
+use super::resource::{admit, Kind, ObjectKey, Rejected, Resource};
 use crate::metrics::{reason, Metrics};
 
 #[derive(Debug, thiserror::Error)]
@@ -263,10 +266,12 @@ impl<K: Watched> Raw<K> {
         Some(ObjectKey::namespaced(K::WATCHED, namespace, name))
     }
 
+    /// The object; [`Resource::Rejected`] if it does not decode or would
+    /// not be admitted; `Err` if it has no key to be rejected under.
     fn decode(self) -> Result<Resource, String> {
-        if self.key().is_none() {
+        let Some(key) = self.key() else {
             return Err("metadata.name or metadata.namespace missing".into());
-        }
+        };
         let Value::Object(mut map) = self.value else {
             return Err("not a JSON object".into());
         };
@@ -274,16 +279,25 @@ impl<K: Watched> Raw<K> {
         // k8s-openapi types insist on them.
         map.insert("apiVersion".into(), K::API_VERSION.into());
         map.insert("kind".into(), K::KIND.into());
-        let object: K = serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
-            let path = e.path().to_string();
-            let message = e.into_inner();
-            if path == "." {
-                message.to_string()
-            } else {
-                format!("{path}: {message}")
+        let value = Value::Object(map);
+        let object: K = match serde_path_to_error::deserialize(&value) {
+            Ok(object) => object,
+            Err(e) => {
+                let path = e.path().to_string();
+                let message = e.into_inner();
+                let reason = if path == "." {
+                    message.to_string()
+                } else {
+                    format!("{path}: {message}")
+                };
+                return Ok(Resource::Rejected(Box::new(Rejected::new(
+                    &key,
+                    vec![value],
+                    reason,
+                ))));
             }
-        })?;
-        Ok(K::into_resource(Box::new(object)))
+        };
+        Ok(admit(K::into_resource(Box::new(object)), || value))
     }
 }
 
@@ -348,11 +362,20 @@ async fn watch<K: Watched>(client: Client, metrics: &Metrics, tx: &mpsc::Sender<
     }
 }
 
-/// The object, or `None` once it has been reported as malformed.
+/// The object (maybe rejected, then reported as malformed), or `None` if
+/// it cannot even be named.
 fn decode<K: Watched>(raw: Raw<K>, metrics: &Metrics) -> Option<Resource> {
     let name = raw.metadata.name.clone().unwrap_or_default();
     let namespace = raw.metadata.namespace.clone().unwrap_or_default();
     match raw.decode() {
+        Ok(Resource::Rejected(rejected)) => {
+            warn!(
+                kind = %K::WATCHED, %namespace, %name, reason = %rejected.reason,
+                "rejected object; its last good version stays and its policy fails closed"
+            );
+            count_malformed(metrics);
+            Some(Resource::Rejected(rejected))
+        }
         Ok(resource) => Some(resource),
         Err(error) => {
             warn!(kind = %K::WATCHED, %namespace, %name, %error, "skipping malformed object");
@@ -842,8 +865,15 @@ mod tests {
         h.stop().await;
     }
 
+    fn rejected(value: &Value) -> Resource {
+        let raw: Raw<Pod> = serde_json::from_value(value.clone()).unwrap();
+        let decoded = raw.decode().unwrap();
+        assert!(decoded.is_rejected(), "{decoded:?}");
+        decoded
+    }
+
     #[tokio::test]
-    async fn malformed_objects_are_skipped_and_counted() {
+    async fn malformed_objects_are_rejected_not_deleted_and_counted() {
         let mut h = start();
         let web = object(POD, "8");
         let db = pod("db", "10.244.1.9", "9");
@@ -863,11 +893,21 @@ mod tests {
             h.server.list(kind, "10", Vec::new()).await;
         }
         let resyncs = h.resyncs().await;
-        assert_eq!(resyncs[2], (Kind::Pod, vec![resource(&web), resource(&db)]));
+        // The nameless one cannot be anything; the bad one stays known
+        // (a relist without it would delete its last good version).
+        let bad = malformed_pod("bad", "6");
+        assert_eq!(
+            resyncs[2],
+            (
+                Kind::Pod,
+                vec![resource(&web), rejected(&bad), resource(&db)]
+            )
+        );
         assert_eq!(h.malformed(), 2);
 
-        // In a watch: the bad one is skipped, the watch goes on, and a
-        // malformed object can still be deleted (only its name counts).
+        // In a watch: the bad one is rejected (not deleted), the watch goes
+        // on, and a malformed object can still be deleted (only its name
+        // counts).
         let cache = pod("cache", "10.244.1.12", "12");
         h.server
             .watch(
@@ -880,6 +920,8 @@ mod tests {
                 ],
             )
             .await;
+        let db_rejected = rejected(&malformed_pod("db", "11"));
+        assert_eq!(h.next_event().await, Event::Apply(db_rejected));
         assert_eq!(h.next_event().await, Event::Apply(resource(&cache)));
         assert_eq!(
             h.next_event().await,

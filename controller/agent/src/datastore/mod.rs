@@ -23,5 +23,6 @@ pub use cluster_state::{Changed, ClusterState, Event};
 pub use dir_source::{DirSource, DirSourceError};
 pub use kube_source::{KubeSource, KubeSourceError};
 pub use resource::{
-    parse_documents, parse_json, Kind, Location, ObjectKey, ParseError, ParseErrorKind, Resource,
+    parse_documents, parse_json, Kind, Location, ObjectKey, ParseError, ParseErrorKind, Rejected,
+    Resource,
 };

@@ -14,6 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::policy::validate;
+
 /// One cluster object the agent cares about. Boxed because the variants are
 /// large and differ in size.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +26,40 @@ pub enum Resource {
     NetworkPolicy(Box<NetworkPolicy>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    /// Known by kind and name, but not to be taken as it is.
+    Rejected(Box<Rejected>),
+}
+
+/// An object whose kind and name are known but whose content cannot be
+/// taken: it does not decode, the API server would reject it, or (in a
+/// manifest directory) it is defined more than once. It is not a delete:
+/// [`ClusterState`](super::ClusterState) keeps the last good version
+/// beside it, and the policy compiler isolates what it could have named.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejected {
+    pub kind: Kind,
+    /// Name and, for namespaced kinds, namespace; nothing else.
+    pub metadata: ObjectMeta,
+    /// The object as it came, as JSON; several versions when it was
+    /// defined more than once.
+    pub versions: Vec<Value>,
+    /// Why it was rejected, in the API server's words where it has any.
+    pub reason: String,
+}
+
+impl Rejected {
+    pub fn new(key: &ObjectKey, versions: Vec<Value>, reason: String) -> Self {
+        Rejected {
+            kind: key.kind,
+            metadata: ObjectMeta {
+                name: Some(key.name.clone()),
+                namespace: key.namespace.clone(),
+                ..ObjectMeta::default()
+            },
+            versions,
+            reason,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -129,6 +165,7 @@ impl Resource {
             Resource::NetworkPolicy(_) => Kind::NetworkPolicy,
             Resource::Service(_) => Kind::Service,
             Resource::EndpointSlice(_) => Kind::EndpointSlice,
+            Resource::Rejected(r) => r.kind,
         }
     }
 
@@ -140,6 +177,7 @@ impl Resource {
             Resource::NetworkPolicy(o) => &o.metadata,
             Resource::Service(o) => &o.metadata,
             Resource::EndpointSlice(o) => &o.metadata,
+            Resource::Rejected(r) => &r.metadata,
         }
     }
 
@@ -151,12 +189,32 @@ impl Resource {
             Resource::NetworkPolicy(o) => &mut o.metadata,
             Resource::Service(o) => &mut o.metadata,
             Resource::EndpointSlice(o) => &mut o.metadata,
+            Resource::Rejected(r) => &mut r.metadata,
         }
     }
 
     /// The object's key. Objects from [`parse_documents`] always have a name
     /// and, if namespaced, a namespace; for others (hand-built, or from an
     /// API server that broke its contract) missing parts become empty.
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, Resource::Rejected(_))
+    }
+
+    /// The object as JSON, as a [`Rejected`] keeps it.
+    pub fn to_value(&self) -> Value {
+        let value = match self {
+            Resource::Node(o) => serde_json::to_value(o),
+            Resource::Namespace(o) => serde_json::to_value(o),
+            Resource::Pod(o) => serde_json::to_value(o),
+            Resource::NetworkPolicy(o) => serde_json::to_value(o),
+            Resource::Service(o) => serde_json::to_value(o),
+            Resource::EndpointSlice(o) => serde_json::to_value(o),
+            Resource::Rejected(r) => return Value::Array(r.versions.clone()),
+        };
+        // k8s-openapi types serialize into JSON whatever they hold.
+        value.unwrap_or(Value::Null)
+    }
+
     pub fn key(&self) -> ObjectKey {
         let meta = self.metadata();
         let kind = self.kind();
@@ -385,6 +443,9 @@ fn object(value: Value, location: Location) -> Result<Resource, ParseError> {
     decode_object(value).map_err(|kind| ParseError { location, kind })
 }
 
+/// Decodes one object. Without a kind, apiVersion or name it is malformed
+/// (`Err`); with them, an object that does not decode or that the API
+/// server would reject is a [`Resource::Rejected`].
 fn decode_object(value: Value) -> Result<Resource, ParseErrorKind> {
     let Value::Object(map) = &value else {
         return Err(ParseErrorKind::NotAnObject(type_name(&value)));
@@ -395,14 +456,13 @@ fn decode_object(value: Value) -> Result<Resource, ParseErrorKind> {
             .ok_or(ParseErrorKind::MissingField(name))
     };
     let (api_version, kind) = (field("apiVersion")?, field("kind")?);
-
-    let mut resource = match (api_version, kind) {
-        ("v1", "Node") => Resource::Node(decode(value)?),
-        ("v1", "Namespace") => Resource::Namespace(decode(value)?),
-        ("v1", "Pod") => Resource::Pod(decode(value)?),
-        ("networking.k8s.io/v1", "NetworkPolicy") => Resource::NetworkPolicy(decode(value)?),
-        ("v1", "Service") => Resource::Service(decode(value)?),
-        ("discovery.k8s.io/v1", "EndpointSlice") => Resource::EndpointSlice(decode(value)?),
+    let kind = match (api_version, kind) {
+        ("v1", "Node") => Kind::Node,
+        ("v1", "Namespace") => Kind::Namespace,
+        ("v1", "Pod") => Kind::Pod,
+        ("networking.k8s.io/v1", "NetworkPolicy") => Kind::NetworkPolicy,
+        ("v1", "Service") => Kind::Service,
+        ("discovery.k8s.io/v1", "EndpointSlice") => Kind::EndpointSlice,
         (api_version, kind) => {
             return Err(ParseErrorKind::Unsupported {
                 api_version: api_version.to_owned(),
@@ -410,27 +470,74 @@ fn decode_object(value: Value) -> Result<Resource, ParseErrorKind> {
             })
         }
     };
-
-    let namespaced = resource.kind().is_namespaced();
-    let meta = resource.metadata_mut();
-    if meta.name.as_deref().unwrap_or_default().is_empty() {
-        return Err(ParseErrorKind::MissingField("metadata.name"));
-    }
-    if namespaced {
+    let meta = |name: &str| {
+        map.get("metadata")
+            .and_then(|m| m.get(name))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let name = meta("name").ok_or(ParseErrorKind::MissingField("metadata.name"))?;
+    let key = if kind.is_namespaced() {
         // kubectl's default; the API server fills it in the same way.
-        if meta.namespace.as_deref().unwrap_or_default().is_empty() {
-            meta.namespace = Some("default".to_owned());
-        }
+        ObjectKey::namespaced(kind, meta("namespace").unwrap_or("default"), name)
     } else {
         // The API server drops a namespace on cluster-scoped objects; so do
         // we, so that keys from manifests and from the API agree.
-        meta.namespace = None;
-    }
-    Ok(resource)
+        ObjectKey::cluster_scoped(kind, name)
+    };
+    let mut resource = match decode_kind(kind, &value) {
+        Ok(resource) => resource,
+        Err(error) => {
+            return Ok(Resource::Rejected(Box::new(Rejected::new(
+                &key,
+                vec![value],
+                error.to_string(),
+            ))))
+        }
+    };
+    let meta = resource.metadata_mut();
+    meta.name = Some(key.name.clone());
+    meta.namespace = key.namespace.clone();
+    Ok(admit(resource, || value))
+}
+
+/// Decodes `value` as the k8s-openapi type of `kind`.
+pub fn decode_kind(kind: Kind, value: &Value) -> Result<Resource, ParseErrorKind> {
+    Ok(match kind {
+        Kind::Node => Resource::Node(decode(value)?),
+        Kind::Namespace => Resource::Namespace(decode(value)?),
+        Kind::Pod => Resource::Pod(decode(value)?),
+        Kind::NetworkPolicy => Resource::NetworkPolicy(decode(value)?),
+        Kind::Service => Resource::Service(decode(value)?),
+        Kind::EndpointSlice => Resource::EndpointSlice(decode(value)?),
+    })
+}
+
+/// The API server's admission of a decoded object: what it would reject
+/// becomes [`Resource::Rejected`] (`value`: the object as it came).
+pub fn admit(resource: Resource, value: impl FnOnce() -> Value) -> Resource {
+    let Resource::NetworkPolicy(policy) = &resource else {
+        return resource;
+    };
+    let key = resource.key();
+    let raw = value();
+    let known = serde_json::to_value(policy).unwrap_or(Value::Null);
+    let unknown = validate::unknown_fields(&raw, &known);
+    let errors = validate::network_policy(policy);
+    let reason = if !unknown.is_empty() {
+        // A misspelt field is dropped by decoding: `form:` for `from:`
+        // would leave a rule that admits everyone.
+        validate::strict_decoding(&unknown)
+    } else if !errors.is_empty() {
+        validate::rejection("NetworkPolicy.networking.k8s.io", &key.name, &errors)
+    } else {
+        return resource;
+    };
+    Resource::Rejected(Box::new(Rejected::new(&key, vec![raw], reason)))
 }
 
 fn decode<T: DeserializeOwned + k8s_openapi::Resource>(
-    value: Value,
+    value: &Value,
 ) -> Result<Box<T>, ParseErrorKind> {
     serde_path_to_error::deserialize(value)
         .map(Box::new)
@@ -637,31 +744,68 @@ mod tests {
         );
     }
 
+    /// The reason of the one object in `text`, which is rejected.
+    fn one_rejection(text: &str) -> String {
+        let mut results = parse_documents(text);
+        assert_eq!(results.len(), 1, "{results:?}");
+        match results.remove(0) {
+            Ok(Resource::Rejected(r)) => {
+                assert_eq!(r.versions.len(), 1);
+                r.reason
+            }
+            other => panic!("not rejected: {other:?}"),
+        }
+    }
+
     #[test]
-    fn wrong_types_name_the_field() {
+    fn wrong_types_reject_the_object_and_name_the_field() {
         let pod = POD.replace("containerPort: 8080", "containerPort: eighty");
-        let error = one_error(&pod);
-        let message = error.to_string();
+        let message = one_rejection(&pod);
         assert!(
-            message.starts_with(
-                "document 1 (line 1): Pod: spec.containers[0].ports[0].containerPort: invalid type"
-            ),
+            message.starts_with("Pod: spec.containers[0].ports[0].containerPort: invalid type"),
             "{message}"
         );
         let node = NODE.replace(
             "podCIDRs:\n  - 10.244.1.0/24\n  - fd00:10:244:1::/64\n",
             "podCIDRs: 10.244.1.0/24\n",
         );
-        let message = one_error(&node).to_string();
+        let message = one_rejection(&node);
         assert!(
             message.contains("Node: spec.podCIDRs: invalid type"),
             "{message}"
         );
         let labels = NAMESPACE.replace("team: payments", "team: 7");
-        let message = one_error(&labels).to_string();
+        let message = one_rejection(&labels);
         assert!(
             message.contains("metadata.labels.team: invalid type: integer"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_field_of_a_network_policy_rejects_it() {
+        // Without `from`, the rule would admit every peer.
+        let policy = POLICY.replace("  - from:", "  - form:");
+        assert_ne!(policy, POLICY, "the fixture changed");
+        assert_eq!(
+            one_rejection(&policy),
+            "NetworkPolicy in version \"v1\" cannot be handled as a NetworkPolicy: strict decoding error: unknown field \"spec.ingress[0].form\""
+        );
+    }
+
+    #[test]
+    fn a_network_policy_the_api_server_would_reject_is_rejected_with_its_message() {
+        let policy = POLICY.replace("operator: In", "operator: Equals");
+        assert_eq!(
+            one_rejection(&policy),
+            "NetworkPolicy.networking.k8s.io \"web-allow-frontend\" is invalid: spec.ingress[0].from[0].podSelector.matchExpressions[0].operator: Invalid value: \"Equals\": not a valid selector operator"
+        );
+        let [rejected] = &ok(&policy)[..] else {
+            panic!("one object")
+        };
+        assert_eq!(
+            rejected.key(),
+            ObjectKey::namespaced(Kind::NetworkPolicy, "shop", "web-allow-frontend")
         );
     }
 

@@ -89,6 +89,9 @@ pub struct Metrics {
     /// `sluice_policy_problems`: NetworkPolicy rules that could not be
     /// compiled and allow nothing.
     pub policy_problems: IntGauge,
+    /// `sluice_pod_ip_conflicts`: pod addresses claimed by more than one
+    /// live Pod, which belong to none of them.
+    pub pod_ip_conflicts: IntGauge,
     /// `sluice_kube_watch_errors_total{kind}`: failed list/watch calls to
     /// the Kubernetes API (retried with backoff).
     pub kube_watch_errors: IntCounterVec,
@@ -201,7 +204,14 @@ impl Metrics {
             &registry,
             IntGauge::new(
                 "sluice_policy_problems",
-                "NetworkPolicy rules that could not be compiled; each allows nothing (fails closed).",
+                "NetworkPolicies, or rules of them, that could not be taken; each allows nothing and a rejected policy keeps isolating (fails closed).",
+            ),
+        );
+        let pod_ip_conflicts = register(
+            &registry,
+            IntGauge::new(
+                "sluice_pod_ip_conflicts",
+                "Pod IPs claimed by more than one live Pod; such an address belongs to none of them (no identity, no podSelector matches it).",
             ),
         );
 
@@ -388,6 +398,7 @@ impl Metrics {
             sync_errors,
             node_problems,
             policy_problems,
+            pod_ip_conflicts,
             kube_watch_errors,
             map_capacity,
             map_entries,

@@ -2,8 +2,10 @@
 //!
 //! Pure: the result depends only on the cluster state, the local endpoints
 //! and the allocator's state. Invalid input never widens what is allowed:
-//! a broken rule allows nothing, a policy whose own selector is broken is
-//! skipped (it cannot isolate what it cannot name), and each is reported.
+//! a policy the API server would reject, or that the datastore rejected,
+//! allows nothing and isolates what it could have selected (see
+//! [`fail_closed`](super::fail_closed)); an address two Pods claim belongs
+//! to neither; each is reported.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -12,14 +14,17 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use serde_json::Value;
 use sluice_common::{direction::Direction, policy::ANY_IDENTITY};
 
 use super::cidr::{parse_block, Block};
+use super::fail_closed::Isolation;
 use super::identity::{IdentityAllocator, IdentityError, LabelKey};
 use super::placed::PlacedPolicy;
 use super::ports::{parse_ports, range_prefixes, resolve_named, PortMatch, PortPrefix};
 use super::selector::{Labels, Selector};
-use crate::datastore::ClusterState;
+use super::validate;
+use crate::datastore::{ClusterState, Rejected};
 
 /// The pods of this node: pod IPv4 → endpoint id.
 pub type LocalEndpoints = BTreeMap<Ipv4Addr, u32>;
@@ -45,6 +50,22 @@ pub struct DesiredPolicy {
     pub problems: Vec<PolicyProblem>,
     /// Pods or regions left without an identity because a range ran out.
     pub identity_errors: Vec<IdentityError>,
+    /// Addresses claimed by more than one live Pod: they belong to none of
+    /// them (no identity, so no podSelector matches them).
+    pub ip_conflicts: Vec<IpConflict>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpConflict {
+    pub ip: Ipv4Addr,
+    /// `namespace/name` of each claimant, in name order.
+    pub pods: Vec<String>,
+}
+
+impl fmt::Display for IpConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} is claimed by Pods {}", self.ip, self.pods.join(", "))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +89,7 @@ pub fn compile(
 ) -> DesiredPolicy {
     let mut out = DesiredPolicy::default();
     let cluster = Cluster::new(state, local_pods);
+    out.ip_conflicts.clone_from(&cluster.conflicts);
 
     let keys: BTreeSet<LabelKey> = cluster.pods.iter().map(|p| cluster.key(p)).collect();
     out.identity_errors.extend(ids.sync_labels(&keys));
@@ -82,11 +104,24 @@ pub fn compile(
         }
     }
 
-    let policies: Vec<Policy> = state
-        .policies
-        .iter()
-        .filter_map(|((ns, name), policy)| Policy::parse(ns, name, policy, &mut out.problems))
-        .collect();
+    let rejected: BTreeMap<(&str, &str), &Rejected> = state.rejected_policies().collect();
+    let mut policies: Vec<Policy> = Vec::new();
+    for ((ns, name), policy) in &state.policies {
+        if !rejected.contains_key(&(ns.as_str(), name.as_str())) {
+            policies.extend(Policy::parse(ns, name, policy, &mut out.problems));
+        }
+    }
+    for (&(ns, name), rejected) in &rejected {
+        let last_good = state.policies.get(&(ns.to_owned(), name.to_owned()));
+        out.problems.push(PolicyProblem {
+            policy: format!("{ns}/{name}"),
+            reason: format!(
+                "{}; allows nothing, isolates what it could select",
+                rejected.reason
+            ),
+        });
+        policies.extend(Policy::broken(ns, &rejected.versions, last_good));
+    }
 
     let regions = regions(&policies, &cluster);
     out.identity_errors.extend(ids.sync_cidrs(&regions));
@@ -143,6 +178,7 @@ struct LivePod<'a> {
 struct Cluster<'a> {
     namespace_labels: BTreeMap<&'a str, Labels>,
     pods: Vec<LivePod<'a>>,
+    conflicts: Vec<IpConflict>,
 }
 
 static NO_LABELS: Labels = Labels::new();
@@ -161,8 +197,8 @@ impl<'a> Cluster<'a> {
                 .or_insert_with(|| name.clone());
             namespace_labels.insert(name, labels);
         }
-        let mut pods = Vec::new();
-        let mut seen = BTreeSet::new();
+        let mut claimed = Vec::new();
+        let mut claims: BTreeMap<Ipv4Addr, Vec<String>> = BTreeMap::new();
         for ((namespace, name), pod) in &state.pods {
             if !live(pod) {
                 continue;
@@ -176,9 +212,24 @@ impl<'a> Cluster<'a> {
                     _ => continue,
                 },
             };
-            // Two live pods claiming one address is a transient of IP reuse;
-            // the first (in name order) wins so the result stays deterministic.
-            if !seen.insert(ip) {
+            claims
+                .entry(ip)
+                .or_default()
+                .push(format!("{namespace}/{name}"));
+            claimed.push((namespace, pod, ip));
+        }
+        // Two live Pods claiming one address: a transient of IP reuse, or a
+        // Pod object lying. Which one sends from it cannot be told, so it
+        // is neither: without an identity it matches no podSelector.
+        let conflicts: Vec<IpConflict> = claims
+            .into_iter()
+            .filter(|(_, pods)| pods.len() > 1)
+            .map(|(ip, pods)| IpConflict { ip, pods })
+            .collect();
+        let disputed: BTreeSet<Ipv4Addr> = conflicts.iter().map(|c| c.ip).collect();
+        let mut pods = Vec::new();
+        for (namespace, pod, ip) in claimed {
+            if disputed.contains(&ip) {
                 continue;
             }
             // A namespace we have pods of but no object for: the API server
@@ -198,6 +249,7 @@ impl<'a> Cluster<'a> {
         Cluster {
             namespace_labels,
             pods,
+            conflicts,
         }
     }
 
@@ -265,25 +317,45 @@ enum Peer {
 }
 
 impl<'a> Policy<'a> {
+    /// The policy as compiled: itself if the API server would take it,
+    /// else what it isolates with nothing allowed.
     fn parse(
         namespace: &'a str,
         name: &str,
         policy: &NetworkPolicy,
         problems: &mut Vec<PolicyProblem>,
-    ) -> Option<Self> {
+    ) -> Vec<Self> {
         let mut problem = |reason: String| {
             problems.push(PolicyProblem {
                 policy: format!("{namespace}/{name}"),
                 reason,
             })
         };
+        let errors = validate::network_policy(policy);
+        if !errors.is_empty() {
+            let rejection = validate::rejection("NetworkPolicy.networking.k8s.io", name, &errors);
+            problem(format!(
+                "{rejection}; allows nothing, isolates what it could select"
+            ));
+            let value = serde_json::to_value(policy).unwrap_or(Value::Null);
+            return Policy::broken(namespace, &[value], None);
+        }
         let default_spec = Default::default();
         let spec = policy.spec.as_ref().unwrap_or(&default_spec);
         let selector = match Selector::parse_optional(spec.pod_selector.as_ref()) {
             Ok(selector) => selector,
             Err(e) => {
-                problem(format!("spec.podSelector: {e}; policy ignored"));
-                return None;
+                // Validated above, so not expected; still, what it cannot
+                // name it isolates all of.
+                problem(format!(
+                    "spec.podSelector: {e}; isolates the whole namespace, allows nothing"
+                ));
+                return vec![Policy::isolating(
+                    namespace,
+                    Selector::default(),
+                    true,
+                    true,
+                )];
             }
         };
 
@@ -301,7 +373,12 @@ impl<'a> Policy<'a> {
                         "Ingress" => isolates_ingress = true,
                         "Egress" => isolates_egress = true,
                         other => {
-                            problem(format!("spec.policyTypes: unknown type {other:?} ignored"))
+                            // Validated above; if it were not, it could
+                            // have named either direction.
+                            problem(format!(
+                                "spec.policyTypes: unknown type {other:?}; isolates both directions"
+                            ));
+                            (isolates_ingress, isolates_egress) = (true, true);
                         }
                     }
                 }
@@ -321,12 +398,70 @@ impl<'a> Policy<'a> {
             let raw = spec.egress.iter().flatten();
             parse_rules(raw.map(|r| (&r.to, &r.ports)), "egress", "to", &mut problem)
         });
-        Some(Policy {
+        vec![Policy {
             namespace,
             selector,
             ingress,
             egress,
-        })
+        }]
+    }
+
+    /// Isolation without rules.
+    fn isolating(namespace: &'a str, selector: Selector, ingress: bool, egress: bool) -> Self {
+        Policy {
+            namespace,
+            selector,
+            ingress: ingress.then(Vec::new),
+            egress: egress.then(Vec::new),
+        }
+    }
+
+    /// What a policy that cannot be taken still isolates: each version's
+    /// podSelector in the directions it could name. Where a version's
+    /// podSelector cannot be read, the pods the last good version selected
+    /// stay isolated (also in its directions); without one, the whole
+    /// namespace is.
+    fn broken(
+        namespace: &'a str,
+        versions: &[Value],
+        last_good: Option<&NetworkPolicy>,
+    ) -> Vec<Self> {
+        let mut out = Vec::new();
+        let mut unknown = versions.is_empty().then_some((true, true));
+        for version in versions {
+            let isolation = Isolation::of(version);
+            match isolation.selector {
+                Some(selector) => out.push(Policy::isolating(
+                    namespace,
+                    selector,
+                    isolation.ingress,
+                    isolation.egress,
+                )),
+                None => {
+                    let (ingress, egress) = unknown.unwrap_or_default();
+                    unknown = Some((ingress || isolation.ingress, egress || isolation.egress));
+                }
+            }
+        }
+        if let Some((ingress, egress)) = unknown {
+            let last = last_good
+                .and_then(|p| serde_json::to_value(p).ok())
+                .map(|v| Isolation::of(&v));
+            out.push(match last {
+                Some(Isolation {
+                    selector: Some(selector),
+                    ingress: last_ingress,
+                    egress: last_egress,
+                }) => Policy::isolating(
+                    namespace,
+                    selector,
+                    ingress || last_ingress,
+                    egress || last_egress,
+                ),
+                _ => Policy::isolating(namespace, Selector::default(), ingress, egress),
+            });
+        }
+        out
     }
 }
 

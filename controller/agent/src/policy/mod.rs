@@ -12,17 +12,20 @@
 
 pub mod cidr;
 pub mod compile;
+pub mod fail_closed;
 pub mod identity;
 pub mod placed;
 pub mod ports;
 pub mod selector;
 pub mod unidentified;
+pub mod validate;
 
 #[cfg(test)]
 mod tests;
 
 pub use compile::{
-    compile, DesiredPolicy, LocalEndpoints, LocalPods, PolicyProblem, NAMESPACE_NAME_LABEL,
+    compile, DesiredPolicy, IpConflict, LocalEndpoints, LocalPods, PolicyProblem,
+    NAMESPACE_NAME_LABEL,
 };
 pub use identity::{IdentityAllocator, IdentityError, LabelKey};
 pub use placed::{InMemory, PlacedPolicy};

@@ -492,7 +492,11 @@ fn ipblock_everything_and_except_equal_to_cidr() {
 
     let nothing = "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/8]}}]}]}";
     let d = compiled(&model_with(vec![np("x", "p", nothing)]));
-    assert!(d.problems.is_empty());
+    // The API server rejects it: an except must be a strict subset.
+    assert_eq!(d.problems.len(), 1);
+    assert!(d.problems[0]
+        .reason
+        .contains("must be a strict subset of `cidr`"));
     assert!(rules(&d, "x/a", Direction::Egress).is_empty());
     assert!(!reach_addr(&d, "x/a", "10.1.1.1", TCP, 80));
 }
@@ -536,33 +540,28 @@ fn ipv6_ipblocks_compile_to_nothing() {
 }
 
 #[test]
-fn a_bad_rule_allows_nothing_and_the_rest_still_works() {
+fn a_rule_the_api_server_rejects_makes_its_policy_allow_nothing() {
     let good = "{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}]}";
     let bad_rules = [
-        ("{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}", "not a CIDR"),
-        ("{from: [{ipBlock: {cidr: nonsense}}]}", "not a CIDR"),
-        ("{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}", "not inside"),
-        ("{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [nonsense]}}]}", "not a CIDR"),
-        ("{ports: [{protocol: ICMP}]}", "unknown protocol"),
-        ("{ports: [{port: 80}, {protocol: tcp, port: 81}]}", "unknown protocol"),
-        ("{ports: [{port: Serve_80}]}", "IANA_SVC_NAME"),
-        ("{ports: [{port: '80'}]}", "IANA_SVC_NAME"),
-        ("{ports: [{port: 0}]}", "out of range"),
-        ("{ports: [{port: 65536}]}", "out of range"),
-        ("{ports: [{port: serve-80-tcp, endPort: 90}]}", "endPort"),
-        ("{ports: [{endPort: 90}]}", "endPort"),
-        ("{ports: [{port: 90, endPort: 80}]}", "below port"),
-        ("{from: [{podSelector: {matchExpressions: [{key: pod, operator: In, values: []}]}}]}", "podSelector"),
-        ("{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: Has}]}}]}", "namespaceSelector"),
-        ("{from: [{podSelector: {matchExpressions: [{key: pod, operator: Exists, values: [a]}]}}]}", "podSelector"),
-        ("{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}", "ipBlock cannot"),
-        ("{from: [{}]}", "needs"),
+        ("{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}", "must be a valid CIDR value"),
+        ("{from: [{ipBlock: {cidr: nonsense}}]}", "must be a valid CIDR value"),
+        ("{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}", "must be a strict subset of `cidr`"),
+        ("{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [nonsense]}}]}", "must be a valid CIDR value"),
+        ("{ports: [{protocol: ICMP}]}", "Unsupported value: \"ICMP\""),
+        ("{ports: [{port: 80}, {protocol: tcp, port: 81}]}", "Unsupported value: \"tcp\""),
+        ("{ports: [{port: Serve_80}]}", "must contain only alpha-numeric characters"),
+        ("{ports: [{port: '80'}]}", "must contain at least one letter (a-z)"),
+        ("{ports: [{port: 0}]}", "must be between 1 and 65535, inclusive"),
+        ("{ports: [{port: 65536}]}", "must be between 1 and 65535, inclusive"),
+        ("{ports: [{port: serve-80-tcp, endPort: 90}]}", "may not be specified when `port` is non-numeric"),
+        ("{ports: [{endPort: 90}]}", "may not be specified when `port` is not specified"),
+        ("{ports: [{port: 90, endPort: 80}]}", "must be greater than or equal to `port`"),
+        ("{from: [{podSelector: {matchExpressions: [{key: pod, operator: In, values: []}]}}]}", "Required value: must be specified when `operator` is 'In' or 'NotIn'"),
+        ("{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: Has}]}}]}", "Invalid value: \"Has\": not a valid selector operator"),
+        ("{from: [{podSelector: {matchExpressions: [{key: pod, operator: Exists, values: [a]}]}}]}", "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"),
+        ("{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}", "Forbidden: may not specify both ipBlock and another peer"),
+        ("{from: [{}]}", "Required value: must specify a peer"),
     ];
-    let only_good = compiled(&model_with(vec![np(
-        "x",
-        "p",
-        &format!("{{podSelector: {{matchLabels: {{pod: a}}}}, ingress: [{good}]}}"),
-    )]));
     for (bad, reason) in bad_rules {
         let spec =
             format!("{{podSelector: {{matchLabels: {{pod: a}}}}, ingress: [{bad}, {good}]}}");
@@ -574,23 +573,19 @@ fn a_bad_rule_allows_nothing_and_the_rest_still_works() {
         let d = compiled(&model_with(vec![np("x", "p", &spec), other]));
         assert_eq!(d.problems.len(), 1, "{bad}: {:?}", d.problems);
         assert_eq!(d.problems[0].policy, "x/p");
+        let message = &d.problems[0].reason;
         assert!(
-            d.problems[0].reason.contains("spec.ingress[0]"),
-            "{:?}",
-            d.problems[0]
+            message
+                .starts_with("NetworkPolicy.networking.k8s.io \"p\" is invalid: spec.ingress[0]"),
+            "{message}"
         );
-        assert!(
-            d.problems[0].reason.contains(reason),
-            "{bad}: {:?}",
-            d.problems[0]
-        );
+        assert!(message.contains(reason), "{bad}: {message}");
+        // Still isolated, now with nothing allowed, not even the good rule.
         assert_eq!(d.placed.isolation[&ep("x/a")], isolation(1, 0), "{bad}");
-        assert_eq!(
-            rules(&d, "x/a", Direction::Ingress),
-            rules(&only_good, "x/a", Direction::Ingress),
-            "{bad}"
-        );
+        assert!(rules(&d, "x/a", Direction::Ingress).is_empty(), "{bad}");
+        assert!(!reach(&d, "x/b", "x/a", TCP, 80), "{bad}");
         assert!(d.placed.regions.is_empty(), "{bad}");
+        assert!(!d.placed.isolation.contains_key(&ep("x/b")), "{bad}");
         // The other policy is untouched.
         assert!(
             reach(&d, "y/c", "y/a", TCP, 80) && !reach(&d, "x/c", "y/a", TCP, 80),
@@ -600,29 +595,43 @@ fn a_bad_rule_allows_nothing_and_the_rest_still_works() {
 }
 
 #[test]
-fn a_bad_pod_selector_skips_the_policy() {
+fn a_bad_pod_selector_isolates_its_whole_namespace() {
     let bad = np(
         "x",
         "bad",
-        "{podSelector: {matchExpressions: [{key: pod, operator: Near, values: [a]}]}, ingress: []}",
+        "{podSelector: {matchExpressions: [{key: pod, operator: Near, values: [a]}]}, ingress: [{}]}",
     );
     let good = np("y", "good", DENY_INGRESS);
     let d = compiled(&model_with(vec![bad, good]));
     assert_eq!(d.problems.len(), 1);
     assert_eq!(d.problems[0].policy, "x/bad");
-    assert!(!d.placed.isolation.contains_key(&ep("x/a")));
+    assert!(d.problems[0]
+        .reason
+        .contains("spec.podSelector.matchExpressions[0].operator: Invalid value: \"Near\": not a valid selector operator"));
+    for pod in ["x/a", "x/b", "x/c"] {
+        assert_eq!(d.placed.isolation[&ep(pod)], isolation(1, 0), "{pod}");
+    }
+    assert!(
+        !reach(&d, "z/a", "x/b", TCP, 80),
+        "its allow-all rule is not taken"
+    );
     assert!(d.placed.isolation.contains_key(&ep("y/a")));
+    assert!(!d.placed.isolation.contains_key(&ep("z/a")));
 }
 
 #[test]
-fn unknown_policy_type_is_reported_and_known_ones_apply() {
+fn an_unknown_policy_type_isolates_both_directions() {
     let d = compiled(&model_with(vec![np(
         "x",
         "p",
-        "{podSelector: {}, policyTypes: [Ingress, Sideways]}",
+        "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress, Sideways], ingress: [{}]}",
     )]));
     assert_eq!(d.problems.len(), 1);
-    assert_eq!(d.placed.isolation[&ep("x/a")], isolation(1, 0));
+    assert!(d.problems[0].reason.contains(
+        "spec.policyTypes[1]: Unsupported value: \"Sideways\": supported values: \"Ingress\", \"Egress\""
+    ));
+    assert_eq!(d.placed.isolation[&ep("x/a")], isolation(1, 1));
+    assert!(no_rules(&d));
 }
 
 #[test]

@@ -3,4 +3,5 @@
 //! tables run in `controller/policy-oracle` (`tests/upstream.rs`).
 
 mod compile_cases;
+mod fail_closed_cases;
 mod support;
