@@ -573,11 +573,31 @@ fn malformed_manifest_is_skipped() {
     )
     .expect("write");
     lab.pod_add("x/b", "node1");
-    let tables = lab.converge(&[Check::tcp(PORT)], CONVERGE);
-    assert_all_reachable(&lab, &[Check::tcp(PORT)], &tables);
+    // The garbage is skipped; the policy that does not decode fails
+    // closed: with no good version to go by, it isolates its namespace.
+    let a = lab.pod_netns("x/a");
+    let b_ip = lab
+        .lab()
+        .state()
+        .pod(&"x/b".parse().expect("pod"))
+        .expect("x/b")
+        .ip;
+    assert!(
+        lab.eventually(CONVERGE, || !probe::tcp(
+            &a,
+            SocketAddr::new(b_ip, PORT),
+            TIMEOUT
+        )),
+        "a NetworkPolicy that does not decode left its namespace open\n{}",
+        lab.agent_logs()
+    );
     let status = lab.lab().status();
     assert!(status.nodes[0].agent_running, "the agent died: {status:?}");
     assert_eq!(status.nodes[0].endpoints, Some(2), "{status:?}");
+    // Deleted, it isolates nothing any more.
+    std::fs::remove_file(objects.join("networkpolicy-x-bad.yaml")).expect("rm");
+    let tables = lab.converge(&[Check::tcp(PORT)], CONVERGE);
+    assert_all_reachable(&lab, &[Check::tcp(PORT)], &tables);
 }
 
 /// sluice-cni ADD for `pod` (NS/NAME) in a netns of the test's own, on
