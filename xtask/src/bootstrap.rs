@@ -30,7 +30,8 @@ pub fn all() -> anyhow::Result<()> {
     apt()?;
     python()?;
     rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    crate::fuzz::install()
 }
 
 /// The PyPI packages of the tests' Python tools: the chart tool's

@@ -4,6 +4,7 @@
 //! Every command installs what it needs first, idempotently, so a fresh
 //! machine needs nothing but this repository and a Rust toolchain.
 mod bootstrap;
+mod fuzz;
 mod image;
 
 use std::{
@@ -24,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building and testing need (apt packages, rust-src,
-    /// bpf-linker). Idempotent.
+    /// bpf-linker, cargo-fuzz). Idempotent.
     Bootstrap,
     /// Bootstrap, then build every binary.
     Build,
@@ -76,6 +77,25 @@ enum Cmd {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the bounded fuzz runs.
+        #[arg(long)]
+        no_fuzz: bool,
+    },
+    /// Fuzz TARGET (every target if none) for a while: tests/fuzz, seeds
+    /// in tests/fuzz/corpus/TARGET, crashes in tests/fuzz/artifacts/TARGET.
+    Fuzz {
+        /// cni, manifest, policy or ebpf_parser (root).
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        time: u64,
+        /// Afterwards, fold what the run found that adds coverage into
+        /// the committed seeds.
+        #[arg(long)]
+        merge: bool,
+        /// Instead of fuzzing, run TARGET once on each FILE (a crash input).
+        #[arg(long, num_args = 1.., value_name = "FILE", requires = "target")]
+        replay: Vec<PathBuf>,
     },
 }
 
@@ -159,7 +179,23 @@ fn main() -> anyhow::Result<()> {
                 .arg(dir)
                 .args(args))
         }
-        Cmd::Test { filter, no_lint } => {
+        Cmd::Fuzz {
+            target,
+            time,
+            merge,
+            replay,
+        } => {
+            if !replay.is_empty() {
+                return fuzz::replay(target.as_deref().unwrap_or_default(), &replay);
+            }
+            let targets = fuzz::select(target.as_deref())?;
+            fuzz::fuzz(&targets, time, fuzz::Options { merge })
+        }
+        Cmd::Test {
+            filter,
+            no_lint,
+            no_fuzz,
+        } => {
             build()?;
             if !no_lint {
                 run(cargo().args(["fmt", "--all", "--check"]))?;
@@ -173,6 +209,22 @@ fn main() -> anyhow::Result<()> {
                 ]))?;
             }
             run(cargo().args(["test", "--workspace", "--exclude", "sluice-tests"]))?;
+            if !no_fuzz {
+                // Each target as a test named fuzz_<target>, which the
+                // filter picks like an end-to-end test's name.
+                let targets: Vec<_> = fuzz::TARGETS
+                    .iter()
+                    .copied()
+                    .filter(|(t, _)| {
+                        filter
+                            .as_ref()
+                            .is_none_or(|f| format!("fuzz_{t}").contains(f.as_str()))
+                    })
+                    .collect();
+                if !targets.is_empty() {
+                    fuzz::fuzz(&targets, fuzz::TEST_SECONDS, fuzz::Options::default())?;
+                }
+            }
             // The image of the binaries under test, for the tests that run
             // it (debug binaries: no second build).
             let image = image::Image {
