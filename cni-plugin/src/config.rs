@@ -162,15 +162,12 @@ pub fn requested_version(stdin: &[u8]) -> Result<String, Error> {
 /// parse: the config's version when it is one we speak, else the newest.
 /// Never fails; it is what the panic hook and early errors use.
 pub fn reply_version(stdin: &[u8]) -> CniVersion {
-    #[derive(Deserialize)]
-    struct Peek {
-        #[serde(rename = "cniVersion")]
-        cni_version: Option<String>,
-    }
-    serde_json::from_slice::<Peek>(stdin)
+    // Read as `NetConf::parse` reads it (a repeated key: the last wins, as
+    // in Go's encoding/json), so an error carries the version the config
+    // was taken at.
+    serde_json::from_slice::<serde_json::Value>(stdin)
         .ok()
-        .and_then(|p| p.cni_version)
-        .and_then(|v| CniVersion::parse(&v))
+        .and_then(|v| v.get("cniVersion")?.as_str().and_then(CniVersion::parse))
         .unwrap_or(DEFAULT_VERSION)
 }
 
@@ -351,5 +348,16 @@ mod tests {
             reply_version(br#"{"cniVersion":"0.4.0"}"#),
             CniVersion::V0_4_0
         );
+    }
+
+    /// Found by the `cni` fuzz target: a repeated key made the peek fail
+    /// (so errors said 1.1.0) while the full parse took the config at 0.4.0.
+    #[test]
+    fn reply_version_reads_a_repeated_key_as_the_parse_does() {
+        let stdin =
+            br#"{"cniVersion":"1.0.0","name":"n","type":"sluice-cni","cniVersion":"0.4.0"}"#;
+        let conf = NetConf::parse(stdin).expect("config");
+        assert_eq!(conf.cni_version, CniVersion::V0_4_0);
+        assert_eq!(reply_version(stdin), conf.cni_version);
     }
 }

@@ -39,7 +39,7 @@ pub const TARGETS: &[(&str, usize)] = &[
 ];
 
 /// Seconds per target in `cargo xtask test`.
-pub const TEST_SECONDS: u64 = 25;
+pub const TEST_SECONDS: u64 = 15;
 
 fn fuzz_dir() -> PathBuf {
     workspace_root().join("tests/fuzz")
@@ -93,6 +93,9 @@ pub fn select(name: Option<&str>) -> anyhow::Result<Vec<(&'static str, usize)>> 
 pub struct Options {
     /// Fold the working corpus's new coverage into the committed seeds.
     pub merge: bool,
+    /// libFuzzer's mutations from a fixed seed, so a run of the test
+    /// command can be repeated exactly on the same code.
+    pub fixed_seed: bool,
 }
 
 /// Builds, then runs each of `targets` for `seconds`, one after the other;
@@ -110,7 +113,7 @@ pub fn fuzz(
     }
     run(&mut build)?;
     for &(target, max_len) in targets {
-        run_one(target, max_len, seconds)?;
+        run_one(target, max_len, seconds, options.fixed_seed)?;
         if options.merge {
             merge(target)?;
         }
@@ -126,7 +129,7 @@ fn seeds(target: &str) -> PathBuf {
     fuzz_dir().join("corpus").join(target)
 }
 
-fn run_one(target: &str, max_len: usize, seconds: u64) -> anyhow::Result<()> {
+fn run_one(target: &str, max_len: usize, seconds: u64, fixed_seed: bool) -> anyhow::Result<()> {
     let work = work_corpus(target);
     let seeds = seeds(target);
     let artifacts = fuzz_dir().join("artifacts").join(target);
@@ -150,6 +153,7 @@ fn run_one(target: &str, max_len: usize, seconds: u64) -> anyhow::Result<()> {
         .arg(format!("-max_len={max_len}"))
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg("-print_final_stats=1")
+        .args(fixed_seed.then_some("-seed=1"))
         .stdout(log.try_clone()?)
         .stderr(log);
     let status = cmd.status().context("running cargo fuzz")?;

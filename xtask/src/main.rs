@@ -222,7 +222,14 @@ fn main() -> anyhow::Result<()> {
                     })
                     .collect();
                 if !targets.is_empty() {
-                    fuzz::fuzz(&targets, fuzz::TEST_SECONDS, fuzz::Options::default())?;
+                    fuzz::fuzz(
+                        &targets,
+                        fuzz::TEST_SECONDS,
+                        fuzz::Options {
+                            fixed_seed: true,
+                            ..fuzz::Options::default()
+                        },
+                    )?;
                 }
             }
             // The image of the binaries under test, for the tests that run
