@@ -189,7 +189,14 @@ fn main() -> anyhow::Result<()> {
                 return fuzz::replay(target.as_deref().unwrap_or_default(), &replay);
             }
             let targets = fuzz::select(target.as_deref())?;
-            fuzz::fuzz(&targets, time, fuzz::Options { merge })
+            fuzz::fuzz(
+                &targets,
+                time,
+                fuzz::Options {
+                    merge,
+                    fixed_seed: false,
+                },
+            )
         }
         Cmd::Test {
             filter,
