@@ -105,6 +105,18 @@ pub fn pin_dir(bpf_root: &Path, node_name: &str) -> PathBuf {
     bpf_root.join(node_name)
 }
 
+/// Removes one pin (a link's: detaching its program); gone already is fine.
+pub(super) fn remove_pin(pin: &Path) -> Result<(), DataplaneError> {
+    match std::fs::remove_file(pin) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DataplaneError::Io {
+            path: pin.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Removes everything pinned for a node: links (detaching the programs)
 /// and maps. For `sluice-agent --uninstall` and test teardown.
 pub fn remove_pins(pin_dir: &Path) -> io::Result<()> {

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use super::{
     diff::{self, Trie},
     loader::pinned_tcx_ifindex as pinned_ifindex,
-    program_error, Dataplane, DataplaneError, SyncStats,
+    program_error, remove_pin, Dataplane, DataplaneError, SyncStats,
 };
 
 /// The directory of the prefilter's link pins.
@@ -215,17 +215,6 @@ fn pin_mode(name: &str, ifname: &str) -> Option<AttachMode> {
         ("native", dev) if dev == ifname => Some(AttachMode::Native),
         ("generic", dev) if dev == ifname => Some(AttachMode::Generic),
         _ => None,
-    }
-}
-
-fn remove_pin(pin: &Path) -> Result<(), DataplaneError> {
-    match std::fs::remove_file(pin) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(DataplaneError::Io {
-            path: pin.to_owned(),
-            source,
-        }),
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use aya::programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr};
 use sluice_common::programs;
 
-use super::{program_error, Dataplane, DataplaneError};
+use super::{program_error, remove_pin, Dataplane, DataplaneError};
 
 /// The hooks, each its own program.
 pub const HOOKS: [&str; 4] = [
@@ -85,17 +85,6 @@ impl Dataplane {
             remove_pin(&self.socket_pins().join(name))?;
         }
         Ok(())
-    }
-}
-
-fn remove_pin(pin: &Path) -> Result<(), DataplaneError> {
-    match std::fs::remove_file(pin) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(DataplaneError::Io {
-            path: pin.to_owned(),
-            source,
-        }),
     }
 }
 
