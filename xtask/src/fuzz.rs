@@ -229,8 +229,11 @@ fn merge(target: &str) -> anyhow::Result<()> {
 pub fn replay(target: &str, files: &[PathBuf]) -> anyhow::Result<()> {
     install()?;
     run(cargo_fuzz("build").arg(target))?;
+    // As cargo fuzz's corpus arguments, not after `--`: otherwise cargo fuzz
+    // puts the target's corpus directory first and libFuzzer, seeing a
+    // directory, takes every argument for one.
     let mut cmd = cargo_fuzz("run");
-    cmd.arg(target).arg("--");
+    cmd.arg(target);
     for file in files {
         cmd.arg(absolute(file));
     }

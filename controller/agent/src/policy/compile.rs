@@ -145,13 +145,29 @@ pub fn compile(
             .filter(|(_, p)| p.namespace == policy.namespace && policy.selector.matches(p.labels))
             .filter_map(|(i, p)| local.get(&p.ip).map(|endpoint| (i, *endpoint)))
             .collect();
-        if selected.is_empty() {
-            continue;
-        }
+        // A local endpoint whose address is disputed has no identity, yet
+        // one of the claimants is the pod behind it: it stays isolated
+        // wherever a claimant would be, and nothing is allowed to it.
+        let disputed: Vec<u32> = cluster
+            .disputed
+            .iter()
+            .filter(|p| p.namespace == policy.namespace && policy.selector.matches(p.labels))
+            .filter_map(|p| local.get(&p.ip).copied())
+            .collect();
         let directions = [
             (Direction::Ingress, &policy.ingress),
             (Direction::Egress, &policy.egress),
         ];
+        for (dir, rules) in directions {
+            if rules.is_some() {
+                for &endpoint in &disputed {
+                    out.placed.isolate(endpoint, dir);
+                }
+            }
+        }
+        if selected.is_empty() {
+            continue;
+        }
         for (dir, rules) in directions {
             let Some(rules) = rules else { continue };
             let resolved: Vec<_> = rules.iter().map(|r| ctx.resolve(policy, r)).collect();
@@ -179,6 +195,8 @@ struct Cluster<'a> {
     namespace_labels: BTreeMap<&'a str, Labels>,
     pods: Vec<LivePod<'a>>,
     conflicts: Vec<IpConflict>,
+    /// The claimants of disputed addresses, which `pods` leaves out.
+    disputed: Vec<LivePod<'a>>,
 }
 
 static NO_LABELS: Labels = Labels::new();
@@ -227,9 +245,16 @@ impl<'a> Cluster<'a> {
             .map(|(ip, pods)| IpConflict { ip, pods })
             .collect();
         let disputed: BTreeSet<Ipv4Addr> = conflicts.iter().map(|c| c.ip).collect();
-        let mut pods = Vec::new();
+        let (mut pods, mut disputed_pods) = (Vec::new(), Vec::new());
         for (namespace, pod, ip) in claimed {
+            let live = LivePod {
+                namespace,
+                pod,
+                ip,
+                labels: pod.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+            };
             if disputed.contains(&ip) {
+                disputed_pods.push(live);
                 continue;
             }
             // A namespace we have pods of but no object for: the API server
@@ -239,17 +264,13 @@ impl<'a> Cluster<'a> {
                 .or_insert_with(|| {
                     Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), namespace.clone())])
                 });
-            pods.push(LivePod {
-                namespace,
-                pod,
-                ip,
-                labels: pod.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
-            });
+            pods.push(live);
         }
         Cluster {
             namespace_labels,
             pods,
             conflicts,
+            disputed: disputed_pods,
         }
     }
 

@@ -211,3 +211,28 @@ fn an_address_two_pods_claim_belongs_to_neither() {
         }]
     );
 }
+
+#[test]
+fn a_local_pod_whose_address_is_disputed_stays_isolated() {
+    // x/a is isolated both ways; a Pod object in an unisolated namespace
+    // claims its address. The endpoint behind the address is one of the
+    // two (this node cannot tell which without CNI's pod name), so it
+    // keeps every isolation either would have, and nothing is allowed.
+    let server = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress, Egress], ingress: [{from: [{podSelector: {}}]}], egress: [{to: [{podSelector: {}}]}]}\n".to_owned();
+    let claimant = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: claimant, namespace: z, labels: {{pod: z}}}}\nstatus: {{phase: Running, podIP: {}}}\n",
+        model_ip("x/a")
+    );
+    let d = compiled(&applied(std::slice::from_ref(&server)));
+    assert!(reach(&d, "x/b", "x/a", TCP, 80));
+    assert!(!reach(&d, "y/a", "x/a", TCP, 80));
+    assert!(!reach(&d, "x/a", "y/a", TCP, 80));
+
+    let d = compiled(&applied(&[server, claimant]));
+    for peer in ["y/a", "y/b", "x/b", "x/c"] {
+        assert!(!reaches_any_port(&d, peer, "x/a"), "{peer} -> x/a");
+        assert!(!reaches_any_port(&d, "x/a", peer), "x/a -> {peer}");
+    }
+    assert!(reach(&d, "y/a", "x/b", TCP, 80), "others are unaffected");
+    assert_eq!(d.ip_conflicts.len(), 1);
+}
