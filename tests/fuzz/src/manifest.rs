@@ -113,6 +113,7 @@ fn judgeable(state: &ClusterState) -> Result<GeneratedCluster, String> {
         if ip == GATEWAY || !seen.insert(ip) {
             continue;
         }
+        validity::pod_judgeable(pod).map_err(|why| format!("pod {namespace}/{name}: {why}"))?;
         if cluster.pods.len() == MAX_PODS {
             return Err(format!("more than {MAX_PODS} pods"));
         }

@@ -5,12 +5,26 @@
 //! preconditions first, and a cluster that fails them is compiled (it must
 //! not panic the compiler) but not judged.
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sluice_policy_oracle::oracle::Protocol;
+
+/// Why the oracle cannot judge `pod` (it resolves named ports through the
+/// containers' ports), or `Ok` if it can.
+pub fn pod_judgeable(pod: &Pod) -> Result<(), String> {
+    let containers = pod.spec.iter().flat_map(|s| &s.containers);
+    for port in containers.flat_map(|c| c.ports.iter().flatten()) {
+        if let Some(name) = &port.protocol {
+            Protocol::from_k8s_name(name)
+                .ok_or_else(|| format!("container port protocol {name:?}"))?;
+        }
+    }
+    Ok(())
+}
 
 /// Why the oracle cannot judge `policy`, or `Ok` if it can.
 pub fn judgeable(policy: &NetworkPolicy) -> Result<(), String> {
