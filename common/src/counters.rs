@@ -63,3 +63,16 @@ pub mod verdict {
 
     const _: () = assert!(index(Verdict::Denied, Direction::Egress) < MAX_ENTRIES);
 }
+
+/// Slots of the insert counters ([`maps::TABLE_INSERTS`]): entries added
+/// to an LRU table that was not holding their key. Nothing deletes from
+/// these tables but the kernel's LRU, so what was added and is no longer
+/// held was evicted.
+pub mod inserts {
+    use crate::maps;
+
+    /// Tracked flows ([`maps::CONNTRACK`]).
+    pub const CONNTRACK: u32 = 0;
+
+    const _: () = assert!(CONNTRACK < maps::TABLE_INSERTS.capacity);
+}

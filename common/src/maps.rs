@@ -82,6 +82,10 @@ map_table! { $
     /// IPv4 datagrams whose first fragment was seen: (addresses, protocol,
     /// IP id) → its ports and verdict (LRU hash; entries live seconds).
     FRAGMENTS = "SLUICE_FRAGMENTS", 16384;
+    /// New entries the datapath put into its LRU tables, by table
+    /// ([`crate::counters::inserts`]; per-CPU array): with what a table
+    /// holds, how many it evicted.
+    TABLE_INSERTS = "SLUICE_TABLE_INSERTS", 8;
     /// The prefilter's deny list: source CIDRs XDP drops on the underlay
     /// (LPM trie; the value is unused).
     PREFILTER_DENY = "SLUICE_PREFILTER_DENY", 16384;

@@ -4,8 +4,10 @@
 //! policy of that revision refuses the flow, which direction refused it (a
 //! tombstone). What to do with an entry is policy's business
 //! (`policy::enforce`); this module keeps the entries.
+use aya_ebpf::bindings::BPF_NOEXIST;
 use sluice_common::{
     conntrack::{ct_flags, timeout, CtEntry, CtKey},
+    counters::inserts,
     direction::Direction,
     identity,
 };
@@ -13,6 +15,7 @@ use sluice_common::{
 use crate::{
     lookup::peer_identity,
     maps::CONNTRACK,
+    metrics,
     parse::{
         Ipv4Packet, Quoted, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
         TCP_SYN,
@@ -173,7 +176,9 @@ impl Entry {
 
 /// Tracks a new flow that passed policy (`flags`: [`ct_flags::VIA_STACK`]
 /// or nothing). A full table evicts the least recently used flow (LRU
-/// map); the packet is allowed either way.
+/// map); the packet is allowed either way. New keys are counted, so the
+/// agent can tell evictions from what the table still holds; a key held
+/// already (an expired or revoked flow's) is overwritten uncounted.
 #[inline(always)]
 pub fn track(key: &CtKey, pkt: &Ipv4Packet, flags: u32, revision: u32, now: u64) {
     let entry = CtEntry {
@@ -181,7 +186,11 @@ pub fn track(key: &CtKey, pkt: &Ipv4Packet, flags: u32, revision: u32, now: u64)
         revision,
         flags,
     };
-    let _ = CONNTRACK.insert(key, &entry, 0);
+    if CONNTRACK.insert(key, &entry, BPF_NOEXIST as u64).is_ok() {
+        metrics::count_insert(inserts::CONNTRACK);
+    } else {
+        let _ = CONNTRACK.insert(key, &entry, 0);
+    }
 }
 
 /// How long a flow lives without packets, from its last packet (and the

@@ -40,4 +40,5 @@ bpf_map!(SERVICE_AFFINITY: LruHashMap<AffinityKey, Affinity>);
 bpf_map!(SERVICE_COUNTERS: PerCpuArray<ServiceCounter>);
 bpf_map!(SOCK_REVERSE: LruHashMap<SockKey, SockFrontend>);
 bpf_map!(FRAGMENTS: LruHashMap<FragKey, FragEntry>);
+bpf_map!(TABLE_INSERTS: PerCpuArray<u64>);
 bpf_map!(PREFILTER_DENY: LpmTrie<Ipv4Prefix, u32>);

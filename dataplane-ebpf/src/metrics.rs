@@ -6,7 +6,7 @@ use sluice_common::{
     reason::Reason,
 };
 
-use crate::maps::{PACKET_COUNTERS, POLICY_VERDICTS, SERVICE_COUNTERS};
+use crate::maps::{PACKET_COUNTERS, POLICY_VERDICTS, SERVICE_COUNTERS, TABLE_INSERTS};
 
 #[inline(always)]
 pub fn count(reason: Reason, direction: Direction, bytes: u32) {
@@ -43,5 +43,15 @@ pub fn count_service(service: u32, refused: bool) {
                 (*counter).connections += 1;
             }
         }
+    }
+}
+
+/// Counts a new entry in the LRU table of `slot`
+/// ([`sluice_common::counters::inserts`]).
+#[inline(always)]
+pub fn count_insert(slot: u32) {
+    if let Some(n) = TABLE_INSERTS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU array slot, as in `count`.
+        unsafe { *n += 1 };
     }
 }

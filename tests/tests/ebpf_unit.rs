@@ -10,7 +10,7 @@ use aya::maps::{HashMap, Map, MapData};
 use ipnet::Ipv4Net;
 use sluice_agent::{
     datastore::{parse_documents, ClusterState, Event},
-    kernel::counters,
+    kernel::{bpf::MapSizes, counters},
     policy::{ports::PortPrefix, PlacedPolicy},
     services::{self, ServiceIds},
 };
@@ -71,6 +71,10 @@ struct Unit {
 
 impl Unit {
     fn new() -> Self {
+        Self::sized(MapSizes::default())
+    }
+
+    fn sized(sizes: MapSizes) -> Self {
         let ns = Netns::create(&unique("unit")).expect("test netns");
         for link in [
             "link add lxca type veth peer name lxca-p",
@@ -95,7 +99,7 @@ impl Unit {
         let index = |name: &str| nix::net::if_::if_nametoindex(name).expect(name);
         let (a_if, b_if) = (index("lxca"), index("lxcb"));
         let (tunnel_if, underlay_if) = (index("tun0"), index("ul0"));
-        let mut bpf = TestDataplane::load("unit").expect("loading the eBPF object");
+        let mut bpf = TestDataplane::load_sized("unit", sizes).expect("loading the eBPF object");
         for (ip, id, ifindex, pod_mac, host_mac) in [
             (POD_A, A_ENDPOINT_ID, a_if, A_POD_MAC, A_HOST_MAC),
             (POD_B, B_ENDPOINT_ID, b_if, B_POD_MAC, B_HOST_MAC),
@@ -464,6 +468,52 @@ fn remote_pods_are_reached_through_the_tunnel_or_the_fib() {
 
 /// ICMP `type`/`code` quoting `quoted` (an IPv4 packet without Ethernet),
 /// as a host reports an error about it.
+/// A full conntrack table evicts, and the agent can tell how many: the
+/// datapath counts the flows it adds, the table holds the rest.
+#[test]
+fn conntrack_evictions_are_what_was_added_and_is_no_longer_held() {
+    require_root!();
+    let mut unit = Unit::sized(MapSizes {
+        conntrack: MapSizes::MIN,
+        ..MapSizes::default()
+    });
+    unit.allow_b_ingress(17, 53);
+    let flows = 500u32;
+    for sport in 0..flows {
+        let pkt = ipv4(POD_A, POD_B, 17, 64, 0, &udp(20000 + sport as u16, 53));
+        assert_eq!(unit.sent_by_a(&pkt), TC_ACT_REDIRECT);
+    }
+    // A flow's later packets and a reply add nothing.
+    let again = ipv4(POD_A, POD_B, 17, 64, 0, &udp(20000 + flows as u16 - 1, 53));
+    assert_eq!(unit.sent_by_a(&again), TC_ACT_REDIRECT);
+    let dataplane = unit.bpf.dataplane();
+    let inserted = dataplane
+        .inserted(sluice_common::counters::inserts::CONNTRACK)
+        .expect("insert count");
+    let held = dataplane
+        .occupancy()
+        .into_iter()
+        .find(|(map, _)| *map == maps::CONNTRACK.name)
+        .map(|(_, n)| n as u64)
+        .expect("conntrack occupancy");
+    assert_eq!(inserted, u64::from(flows));
+    assert!(
+        held <= u64::from(MapSizes::MIN),
+        "{held} in a table of {}",
+        MapSizes::MIN
+    );
+    let metrics = sluice_agent::metrics::Metrics::new();
+    metrics.count_evictions(inserted, held);
+    assert!(
+        metrics.render().contains(&format!(
+            "sluice_conntrack_evictions_total {}",
+            inserted - held
+        )),
+        "{inserted} added, {held} held"
+    );
+    assert!(inserted - held >= u64::from(flows - MapSizes::MIN));
+}
+
 fn icmp_error(icmp_type: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
     let mut icmp = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
     // RFC 792: the offending IP header and the first 8 bytes of its data.

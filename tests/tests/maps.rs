@@ -155,6 +155,24 @@ fn capacities_follow_the_config_and_reshaped_pins_are_replaced() {
         let replaced = name == maps::POLICY_RANGES.name || name == maps::POLICY_EXACT.name;
         assert_eq!(after[name] != *id, replaced, "{name}");
     }
+    // A new conntrack table starts its insert count again (evictions are
+    // inserts minus what the table holds).
+    let before = after;
+    drop(pins.load(MapSizes {
+        conntrack: 2048,
+        ..bigger
+    }));
+    let after = pins.map_ids();
+    let with_conntrack = [
+        maps::CONNTRACK,
+        maps::SERVICE_FLOWS,
+        maps::SERVICE_REVERSE,
+        maps::TABLE_INSERTS,
+    ];
+    for (name, id) in &before {
+        let replaced = with_conntrack.iter().any(|m| m.name == name);
+        assert_eq!(after[name] != *id, replaced, "{name}");
+    }
 }
 
 #[test]

@@ -25,7 +25,10 @@ use sluice_agent::{
     registration::Registrations,
     topology,
 };
-use sluice_common::api::{Request, Response};
+use sluice_common::{
+    api::{Request, Response},
+    counters, maps,
+};
 use tracing::{info, warn};
 
 /// How often the manifest directory is checked for changes.
@@ -424,11 +427,18 @@ fn count_swept(metrics: &Metrics, swept: sluice_agent::endpoints::Swept) {
 }
 
 fn count_occupancy(metrics: &Metrics, agent: &Agent<KernelDatapath>) {
-    for (map, entries) in agent.datapath().dataplane.occupancy() {
+    let dataplane = &agent.datapath().dataplane;
+    // Read before the walk: a flow added during it then counts as held,
+    // never as evicted.
+    let inserted = dataplane.inserted(counters::inserts::CONNTRACK);
+    for (map, entries) in dataplane.occupancy() {
         metrics
             .map_occupancy
             .with_label_values(&[map])
             .set(entries as i64);
+        if let (true, Some(inserted)) = (map == maps::CONNTRACK.name, inserted) {
+            metrics.count_evictions(inserted, entries as u64);
+        }
     }
 }
 

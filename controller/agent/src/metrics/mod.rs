@@ -7,8 +7,8 @@
 pub mod http;
 
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::datastore::Kind;
@@ -134,6 +134,9 @@ pub struct Metrics {
     /// maps the datapath fills itself (conntrack, Service flows,
     /// fragments) hold, counted every 30 s.
     pub map_occupancy: IntGaugeVec,
+    /// `sluice_conntrack_evictions_total`: tracked flows the full table
+    /// evicted (their next packet is checked against policy again).
+    pub conntrack_evictions: IntCounter,
     /// `sluice_endpoint_leftovers_removed_total{what}`: kernel state of no
     /// registered endpoint (a crash between steps) that the agent removed:
     /// `map_entry`, `link`, `route`.
@@ -350,6 +353,13 @@ impl Metrics {
                 &["map"],
             ),
         );
+        let conntrack_evictions = register(
+            &registry,
+            IntCounter::new(
+                "sluice_conntrack_evictions_total",
+                "Tracked flows the connection tracking table evicted to make room (it is full: raise mapSizes.conntrack); the next packet of such a flow is checked against policy again. Counted every 30 s, from the flows the datapath added and those the table holds.",
+            ),
+        );
         let leftovers_removed = register(
             &registry,
             IntCounterVec::new(
@@ -413,6 +423,7 @@ impl Metrics {
             unidentified_endpoints,
             policy_wait,
             map_occupancy,
+            conntrack_evictions,
             leftovers_removed,
             identities,
             last_event,
@@ -431,6 +442,18 @@ impl Metrics {
             self.map_pressure
                 .with_label_values(&[map])
                 .set(entries as f64 / capacity as f64);
+        }
+    }
+
+    /// Brings `sluice_conntrack_evictions_total` up to what the table's
+    /// counts say: flows `inserted` since the maps were created, minus the
+    /// `held` ones. Never down: a walk of a table that changes under it may
+    /// count a flow twice.
+    pub fn count_evictions(&self, inserted: u64, held: u64) {
+        let evicted = inserted.saturating_sub(held);
+        let counted = self.conntrack_evictions.get();
+        if evicted > counted {
+            self.conntrack_evictions.inc_by(evicted - counted);
         }
     }
 
@@ -526,5 +549,22 @@ mod tests {
             b.datastore_errors.with_label_values(&[reason::READ]).get(),
             0
         );
+    }
+
+    #[test]
+    fn evictions_are_what_was_added_and_is_gone_and_never_go_down() {
+        let metrics = Metrics::new();
+        metrics.count_evictions(10, 10);
+        assert_eq!(metrics.conntrack_evictions.get(), 0);
+        metrics.count_evictions(300, 64);
+        assert_eq!(metrics.conntrack_evictions.get(), 236);
+        metrics.count_evictions(300, 70);
+        assert_eq!(
+            metrics.conntrack_evictions.get(),
+            236,
+            "a walk that counted some twice"
+        );
+        metrics.count_evictions(400, 64);
+        assert_eq!(metrics.conntrack_evictions.get(), 336);
     }
 }

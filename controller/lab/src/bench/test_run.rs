@@ -78,6 +78,11 @@ impl TestDataplane {
     /// Loads the object with default map sizes; `tag` names the pin
     /// directory (made unique per process and call).
     pub fn load(tag: &str) -> Result<Self, TestRunError> {
+        Self::load_sized(tag, MapSizes::default())
+    }
+
+    /// Loads the object with the maps sized as `sizes` says.
+    pub fn load_sized(tag: &str, sizes: MapSizes) -> Result<Self, TestRunError> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let bpffs = Path::new(DEFAULT_BPFFS);
         bpffs::ensure_mounted(bpffs).map_err(|e| TestRunError::Setup(e.to_string()))?;
@@ -87,7 +92,7 @@ impl TestDataplane {
             .join(format!("{tag}-{}-{n}", std::process::id()));
         // A load that fails (a program the verifier refuses) has pinned
         // maps already: they go with it.
-        let mut dataplane = Dataplane::load(&pin_dir, MapSizes::default()).inspect_err(|_| {
+        let mut dataplane = Dataplane::load(&pin_dir, sizes).inspect_err(|_| {
             let _ = bpf::remove_pins(&pin_dir);
         })?;
         let maps = dataplane

@@ -159,6 +159,18 @@ fn prepare_pins(
             Some(_) => {}
         }
     }
+    // The insert counts describe the table they count: a new conntrack
+    // table starts them again, or its evictions would include every flow
+    // of the old one.
+    let named = |list: &[&String], map: maps::MapDef| list.iter().any(|n| *n == map.name);
+    if named(&misshapen, maps::CONNTRACK)
+        && !named(&misshapen, maps::TABLE_INSERTS)
+        && !named(&missing, maps::TABLE_INSERTS)
+    {
+        if let Some((name, _)) = shapes.get_key_value(maps::TABLE_INSERTS.name) {
+            misshapen.push(name);
+        }
+    }
     let marker = pin_dir.join(UPGRADE_PENDING);
     let io = |path: PathBuf| move |source| DataplaneError::Io { path, source };
     if !missing.is_empty() || !misshapen.is_empty() {
@@ -497,6 +509,14 @@ impl Dataplane {
         .into_iter()
         .flatten()
         .collect()
+    }
+
+    /// New entries the datapath has put into the LRU table of `slot`
+    /// ([`sluice_common::counters::inserts`]), every CPU's together.
+    pub fn inserted(&self, slot: u32) -> Option<u64> {
+        let map = self.ebpf.map(maps::TABLE_INSERTS.name)?;
+        let array = aya::maps::PerCpuArray::<_, u64>::try_from(map).ok()?;
+        Some(array.get(&slot, 0).ok()?.iter().sum())
     }
 
     /// Every address in the endpoint map.
