@@ -1,6 +1,6 @@
-//! The fuzz targets of `tests/fuzz` (cargo-fuzz, libFuzzer): a bounded
-//! run of each in `cargo xtask test`, longer runs by hand with `cargo
-//! xtask fuzz`.
+//! The fuzz targets of `tests/fuzz` (cargo-fuzz, libFuzzer): a run of
+//! each bounded by executions in `cargo xtask test` ([`Budget::TestRuns`]),
+//! longer runs by hand with `cargo xtask fuzz`.
 //!
 //! The stable toolchain builds them with `RUSTC_BOOTSTRAP=1` (cargo-fuzz
 //! passes nightly-only `-Z` flags) and without a sanitizer: the code under
@@ -26,23 +26,56 @@ use anyhow::{bail, Context as _};
 
 use crate::{run, workspace_root};
 
-/// Every target, with the largest input worth trying.
-pub const TARGETS: &[(&str, usize)] = &[
+/// One fuzz target.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub name: &'static str,
+    /// The largest input worth trying.
+    pub max_len: usize,
+    /// Executions in `cargo xtask test`: about 15 s on a 2-vCPU VM.
+    pub test_runs: u64,
+}
+
+pub const TARGETS: &[Target] = &[
     // Environment plus network config: real ones are well under 4 KiB.
-    ("cni", 4096),
+    Target {
+        name: "cni",
+        max_len: 4096,
+        test_runs: 200_000,
+    },
     // Manifests: a few objects.
-    ("manifest", 8192),
+    Target {
+        name: "manifest",
+        max_len: 8192,
+        test_runs: 10_000,
+    },
     // The seed of the cluster generator's RNG (folded into 32 bytes).
-    ("policy", 64),
+    Target {
+        name: "policy",
+        max_len: 64,
+        test_runs: 2_000,
+    },
     // Hook selector + one Ethernet frame (a 1500-byte MTU's).
-    ("ebpf_parser", 1515),
+    Target {
+        name: "ebpf_parser",
+        max_len: 1515,
+        test_runs: 500_000,
+    },
 ];
 
-/// Seconds per target in `cargo xtask test`.
-/// The test command replays the committed seeds and regression inputs
-/// (0 s); exploring is `cargo xtask fuzz`'s, since what a timed run finds
-/// depends on the machine's speed and would fail CI at random.
-pub const TEST_SECONDS: u64 = 0;
+/// How long each target runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    /// Seconds of exploration from libFuzzer's random seed, growing the
+    /// working corpus (0: the seeds once). By hand.
+    Seconds(u64),
+    /// The test command's: each target's `test_runs` executions from a
+    /// fixed seed, the committed seeds and an empty working corpus. Bounded
+    /// by work, not time, so what a run finds does not depend on the
+    /// machine's speed (hash-map iteration order, per process, still
+    /// steers coverage feedback a little).
+    TestRuns,
+}
 
 fn fuzz_dir() -> PathBuf {
     workspace_root().join("tests/fuzz")
@@ -74,16 +107,16 @@ fn cargo_fuzz(subcommand: &str) -> Command {
 }
 
 /// The targets `name` picks: one by name, or all.
-pub fn select(name: Option<&str>) -> anyhow::Result<Vec<(&'static str, usize)>> {
+pub fn select(name: Option<&str>) -> anyhow::Result<Vec<Target>> {
     match name {
         None => Ok(TARGETS.to_vec()),
-        Some(name) => match TARGETS.iter().find(|(t, _)| *t == name) {
+        Some(name) => match TARGETS.iter().find(|t| t.name == name) {
             Some(target) => Ok(vec![*target]),
             None => bail!(
                 "no fuzz target {name:?}; the targets are {}",
                 TARGETS
                     .iter()
-                    .map(|(t, _)| *t)
+                    .map(|t| t.name)
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -91,34 +124,21 @@ pub fn select(name: Option<&str>) -> anyhow::Result<Vec<(&'static str, usize)>> 
     }
 }
 
-/// What `cargo xtask fuzz` does besides running.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Options {
-    /// Fold the working corpus's new coverage into the committed seeds.
-    pub merge: bool,
-    /// libFuzzer's mutations from a fixed seed, so a run of the test
-    /// command can be repeated exactly on the same code.
-    pub fixed_seed: bool,
-}
-
-/// Builds, then runs each of `targets` for `seconds`, one after the other;
-/// fails at the first target that finds a crash (or cannot run).
-pub fn fuzz(
-    targets: &[(&'static str, usize)],
-    seconds: u64,
-    options: Options,
-) -> anyhow::Result<()> {
+/// Builds, then runs each of `targets` for `budget`, one after the other;
+/// fails at the first target that finds a crash (or cannot run). `merge`
+/// folds the working corpus's new coverage into the committed seeds.
+pub fn fuzz(targets: &[Target], budget: Budget, merge: bool) -> anyhow::Result<()> {
     install()?;
     // `cargo fuzz build` takes one target, or none for all.
     let mut build = cargo_fuzz("build");
-    if let [(target, _)] = targets {
-        build.arg(target);
+    if let [target] = targets {
+        build.arg(target.name);
     }
     run(&mut build)?;
-    for &(target, max_len) in targets {
-        run_one(target, max_len, seconds, options.fixed_seed)?;
-        if options.merge {
-            merge(target)?;
+    for target in targets {
+        run_one(target, budget)?;
+        if merge {
+            self::merge(target.name)?;
         }
     }
     Ok(())
@@ -128,12 +148,28 @@ fn work_corpus(target: &str) -> PathBuf {
     fuzz_dir().join("target/corpus").join(target)
 }
 
+/// The test command's working corpus, emptied before each run.
+fn test_corpus(target: &str) -> PathBuf {
+    fuzz_dir().join("target/test-corpus").join(target)
+}
+
 fn seeds(target: &str) -> PathBuf {
     fuzz_dir().join("corpus").join(target)
 }
 
-fn run_one(target: &str, max_len: usize, seconds: u64, fixed_seed: bool) -> anyhow::Result<()> {
-    let work = work_corpus(target);
+fn run_one(target: &Target, budget: Budget) -> anyhow::Result<()> {
+    let (max_len, target) = (target.max_len, target.name);
+    let work = match budget {
+        Budget::Seconds(_) => work_corpus(target),
+        Budget::TestRuns => {
+            let dir = test_corpus(target);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("emptying {}", dir.display()))?;
+            }
+            dir
+        }
+    };
     let seeds = seeds(target);
     let artifacts = fuzz_dir().join("artifacts").join(target);
     let logs = fuzz_dir().join("target/logs");
@@ -143,32 +179,37 @@ fn run_one(target: &str, max_len: usize, seconds: u64, fixed_seed: bool) -> anyh
     let log_path = logs.join(format!("{target}.log"));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    if seconds == 0 {
-        eprintln!(
-            "xtask: replaying {target}'s seeds (log: {})",
-            log_path.display()
-        );
-    } else {
-        eprintln!(
-            "xtask: fuzzing {target} for {seconds} s (log: {})",
-            log_path.display()
-        );
-    }
+    let (what, limit) = match budget {
+        Budget::Seconds(0) => ("replaying the seeds".to_owned(), "-runs=0".to_owned()),
+        Budget::Seconds(seconds) => (
+            format!("for {seconds} s"),
+            format!("-max_total_time={seconds}"),
+        ),
+        Budget::TestRuns => {
+            let runs = TARGETS
+                .iter()
+                .find(|t| t.name == target)
+                .map_or(0, |t| t.test_runs);
+            (
+                format!("for {runs} executions from seed 1"),
+                format!("-runs={runs}"),
+            )
+        }
+    };
+    eprintln!(
+        "xtask: fuzzing {target} {what} (log: {})",
+        log_path.display()
+    );
     let mut cmd = cargo_fuzz("run");
     cmd.arg(target)
         .arg(&work)
         .arg(&seeds)
         .arg("--")
-        // 0 s: every committed seed and regression input once, then stop.
-        .arg(if seconds == 0 {
-            "-runs=0".to_owned()
-        } else {
-            format!("-max_total_time={seconds}")
-        })
+        .arg(limit)
         .arg(format!("-max_len={max_len}"))
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg("-print_final_stats=1")
-        .args(fixed_seed.then_some("-seed=1"))
+        .args((budget == Budget::TestRuns).then_some("-seed=1"))
         .stdout(log.try_clone()?)
         .stderr(log);
     let status = cmd.status().context("running cargo fuzz")?;

@@ -86,9 +86,13 @@ enum Cmd {
     Fuzz {
         /// cni, manifest, policy or ebpf_parser (root).
         target: Option<String>,
-        /// Seconds per target.
+        /// Seconds per target (0: run the seeds once).
         #[arg(long, default_value_t = 300)]
         time: u64,
+        /// Instead of --time, the test command's run: a fixed number of
+        /// executions from a fixed seed, the same on every machine.
+        #[arg(long, conflicts_with = "time")]
+        test_runs: bool,
         /// Afterwards, fold what the run found that adds coverage into
         /// the committed seeds.
         #[arg(long)]
@@ -182,6 +186,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Fuzz {
             target,
             time,
+            test_runs,
             merge,
             replay,
         } => {
@@ -189,14 +194,12 @@ fn main() -> anyhow::Result<()> {
                 return fuzz::replay(target.as_deref().unwrap_or_default(), &replay);
             }
             let targets = fuzz::select(target.as_deref())?;
-            fuzz::fuzz(
-                &targets,
-                time,
-                fuzz::Options {
-                    merge,
-                    fixed_seed: false,
-                },
-            )
+            let budget = if test_runs {
+                fuzz::Budget::TestRuns
+            } else {
+                fuzz::Budget::Seconds(time)
+            };
+            fuzz::fuzz(&targets, budget, merge)
         }
         Cmd::Test {
             filter,
@@ -222,21 +225,14 @@ fn main() -> anyhow::Result<()> {
                 let targets: Vec<_> = fuzz::TARGETS
                     .iter()
                     .copied()
-                    .filter(|(t, _)| {
+                    .filter(|t| {
                         filter
                             .as_ref()
-                            .is_none_or(|f| format!("fuzz_{t}").contains(f.as_str()))
+                            .is_none_or(|f| format!("fuzz_{}", t.name).contains(f.as_str()))
                     })
                     .collect();
                 if !targets.is_empty() {
-                    fuzz::fuzz(
-                        &targets,
-                        fuzz::TEST_SECONDS,
-                        fuzz::Options {
-                            fixed_seed: true,
-                            ..fuzz::Options::default()
-                        },
-                    )?;
+                    fuzz::fuzz(&targets, fuzz::Budget::TestRuns, false)?;
                 }
             }
             // The image of the binaries under test, for the tests that run
