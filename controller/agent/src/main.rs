@@ -8,7 +8,7 @@ use clap::Parser;
 use sluice_agent::{
     cni_api,
     config::{Config, ConfigError, Datastore, FlagConfig, Routing},
-    datastore::{kube_source, ClusterState, DirSource, Event, Kind, KubeSource},
+    datastore::{kube_source, ClusterState, DirSource, DirTiming, Event, Kind, KubeSource},
     endpoints::state_file::StateFile,
     endpoints::{Agent, AgentConfig},
     kernel::bpf::{self, socket_hooks, Dataplane, SyncMaps},
@@ -31,8 +31,6 @@ use sluice_common::{
 };
 use tracing::{info, warn};
 
-/// How often the manifest directory is checked for changes.
-const DIR_POLL: Duration = Duration::from_millis(200);
 /// How often a failed sync is retried.
 const RETRY: Duration = Duration::from_secs(2);
 /// How often endpoints whose pod went without a DEL, and kernel state of
@@ -229,7 +227,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(Datastore::Dir(dir)) => {
             let source = DirSource::new(dir.clone(), metrics.clone())
                 .with_context(|| format!("opening the manifest directory {}", dir.display()))?;
-            tokio::spawn(source.run(events_tx, DIR_POLL));
+            tokio::spawn(source.run(events_tx, DirTiming::default()));
             true
         }
         Some(Datastore::Kubernetes { kubeconfig }) => {

@@ -1,11 +1,13 @@
 //! The manifest-directory datastore (`--datastore dir:PATH`): ordinary
 //! Kubernetes YAML/JSON files stand in for the API server, for the lab.
 //!
-//! The directory is polled, not watched. Polling a handful of small files
-//! every few hundred milliseconds costs next to nothing, needs no inotify
-//! dependency, and is immune to the ways editors and tools write files
-//! (rename over, truncate and rewrite, ConfigMap volumes swapping a `..data`
-//! symlink), each of which an inotify watcher has to special-case.
+//! The directory is scanned: listed, and files whose stamp changed read.
+//! A scan is immune to the ways editors and tools write files (rename
+//! over, truncate and rewrite, ConfigMap volumes swapping a `..data`
+//! symlink), each of which an event-driven reader has to special-case. An
+//! inotify watch ([`super::dir_watch`]) only says when to scan, so changes
+//! arrive in milliseconds; a slow poll stays as the safety net, and is
+//! the only trigger (at [`Timing::poll`]) where the watch cannot be set up.
 //!
 //! Rules, chosen so a mistake in one file never takes the cluster down:
 //! - `*.yaml`, `*.yml`, `*.json` regular files (symlinks followed), in
@@ -43,8 +45,54 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::cluster_state::Event;
+use super::dir_watch::DirWatch;
 use super::resource::{parse_documents, parse_json, Kind, ObjectKey, Rejected, Resource};
 use crate::metrics::{reason, Metrics};
+
+/// When the directory source scans.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Between scans when the directory cannot be watched.
+    pub poll: Duration,
+    /// Between scans while watched and nothing happens: the safety net.
+    pub safety_poll: Duration,
+    /// Until the second read of a file read while recently modified.
+    pub settle: Duration,
+    /// How long a burst of changes must pause before the scan (bounded by
+    /// `settle`), so a writer's many events cost one scan.
+    pub quiet: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            poll: Duration::from_millis(200),
+            safety_poll: Duration::from_secs(2),
+            settle: Duration::from_millis(30),
+            quiet: Duration::from_millis(5),
+        }
+    }
+}
+
+/// The next change `watch` reports; never without one.
+async fn changed(watch: Option<&DirWatch>) {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until changes pause for `timing.quiet`, at most `timing.settle`.
+async fn quiet(watch: Option<&DirWatch>, timing: &Timing) {
+    let deadline = tokio::time::Instant::now() + timing.settle;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(timing.quiet) => return,
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = changed(watch) => {}
+        }
+    }
+}
 
 /// A file modified this recently may have changed again, within the same
 /// timestamp tick, after we read it; such files are re-read until they are
@@ -77,6 +125,8 @@ pub struct DirSource {
     conflicts: BTreeSet<(ObjectKey, Vec<PathBuf>)>,
     /// Files read once while recently modified, waiting to settle.
     unsettled: BTreeMap<PathBuf, Unsettled>,
+    /// Files a writer still holds open (from the watch): not taken yet.
+    writing: BTreeSet<PathBuf>,
 }
 
 /// Identifies a file version without reading it.
@@ -160,6 +210,7 @@ impl DirSource {
             read_errors: BTreeMap::new(),
             conflicts: BTreeSet::new(),
             unsettled: BTreeMap::new(),
+            writing: BTreeSet::new(),
         })
     }
 
@@ -193,7 +244,7 @@ impl DirSource {
                     // one version; the stamp after the read is the one to
                     // compare the next read with.
                     let after = fs::metadata(&path).ok().map(|m| Stamp::of(&m));
-                    let changing = after != Some(stamp);
+                    let changing = after != Some(stamp) || self.writing.contains(&path);
                     let stamp = after.unwrap_or(stamp);
                     if let Some(content) = self.settle(&path, stamp, read_at, content, changing) {
                         changed |= self.load(&path, stamp, read_at, content);
@@ -246,10 +297,23 @@ impl DirSource {
         events
     }
 
-    /// Polls every `interval` and sends the changes until the receiver is
-    /// dropped.
-    pub async fn run(mut self, tx: mpsc::Sender<Event>, interval: Duration) {
+    /// Scans on every change the watch reports (and as often as `timing`
+    /// says otherwise) and sends the changes until the receiver is dropped.
+    pub async fn run(mut self, tx: mpsc::Sender<Event>, timing: Timing) {
+        let watch = match DirWatch::start(&self.dir) {
+            Ok(watch) => {
+                info!(dir = %self.dir.display(), "watching the manifest directory");
+                Some(watch)
+            }
+            Err(error) => {
+                warn!(dir = %self.dir.display(), %error, poll = ?timing.poll, "cannot watch the manifest directory; polling it");
+                None
+            }
+        };
         loop {
+            if let Some(watch) = &watch {
+                self.writing = watch.writing().into_iter().collect();
+            }
             // Blocking file I/O: keep it off the (current-thread) runtime.
             let scanned = tokio::task::spawn_blocking(move || {
                 let events = self.scan();
@@ -267,8 +331,16 @@ impl DirSource {
                     return;
                 }
             }
+            // A file read while recently modified is taken only when a
+            // second read finds it the same: soon, while watched.
+            let wait = match (&watch, self.unsettled.is_empty() && self.writing.is_empty()) {
+                (None, _) => timing.poll,
+                (Some(_), true) => timing.safety_poll,
+                (Some(_), false) => timing.settle,
+            };
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = changed(watch.as_ref()) => quiet(watch.as_ref(), &timing).await,
                 _ = tx.closed() => return,
             }
         }
@@ -1111,7 +1183,11 @@ mod tests {
         let lab = Lab::new();
         lab.write("ns.yaml", NAMESPACE);
         let (tx, mut rx) = mpsc::channel(16);
-        let task = tokio::spawn(lab.source.run(tx, Duration::from_millis(10)));
+        let timing = Timing {
+            poll: Duration::from_millis(10),
+            ..Timing::default()
+        };
+        let task = tokio::spawn(lab.source.run(tx, timing));
         assert_eq!(recv(&mut rx).await, "resync [Namespace shop]");
         let pod = fixtures::pod("shop", "db", "10.244.1.9");
         let path = lab.dir.path().join("db.yaml");
@@ -1123,5 +1199,69 @@ mod tests {
             .await
             .expect("run returns once the receiver is dropped")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn changes_arrive_on_the_watch_without_waiting_for_a_poll() {
+        let lab = Lab::new();
+        lab.write("ns.yaml", NAMESPACE);
+        let (tx, mut rx) = mpsc::channel(16);
+        // No poll would come within the test's life: only the watch can
+        // trigger the scans.
+        let hour = Duration::from_secs(3600);
+        let timing = Timing {
+            poll: hour,
+            safety_poll: hour,
+            ..Timing::default()
+        };
+        let task = tokio::spawn(lab.source.run(tx, timing));
+        assert_eq!(recv(&mut rx).await, "resync [Namespace shop]");
+        // Written in place (truncate, write): read while recent, taken on
+        // the settle read.
+        fs::write(
+            lab.dir.path().join("db.yaml"),
+            fixtures::pod("shop", "db", "10.244.1.9"),
+        )
+        .unwrap();
+        assert_eq!(recv(&mut rx).await, "apply Pod shop/db");
+        // Renamed over, in a subdirectory created after the watch began.
+        let sub = lab.dir.path().join("more");
+        fs::create_dir(&sub).unwrap();
+        let tmp = lab.dir.path().join(".web.tmp");
+        fs::write(&tmp, fixtures::pod("shop", "web", "10.244.1.10")).unwrap();
+        fs::rename(&tmp, sub.join("web.yaml")).unwrap();
+        assert_eq!(recv(&mut rx).await, "apply Pod shop/web");
+        fs::remove_file(lab.dir.path().join("db.yaml")).unwrap();
+        assert_eq!(recv(&mut rx).await, "delete Pod shop/db");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_file_still_open_for_writing_is_not_taken() {
+        use std::io::Write as _;
+        let lab = Lab::new();
+        lab.write("ns.yaml", NAMESPACE);
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(lab.source.run(tx, Timing::default()));
+        assert_eq!(recv(&mut rx).await, "resync [Namespace shop]");
+        // A writer that stalls after a prefix that parses on its own, for
+        // many settle intervals.
+        let mut file = fs::File::create(lab.dir.path().join("pods.yaml")).unwrap();
+        file.write_all(fixtures::pod("shop", "db", "10.244.1.9").as_bytes())
+            .unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+        assert!(
+            early.is_err(),
+            "taken mid-write: {:?}",
+            early.map(|e| e.as_ref().map(describe))
+        );
+        file.write_all(b"\n---\n").unwrap();
+        file.write_all(fixtures::pod("shop", "web", "10.244.1.10").as_bytes())
+            .unwrap();
+        drop(file);
+        let mut got = vec![recv(&mut rx).await, recv(&mut rx).await];
+        got.sort();
+        assert_eq!(got, ["apply Pod shop/db", "apply Pod shop/web"]);
+        task.abort();
     }
 }

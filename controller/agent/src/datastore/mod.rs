@@ -13,6 +13,7 @@
 
 pub mod cluster_state;
 pub mod dir_source;
+mod dir_watch;
 pub mod kube_source;
 pub mod resource;
 
@@ -20,7 +21,7 @@ pub mod resource;
 mod fixtures;
 
 pub use cluster_state::{Changed, ClusterState, Event};
-pub use dir_source::{DirSource, DirSourceError};
+pub use dir_source::{DirSource, DirSourceError, Timing as DirTiming};
 pub use kube_source::{KubeSource, KubeSourceError};
 pub use resource::{
     parse_documents, parse_json, Kind, Location, ObjectKey, ParseError, ParseErrorKind, Rejected,
