@@ -21,7 +21,9 @@ use super::cidr::{parse_block, Block};
 use super::fail_closed::Isolation;
 use super::identity::{IdentityAllocator, IdentityError, LabelKey};
 use super::placed::PlacedPolicy;
-use super::ports::{parse_ports, range_prefixes, resolve_named, PortMatch, PortPrefix};
+use super::ports::{
+    named_ports, parse_ports, range_prefixes, resolve_named, PortMatch, PortPrefix,
+};
 use super::selector::{Labels, Selector};
 use super::validate;
 use crate::datastore::{ClusterState, Rejected};
@@ -279,6 +281,7 @@ impl<'a> Cluster<'a> {
             namespace: pod.namespace.to_owned(),
             namespace_labels: self.namespace_labels[pod.namespace].clone(),
             pod_labels: pod.labels.clone(),
+            named_ports: named_ports(pod.pod),
         }
     }
 
@@ -438,10 +441,11 @@ impl<'a> Policy<'a> {
     }
 
     /// What a policy that cannot be taken still isolates: each version's
-    /// podSelector in the directions it could name. Where a version's
-    /// podSelector cannot be read, the pods the last good version selected
-    /// stay isolated (also in its directions); without one, the whole
-    /// namespace is.
+    /// podSelector in the directions it could name, and what the last good
+    /// version isolated (an invalid edit releases nothing). Where a
+    /// version's podSelector cannot be read, the pods the last good version
+    /// selected stay isolated in that version's directions too; without a
+    /// last good version, the whole namespace is.
     fn broken(
         namespace: &'a str,
         versions: &[Value],
@@ -464,23 +468,28 @@ impl<'a> Policy<'a> {
                 }
             }
         }
-        if let Some((ingress, egress)) = unknown {
-            let last = last_good
-                .and_then(|p| serde_json::to_value(p).ok())
-                .map(|v| Isolation::of(&v));
-            out.push(match last {
-                Some(Isolation {
-                    selector: Some(selector),
-                    ingress: last_ingress,
-                    egress: last_egress,
-                }) => Policy::isolating(
-                    namespace,
-                    selector,
-                    ingress || last_ingress,
-                    egress || last_egress,
-                ),
-                _ => Policy::isolating(namespace, Selector::default(), ingress, egress),
-            });
+        let last = last_good
+            .and_then(|p| serde_json::to_value(p).ok())
+            .map(|v| Isolation::of(&v));
+        let (ingress, egress) = unknown.unwrap_or_default();
+        match last {
+            Some(Isolation {
+                selector: Some(selector),
+                ingress: last_ingress,
+                egress: last_egress,
+            }) => out.push(Policy::isolating(
+                namespace,
+                selector,
+                ingress || last_ingress,
+                egress || last_egress,
+            )),
+            _ if unknown.is_some() => out.push(Policy::isolating(
+                namespace,
+                Selector::default(),
+                ingress,
+                egress,
+            )),
+            _ => {}
         }
         out
     }

@@ -16,12 +16,18 @@ use sluice_common::identity;
 use super::selector::Labels;
 
 /// What a label identity stands for. The namespace name is part of it, so
-/// a set of identities resolved from a peer selector is exact.
+/// a set of identities resolved from a peer selector is exact; so are the
+/// pod's named ports, so an egress rule on a named port, which grants each
+/// peer identity the number its pods give the name, cannot grant it to a
+/// pod of the same labels that names another port or none.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LabelKey {
     pub namespace: String,
     pub namespace_labels: Labels,
     pub pod_labels: Labels,
+    /// (name, protocol) → number, as [`super::ports::resolve_named`]
+    /// resolves them.
+    pub named_ports: BTreeMap<(String, u8), u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -274,6 +280,7 @@ mod tests {
             namespace: ns.into(),
             namespace_labels: [("kubernetes.io/metadata.name".to_string(), ns.to_string())].into(),
             pod_labels: [("pod".to_string(), pod.to_string())].into(),
+            named_ports: BTreeMap::new(),
         }
     }
 

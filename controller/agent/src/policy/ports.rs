@@ -1,6 +1,8 @@
 //! The `ports` of a NetworkPolicy rule: validated, and turned into the
 //! (protocol, port prefix) pairs the policy map's LPM key can express.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicyPort;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -138,6 +140,28 @@ pub fn resolve_named(pod: &Pod, name: &str, protocol: u8) -> Option<u16> {
         })
         .and_then(|p| u16::try_from(p.container_port).ok())
         .filter(|p| *p != 0)
+}
+
+/// Every name the pod's container ports give, with its protocol, and the
+/// number [`resolve_named`] resolves it to.
+pub fn named_ports(pod: &Pod) -> BTreeMap<(String, u8), u16> {
+    let names: BTreeSet<(&str, u8)> = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let protocol = parse_protocol(p.protocol.as_deref().unwrap_or("TCP")).ok()?;
+            Some((p.name.as_deref()?, protocol))
+        })
+        .collect();
+    names
+        .into_iter()
+        .filter_map(|(name, protocol)| {
+            let number = resolve_named(pod, name, protocol)?;
+            Some(((name.to_owned(), protocol), number))
+        })
+        .collect()
 }
 
 /// The fewest prefixes that cover exactly `first..=last`.

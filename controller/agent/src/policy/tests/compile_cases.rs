@@ -456,6 +456,24 @@ fn egress_named_port_with_any_peer_uses_each_pod() {
     );
 }
 
+/// Pods with the same labels may name their ports differently (a rollout
+/// changing them, or a hand-made pod): an egress named port reaches each
+/// at the number it names, and one that does not name it not at all.
+#[test]
+fn egress_named_port_follows_each_pod_even_with_the_same_labels() {
+    let mut state = model_with(vec![np("x", "p", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{ports: [{port: serve-81-tcp}]}]}")]);
+    let twin = pod_mut(&mut state, "z/b");
+    twin.metadata.labels = Some([("pod".to_owned(), "c".to_owned())].into());
+    if let Some(spec) = twin.spec.as_mut() {
+        for container in &mut spec.containers {
+            container.ports = None;
+        }
+    }
+    let d = compiled(&state);
+    assert!(reach(&d, "x/a", "z/c", TCP, 81));
+    assert!(!reach(&d, "x/a", "z/b", TCP, 81), "z/b names no port");
+}
+
 #[test]
 fn ipblock_regions_and_excepts() {
     let spec = "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.244.0.0/16, 10.9.9.9/32]}}]}]}";

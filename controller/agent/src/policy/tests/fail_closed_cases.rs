@@ -143,6 +143,24 @@ fn an_unreadable_selector_keeps_the_last_good_selection_else_the_namespace() {
 }
 
 #[test]
+fn an_invalid_edit_releases_nothing_the_last_good_version_isolated() {
+    // The good version isolates x/a's ingress; the edit selects x/b for
+    // egress only, with a rule the API server would refuse.
+    let edit = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server, namespace: x}\nspec: {podSelector: {matchLabels: {pod: b}}, policyTypes: [Egress], egress: [{to: [{namespaceSelector: matchLabels}]}]}\n".to_owned();
+    let d = compiled(&applied(&[manifest("", SERVER), edit]));
+    assert!(
+        !reaches_any_port(&d, "y/a", "x/a"),
+        "x/a's ingress stays isolated"
+    );
+    assert!(!reaches_any_port(&d, "x/b", "x/a"), "and allows nothing");
+    assert!(
+        !reaches_any_port(&d, "x/b", "y/a"),
+        "x/b's egress is isolated"
+    );
+    assert!(reach(&d, "y/a", "x/c", TCP, 80), "x/c was never selected");
+}
+
+#[test]
 fn a_policy_defined_twice_isolates_both_selections_and_allows_nothing() {
     let allow_all = |selector: &str| {
         let text = format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: server, namespace: x}}\nspec: {{podSelector: {selector}, ingress: [{{}}]}}\n");
