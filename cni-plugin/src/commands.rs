@@ -75,12 +75,10 @@ fn wire_and_register(
 ) -> Result<Wired, Error> {
     validate_allocation(allocation, mtu)?;
     let host_ifname = veth::host_ifname(&target.container_id, &target.ifname);
-    let temp_ifname = veth::temp_ifname(&target.container_id, &target.ifname);
     let wired = dataplane.wire(&WireRequest {
         netns,
         ifname: &target.ifname,
         host_ifname: &host_ifname,
-        temp_ifname: &temp_ifname,
         ip: allocation.ip,
         gateway: allocation.gateway,
         mtu,
@@ -386,13 +384,8 @@ pub(crate) mod fakes {
     impl Dataplane for FakeDataplane {
         fn wire(&mut self, request: &WireRequest<'_>) -> Result<Wired, Error> {
             self.calls.push(format!(
-                "wire {} {} {} {} via {} mtu {}",
-                request.host_ifname,
-                request.temp_ifname,
-                request.ifname,
-                request.ip,
-                request.gateway,
-                request.mtu
+                "wire {} {} {} via {} mtu {}",
+                request.host_ifname, request.ifname, request.ip, request.gateway, request.mtu
             ));
             self.present = true;
             match &self.wire_error {
@@ -492,11 +485,10 @@ mod tests {
         let out = add(&target(), Some(pod.clone()), &conf(""), &agent, &mut dp).expect("ADD");
         assert_eq!(agent.ops(), ["allocate", "register"]);
         let host = veth::host_ifname("c0ffee", "eth0");
-        let temp = veth::temp_ifname("c0ffee", "eth0");
         assert_eq!(
             dp.calls,
             [format!(
-                "wire {host} {temp} eth0 10.244.1.5 via 10.244.1.1 mtu 1500"
+                "wire {host} eth0 10.244.1.5 via 10.244.1.1 mtu 1500"
             )]
         );
         let Request::Register { endpoint } = &agent.requests.borrow()[1] else {

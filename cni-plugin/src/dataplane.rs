@@ -19,8 +19,6 @@ pub struct WireRequest<'a> {
     pub ifname: &'a str,
     /// The host side of the veth.
     pub host_ifname: &'a str,
-    /// The pod side's name while it is still in the host namespace.
-    pub temp_ifname: &'a str,
     pub ip: IpAddr,
     pub gateway: IpAddr,
     pub mtu: u32,
