@@ -8,7 +8,7 @@ use std::{net::IpAddr, os::fd::AsRawFd};
 use netlink_packet_route::{
     address::AddressHeaderFlags,
     link::{InfoData, InfoVeth},
-    route::RouteScope,
+    route::{RouteAttribute, RouteMetric, RouteScope},
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
@@ -145,26 +145,40 @@ pub async fn wire(host: &Handle, pod: &Handle, req: &WireRequest<'_>) -> Result<
             e,
         )
     })?;
-    // ...and everything else goes through it.
+    // ...and everything else goes through it: off the node at the lower
+    // MTU where there is one, the node's own pods at the device's.
     let unspecified = match req.gateway {
         IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     };
-    let default = RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(unspecified, 0)
-        .and_then(|b| b.gateway(req.gateway))
-        .map_err(|e| invalid_route(req.gateway, e))?
-        .output_interface(pod_index)
-        .build();
-    pod.route().add(default).execute().await.map_err(|e| {
-        Error::netlink(
-            format!(
-                "adding default route via {} dev {}",
-                req.gateway, req.ifname
-            ),
-            e,
-        )
-    })?;
+    let mut routes = vec![(unspecified, 0, req.off_node.map(|(mtu, _)| mtu))];
+    if let Some((_, node_pods)) = req.off_node {
+        routes.push((node_pods.network(), node_pods.prefix_len(), None));
+    }
+    for (dst, prefix_len, mtu) in routes {
+        let mut route = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst, prefix_len)
+            .and_then(|b| b.gateway(req.gateway))
+            .map_err(|e| invalid_route(req.gateway, e))?
+            .output_interface(pod_index)
+            .build();
+        if let Some(mtu) = mtu {
+            route
+                .attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        }
+        pod.route().add(route).execute().await.map_err(|e| {
+            Error::netlink(
+                format!(
+                    "adding route {dst}/{prefix_len} via {} dev {}{}",
+                    req.gateway,
+                    req.ifname,
+                    mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()
+                ),
+                e,
+            )
+        })?;
+    }
 
     // Nothing answers ARP for the gateway (the eBPF program on the host side
     // redirects instead), so the pod learns its MAC from a permanent entry.
