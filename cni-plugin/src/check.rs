@@ -253,6 +253,7 @@ mod tests {
                 cidr_prefix_len: 24,
                 gateway: "10.244.1.1".parse().expect("ip"),
                 mtu: 1500,
+                local_mtu: None,
             },
             endpoint: Some(EndpointSpec {
                 attachment: attachment("c0ffee", "eth0"),

@@ -57,11 +57,46 @@ pub fn add(
     let host_ifname = veth::host_ifname(&target.container_id, &target.ifname);
 
     let allocation = agent.allocate(&attachment)?;
-    let mtu = conf.mtu.unwrap_or(allocation.mtu);
+    let mtu = Mtu::of(conf.mtu, &allocation);
     let wired = wire_and_register(target, pod, agent, dataplane, &netns, &allocation, mtu)
         .map_err(|err| rollback(err, &attachment, &host_ifname, agent, dataplane))?;
 
     Ok(add_result(target, &host_ifname, &allocation, mtu, &wired).to_json(conf.cni_version))
+}
+
+/// The pod's MTUs: its device's, and a lower one for routes off the node
+/// when the agent says same-node traffic may be larger (tunnel mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mtu {
+    pub device: u32,
+    pub off_node: Option<u32>,
+}
+
+impl Mtu {
+    /// An `mtu` in the network config is the one MTU for everything.
+    pub fn of(configured: Option<u32>, allocation: &Allocation) -> Self {
+        match (configured, allocation.local_mtu) {
+            (Some(mtu), _) => Mtu {
+                device: mtu,
+                off_node: None,
+            },
+            (None, Some(local)) if local > allocation.mtu => Mtu {
+                device: local,
+                off_node: Some(allocation.mtu),
+            },
+            (None, _) => Mtu {
+                device: allocation.mtu,
+                off_node: None,
+            },
+        }
+    }
+}
+
+/// The node's pod CIDR, which the pod reaches at its device's MTU.
+fn node_pods(allocation: &Allocation) -> Option<IpNet> {
+    IpNet::new(allocation.ip, allocation.cidr_prefix_len)
+        .ok()
+        .map(|net| net.trunc())
 }
 
 fn wire_and_register(
@@ -71,19 +106,18 @@ fn wire_and_register(
     dataplane: &mut impl Dataplane,
     netns: &Netns,
     allocation: &Allocation,
-    mtu: u32,
+    mtu: Mtu,
 ) -> Result<Wired, Error> {
-    validate_allocation(allocation, mtu)?;
+    validate_allocation(allocation, mtu.device)?;
     let host_ifname = veth::host_ifname(&target.container_id, &target.ifname);
-    let temp_ifname = veth::temp_ifname(&target.container_id, &target.ifname);
     let wired = dataplane.wire(&WireRequest {
         netns,
         ifname: &target.ifname,
         host_ifname: &host_ifname,
-        temp_ifname: &temp_ifname,
         ip: allocation.ip,
         gateway: allocation.gateway,
-        mtu,
+        mtu: mtu.device,
+        off_node: mtu.off_node.zip(node_pods(allocation)),
     })?;
     agent.register(&EndpointSpec {
         attachment: attachment(&target.container_id, &target.ifname),
@@ -160,7 +194,7 @@ fn add_result(
     target: &Target,
     host_ifname: &str,
     allocation: &Allocation,
-    mtu: u32,
+    mtu: Mtu,
     wired: &Wired,
 ) -> CniResult {
     let prefix_len = veth::host_prefix_len(allocation.ip);
@@ -173,13 +207,13 @@ fn add_result(
             Interface {
                 name: host_ifname.to_string(),
                 mac: Some(format_mac(&wired.host_mac)),
-                mtu: Some(mtu),
+                mtu: Some(mtu.device),
                 sandbox: None,
             },
             Interface {
                 name: target.ifname.clone(),
                 mac: Some(format_mac(&wired.pod_mac)),
-                mtu: Some(mtu),
+                mtu: Some(mtu.device),
                 sandbox: Some(target.netns.to_string_lossy().into_owned()),
             },
         ],
@@ -190,10 +224,13 @@ fn add_result(
             gateway: Some(allocation.gateway),
             interface: Some(1),
         }],
-        routes: vec![Route {
-            dst: default_dst,
-            gw: Some(allocation.gateway),
-        }],
+        routes: std::iter::once(default_dst)
+            .chain(mtu.off_node.and(node_pods(allocation)))
+            .map(|dst| Route {
+                dst,
+                gw: Some(allocation.gateway),
+            })
+            .collect(),
         dns: Default::default(),
     }
 }
@@ -298,6 +335,7 @@ pub(crate) mod fakes {
                     cidr_prefix_len: 24,
                     gateway: gateway.parse().expect("gateway"),
                     mtu: 1500,
+                    local_mtu: None,
                 }),
                 ..Default::default()
             }
@@ -386,13 +424,16 @@ pub(crate) mod fakes {
     impl Dataplane for FakeDataplane {
         fn wire(&mut self, request: &WireRequest<'_>) -> Result<Wired, Error> {
             self.calls.push(format!(
-                "wire {} {} {} {} via {} mtu {}",
+                "wire {} {} {} via {} mtu {}{}",
                 request.host_ifname,
-                request.temp_ifname,
                 request.ifname,
                 request.ip,
                 request.gateway,
-                request.mtu
+                request.mtu,
+                request
+                    .off_node
+                    .map(|(mtu, pods)| format!(" (off node {mtu}, not to {pods})"))
+                    .unwrap_or_default()
             ));
             self.present = true;
             match &self.wire_error {
@@ -492,11 +533,10 @@ mod tests {
         let out = add(&target(), Some(pod.clone()), &conf(""), &agent, &mut dp).expect("ADD");
         assert_eq!(agent.ops(), ["allocate", "register"]);
         let host = veth::host_ifname("c0ffee", "eth0");
-        let temp = veth::temp_ifname("c0ffee", "eth0");
         assert_eq!(
             dp.calls,
             [format!(
-                "wire {host} {temp} eth0 10.244.1.5 via 10.244.1.1 mtu 1500"
+                "wire {host} eth0 10.244.1.5 via 10.244.1.1 mtu 1500"
             )]
         );
         let Request::Register { endpoint } = &agent.requests.borrow()[1] else {
@@ -531,6 +571,74 @@ mod tests {
         let mut dp = FakeDataplane::default();
         add(&target(), None, &conf(r#","mtu":1400"#), &agent, &mut dp).expect("ADD");
         assert!(dp.calls[0].ends_with("mtu 1400"), "{:?}", dp.calls);
+    }
+
+    #[test]
+    fn same_node_pods_get_the_local_mtu_and_the_rest_the_tunnels() {
+        let mut agent = FakeAgent::allocating("10.244.1.5", "10.244.1.1");
+        if let Some(a) = agent.allocation.as_mut() {
+            a.mtu = 1450;
+            a.local_mtu = Some(1500);
+        }
+        let mut dp = FakeDataplane::default();
+        let mut v1_1 = conf("");
+        v1_1.cni_version = crate::config::CniVersion::V1_1_0;
+        let out = add(&target(), None, &v1_1, &agent, &mut dp).expect("ADD");
+        assert!(
+            dp.calls[0].ends_with("mtu 1500 (off node 1450, not to 10.244.1.0/24)"),
+            "{:?}",
+            dp.calls
+        );
+        let result: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(result["interfaces"][1]["mtu"], 1500);
+        assert_eq!(
+            result["routes"],
+            serde_json::json!([
+                {"dst": "0.0.0.0/0", "gw": "10.244.1.1"},
+                {"dst": "10.244.1.0/24", "gw": "10.244.1.1"},
+            ])
+        );
+    }
+
+    #[test]
+    fn one_mtu_when_configured_or_when_the_agent_gives_one() {
+        let mut allocation = FakeAgent::allocating("10.244.1.5", "10.244.1.1")
+            .allocation
+            .expect("allocation");
+        allocation.mtu = 1450;
+        assert_eq!(
+            Mtu::of(
+                Some(1400),
+                &Allocation {
+                    local_mtu: Some(1500),
+                    ..allocation.clone()
+                }
+            ),
+            Mtu {
+                device: 1400,
+                off_node: None
+            }
+        );
+        assert_eq!(
+            Mtu::of(None, &allocation),
+            Mtu {
+                device: 1450,
+                off_node: None
+            }
+        );
+        assert_eq!(
+            Mtu::of(
+                None,
+                &Allocation {
+                    local_mtu: Some(1450),
+                    ..allocation
+                }
+            ),
+            Mtu {
+                device: 1450,
+                off_node: None
+            }
+        );
     }
 
     #[test]

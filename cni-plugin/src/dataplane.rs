@@ -19,11 +19,13 @@ pub struct WireRequest<'a> {
     pub ifname: &'a str,
     /// The host side of the veth.
     pub host_ifname: &'a str,
-    /// The pod side's name while it is still in the host namespace.
-    pub temp_ifname: &'a str,
     pub ip: IpAddr,
     pub gateway: IpAddr,
+    /// The device's MTU.
     pub mtu: u32,
+    /// A lower MTU for routes off the node, and the node's pod CIDR that
+    /// keeps the device's.
+    pub off_node: Option<(u32, IpNet)>,
 }
 
 /// What wiring produced, for the agent's endpoint record and the result.

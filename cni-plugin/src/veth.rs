@@ -8,7 +8,7 @@ use std::{net::IpAddr, os::fd::AsRawFd};
 use netlink_packet_route::{
     address::AddressHeaderFlags,
     link::{InfoData, InfoVeth},
-    route::RouteScope,
+    route::{RouteAttribute, RouteMetric, RouteScope},
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
@@ -22,8 +22,6 @@ use crate::{
 /// Prefix of host-side veth names ("lxc", as in Cilium, so tools that know
 /// that convention recognise the devices).
 pub const HOST_PREFIX: &str = "lxc";
-/// Prefix of the pod side's name while it is still in the host namespace.
-pub const TEMP_PREFIX: &str = "tmp";
 /// Hex characters of the hash in a name: prefix + 11 = 14 <= IFNAMSIZ - 1.
 const HASH_CHARS: usize = 11;
 
@@ -32,13 +30,6 @@ const HASH_CHARS: usize = 11;
 /// between the pods of one node vanishingly unlikely.
 pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     format!("{HOST_PREFIX}{}", attachment_hash(container_id, ifname))
-}
-
-/// Temporary name of the pod side between creation and the move into the
-/// pod's namespace; derived like [`host_ifname`] so concurrent ADDs of
-/// different pods never collide and a leftover is recognisable.
-pub fn temp_ifname(container_id: &str, ifname: &str) -> String {
-    format!("{TEMP_PREFIX}{}", attachment_hash(container_id, ifname))
 }
 
 fn attachment_hash(container_id: &str, ifname: &str) -> String {
@@ -67,10 +58,12 @@ pub async fn wire(host: &Handle, pod: &Handle, req: &WireRequest<'_>) -> Result<
     // A retried ADD (the runtime lost our answer, or we died half-way) finds
     // its own earlier veth: both names derive from this attachment, so
     // removing them is safe and makes ADD idempotent.
-    for name in [req.host_ifname, req.temp_ifname] {
-        if netlink::delete_link_by_name(host, name).await? {
-            tracing::info!(ifname = name, "deleted a leftover link from an earlier ADD");
-        }
+    // Deleting the host side takes the pod side with it, wherever it is.
+    if netlink::delete_link_by_name(host, req.host_ifname).await? {
+        tracing::info!(
+            ifname = req.host_ifname,
+            "deleted a leftover link from an earlier ADD"
+        );
     }
     if link_by_name(pod, req.ifname).await?.is_some() {
         return Err(Error::Wiring {
@@ -82,16 +75,31 @@ pub async fn wire(host: &Handle, pod: &Handle, req: &WireRequest<'_>) -> Result<
         });
     }
 
-    let peer = LinkUnspec::new_with_name(req.temp_ifname)
+    let netns_fd = req.netns.fd().ok_or_else(|| Error::Wiring {
+        message: format!("{} is not held open", req.netns.path().display()),
+    })?;
+    // The pod's side is born in the pod's namespace under its final name:
+    // moving a device between namespaces waits for an RCU grace period
+    // (tens of ms here), and a rename would follow. The host side comes up
+    // with the pair; the pod side cannot (it is configured before the two
+    // are joined, and a veth without its peer refuses to open).
+    let peer = LinkUnspec::new_with_name(req.ifname)
         .mtu(req.mtu)
+        .setns_by_fd(netns_fd.as_raw_fd())
         .build();
-    let pair = LinkVeth::new(req.host_ifname, req.temp_ifname)
+    let pair = LinkVeth::new(req.host_ifname, req.ifname)
         .mtu(req.mtu)
+        .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
     host.link().add(pair).execute().await.map_err(|e| {
         Error::netlink(
-            format!("creating veth {} <-> {}", req.host_ifname, req.temp_ifname),
+            format!(
+                "creating veth {} <-> {} in {}",
+                req.host_ifname,
+                req.ifname,
+                req.netns.path().display()
+            ),
             e,
         )
     })?;
@@ -100,51 +108,14 @@ pub async fn wire(host: &Handle, pod: &Handle, req: &WireRequest<'_>) -> Result<
     let host_mac = sluice_sys::netlink::mac_of(&host_link).ok_or_else(|| Error::Wiring {
         message: format!("{} has no MAC address", req.host_ifname),
     })?;
-    let temp_link = netlink::require_link(host, req.temp_ifname).await?;
-    let netns_fd = req.netns.fd().ok_or_else(|| Error::Wiring {
-        message: format!("{} is not held open", req.netns.path().display()),
+    let pod_link = netlink::require_link(pod, req.ifname).await?;
+    let pod_index = pod_link.header.index;
+    let pod_mac = sluice_sys::netlink::mac_of(&pod_link).ok_or_else(|| Error::Wiring {
+        message: format!("{} has no MAC address", req.ifname),
     })?;
-
-    host.link()
-        .change(
-            LinkUnspec::new_with_index(temp_link.header.index)
-                .setns_by_fd(netns_fd.as_raw_fd())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| {
-            Error::netlink(
-                format!(
-                    "moving {} into {}",
-                    req.temp_ifname,
-                    req.netns.path().display()
-                ),
-                e,
-            )
-        })?;
-
-    // The index can change on the move; find the link again over there.
-    let moved = netlink::require_link(pod, req.temp_ifname).await?;
-    let pod_index = moved.header.index;
-    let pod_mac = sluice_sys::netlink::mac_of(&moved).ok_or_else(|| Error::Wiring {
-        message: format!("{} has no MAC address", req.temp_ifname),
-    })?;
-    pod.link()
-        .change(
-            LinkUnspec::new_with_index(pod_index)
-                .name(req.ifname.to_string())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| {
-            Error::netlink(format!("renaming {} to {}", req.temp_ifname, req.ifname), e)
-        })?;
     netlink::set_up(pod, pod_index, req.ifname).await?;
     let lo = netlink::require_link(pod, "lo").await?;
     netlink::set_up(pod, lo.header.index, "lo").await?;
-    netlink::set_up(host, host_link.header.index, req.host_ifname).await?;
 
     let prefix_len = host_prefix_len(req.ip);
     let mut add_address = pod.address().add(pod_index, req.ip, prefix_len);
@@ -174,26 +145,40 @@ pub async fn wire(host: &Handle, pod: &Handle, req: &WireRequest<'_>) -> Result<
             e,
         )
     })?;
-    // ...and everything else goes through it.
+    // ...and everything else goes through it: off the node at the lower
+    // MTU where there is one, the node's own pods at the device's.
     let unspecified = match req.gateway {
         IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     };
-    let default = RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(unspecified, 0)
-        .and_then(|b| b.gateway(req.gateway))
-        .map_err(|e| invalid_route(req.gateway, e))?
-        .output_interface(pod_index)
-        .build();
-    pod.route().add(default).execute().await.map_err(|e| {
-        Error::netlink(
-            format!(
-                "adding default route via {} dev {}",
-                req.gateway, req.ifname
-            ),
-            e,
-        )
-    })?;
+    let mut routes = vec![(unspecified, 0, req.off_node.map(|(mtu, _)| mtu))];
+    if let Some((_, node_pods)) = req.off_node {
+        routes.push((node_pods.network(), node_pods.prefix_len(), None));
+    }
+    for (dst, prefix_len, mtu) in routes {
+        let mut route = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst, prefix_len)
+            .and_then(|b| b.gateway(req.gateway))
+            .map_err(|e| invalid_route(req.gateway, e))?
+            .output_interface(pod_index)
+            .build();
+        if let Some(mtu) = mtu {
+            route
+                .attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        }
+        pod.route().add(route).execute().await.map_err(|e| {
+            Error::netlink(
+                format!(
+                    "adding route {dst}/{prefix_len} via {} dev {}{}",
+                    req.gateway,
+                    req.ifname,
+                    mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()
+                ),
+                e,
+            )
+        })?;
+    }
 
     // Nothing answers ARP for the gateway (the eBPF program on the host side
     // redirects instead), so the pod learns its MAC from a permanent entry.
@@ -232,11 +217,8 @@ mod tests {
     fn names_fit_ifnamsiz_and_keep_their_prefix() {
         for (id, ifname) in [("a", "eth0"), (&"f".repeat(64)[..], "net1")] {
             let host = host_ifname(id, ifname);
-            let temp = temp_ifname(id, ifname);
             assert!(host.len() <= crate::env::MAX_IFNAME_LEN, "{host}");
-            assert!(temp.len() <= crate::env::MAX_IFNAME_LEN, "{temp}");
             assert!(host.starts_with("lxc"), "{host}");
-            assert!(temp.starts_with("tmp"), "{temp}");
             assert!(crate::env::validate_ifname(&host).is_ok(), "{host}");
         }
     }
@@ -248,7 +230,6 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(host_ifname("abc", "eth0"), format!("lxc{}", &hex[..11]));
-        assert_eq!(temp_ifname("abc", "eth0"), format!("tmp{}", &hex[..11]));
         assert_eq!(host_ifname("abc", "eth0"), host_ifname("abc", "eth0"));
     }
 
@@ -260,7 +241,6 @@ mod tests {
             host_ifname("abd", "eth0"),
             // The separator keeps id/ifname splits of the same text apart.
             host_ifname("abce", "th0"),
-            temp_ifname("abc", "eth0"),
         ];
         let unique: std::collections::BTreeSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");

@@ -118,7 +118,14 @@ pub struct Allocation {
     /// Prefix length of the node's pod CIDR (the pod itself gets a host route).
     pub cidr_prefix_len: u8,
     pub gateway: IpAddr,
+    /// The MTU of traffic that leaves the node (room left for the tunnel's
+    /// header); the pod's device MTU unless `local_mtu` says more.
     pub mtu: u32,
+    /// The MTU of the pod's device and of its route to the pods of its own
+    /// node, where it is more than `mtu` (tunnel mode: same-node traffic is
+    /// not encapsulated). Absent from agents that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_mtu: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

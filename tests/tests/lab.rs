@@ -115,9 +115,22 @@ fn large_transfer_across_nodes_tunnel() {
     let tables = lab.converge(&[Check::tcp(PORT)], CONVERGE);
     assert_all_reachable(&lab, &[Check::tcp(PORT)], &tables);
 
-    // The pod MTU leaves room for the VXLAN header on a 1500-byte underlay.
-    let mtu = pod_mtu(&lab.pod_netns("x/a"));
-    assert!(mtu + 50 <= 1500, "pod MTU {mtu} leaves no room for VXLAN");
+    // Routes off the node leave room for the VXLAN header on a 1500-byte
+    // underlay; the node's own pods are reached at the device's 1500.
+    let sender_ns = lab.pod_netns("x/a");
+    assert_eq!(pod_mtu(&sender_ns), 1500);
+    let across = route_mtu(&sender_ns, receiver.ip);
+    assert!(
+        across.is_some_and(|m| m + 50 <= 1500),
+        "route to {} has MTU {across:?}: no room for VXLAN",
+        receiver.ip
+    );
+    let neighbour = lab.pod_add("x/b", "node1");
+    assert_eq!(
+        route_mtu(&sender_ns, neighbour.ip),
+        None,
+        "same node: the device's MTU"
+    );
 
     let dst = SocketAddr::new(receiver.ip, DATA_PORT);
     let listener = lab
@@ -167,6 +180,20 @@ fn large_transfer_across_nodes_tunnel() {
         .expect("receiver thread")
         .unwrap_or_else(|e| panic!("receiving: {e}\n{}", lab.agent_logs()));
     assert_eq!(received, sent, "bytes and checksum at the receiver");
+}
+
+/// The MTU `ip route get` reports towards `dst`, if the route sets one.
+fn route_mtu(ns: &Netns, dst: std::net::IpAddr) -> Option<u32> {
+    let out = ns
+        .command("ip")
+        .and_then(|mut c| c.args(["-o", "route", "get"]).arg(dst.to_string()).output())
+        .expect("ip route get");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "ip route get {dst}: {text}");
+    text.split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)
+        .map(|m| m.parse().unwrap_or_else(|_| panic!("MTU in {text:?}")))
 }
 
 fn pod_mtu(ns: &Netns) -> u32 {

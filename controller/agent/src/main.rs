@@ -282,6 +282,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .mtu
         .or(setup.as_ref().map(|s| s.pod_mtu()))
         .unwrap_or(sluice_agent::config::DEFAULT_MTU);
+    // Same-node traffic is never encapsulated: pods may use the underlay's
+    // full MTU towards each other (unless the operator set one MTU).
+    let local_mtu = match (&config.mtu, &setup) {
+        (None, Some(setup)) => Some(setup.underlay.mtu).filter(|m| *m > mtu),
+        _ => None,
+    };
     let node_sync = NodeSync::new(
         netlink.clone(),
         NodeSyncConfig {
@@ -320,6 +326,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             node_name: config.node_name.clone(),
             pod_cidr,
             mtu,
+            local_mtu,
         },
         StateFile::new(&config.state_dir),
         datapath,
@@ -338,7 +345,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let ready = complete_upgrade(&mut agent, &reconciler);
     let listener = cni_api::bind(&config.socket).await?;
     readiness.set(ready);
-    info!(node = %config.node_name, %pod_cidr, routing = %config.routing, mtu, socket = %config.socket.display(), metrics = %config.metrics_address, pins = %config.pin_dir().display(), "agent ready");
+    info!(node = %config.node_name, %pod_cidr, routing = %config.routing, mtu, ?local_mtu, socket = %config.socket.display(), metrics = %config.metrics_address, pins = %config.pin_dir().display(), "agent ready");
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);

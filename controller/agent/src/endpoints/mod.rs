@@ -88,7 +88,10 @@ pub enum AgentError {
 pub struct AgentConfig {
     pub node_name: String,
     pub pod_cidr: Ipv4Net,
+    /// Pods' MTU off the node.
     pub mtu: u32,
+    /// Pods' device MTU, where more than `mtu` (see [`Allocation`]).
+    pub local_mtu: Option<u32>,
 }
 
 pub struct Agent<D> {
@@ -259,6 +262,7 @@ impl<D: Datapath> Agent<D> {
             cidr_prefix_len: self.ipam.cidr().prefix_len(),
             gateway: IpAddr::V4(self.ipam.gateway()),
             mtu: self.config.mtu,
+            local_mtu: self.config.local_mtu,
         }
     }
 
@@ -567,6 +571,7 @@ mod tests {
             node_name: "n1".into(),
             pod_cidr: "10.9.0.0/29".parse().expect("cidr"),
             mtu: 1450,
+            local_mtu: Some(1500),
         }
     }
 
@@ -631,7 +636,10 @@ mod tests {
         let a = allocate(&mut agent, "a").await;
         assert_eq!(a.ip, IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)));
         assert_eq!(a.gateway, IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)));
-        assert_eq!((a.mtu, a.cidr_prefix_len), (1450, 29));
+        assert_eq!(
+            (a.mtu, a.local_mtu, a.cidr_prefix_len),
+            (1450, Some(1500), 29)
+        );
         assert_eq!(allocate(&mut agent, "a").await, a, "idempotent");
     }
 
