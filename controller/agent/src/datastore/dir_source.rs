@@ -326,10 +326,8 @@ impl DirSource {
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => return, // the runtime is shutting down
             };
-            for event in events {
-                if tx.send(event).await.is_err() {
-                    return;
-                }
+            if !send_together(&tx, events).await {
+                return;
             }
             // A file read while recently modified is taken only when a
             // second read finds it the same: soon, while watched.
@@ -523,6 +521,25 @@ impl DirSource {
             .with_label_values(&[reason])
             .inc();
     }
+}
+
+/// Queues one scan's events so that a receiver draining the queue takes
+/// them in one go (one sync, one compile): a send each would hand the
+/// receiver a part every 128 sends, when tokio's cooperative budget makes
+/// this task yield. On the agent's current-thread runtime nothing runs
+/// between these sends; only more events than the queue holds go in
+/// queue-sized parts. False once the receiver is gone.
+async fn send_together(tx: &mpsc::Sender<Event>, events: Vec<Event>) -> bool {
+    let mut events = events.into_iter();
+    while events.len() > 0 {
+        let Ok(permits) = tx.reserve_many(events.len().min(tx.max_capacity())).await else {
+            return false;
+        };
+        for (permit, event) in permits.zip(&mut events) {
+            permit.send(event);
+        }
+    }
+    true
 }
 
 struct Conflict {
@@ -1176,6 +1193,70 @@ mod tests {
             .expect("an event in time")
             .expect("source alive");
         describe(&event)
+    }
+
+    /// What the agent's main loop does: wait for one event, then take what
+    /// is queued with it.
+    async fn recv_batch(rx: &mut mpsc::Receiver<Event>) -> Vec<Event> {
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("source alive");
+        let mut batch = vec![first];
+        while let Ok(event) = rx.try_recv() {
+            batch.push(event);
+        }
+        batch
+    }
+
+    #[tokio::test]
+    async fn one_scans_events_reach_a_draining_receiver_together() {
+        let lab = Lab::new();
+        let (tx, mut rx) = mpsc::channel(1024);
+        let timing = Timing {
+            poll: Duration::from_millis(10),
+            ..Timing::default()
+        };
+        let task = tokio::spawn(lab.source.run(tx, timing));
+        assert_eq!(recv_batch(&mut rx).await.len(), 1, "the first resync");
+        // More than tokio's cooperative budget (128) of sends, as one
+        // atomically written file.
+        let pods: Vec<String> = (0..300)
+            .map(|i| {
+                fixtures::pod(
+                    "shop",
+                    &format!("pod-{i}"),
+                    &format!("10.244.{}.{}", i / 200, i % 200 + 2),
+                )
+            })
+            .collect();
+        let docs: Vec<&str> = pods.iter().map(String::as_str).collect();
+        let tmp = lab.dir.path().join(".pods.yaml.tmp");
+        fs::write(&tmp, join(&docs)).unwrap();
+        fs::rename(&tmp, lab.dir.path().join("pods.yaml")).unwrap();
+        let batch = recv_batch(&mut rx).await;
+        assert_eq!(batch.len(), 300, "one batch, not parts of it");
+        assert!(batch.iter().all(|e| matches!(e, Event::Apply(_))));
+        drop(rx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn more_events_than_the_queue_holds_go_in_queue_sized_parts() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let events: Vec<Event> = (0..10)
+            .map(|i| Event::Delete(ObjectKey::namespaced(Kind::Pod, "shop", format!("p{i}"))))
+            .collect();
+        let sender = tokio::spawn(async move { send_together(&tx, events).await });
+        let mut sizes = Vec::new();
+        while sizes.iter().sum::<usize>() < 10 {
+            sizes.push(recv_batch(&mut rx).await.len());
+        }
+        assert_eq!(sizes, [4, 4, 2]);
+        assert!(sender.await.unwrap(), "the receiver was there");
+        let (tx, rx) = mpsc::channel(4);
+        drop(rx);
+        assert!(!send_together(&tx, vec![Event::Resync(Vec::new())]).await);
     }
 
     #[tokio::test]

@@ -297,10 +297,7 @@ pub fn parse_documents(text: &str) -> Vec<Result<Resource, ParseError>> {
             line: doc.line,
             item: None,
         };
-        // Padding with the lines before the document makes the parser's own
-        // "at line N" point into the file, not into the document.
-        let padded = "\n".repeat(doc.line - 1) + doc.text;
-        match serde_yaml::from_str::<Value>(&padded) {
+        match parse_yaml(&doc) {
             Ok(value) => objects(value, location, &mut out),
             Err(error) => out.push(Err(ParseError {
                 location,
@@ -309,6 +306,18 @@ pub fn parse_documents(text: &str) -> Vec<Result<Resource, ParseError>> {
         }
     }
     out
+}
+
+/// One document's value. Only a document that fails pays for its place in
+/// the file: parsed again behind as many blank lines as precede it, the
+/// parser's own "at line N" points into the file, not into the document.
+/// Padding every document would cost each one the length of the file
+/// before it, quadratic in documents per file.
+fn parse_yaml(doc: &RawDocument<'_>) -> Result<Value, serde_yaml::Error> {
+    serde_yaml::from_str::<Value>(doc.text).or_else(|_| {
+        let padded = "\n".repeat(doc.line - 1) + doc.text;
+        serde_yaml::from_str::<Value>(&padded)
+    })
 }
 
 /// Parses a JSON manifest: one object, a `kind: List`, or several objects

@@ -21,6 +21,7 @@ use super::cidr::{parse_block, Block};
 use super::fail_closed::Isolation;
 use super::identity::{IdentityAllocator, IdentityError, LabelKey};
 use super::placed::PlacedPolicy;
+use super::pod_index::{Namespaces, PodIndex};
 use super::ports::{
     named_ports, parse_ports, range_prefixes, resolve_named, PortMatch, PortPrefix,
 };
@@ -141,11 +142,13 @@ pub fn compile(
     };
     for policy in &policies {
         let selected: Vec<(usize, u32)> = cluster
-            .pods
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.namespace == policy.namespace && policy.selector.matches(p.labels))
-            .filter_map(|(i, p)| local.get(&p.ip).map(|endpoint| (i, *endpoint)))
+            .select(Namespaces::One(policy.namespace), &policy.selector)
+            .into_iter()
+            .filter_map(|i| {
+                local
+                    .get(&cluster.pods[i].ip)
+                    .map(|endpoint| (i, *endpoint))
+            })
             .collect();
         // A local endpoint whose address is disputed has no identity, yet
         // one of the claimants is the pod behind it: it stays isolated
@@ -196,6 +199,8 @@ struct LivePod<'a> {
 struct Cluster<'a> {
     namespace_labels: BTreeMap<&'a str, Labels>,
     pods: Vec<LivePod<'a>>,
+    /// `pods` by namespace and label.
+    index: PodIndex<'a>,
     conflicts: Vec<IpConflict>,
     /// The claimants of disputed addresses, which `pods` leaves out.
     disputed: Vec<LivePod<'a>>,
@@ -268,9 +273,11 @@ impl<'a> Cluster<'a> {
                 });
             pods.push(live);
         }
+        let index = PodIndex::new(pods.iter().map(|p| (p.namespace, p.labels)));
         Cluster {
             namespace_labels,
             pods,
+            index,
             conflicts,
             disputed: disputed_pods,
         }
@@ -285,8 +292,25 @@ impl<'a> Cluster<'a> {
         }
     }
 
-    fn namespace_labels(&self, namespace: &str) -> &Labels {
-        self.namespace_labels.get(namespace).unwrap_or(&NO_LABELS)
+    /// The pods in `namespaces` that `selector` picks, as indices into
+    /// `pods`, in order.
+    fn select(&self, namespaces: Namespaces<'_>, selector: &Selector) -> Vec<usize> {
+        self.index.select(
+            namespaces,
+            selector,
+            |i| self.pods[i].namespace,
+            |i| self.pods[i].labels,
+        )
+    }
+
+    /// The namespaces (of pods, or with an object) whose labels `selector`
+    /// matches.
+    fn namespaces_matching(&self, selector: &Selector) -> Vec<&'a str> {
+        self.namespace_labels
+            .iter()
+            .filter(|(_, labels)| selector.matches(labels))
+            .map(|(name, _)| *name)
+            .collect()
     }
 }
 
@@ -617,15 +641,14 @@ impl Emitter<'_> {
         for peer in rule.peers.iter().flatten() {
             match peer {
                 Peer::Pods { namespaces, pods } => {
-                    for (i, pod) in self.cluster.pods.iter().enumerate() {
-                        let in_namespace = match namespaces {
-                            None => pod.namespace == policy.namespace,
-                            Some(s) => s.matches(self.cluster.namespace_labels(pod.namespace)),
-                        };
-                        if in_namespace && pods.matches(pod.labels) {
-                            resolved.pods.insert(i);
+                    let picked = match namespaces {
+                        None => self.cluster.select(Namespaces::One(policy.namespace), pods),
+                        Some(s) => {
+                            let matching = self.cluster.namespaces_matching(s);
+                            self.cluster.select(Namespaces::Some(&matching), pods)
                         }
-                    }
+                    };
+                    resolved.pods.extend(picked);
                 }
                 Peer::Block(block) => {
                     resolved.cidr_identities.extend(

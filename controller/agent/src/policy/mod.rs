@@ -15,6 +15,7 @@ pub mod compile;
 pub mod fail_closed;
 pub mod identity;
 pub mod placed;
+pub mod pod_index;
 pub mod ports;
 pub mod selector;
 pub mod unidentified;

@@ -100,6 +100,16 @@ impl Selector {
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }
+
+    /// The keys a matching label set must have, each with the values it
+    /// may have there (matchLabels and `In`): what an index of label sets
+    /// can narrow a search by.
+    pub fn required_values(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.requirements.iter().filter_map(|r| match r {
+            Requirement::In(key, values) => Some((key.as_str(), values.as_slice())),
+            _ => None,
+        })
+    }
 }
 
 /// A qualified name: `[prefix/]name`, prefix a DNS subdomain.
