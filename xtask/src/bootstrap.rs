@@ -10,7 +10,8 @@ use crate::run;
 /// Debian packages the build, the lab and the tests use (nftables: the
 /// agent's masquerade rules; prometheus: its server and promtool scrape the
 /// lab's agents in a test; containerd: its CRI plugin drives sluice-cni in
-/// a test).
+/// a test; ipset: a baseline of the policy-scale bench; fonts-dejavu-core:
+/// the text of the bench's plots).
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -24,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "prometheus",
     "containerd",
+    "ipset",
+    "fonts-dejavu-core",
 ];
 
 pub fn all() -> anyhow::Result<()> {

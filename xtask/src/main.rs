@@ -37,10 +37,19 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks, each next to its baseline measured in the same run:
-    /// cross-node throughput (`sluice lab bench`).
+    /// Benchmarks, each next to its baseline measured in the same run, from
+    /// the release build (`sluice lab bench`): target/bench/report.md,
+    /// report.json and plots/.
     Bench {
-        /// Extra arguments for `sluice lab bench` (e.g. --seconds 10 --runs 5).
+        /// Every comparison at smaller sizes and in shorter runs.
+        #[arg(long)]
+        quick: bool,
+        /// Afterwards, copy the report to docs/benchmarks.md and its plots
+        /// to docs/benchmarks/ (what the repository shows as a real run).
+        #[arg(long)]
+        publish: bool,
+        /// Extra arguments for `sluice lab bench` (e.g. --seconds 10 --runs 5
+        /// --only services).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -125,6 +134,49 @@ fn cargo() -> Command {
     cmd
 }
 
+/// The commit measured, marked when the tree differs from it.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(workspace_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) if git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty()) => {
+            format!("{head} with uncommitted changes")
+        }
+        Some(head) => head,
+        None => "commit unknown".into(),
+    }
+}
+
+/// docs/benchmarks.md and docs/benchmarks/*.png from a bench's report.
+fn publish_bench(report_dir: &Path, docs: &Path) -> anyhow::Result<()> {
+    let md = std::fs::read_to_string(report_dir.join("report.md"))
+        .context("reading the bench's report")?;
+    let plots = docs.join("benchmarks");
+    let _ = std::fs::remove_dir_all(&plots);
+    std::fs::create_dir_all(&plots).context("creating docs/benchmarks")?;
+    for entry in std::fs::read_dir(report_dir.join("plots")).context("reading the plots")? {
+        let path = entry?.path();
+        if let Some(name) = path.file_name() {
+            std::fs::copy(&path, plots.join(name))
+                .with_context(|| format!("copying {}", path.display()))?;
+        }
+    }
+    std::fs::write(
+        docs.join("benchmarks.md"),
+        md.replace("](plots/", "](benchmarks/"),
+    )
+    .context("writing docs/benchmarks.md")?;
+    println!("published to {}", docs.join("benchmarks.md").display());
+    Ok(())
+}
+
 fn build() -> anyhow::Result<()> {
     bootstrap::all()?;
     run(cargo().args(["build", "--workspace", "--bins"]))
@@ -140,11 +192,27 @@ fn main() -> anyhow::Result<()> {
                 .args(["lab", "demo"])
                 .args(args))
         }
-        Cmd::Bench { args } => {
-            build()?;
-            run(Command::new(workspace_root().join("target/debug/sluice"))
-                .args(["lab", "bench"])
-                .args(args))
+        Cmd::Bench {
+            quick,
+            publish,
+            args,
+        } => {
+            bootstrap::all()?;
+            // Release: the agent's CPU time, memory and latencies are part
+            // of what is measured.
+            run(cargo().args(["build", "--workspace", "--bins", "--release"]))?;
+            let root = workspace_root();
+            let out = root.join("target/bench");
+            run(Command::new(root.join("target/release/sluice"))
+                .args(["lab", "bench", "--out"])
+                .arg(&out)
+                .args(quick.then_some("--quick"))
+                .args(args)
+                .env("SLUICE_BENCH_COMMIT", commit()))?;
+            if publish {
+                publish_bench(&out, &root.join("docs"))?;
+            }
+            Ok(())
         }
         Cmd::Image { tag, debug } => {
             bootstrap::all()?;

@@ -100,20 +100,7 @@ enum LabCommand {
     Demo(DemoArgs),
     /// Measure cross-node pod-to-pod throughput in both routing modes next
     /// to the kernel's veth and VXLAN paths, in fresh labs of their own.
-    Bench {
-        /// Seconds per iperf3 run and per request/response run.
-        #[arg(long, default_value_t = 5)]
-        seconds: u32,
-        /// Runs per path (the median is reported).
-        #[arg(long, default_value_t = 3)]
-        runs: u32,
-        /// Only these benchmarks [default: all].
-        #[arg(long, value_enum, value_delimiter = ',')]
-        only: Vec<BenchSuite>,
-        /// Service counts for the Services benchmark.
-        #[arg(long, value_delimiter = ',', default_value = "1,1000")]
-        services: Vec<usize>,
-    },
+    Bench(BenchArgs),
     /// Run NetworkPolicy conformance cases (DIR/*.yaml, see FORMAT.md
     /// beside them), each on a fresh two-node lab with the upstream model's
     /// pods, in a lab of its own (NAME-conf); exits non-zero if any fails.
@@ -125,6 +112,32 @@ enum LabCommand {
         #[arg(long, value_delimiter = ',', default_value = "80,81")]
         ports: Vec<u16>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Seconds per iperf3 run and per request/response run [default: 5,
+    /// 2 with --quick].
+    #[arg(long)]
+    seconds: Option<u32>,
+    /// Runs per path, in turns with the path's alternatives (the median and
+    /// range are reported) [default: 3, 2 with --quick].
+    #[arg(long)]
+    runs: Option<u32>,
+    /// Every comparison at smaller sizes and in shorter runs: a check that
+    /// the bench works, not figures to quote.
+    #[arg(long)]
+    quick: bool,
+    /// Only these benchmarks [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<BenchSuite>,
+    /// Service counts for the Services benchmark [default: 1,1000; 1,100
+    /// with --quick].
+    #[arg(long, value_delimiter = ',')]
+    services: Vec<usize>,
+    /// Where report.md, report.json and plots/ go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
 }
 
 /// The benchmarks `sluice lab bench` runs.
@@ -293,57 +306,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         }
         LabCommand::Demo(demo_args) => return demo(config, &demo_args),
         LabCommand::Conformance(args) => return run_conformance(&config, &args),
-        LabCommand::Bench {
-            seconds,
-            runs,
-            only,
-            services,
-        } => {
-            // Labs of its own, beside (not inside) the user's lab.
-            let options = BenchOptions {
-                seconds,
-                runs,
-                dir: config.dir.with_file_name(format!("{}-bench", config.name)),
-                name: format!("{}-bench", config.name),
-                bin_dir: config.bin_dir.clone(),
-            };
-            let wanted = |suite| only.is_empty() || only.contains(&suite);
-            if wanted(BenchSuite::Policy) {
-                println!(
-                    "per-packet policy cost (from_container, BPF_PROG_TEST_RUN, 1000000 runs each)"
-                );
-                let costs = [0, 10_000]
-                    .into_iter()
-                    .map(|rules| bench::policy_cost::measure(rules, 1_000_000))
-                    .collect::<Result<Vec<_>, _>>()?;
-                print!("{}", bench::policy_cost::report(&costs));
-            }
-            if wanted(BenchSuite::Throughput) {
-                println!(
-                    "cross-node TCP throughput, iperf3, 1 stream, {seconds} s x {runs} runs per path"
-                );
-                let results = bench::run(&options)?;
-                print!("{}", bench::report(&results));
-            }
-            if wanted(BenchSuite::Services) {
-                println!(
-                    "Services: same node, client and server pinned to one CPU, {} B request/response, {seconds} s x {runs} runs per path, in turns; \
-                     RR = transactions on one connection, CRR = connect + transaction + close; the Service measured is the last of {services:?}",
-                    bench::services::MESSAGE
-                );
-                let rates = bench::services::run(&options, &services)?;
-                print!("{}", bench::services::report(&rates));
-            }
-            if wanted(BenchSuite::Prefilter) {
-                println!(
-                    "prefilter: {}-byte UDP from a denied CIDR at a veth underlay, sender pinned to CPU 0 (the drop runs there too), \
-                     {seconds} s x {runs} runs per drop point, in turns",
-                    bench::prefilter::PAYLOAD
-                );
-                let rates = bench::prefilter::run(&options)?;
-                print!("{}", bench::prefilter::report(&rates));
-            }
-        }
+        LabCommand::Bench(args) => bench(&config, &args)?,
         LabCommand::Serve { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
@@ -494,6 +457,69 @@ fn demo_in(config: LabConfig, options: &UpOptions) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the chosen suites, printing each section as it is done, and writes
+/// the report with its plots.
+fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
+    let quick = args.quick;
+    let seconds = args.seconds.unwrap_or(if quick { 2 } else { 5 });
+    let runs = args.runs.unwrap_or(if quick { 2 } else { 3 });
+    let services = if !args.services.is_empty() {
+        args.services.clone()
+    } else if quick {
+        vec![1, 100]
+    } else {
+        vec![1, 1000]
+    };
+    // Labs of its own, beside (not inside) the user's lab.
+    let options = BenchOptions {
+        seconds,
+        runs,
+        dir: config.dir.with_file_name(format!("{}-bench", config.name)),
+        name: format!("{}-bench", config.name),
+        bin_dir: config.bin_dir.clone(),
+        quick,
+    };
+    let wanted = |suite| args.only.is_empty() || args.only.contains(&suite);
+    let mut report = bench::report::Report {
+        header: bench::machine::describe(),
+        ..Default::default()
+    };
+    report.header.push(format!(
+        "Command: sluice lab bench --seconds {seconds} --runs {runs}{}{}",
+        if quick { " --quick" } else { "" },
+        if args.only.is_empty() {
+            String::new()
+        } else {
+            format!(" --only {:?}", args.only).to_lowercase()
+        }
+    ));
+    let mut add = |section: bench::report::Section| {
+        for table in &section.tables {
+            println!("{}", table.markdown());
+        }
+        report.sections.push(section);
+    };
+    if wanted(BenchSuite::Policy) {
+        let rules: &[usize] = if quick { &[0, 1_000] } else { &[0, 10_000] };
+        let repeat = if quick { 200_000 } else { 1_000_000 };
+        add(bench::policy_cost::section(rules, runs, repeat)?);
+    }
+    if wanted(BenchSuite::Throughput) {
+        add(bench::throughput::section(&options)?);
+    }
+    if wanted(BenchSuite::Services) {
+        add(bench::services::section(&options, &services)?);
+    }
+    if wanted(BenchSuite::Prefilter) {
+        add(bench::prefilter::section(&options)?);
+    }
+    let written = report
+        .write(&args.out)
+        .with_context(|| format!("writing the report to {}", args.out.display()))?;
+    println!("report: {}", written.display());
+    Ok(())
 }
 
 fn run_conformance(config: &LabConfig, args: &ConformanceArgs) -> anyhow::Result<ExitCode> {

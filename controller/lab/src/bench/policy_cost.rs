@@ -27,6 +27,7 @@ use sluice_common::{direction::Direction, endpoint::EndpointInfo, ipcache::Remot
 
 use super::{
     frame,
+    report::{Better, Section, Table},
     test_run::{TestDataplane, TestRunError},
 };
 
@@ -166,25 +167,52 @@ pub fn measure(rules: usize, repeat: u32) -> Result<Cost, CostError> {
     })
 }
 
-/// The table `cargo xtask bench` prints.
-pub fn report(costs: &[Cost]) -> String {
-    let mut out = format!(
-        "{:<12} {:>26} {:>26} {:>26} {:>26}\n",
-        "rules",
-        "new flow, denied (ns/pkt)",
-        "established (ns/pkt)",
-        "first fragment (ns/pkt)",
-        "later fragment (ns/pkt)"
-    );
-    for c in costs {
-        out.push_str(&format!(
-            "{:<12} {:>26} {:>26} {:>26} {:>26}\n",
-            c.rules,
-            c.denied_new_flow.as_nanos(),
-            c.established.as_nanos(),
-            c.first_fragment.as_nanos(),
-            c.later_fragment.as_nanos()
-        ));
-    }
-    out
+/// The report's section: each packet kind's cost at every rule count, the
+/// rule counts measured in turns, `repeat` runs of the program a measure.
+pub fn section(rule_counts: &[usize], runs: u32, repeat: u32) -> Result<Section, CostError> {
+    let costs = super::turns::in_turns(runs, rule_counts, |rules| measure(*rules, repeat))?;
+    type Of = fn(&Cost) -> Duration;
+    let kinds: [(&str, &str, Of); 4] = [
+        (
+            "policy-cost-denied",
+            "new flow, denied (full lookup path)",
+            |c| c.denied_new_flow,
+        ),
+        ("policy-cost-established", "established flow", |c| {
+            c.established
+        }),
+        (
+            "policy-cost-first-fragment",
+            "first fragment of an established flow",
+            |c| c.first_fragment,
+        ),
+        (
+            "policy-cost-later-fragment",
+            "later fragment of an established flow",
+            |c| c.later_fragment,
+        ),
+    ];
+    let floor = format!("{} rules", rule_counts.first().copied().unwrap_or(0));
+    let tables = kinds
+        .iter()
+        .map(|(id, title, of)| {
+            let mut t = Table::new(id, &format!("Per packet, {title}"), "ns", Better::Lower)
+                .floor(&floor)
+                .target("flat (±5%) from 0 to 10,000 rules");
+            for (rules, runs) in rule_counts.iter().zip(&costs) {
+                let ns = runs.iter().map(|c| of(c).as_nanos() as f64).collect();
+                t.push(format!("{rules} rules"), ns);
+            }
+            t
+        })
+        .collect();
+    Ok(Section {
+        heading: "Per-packet cost (BPF_PROG_TEST_RUN)".into(),
+        text: format!(
+            "`from_container` run by the kernel on a crafted packet {repeat} times a measure \
+             (its average), {runs} measures a rule count in turns. Non-matching rules allow the \
+             source pod other identities on many ports."
+        ),
+        tables,
+    })
 }
