@@ -131,76 +131,88 @@ pub fn run(options: &BenchOptions) -> Result<Vec<Measurement>, BenchError> {
 }
 
 fn run_paths(options: &BenchOptions) -> Result<Vec<Measurement>, BenchError> {
-    let mut results = Vec::new();
-    {
-        let fabric = BaselineFabric::create(&options.name)?;
-        results.push(Measurement {
-            path: VETH,
-            baseline: None,
-            gbits: repeat(options, || {
-                iperf(&fabric.n1, &fabric.n2, "172.31.255.2", options.seconds)
-            })?,
-        });
-        results.push(Measurement {
-            path: VXLAN,
-            baseline: None,
-            gbits: repeat(options, || {
-                iperf(&fabric.n1, &fabric.n2, "10.255.0.2", options.seconds)
-            })?,
-        });
-    }
-    for (routing, path, baseline) in [
-        (Routing::Native, NATIVE, VETH),
-        (Routing::Tunnel, TUNNEL, VXLAN),
-    ] {
-        results.push(Measurement {
+    // Everything up first, then the four paths in turns, so the machine's
+    // drift over the run hits each alike.
+    let fabric = BaselineFabric::create(&options.name)?;
+    let native = PodPair::up(options, Routing::Native)?;
+    let tunnel = PodPair::up(options, Routing::Tunnel)?;
+    let paths: [(&'static str, Option<&'static str>, &Netns, &Netns, &str); 4] = [
+        (VETH, None, &fabric.n1, &fabric.n2, "172.31.255.2"),
+        (
+            NATIVE,
+            Some(VETH),
+            &native.client,
+            &native.server,
+            &native.server_ip,
+        ),
+        (VXLAN, None, &fabric.n1, &fabric.n2, "10.255.0.2"),
+        (
+            TUNNEL,
+            Some(VXLAN),
+            &tunnel.client,
+            &tunnel.server,
+            &tunnel.server_ip,
+        ),
+    ];
+    let gbits = super::turns::in_turns(options.runs, &paths, |(_, _, client, server, ip)| {
+        iperf(client, server, ip, options.seconds)
+    })?;
+    Ok(paths
+        .iter()
+        .zip(gbits)
+        .map(|((path, baseline, ..), gbits)| Measurement {
             path,
-            baseline: Some(baseline),
-            gbits: sluice_path(options, routing)?,
-        });
-    }
-    Ok(results)
+            baseline: *baseline,
+            gbits,
+        })
+        .collect())
 }
 
-fn repeat(
-    options: &BenchOptions,
-    mut f: impl FnMut() -> Result<f64, BenchError>,
-) -> Result<Vec<f64>, BenchError> {
-    (0..options.runs.max(1)).map(|_| f()).collect()
+/// A 2-node lab with a client pod on node1 and a server pod on node2;
+/// removed on drop, panics included.
+struct PodPair {
+    client: Netns,
+    server: Netns,
+    server_ip: String,
+    // Last: the pods' namespaces are closed before the lab goes.
+    _down: Down,
 }
 
-fn sluice_path(options: &BenchOptions, routing: Routing) -> Result<Vec<f64>, BenchError> {
-    let config = LabConfig::new(
-        options.dir.join(format!("{}-{routing}", options.name)),
-        &format!("{}-{routing}", options.name),
-        &options.bin_dir,
-    )?;
-    // Removes the lab on every exit path, panics included.
-    struct Down(LabConfig);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = teardown::down(&self.0);
-        }
+struct Down(LabConfig);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = teardown::down(&self.0);
     }
-    let _down = Down(config.clone());
-    let mut lab = Lab::up(
-        config,
-        &UpOptions {
-            nodes: 2,
-            routing,
-            ..UpOptions::default()
-        },
-    )?;
-    let client = PodName::new("bench", "client").map_err(|e| BenchError::Failed(e.to_string()))?;
-    let server = PodName::new("bench", "server").map_err(|e| BenchError::Failed(e.to_string()))?;
-    lab.pod_add(&PodSpec::new(client.clone(), "node1"))?;
-    let server_state = lab.pod_add(&PodSpec::new(server.clone(), "node2"))?;
-    let client_ns = lab.pod_netns(&client)?;
-    let server_ns = lab.pod_netns(&server)?;
-    let server_ip = server_state.ip.to_string();
-    repeat(options, || {
-        iperf(&client_ns, &server_ns, &server_ip, options.seconds)
-    })
+}
+
+impl PodPair {
+    fn up(options: &BenchOptions, routing: Routing) -> Result<Self, BenchError> {
+        let config = LabConfig::new(
+            options.dir.join(format!("{}-{routing}", options.name)),
+            &format!("{}-{routing}", options.name),
+            &options.bin_dir,
+        )?;
+        let down = Down(config.clone());
+        let mut lab = Lab::up(
+            config,
+            &UpOptions {
+                nodes: 2,
+                routing,
+                ..UpOptions::default()
+            },
+        )?;
+        let name = |pod| PodName::new("bench", pod).map_err(|e| BenchError::Failed(e.to_string()));
+        let (client, server) = (name("client")?, name("server")?);
+        lab.pod_add(&PodSpec::new(client.clone(), "node1"))?;
+        let server_state = lab.pod_add(&PodSpec::new(server.clone(), "node2"))?;
+        Ok(PodPair {
+            client: lab.pod_netns(&client)?,
+            server: lab.pod_netns(&server)?,
+            server_ip: server_state.ip.to_string(),
+            _down: down,
+        })
+    }
 }
 
 /// Two node namespaces on a bridge, with a plain VXLAN device each.
