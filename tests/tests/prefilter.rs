@@ -1,5 +1,6 @@
 //! The underlay prefilter in a lab: XDP on each node's underlay veth (the
-//! lab's fabric), in native mode; its deny list changed live through
+//! lab's fabric), in native mode where asked, generic by default (`auto`
+//! on veth); its deny list changed live through
 //! `sluice lab prefilter`, kept across an agent restart; VXLAN from a host
 //! that is not a node dropped before the tunnel sees it.
 
@@ -33,13 +34,45 @@ fn ip(ns: &Netns, args: &str) {
     ns.ip(args).unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// By default (`auto`) the prefilter runs generic on a veth underlay, where
+/// native XDP would take GSO from the peer, and still drops what it must.
+#[test]
+fn the_default_prefilter_is_generic_on_a_veth_underlay() {
+    require_root!();
+    let lab = TestLab::up("pfa", 1, "tunnel");
+    let list = lab.sluice_ok(&["prefilter", "node1", "list"]);
+    assert!(list.contains("attached  eth0 (generic XDP)"), "{list}");
+    let link = lab
+        .node_netns("node1")
+        .command("ip")
+        .and_then(|mut c| c.args(["-d", "link", "show", "eth0"]).output());
+    let link = String::from_utf8_lossy(&link.expect("ip link").stdout).into_owned();
+    assert!(link.contains("xdpgeneric"), "eth0 of node1 carries generic XDP:\n{link}");
+    let ext = lab.lab().ext_netns();
+    let node1 = node_ip(&lab, "node1");
+    assert!(probe::icmp(&ext, node1, TIMEOUT), "ext reaches node1");
+    lab.sluice_ok(&["prefilter", "node1", "add", "203.0.113.0/24"]);
+    let before = lab.counter("node1", Reason::DropDeniedSource);
+    assert!(!probe::icmp(&ext, node1, TIMEOUT), "the denied CIDR is dropped");
+    assert!(lab.counter("node1", Reason::DropDeniedSource) > before, "and counted");
+}
+
 /// `sluice lab prefilter add` stops traffic from the CIDR to that node at
 /// once, and only to it; `delete` lets it in again; no agent restarts for
 /// either. The list survives a restart, and the mode is reported.
 #[test]
 fn prefilter_deny_list_applies_live_and_survives_restarts() {
     require_root!();
-    let lab = TestLab::up("pf", 2, "tunnel");
+    let lab = TestLab::new("pf");
+    lab.sluice_ok(&[
+        "up",
+        "--nodes",
+        "2",
+        "--routing",
+        "tunnel",
+        "--prefilter-mode",
+        "native",
+    ]);
     let ext = lab.lab().ext_netns();
     let (node1, node2) = (node_ip(&lab, "node1"), node_ip(&lab, "node2"));
     assert!(probe::icmp(&ext, node1, TIMEOUT), "ext reaches node1");

@@ -76,6 +76,16 @@ impl Routing {
     }
 }
 
+impl std::fmt::Display for PrefilterMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PrefilterMode::Auto => "auto",
+            PrefilterMode::Native => "native",
+            PrefilterMode::Generic => "generic",
+        })
+    }
+}
+
 impl std::fmt::Display for Routing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -117,11 +127,37 @@ pub struct PrefilterConfig {
     /// Source CIDRs dropped by XDP on the underlay.
     #[serde(rename = "denyCIDRs", default)]
     pub deny_cidrs: Vec<Ipv4Net>,
-    /// `native` (the default: in the driver, generic where the driver
-    /// refuses) or `generic`. On veth, native XDP takes GSO from the
-    /// peer, which costs TCP throughput through it (README).
     #[serde(default)]
-    pub mode: AttachMode,
+    pub mode: PrefilterMode,
+}
+
+/// The config's `prefilter.mode` (`--prefilter-mode`): where the prefilter
+/// should run.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefilterMode {
+    /// Native, except on a veth underlay (a kind-style or lab node), where
+    /// native XDP takes GSO from the peer and costs TCP through it 3-4x
+    /// (README), while its skb-free win needs a NIC driver: generic there.
+    #[default]
+    Auto,
+    /// In the driver (generic where the driver refuses).
+    Native,
+    /// In the stack, on the skb.
+    Generic,
+}
+
+impl PrefilterMode {
+    /// The mode to attach with on an underlay of this kind.
+    pub fn on(self, underlay_is_veth: bool) -> AttachMode {
+        match self {
+            PrefilterMode::Auto if underlay_is_veth => AttachMode::Generic,
+            PrefilterMode::Auto | PrefilterMode::Native => AttachMode::Native,
+            PrefilterMode::Generic => AttachMode::Generic,
+        }
+    }
 }
 
 /// Flags as given; `None` when absent.
@@ -139,6 +175,7 @@ pub struct FlagConfig {
     pub metrics_address: Option<SocketAddr>,
     pub kube_proxy_replacement: Option<bool>,
     pub log_level: Option<String>,
+    pub prefilter_mode: Option<PrefilterMode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,7 +211,7 @@ pub struct Config {
     /// The config file's `prefilter.denyCIDRs`.
     pub prefilter_deny: Vec<Ipv4Net>,
     /// The config file's `prefilter.mode`.
-    pub prefilter_mode: AttachMode,
+    pub prefilter_mode: PrefilterMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -281,8 +318,9 @@ impl Config {
         }
         let PrefilterConfig {
             deny_cidrs: prefilter_deny,
-            mode: prefilter_mode,
+            mode: file_prefilter_mode,
         } = file.prefilter.unwrap_or_default();
+        let prefilter_mode = flags.prefilter_mode.unwrap_or(file_prefilter_mode);
         if let Some(cidr) = prefilter_deny.iter().find(|c| c.trunc() != **c) {
             return Err(ConfigError::PrefilterCidr {
                 cidr: *cidr,
@@ -333,6 +371,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
 
     fn flags() -> FlagConfig {
@@ -425,6 +464,15 @@ mod tests {
     }
 
     #[test]
+    fn auto_runs_the_prefilter_generic_on_veth_only() {
+        use PrefilterMode::*;
+        assert_eq!(Auto.on(true), AttachMode::Generic);
+        assert_eq!(Auto.on(false), AttachMode::Native);
+        assert_eq!(Native.on(true), AttachMode::Native);
+        assert_eq!(Generic.on(false), AttachMode::Generic);
+    }
+
+    #[test]
     fn the_prefilter_deny_list_comes_from_the_file_and_must_name_networks() {
         let file: FileConfig =
             serde_yaml::from_str("prefilter: {denyCIDRs: [198.18.0.0/15, 203.0.113.7/32]}\n")
@@ -436,12 +484,19 @@ mod tests {
                 .map(|c| c.parse::<Ipv4Net>().expect("cidr"))
                 .to_vec()
         );
-        assert_eq!(cfg.prefilter_mode, AttachMode::Native);
+        assert_eq!(cfg.prefilter_mode, PrefilterMode::Auto);
         let cfg = Config::merge(flags(), FileConfig::default()).expect("config");
         assert!(cfg.prefilter_deny.is_empty());
         let file: FileConfig = serde_yaml::from_str("prefilter: {mode: generic}\n").expect("yaml");
         let cfg = Config::merge(flags(), file).expect("config");
-        assert_eq!(cfg.prefilter_mode, AttachMode::Generic);
+        assert_eq!(cfg.prefilter_mode, PrefilterMode::Generic);
+        let native = FlagConfig {
+            prefilter_mode: Some(PrefilterMode::Native),
+            ..flags()
+        };
+        let file: FileConfig = serde_yaml::from_str("prefilter: {mode: generic}\n").expect("yaml");
+        let cfg = Config::merge(native, file).expect("config");
+        assert_eq!(cfg.prefilter_mode, PrefilterMode::Native, "the flag wins");
         assert!(serde_yaml::from_str::<FileConfig>("prefilter: {mode: offload}\n").is_err());
         let file: FileConfig =
             serde_yaml::from_str("prefilter: {denyCIDRs: [10.1.2.3/8]}\n").expect("yaml");

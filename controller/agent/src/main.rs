@@ -84,6 +84,10 @@ struct Args {
     /// them to kube-proxy in the host stack (`false`).
     #[arg(long)]
     kube_proxy_replacement: Option<bool>,
+    /// Where the XDP prefilter runs on the underlay: `auto` (native, but
+    /// generic on a veth underlay), `native` or `generic` [default: auto].
+    #[arg(long, value_enum)]
+    prefilter_mode: Option<sluice_agent::config::PrefilterMode>,
     /// Where to serve Prometheus `/metrics` and `/healthz` [default: 0.0.0.0:9965].
     #[arg(long)]
     metrics_address: Option<std::net::SocketAddr>,
@@ -131,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         metrics_address: args.metrics_address,
         kube_proxy_replacement: args.kube_proxy_replacement,
         log_level: args.log_level,
+        prefilter_mode: args.prefilter_mode,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

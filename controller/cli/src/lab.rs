@@ -12,7 +12,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use ipnet::Ipv4Net;
-use sluice_agent::config::Routing;
+use sluice_agent::config::{PrefilterMode, Routing};
 use sluice_lab::{
     bench::{self, BenchOptions},
     cluster::{self, Lab, LabConfig, LabStatus, PodSpec, UpOptions},
@@ -169,6 +169,10 @@ struct UpArgs {
     /// instead of sluice's eBPF.
     #[arg(long)]
     kube_proxy: bool,
+    /// Where the agents run the XDP prefilter on their veth underlay:
+    /// `auto` (generic on veth), `native` or `generic`.
+    #[arg(long, value_enum, default_value_t = PrefilterMode::Auto)]
+    prefilter_mode: PrefilterMode,
 }
 
 #[derive(clap::Args, Debug)]
@@ -242,6 +246,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 routing: up.routing,
                 pod_cidr: up.pod_cidr,
                 kube_proxy: up.kube_proxy,
+                prefilter_mode: up.prefilter_mode,
             };
             let lab = Lab::up(config, &options)?;
             print_status(&lab.status());

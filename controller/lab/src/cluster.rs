@@ -36,7 +36,10 @@ use super::{
     topology::{self, plan_nodes, NodePlan, PodName},
 };
 pub use super::{error::LabError, pods::PodSpec};
-use sluice_agent::{config::Routing, kernel::bpffs};
+use sluice_agent::{
+    config::{PrefilterMode, Routing},
+    kernel::bpffs,
+};
 
 pub const DEFAULT_DIR: &str = "/var/run/sluice-lab";
 pub const DEFAULT_NAME: &str = "sluice-lab";
@@ -160,6 +163,9 @@ pub struct UpOptions {
     /// node, with the agents beside it (`kubeProxyReplacement: false`),
     /// instead of by the agents in eBPF.
     pub kube_proxy: bool,
+    /// Where the agents run the XDP prefilter on their veth underlay
+    /// (`auto`: generic there).
+    pub prefilter_mode: PrefilterMode,
 }
 
 impl Default for UpOptions {
@@ -169,6 +175,7 @@ impl Default for UpOptions {
             routing: Routing::Tunnel,
             pod_cidr: DEFAULT_POD_CIDR.parse().expect("literal CIDR"),
             kube_proxy: false,
+            prefilter_mode: PrefilterMode::Auto,
         }
     }
 }
@@ -260,6 +267,7 @@ impl Lab {
                 routing: state.routing,
                 pod_cidr: state.pod_cidr,
                 kube_proxy: state.kube_proxy,
+                prefilter_mode: state.prefilter_mode,
             };
             if running != *options {
                 return Err(LabError::Mismatch {
@@ -359,6 +367,7 @@ impl Lab {
                 .collect(),
             pods: Vec::new(),
             kube_proxy: options.kube_proxy,
+            prefilter_mode: options.prefilter_mode,
             kubeconfig: None,
         };
         inventory::save(&config.dir, &state)?;
@@ -653,6 +662,8 @@ fn agent_options(
             state.routing.to_string(),
             "--kube-proxy-replacement".into(),
             (!state.kube_proxy).to_string(),
+            "--prefilter-mode".into(),
+            state.prefilter_mode.to_string(),
         ],
     })
 }
@@ -735,6 +746,7 @@ mod tests {
             nodes: vec![],
             pods: vec![],
             kube_proxy: true,
+            prefilter_mode: PrefilterMode::Native,
             kubeconfig: None,
         };
         let node = NodeState {
@@ -763,7 +775,9 @@ mod tests {
                 "--routing",
                 "native",
                 "--kube-proxy-replacement",
-                "false"
+                "false",
+                "--prefilter-mode",
+                "native"
             ]
         );
         assert!(matches!(

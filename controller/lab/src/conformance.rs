@@ -599,6 +599,7 @@ mod tests {
             }],
             pods: vec![pod],
             kube_proxy: false,
+            prefilter_mode: Default::default(),
             kubeconfig: None,
         };
         inventory::save(tmp.path(), &lab_state).expect("save");

@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::topology::PodName;
-use sluice_agent::config::Routing;
+use sluice_agent::config::{PrefilterMode, Routing};
 
 pub const STATE_FILE: &str = "lab.json";
 
@@ -31,6 +31,9 @@ pub struct LabState {
     /// Services by the kube-proxy emulation instead of the agents.
     #[serde(default)]
     pub kube_proxy: bool,
+    /// The agents' `--prefilter-mode`.
+    #[serde(default)]
+    pub prefilter_mode: PrefilterMode,
     /// The agents read the cluster from the API server of this kubeconfig
     /// instead of the lab's manifest directory (the lab still writes its
     /// objects there: something must serve them, as tests' fake API
@@ -179,6 +182,7 @@ mod tests {
                 ports: vec![80, 81],
             }],
             kube_proxy: false,
+            prefilter_mode: PrefilterMode::Auto,
             kubeconfig: None,
         }
     }

@@ -20,7 +20,7 @@ use super::{
     underlay::{Device, VXLAN_DEVICE},
 };
 use crate::{
-    config::Routing,
+    config::{PrefilterMode, Routing},
     topology::{self, Topology},
 };
 
@@ -67,7 +67,7 @@ pub async fn setup(
     netlink: &Netlink,
     mode: Routing,
     node_ip: Ipv4Addr,
-    prefilter_mode: AttachMode,
+    prefilter_mode: PrefilterMode,
 ) -> Result<RoutingSetup, NodeSyncError> {
     let underlay = netlink
         .device_with_address(node_ip)
@@ -75,7 +75,8 @@ pub async fn setup(
         .ok_or(NodeSyncError::NoUnderlay(node_ip))?;
     dataplane.attach_program(programs::FROM_NETDEV, &underlay.name, underlay.index)?;
     dataplane.attach_program(programs::TO_NETDEV, &underlay.name, underlay.index)?;
-    let prefilter = dataplane.attach_prefilter(&underlay.name, underlay.index, prefilter_mode)?;
+    let wanted = prefilter_mode.on(netlink.is_veth(underlay.index).await?);
+    let prefilter = dataplane.attach_prefilter(&underlay.name, underlay.index, wanted)?;
     // The node's sockets are the socket hooks' (the agent runs in the
     // node's network namespace).
     let netns_cookie = sluice_sys::netns::current_cookie().map_err(NodeSyncError::NetnsCookie)?;

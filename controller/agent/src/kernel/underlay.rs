@@ -90,6 +90,23 @@ impl Netlink {
         }))
     }
 
+    /// Whether the link is one end of a veth pair (a lab's or a kind-style
+    /// node's underlay).
+    pub async fn is_veth(&self, index: u32) -> Result<bool, NetlinkError> {
+        let mut links = self.handle().link().get().match_index(index).execute();
+        let Some(msg) = links
+            .try_next()
+            .await
+            .map_err(Self::req(format!("looking up link {index}")))?
+        else {
+            return Ok(false);
+        };
+        Ok(msg.attributes.iter().any(|attr| {
+            matches!(attr, LinkAttribute::LinkInfo(infos)
+                if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+        }))
+    }
+
     /// Whether the link is a collect-metadata VXLAN device on our port.
     async fn is_our_vxlan(&self, index: u32) -> Result<bool, NetlinkError> {
         let mut links = self.handle().link().get().match_index(index).execute();

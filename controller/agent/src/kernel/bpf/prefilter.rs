@@ -31,14 +31,11 @@ use super::{
 /// The directory of the prefilter's link pins.
 const PIN_DIR: &str = "xdp";
 
-/// Where the prefilter runs on its device (also the config file's
-/// `prefilter.mode`: the mode wanted).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Where the prefilter runs on its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
     /// In the driver, before an skb exists (generic where the driver
     /// refuses).
-    #[default]
     Native,
     /// In the stack, on the skb: drivers without XDP support, or where
     /// configured.
