@@ -80,10 +80,10 @@ impl Measurement {
     }
 }
 
-pub const VETH: &str = "baseline: node->node over the fabric (veth+bridge)";
-pub const VXLAN: &str = "baseline: node->node over kernel VXLAN";
-pub const NATIVE: &str = "sluice native: pod->pod across nodes";
-pub const TUNNEL: &str = "sluice tunnel: pod->pod across nodes";
+pub const VETH: &str = "kernel: node to node, routed";
+pub const VXLAN: &str = "kernel: node to node, VXLAN";
+pub const NATIVE: &str = "sluice native routing: pod to pod";
+pub const TUNNEL: &str = "sluice tunnel: pod to pod";
 
 /// The report's section: each sluice mode next to the kernel path it rides.
 pub fn section(options: &BenchOptions) -> Result<Section, BenchError> {
