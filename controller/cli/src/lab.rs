@@ -151,6 +151,11 @@ enum BenchSuite {
     Services,
     /// Drops/s of a denied CIDR: XDP prefilter vs TC vs iptables raw.
     Prefilter,
+    /// Pod to pod on one node: sluice vs raw veth vs the bridge CNI.
+    SameNode,
+    /// Pinned RR/CRR at 0 to 10,000 non-matching rules: sluice vs iptables
+    /// vs ipset.
+    PolicyScale,
 }
 
 #[derive(clap::Args, Debug)]
@@ -492,7 +497,14 @@ fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
         if args.only.is_empty() {
             String::new()
         } else {
-            format!(" --only {:?}", args.only).to_lowercase()
+            // The names the flag takes (`same-node`), not Rust's.
+            let names: Vec<String> = args
+                .only
+                .iter()
+                .filter_map(clap::ValueEnum::to_possible_value)
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            format!(" --only {}", names.join(","))
         }
     ));
     let mut add = |section: bench::report::Section| {
@@ -514,6 +526,9 @@ fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
     }
     if wanted(BenchSuite::Prefilter) {
         add(bench::prefilter::section(&options)?);
+    }
+    if wanted(BenchSuite::SameNode) {
+        add(bench::same_node::section(&options)?);
     }
     let written = report
         .write(&args.out)
