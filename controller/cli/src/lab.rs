@@ -530,6 +530,9 @@ fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
     if wanted(BenchSuite::SameNode) {
         add(bench::same_node::section(&options)?);
     }
+    if wanted(BenchSuite::PolicyScale) {
+        add(bench::policy_scale::section(&options)?);
+    }
     let written = report
         .write(&args.out)
         .with_context(|| format!("writing the report to {}", args.out.display()))?;

@@ -6,6 +6,7 @@ pub mod frame;
 pub mod machine;
 mod plot;
 pub mod policy_cost;
+pub mod policy_scale;
 pub mod prefilter;
 pub mod report;
 pub mod rr;
