@@ -98,8 +98,9 @@ enum LabCommand {
     /// Bring up two nodes with the upstream NetworkPolicy model (namespaces
     /// x, y, z; pods a, b, c) and show every pod reaching every other.
     Demo(DemoArgs),
-    /// Measure cross-node pod-to-pod throughput in both routing modes next
-    /// to the kernel's veth and VXLAN paths, in fresh labs of their own.
+    /// Measure sluice next to its baselines (policy cost, cross-node
+    /// throughput, Services, prefilter, same node, policy scale), in fresh
+    /// labs of their own; writes a report with plots.
     Bench(BenchArgs),
     /// Run NetworkPolicy conformance cases (DIR/*.yaml, see FORMAT.md
     /// beside them), each on a fresh two-node lab with the upstream model's
