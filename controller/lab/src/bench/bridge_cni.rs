@@ -105,22 +105,32 @@ impl BridgeNode {
         // refuses to join a node without it, kube-proxy needs it), so the
         // bridge is measured that way. The setting is the namespace's own
         // and goes with it.
-        let sysctl = node
-            .command("sysctl")
-            .and_then(|mut c| {
-                c.args(["-qw", "net.bridge.bridge-nf-call-iptables=1"])
-                    .output()
-            })
-            .map_err(|source| BenchError::Io {
-                what: "running sysctl in the bridge node".into(),
-                source,
-            })?;
-        if !sysctl.status.success() {
+        let sysctl = || {
+            node.command("sysctl")
+                .and_then(|mut c| {
+                    c.args(["-qw", "net.bridge.bridge-nf-call-iptables=1"])
+                        .output()
+                })
+                .map_err(|source| BenchError::Io {
+                    what: "running sysctl in the bridge node".into(),
+                    source,
+                })
+        };
+        let mut set = sysctl()?;
+        if !set.status.success() {
+            // The setting exists once br_netfilter is loaded (built in on
+            // some kernels, a module on most distributions').
+            let _ = std::process::Command::new("modprobe")
+                .arg("br_netfilter")
+                .output();
+            set = sysctl()?;
+        }
+        if !set.status.success() {
             return Err(BenchError::Failed(format!(
                 "net.bridge.bridge-nf-call-iptables in {}: {} (is br_netfilter loaded? \
                  modprobe br_netfilter)",
                 node.name(),
-                String::from_utf8_lossy(&sysctl.stderr).trim()
+                String::from_utf8_lossy(&set.stderr).trim()
             )));
         }
         let conflist = conflist(&format!("{prefix}-net"), subnet, &data_dir);

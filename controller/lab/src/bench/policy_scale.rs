@@ -33,10 +33,10 @@ use super::{
     bridge_cni::BridgeNode,
     report::{self, Better, Section, Table},
     rr::{self, EchoServers, Pinning, Proto, CPU, MESSAGE, UNPINNED_PORT},
-    same_node::{in_turns, values},
     setups::{self, SluiceNode, NAMESPACE},
     stats::Summary,
     throughput::{BenchError, BenchOptions},
+    turns::{in_turns_noting as in_turns, values},
 };
 use crate::netns::Netns;
 
@@ -233,7 +233,7 @@ pub fn section(options: &BenchOptions) -> Result<Section, BenchError> {
     // other suites' labs: then it stays).
     let _ = std::fs::remove_dir(&options.dir);
     let measured = measured?;
-    let period = rr_period(options);
+    let period = rr::period(options);
     let tables = vec![
         table(
             "policy-scale-rr",
@@ -335,10 +335,6 @@ fn table(
     t
 }
 
-fn rr_period(options: &BenchOptions) -> Duration {
-    Duration::from_secs_f64((f64::from(options.seconds) / 2.0).max(1.0))
-}
-
 fn measure(
     options: &BenchOptions,
     bridge_prefix: &str,
@@ -391,7 +387,7 @@ fn measure(
     }
 
     let node = Netns::existing(bridge.node().name());
-    let period = rr_period(options);
+    let period = rr::period(options);
     let mut out = Vec::new();
     for (index, &rules) in sizes.iter().enumerate() {
         let marker = index % 2 == 0;

@@ -28,7 +28,10 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{stats, throughput::BenchError};
+use super::{
+    stats,
+    throughput::{BenchError, BenchOptions},
+};
 use crate::netns::Netns;
 
 /// The CPU a pinned client and server share.
@@ -47,6 +50,14 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 const UDP_RETRY: Duration = Duration::from_millis(200);
 /// How often the UDP servers look at their stop flag.
 const POLL: Duration = Duration::from_millis(100);
+
+/// How long one request/response run of the same-node suites lasts: half
+/// an iperf3 run (at least a second), which keeps a suite within its share
+/// of the bench's time while a run still holds tens of thousands of
+/// transactions.
+pub fn period(options: &BenchOptions) -> Duration {
+    Duration::from_secs_f64((f64::from(options.seconds) / 2.0).max(1.0))
+}
 
 /// Whether client and server run on [`CPU`] or wherever the scheduler puts
 /// them.

@@ -9,7 +9,7 @@
 //! (client and server on one CPU) and unpinned, TCP RR's latency
 //! percentiles, and new TCP connections per second.
 
-use std::{convert::Infallible, net::Ipv4Addr, net::SocketAddr, time::Duration};
+use std::{net::Ipv4Addr, net::SocketAddr, time::Duration};
 
 use super::{
     bridge_cni::BridgeNode,
@@ -17,7 +17,7 @@ use super::{
     rr::{self, EchoServers, Pinning, Proto, CPU, MESSAGE},
     setups::{self, SluiceNode, VethPair, VETH_SERVER_IP},
     throughput::{iperf_streams, BenchError, BenchOptions},
-    turns,
+    turns::{in_turns_noting as in_turns, values},
 };
 use crate::netns::Netns;
 
@@ -111,7 +111,7 @@ fn measure(
         })?;
     }
 
-    let rr_period = rr_period(options);
+    let rr_period = rr::period(options);
     let runs = options.runs;
     let mut tables = Vec::new();
     for (streams, id, title) in [
@@ -240,50 +240,6 @@ fn measure(
         ),
         tables,
     })
-}
-
-/// How long one request/response run lasts: half an iperf3 run (at least
-/// a second), which keeps the suite within its share of the bench's time
-/// while a run still holds tens of thousands of transactions.
-fn rr_period(options: &BenchOptions) -> Duration {
-    Duration::from_secs_f64((f64::from(options.seconds) / 2.0).max(1.0))
-}
-
-/// Measures every path `runs` times in turns; a failed run is `None` (NaN
-/// in the table) with its error among the notes, so one bad run does not
-/// cost the other paths their figures.
-pub(super) fn in_turns<P, T>(
-    runs: u32,
-    paths: &[P],
-    mut measure: impl FnMut(&P) -> Result<T, BenchError>,
-) -> (Vec<Vec<Option<T>>>, Vec<String>) {
-    let mut notes = Vec::new();
-    let results = turns::in_turns::<_, _, Infallible>(runs, paths, |p| {
-        Ok(match measure(p) {
-            Ok(value) => Some(value),
-            Err(e) => {
-                let note = format!("A run failed: {e}");
-                if !notes.contains(&note) {
-                    notes.push(note);
-                }
-                None
-            }
-        })
-    });
-    let Ok(results) = results;
-    (results, notes)
-}
-
-/// Each path's runs as one figure, NaN for a failed run.
-pub(super) fn values<T>(results: &[Vec<Option<T>>], of: impl Fn(&T) -> f64) -> Vec<Vec<f64>> {
-    results
-        .iter()
-        .map(|runs| {
-            runs.iter()
-                .map(|r| r.as_ref().map_or(f64::NAN, &of))
-                .collect()
-        })
-        .collect()
 }
 
 fn table(
