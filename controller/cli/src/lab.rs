@@ -98,8 +98,9 @@ enum LabCommand {
     /// Bring up two nodes with the upstream NetworkPolicy model (namespaces
     /// x, y, z; pods a, b, c) and show every pod reaching every other.
     Demo(DemoArgs),
-    /// Measure cross-node pod-to-pod throughput in both routing modes next
-    /// to the kernel's veth and VXLAN paths, in fresh labs of their own.
+    /// Measure sluice next to its baselines (policy cost, cross-node
+    /// throughput, Services, prefilter, same node, policy scale), in fresh
+    /// labs of their own; writes a report with plots.
     Bench(BenchArgs),
     /// Run NetworkPolicy conformance cases (DIR/*.yaml, see FORMAT.md
     /// beside them), each on a fresh two-node lab with the upstream model's
@@ -151,6 +152,11 @@ enum BenchSuite {
     Services,
     /// Drops/s of a denied CIDR: XDP prefilter vs TC vs iptables raw.
     Prefilter,
+    /// Pod to pod on one node: sluice vs raw veth vs the bridge CNI.
+    SameNode,
+    /// Pinned RR/CRR at 0 to 10,000 non-matching rules: sluice vs iptables
+    /// vs ipset.
+    PolicyScale,
 }
 
 #[derive(clap::Args, Debug)]
@@ -497,7 +503,14 @@ fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
         if args.only.is_empty() {
             String::new()
         } else {
-            format!(" --only {:?}", args.only).to_lowercase()
+            // The names the flag takes (`same-node`), not Rust's.
+            let names: Vec<String> = args
+                .only
+                .iter()
+                .filter_map(clap::ValueEnum::to_possible_value)
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            format!(" --only {}", names.join(","))
         }
     ));
     let mut add = |section: bench::report::Section| {
@@ -519,6 +532,12 @@ fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
     }
     if wanted(BenchSuite::Prefilter) {
         add(bench::prefilter::section(&options)?);
+    }
+    if wanted(BenchSuite::SameNode) {
+        add(bench::same_node::section(&options)?);
+    }
+    if wanted(BenchSuite::PolicyScale) {
+        add(bench::policy_scale::section(&options)?);
     }
     let written = report
         .write(&args.out)

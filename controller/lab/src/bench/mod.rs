@@ -1,13 +1,18 @@
 //! Benchmarks, each next to its baseline measured in the same run
 //! (`cargo xtask bench`).
 
+pub mod bridge_cni;
 pub mod frame;
 pub mod machine;
 mod plot;
 pub mod policy_cost;
+pub mod policy_scale;
 pub mod prefilter;
 pub mod report;
+pub mod rr;
+pub mod same_node;
 pub mod services;
+pub mod setups;
 pub mod stats;
 pub mod test_run;
 pub mod throughput;

@@ -165,7 +165,8 @@ pub fn number(v: f64) -> String {
     }
 }
 
-fn thousands(v: i64) -> String {
+/// An integer with a comma between each three digits (`10,000`).
+pub fn thousands(v: i64) -> String {
     let digits = v.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

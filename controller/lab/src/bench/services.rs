@@ -11,25 +11,14 @@
 //! C D …) so drift of the machine hits all alike.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsFd as _,
+    net::{Ipv4Addr, SocketAddr},
     path::Path,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     time::{Duration, Instant},
-};
-
-use nix::{
-    sched::{sched_setaffinity, CpuSet},
-    sys::socket::{setsockopt, sockopt},
-    unistd::Pid,
 };
 
 use super::{
     report::{Better, Section, Table},
+    rr::{self, EchoServers, Pinning, Proto, CPU, MESSAGE, PORT},
     throughput::{BenchError, BenchOptions},
 };
 use crate::{
@@ -40,13 +29,6 @@ use crate::{
     topology::PodName,
 };
 
-/// The CPU client and server share.
-const CPU: usize = 0;
-/// The bench's own server's port (the lab's pod servers poll for new
-/// connections, which a connection-rate benchmark would measure).
-const PORT: u16 = 8080;
-/// Bytes per request and per answer.
-pub const MESSAGE: usize = 32;
 /// How long a newly applied Service may take to answer.
 const CONVERGE: Duration = Duration::from_secs(30);
 
@@ -119,65 +101,8 @@ struct BenchLab {
     client: Netns,
     server_ip: Ipv4Addr,
     /// Stopped before the lab goes (it needs the pod's namespace to stop).
-    server: Option<EchoServer>,
+    server: Option<EchoServers>,
     applied: usize,
-}
-
-/// An echo server in the server pod that serves one connection at a time
-/// (the client makes one at a time) on a thread pinned to [`CPU`], with
-/// blocking accepts.
-struct EchoServer {
-    stop: Arc<AtomicBool>,
-    ns: Netns,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl EchoServer {
-    fn start(ns: Netns) -> Result<Self, BenchError> {
-        let listener = ns
-            .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))
-            .and_then(|bound| bound)
-            .map_err(|source| BenchError::Io {
-                what: "binding the bench server".into(),
-                source,
-            })?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            if pin(Pid::from_raw(0)).is_err() {
-                return;
-            }
-            let mut buf = [0u8; MESSAGE];
-            while !flag.load(Ordering::Relaxed) {
-                let Ok((mut conn, _)) = listener.accept() else {
-                    continue;
-                };
-                let _ = conn.set_nodelay(true);
-                // A client that vanished without a word does not hold the
-                // server up for long.
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-                while conn.read_exact(&mut buf).is_ok() && conn.write_all(&buf).is_ok() {}
-            }
-        });
-        Ok(Self {
-            stop,
-            ns,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // One more connection wakes the blocking accept up to see the flag.
-        let _ = self
-            .ns
-            .run(|| TcpStream::connect((Ipv4Addr::LOCALHOST, PORT)));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 impl BenchLab {
@@ -201,7 +126,7 @@ impl BenchLab {
             return Err(BenchError::Failed("the server pod has no IPv4".into()));
         };
         let server_ns = lab.pod_netns(&pod("server")?)?;
-        let echo = EchoServer::start(server_ns)?;
+        let echo = EchoServers::start(server_ns)?;
         let client = lab.pod_netns(&pod("client")?)?;
         Ok(Self {
             lab,
@@ -251,7 +176,7 @@ impl BenchLab {
             .ok_or_else(|| BenchError::Failed(format!("{last} has no ClusterIP")))?;
         let target = SocketAddr::from((ip, 80));
         let deadline = Instant::now() + CONVERGE;
-        while crr(&self.client, target, Duration::from_millis(200)).is_err() {
+        while rr::probe(&self.client, target, Duration::from_millis(200)).is_err() {
             if Instant::now() > deadline {
                 return Err(BenchError::Failed(format!(
                     "{last} ({target}) does not answer in the {} lab",
@@ -307,9 +232,10 @@ pub fn run(options: &BenchOptions, counts: &[usize]) -> Result<Vec<Rates>, Bench
                         rates.served_by, rates.target
                     ))
                 };
-                let rr = rate(client, *addr, seconds, Mode::Rr).map_err(path)?;
-                let crr = rate(client, *addr, seconds, Mode::Crr).map_err(path)?;
-                rates.rr.push(rr);
+                let rr =
+                    rr::rr(client, *addr, seconds, Proto::Tcp, Pinning::Pinned).map_err(path)?;
+                let crr = rr::crr(client, *addr, seconds, Pinning::Pinned).map_err(path)?;
+                rates.rr.push(rr.rate);
                 rates.crr.push(crr);
             }
         }
@@ -319,80 +245,4 @@ pub fn run(options: &BenchOptions, counts: &[usize]) -> Result<Vec<Rates>, Bench
     // The labs removed their own directories; this one held them.
     let _ = std::fs::remove_dir(&options.dir);
     Ok(out)
-}
-
-#[derive(Clone, Copy)]
-enum Mode {
-    Rr,
-    Crr,
-}
-
-/// Transactions per second from a thread in `client`, pinned to [`CPU`].
-fn rate(client: &Netns, dst: SocketAddr, period: Duration, mode: Mode) -> Result<f64, BenchError> {
-    let result = client
-        .run(move || -> std::io::Result<f64> {
-            pin(Pid::from_raw(0))?;
-            let start = Instant::now();
-            let mut done = 0u64;
-            match mode {
-                Mode::Rr => {
-                    let mut conn = TcpStream::connect_timeout(&dst, Duration::from_secs(1))?;
-                    conn.set_nodelay(true)?;
-                    conn.set_read_timeout(Some(Duration::from_secs(1)))?;
-                    while start.elapsed() < period {
-                        transact(&mut conn)?;
-                        done += 1;
-                    }
-                }
-                Mode::Crr => {
-                    while start.elapsed() < period {
-                        crr_once(dst, Duration::from_secs(1))?;
-                        done += 1;
-                    }
-                }
-            }
-            Ok(done as f64 / start.elapsed().as_secs_f64())
-        })
-        .map_err(|e| BenchError::Failed(format!("entering the client pod: {e}")))?;
-    result.map_err(|source| BenchError::Io {
-        what: format!("request/response to {dst}"),
-        source,
-    })
-}
-
-fn crr(client: &Netns, dst: SocketAddr, timeout: Duration) -> std::io::Result<()> {
-    client.run(move || crr_once(dst, timeout))?
-}
-
-/// One connection with one transaction, closed with a reset so that a
-/// run of tens of thousands leaves no TIME_WAIT behind to run out of
-/// ports.
-fn crr_once(dst: SocketAddr, timeout: Duration) -> std::io::Result<()> {
-    let mut conn = TcpStream::connect_timeout(&dst, timeout)?;
-    conn.set_nodelay(true)?;
-    conn.set_read_timeout(Some(timeout))?;
-    transact(&mut conn)?;
-    setsockopt(
-        &conn.as_fd(),
-        sockopt::Linger,
-        &nix::libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    )
-    .map_err(std::io::Error::from)
-}
-
-fn transact(conn: &mut TcpStream) -> std::io::Result<()> {
-    let request = [b'x'; MESSAGE];
-    let mut answer = [0u8; MESSAGE];
-    conn.write_all(&request)?;
-    conn.read_exact(&mut answer)
-}
-
-/// Pins the calling thread (pid 0) or a thread to [`CPU`].
-fn pin(pid: Pid) -> std::io::Result<()> {
-    let mut set = CpuSet::new();
-    set.set(CPU).map_err(std::io::Error::from)?;
-    sched_setaffinity(pid, &set).map_err(std::io::Error::from)
 }

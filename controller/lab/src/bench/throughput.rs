@@ -264,8 +264,20 @@ fn ip(ns: &Netns, args: &str) -> Result<(), BenchError> {
     ns.ip(args).map_err(|e| BenchError::Failed(e.to_string()))
 }
 
-/// One iperf3 TCP run; the receiver's rate in Gbit/s.
+/// One iperf3 TCP run of one stream; the receiver's rate in Gbit/s.
 fn iperf(client: &Netns, server: &Netns, server_ip: &str, seconds: u32) -> Result<f64, BenchError> {
+    iperf_streams(client, server, server_ip, seconds, 1)
+}
+
+/// One iperf3 TCP run of `streams` parallel streams (`-P`); the receiver's
+/// rate over all of them, in Gbit/s.
+pub(super) fn iperf_streams(
+    client: &Netns,
+    server: &Netns,
+    server_ip: &str,
+    seconds: u32,
+    streams: u32,
+) -> Result<f64, BenchError> {
     struct Server(Child);
     impl Drop for Server {
         fn drop(&mut self) {
@@ -291,13 +303,14 @@ fn iperf(client: &Netns, server: &Netns, server_ip: &str, seconds: u32) -> Resul
             .map_err(io("iperf3"))?
             .args(["-c", server_ip, "-p", "5201", "-J", "-t"])
             .arg(seconds.to_string())
+            .arg("-P")
+            .arg(streams.max(1).to_string())
             .output()
             .map_err(io("running iperf3 -c"))?;
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if let Some(bps) = json["end"]["sum_received"]["bits_per_second"].as_f64() {
-            return Ok(bps / 1e9);
+        match received_gbits(&out.stdout) {
+            Ok(gbits) => return Ok(gbits),
+            Err(e) => last_error = e,
         }
-        last_error = json["error"].as_str().unwrap_or("no result").to_owned();
         std::thread::sleep(Duration::from_millis(100));
     }
     Err(BenchError::Failed(format!(
@@ -305,9 +318,35 @@ fn iperf(client: &Netns, server: &Netns, server_ip: &str, seconds: u32) -> Resul
     )))
 }
 
+/// The receiver's rate in Gbit/s from iperf3's `-J` report (the sum over
+/// all streams), or iperf3's error.
+pub(super) fn received_gbits(json: &[u8]) -> Result<f64, String> {
+    let json: serde_json::Value = serde_json::from_slice(json).unwrap_or_default();
+    match json["end"]["sum_received"]["bits_per_second"].as_f64() {
+        Some(bps) => Ok(bps / 1e9),
+        None => Err(json["error"].as_str().unwrap_or("no result").to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iperf3_reports_are_read_as_the_receivers_sum() {
+        // Trimmed from a real `iperf3 -c -J -P 2` report.
+        let report = br#"{"start": {"test_start": {"num_streams": 2}},
+            "end": {"sum_sent": {"bits_per_second": 2.51e10},
+                    "sum_received": {"bits_per_second": 2.5e10}}}"#;
+        assert_eq!(received_gbits(report), Ok(25.0));
+        let refused =
+            br#"{"start": {}, "error": "unable to connect to server: Connection refused"}"#;
+        assert_eq!(
+            received_gbits(refused),
+            Err("unable to connect to server: Connection refused".into())
+        );
+        assert_eq!(received_gbits(b""), Err("no result".into()));
+    }
 
     #[test]
     fn the_median_of_runs() {
