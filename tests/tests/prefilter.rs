@@ -47,14 +47,23 @@ fn the_default_prefilter_is_generic_on_a_veth_underlay() {
         .command("ip")
         .and_then(|mut c| c.args(["-d", "link", "show", "eth0"]).output());
     let link = String::from_utf8_lossy(&link.expect("ip link").stdout).into_owned();
-    assert!(link.contains("xdpgeneric"), "eth0 of node1 carries generic XDP:\n{link}");
+    assert!(
+        link.contains("xdpgeneric"),
+        "eth0 of node1 carries generic XDP:\n{link}"
+    );
     let ext = lab.lab().ext_netns();
     let node1 = node_ip(&lab, "node1");
     assert!(probe::icmp(&ext, node1, TIMEOUT), "ext reaches node1");
     lab.sluice_ok(&["prefilter", "node1", "add", "203.0.113.0/24"]);
     let before = lab.counter("node1", Reason::DropDeniedSource);
-    assert!(!probe::icmp(&ext, node1, TIMEOUT), "the denied CIDR is dropped");
-    assert!(lab.counter("node1", Reason::DropDeniedSource) > before, "and counted");
+    assert!(
+        !probe::icmp(&ext, node1, TIMEOUT),
+        "the denied CIDR is dropped"
+    );
+    assert!(
+        lab.counter("node1", Reason::DropDeniedSource) > before,
+        "and counted"
+    );
 }
 
 /// `sluice lab prefilter add` stops traffic from the CIDR to that node at
