@@ -123,6 +123,8 @@ pub struct Reconciler {
     last_event: Option<std::time::Instant>,
     /// Service frontends and backend slots last applied.
     service_counts: (usize, usize),
+    /// Object changes taken in (see [`NodeReport::changes`]).
+    changes: u64,
 }
 
 impl Reconciler {
@@ -167,6 +169,7 @@ impl Reconciler {
             last_sync: None,
             last_event: None,
             service_counts: (0, 0),
+            changes: 0,
         }
     }
 
@@ -194,6 +197,10 @@ impl Reconciler {
     /// Returns whether the event changed the cluster state.
     fn apply_event(&mut self, event: Event) -> bool {
         self.listed.extend(listed_by(&event));
+        let objects = match &event {
+            Event::Resync(list) | Event::ResyncKind(_, list) => list.len() as u64,
+            Event::Apply(_) | Event::Delete(_) => 1,
+        };
         let changed = self.state.apply(event);
         for kind in Kind::ALL {
             self.metrics
@@ -201,15 +208,20 @@ impl Reconciler {
                 .with_label_values(&[kind.label()])
                 .set(self.state.count(kind) as i64);
         }
-        self.dirty_topology |= changed.nodes;
-        self.dirty_policy |= changed.pods || changed.namespaces || changed.policies;
-        self.dirty_services |= changed.services || changed.endpoint_slices;
-        changed.nodes
+        let any = changed.nodes
             || changed.pods
             || changed.namespaces
             || changed.policies
             || changed.services
-            || changed.endpoint_slices
+            || changed.endpoint_slices;
+        if any {
+            self.changes += objects;
+            self.metrics.datastore_changes.inc_by(objects);
+        }
+        self.dirty_topology |= changed.nodes;
+        self.dirty_policy |= changed.pods || changed.namespaces || changed.policies;
+        self.dirty_services |= changed.services || changed.endpoint_slices;
+        any
     }
 
     /// Whether the complete cluster state (every kind listed) has been
@@ -394,6 +406,10 @@ impl Reconciler {
             last_sync_ms_ago: ago(self.last_sync),
             last_event_ms_ago: ago(self.last_event),
             problems,
+            // Set only when a sync found nothing left to apply after the
+            // last change (see `sync`).
+            in_sync: self.last_sync.is_some() && self.pending_since.is_none(),
+            changes: self.changes,
             ..NodeReport::default()
         }
     }
