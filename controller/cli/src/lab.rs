@@ -151,6 +151,10 @@ enum BenchSuite {
     Services,
     /// Drops/s of a denied CIDR: XDP prefilter vs TC vs iptables raw.
     Prefilter,
+    /// CNI ADD/DEL vs bridge, policy propagation, ingest, agent memory.
+    ControlPlane,
+    /// One agent fed a simulated large cluster: memory, first sync, churn.
+    Scale,
 }
 
 #[derive(clap::Args, Debug)]
@@ -514,6 +518,12 @@ fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
     }
     if wanted(BenchSuite::Prefilter) {
         add(bench::prefilter::section(&options)?);
+    }
+    if wanted(BenchSuite::ControlPlane) {
+        add(bench::control_plane::section(&options)?);
+    }
+    if wanted(BenchSuite::Scale) {
+        add(bench::scale::section(&options)?);
     }
     let written = report
         .write(&args.out)

@@ -1,13 +1,18 @@
 //! Benchmarks, each next to its baseline measured in the same run
 //! (`cargo xtask bench`).
 
+pub mod agent_probe;
+pub mod control_plane;
 pub mod frame;
 pub mod machine;
 mod plot;
 pub mod policy_cost;
 pub mod prefilter;
 pub mod report;
+pub mod scale;
 pub mod services;
+pub mod sim_cluster;
+pub mod solo;
 pub mod stats;
 pub mod test_run;
 pub mod throughput;
