@@ -181,10 +181,14 @@ impl Reconciler {
     /// changes (a list, many objects applied at once) costs one sync, not
     /// one per object.
     pub async fn handle(&mut self, events: impl IntoIterator<Item = Event>) {
+        let before = self.object_count();
         let mut any = false;
         for event in events {
             any |= self.apply_event(event);
         }
+        // After the sync below: it frees the removed objects' compiled
+        // state too.
+        let trim = should_trim(before, self.object_count());
         if any {
             self.last_event = Some(std::time::Instant::now());
             self.metrics.last_event.set(unix_now());
@@ -192,6 +196,9 @@ impl Reconciler {
                 .get_or_insert_with(std::time::Instant::now);
         }
         self.sync().await;
+        if trim {
+            trim_heap();
+        }
     }
 
     /// Returns whether the event changed the cluster state.
@@ -222,6 +229,10 @@ impl Reconciler {
         self.dirty_policy |= changed.pods || changed.namespaces || changed.policies;
         self.dirty_services |= changed.services || changed.endpoint_slices;
         any
+    }
+
+    fn object_count(&self) -> usize {
+        Kind::ALL.iter().map(|k| self.state.count(*k)).sum()
     }
 
     /// Whether the complete cluster state (every kind listed) has been
@@ -639,10 +650,48 @@ impl Reconciler {
     }
 }
 
+/// Objects a batch must remove before the heap is trimmed: below this
+/// the freed memory is small and reused soon.
+const TRIM_AFTER: usize = 500;
+
+/// Whether a batch that took the cluster from `before` to `after` objects
+/// freed enough to give memory back: many objects, or a quarter of them.
+fn should_trim(before: usize, after: usize) -> bool {
+    let removed = before.saturating_sub(after);
+    removed >= TRIM_AFTER || (removed > 0 && removed * 4 >= before && before >= 100)
+}
+
+/// Returns the allocator's free memory to the system. glibc keeps freed
+/// chunks in its arenas (and the top of the heap) for reuse, so an agent
+/// whose cluster shrank would otherwise hold its peak for good.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and releases the allocator's own free
+    // lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Seconds since the Unix epoch, for the timestamp gauges.
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heap_is_trimmed_after_large_removals_only() {
+        assert!(should_trim(100_000, 99_000));
+        assert!(should_trim(400, 300));
+        assert!(!should_trim(400, 399));
+        assert!(!should_trim(10, 0), "a small cluster frees little");
+        assert!(!should_trim(1_000, 1_200), "growth");
+        assert!(!should_trim(0, 0));
+    }
 }
