@@ -371,7 +371,12 @@ impl DirSource {
         if !changing && (old || previous.as_ref().is_some_and(same)) {
             return Some(content);
         }
-        if !changing && self.files.get(path).is_some_and(|f| f.digest == digest(&content)) {
+        if !changing
+            && self
+                .files
+                .get(path)
+                .is_some_and(|f| f.digest == digest(&content))
+        {
             return Some(content); // touched: nothing new to wait for
         }
         if let Some(previous) = previous {

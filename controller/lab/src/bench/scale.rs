@@ -144,6 +144,8 @@ pub fn section(options: &BenchOptions) -> Result<Section, BenchError> {
     let rate = taken as f64 / busy.as_secs_f64();
     let after_churn = agent_probe::rss_bytes(pid)?;
     drop(node);
+    // The node removed its own directory; this one held it.
+    let _ = std::fs::remove_dir(&options.dir);
 
     let objects = format!(
         "{} Nodes, {} Pods, {} Namespaces, {} NetworkPolicies",
