@@ -175,6 +175,15 @@ pub struct NodeReport {
     pub last_event_ms_ago: Option<u64>,
     /// Objects skipped or rules that allow nothing, in words.
     pub problems: Vec<String>,
+    /// The maps hold every change that has arrived: nothing is waiting to
+    /// be applied or retried. With `objects`, the signal that a burst of
+    /// changes is in the kernel (the benchmarks wait on it).
+    #[serde(default)]
+    pub in_sync: bool,
+    /// Cluster object changes taken in since the agent started: objects
+    /// added, changed or removed (a full list counts each of its objects).
+    #[serde(default)]
+    pub changes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -123,6 +123,8 @@ pub struct Reconciler {
     last_event: Option<std::time::Instant>,
     /// Service frontends and backend slots last applied.
     service_counts: (usize, usize),
+    /// Object changes taken in (see [`NodeReport::changes`]).
+    changes: u64,
 }
 
 impl Reconciler {
@@ -167,6 +169,7 @@ impl Reconciler {
             last_sync: None,
             last_event: None,
             service_counts: (0, 0),
+            changes: 0,
         }
     }
 
@@ -178,10 +181,14 @@ impl Reconciler {
     /// changes (a list, many objects applied at once) costs one sync, not
     /// one per object.
     pub async fn handle(&mut self, events: impl IntoIterator<Item = Event>) {
+        let before = self.object_count();
         let mut any = false;
         for event in events {
             any |= self.apply_event(event);
         }
+        // After the sync below: it frees the removed objects' compiled
+        // state too.
+        let trim = should_trim(before, self.object_count());
         if any {
             self.last_event = Some(std::time::Instant::now());
             self.metrics.last_event.set(unix_now());
@@ -189,11 +196,18 @@ impl Reconciler {
                 .get_or_insert_with(std::time::Instant::now);
         }
         self.sync().await;
+        if trim {
+            trim_heap();
+        }
     }
 
     /// Returns whether the event changed the cluster state.
     fn apply_event(&mut self, event: Event) -> bool {
         self.listed.extend(listed_by(&event));
+        let objects = match &event {
+            Event::Resync(list) | Event::ResyncKind(_, list) => list.len() as u64,
+            Event::Apply(_) | Event::Delete(_) => 1,
+        };
         let changed = self.state.apply(event);
         for kind in Kind::ALL {
             self.metrics
@@ -201,15 +215,24 @@ impl Reconciler {
                 .with_label_values(&[kind.label()])
                 .set(self.state.count(kind) as i64);
         }
-        self.dirty_topology |= changed.nodes;
-        self.dirty_policy |= changed.pods || changed.namespaces || changed.policies;
-        self.dirty_services |= changed.services || changed.endpoint_slices;
-        changed.nodes
+        let any = changed.nodes
             || changed.pods
             || changed.namespaces
             || changed.policies
             || changed.services
-            || changed.endpoint_slices
+            || changed.endpoint_slices;
+        if any {
+            self.changes += objects;
+            self.metrics.datastore_changes.inc_by(objects);
+        }
+        self.dirty_topology |= changed.nodes;
+        self.dirty_policy |= changed.pods || changed.namespaces || changed.policies;
+        self.dirty_services |= changed.services || changed.endpoint_slices;
+        any
+    }
+
+    fn object_count(&self) -> usize {
+        Kind::ALL.iter().map(|k| self.state.count(*k)).sum()
     }
 
     /// Whether the complete cluster state (every kind listed) has been
@@ -394,6 +417,10 @@ impl Reconciler {
             last_sync_ms_ago: ago(self.last_sync),
             last_event_ms_ago: ago(self.last_event),
             problems,
+            // Set only when a sync found nothing left to apply after the
+            // last change (see `sync`).
+            in_sync: self.last_sync.is_some() && self.pending_since.is_none(),
+            changes: self.changes,
             ..NodeReport::default()
         }
     }
@@ -623,10 +650,48 @@ impl Reconciler {
     }
 }
 
+/// Objects a batch must remove before the heap is trimmed: below this
+/// the freed memory is small and reused soon.
+const TRIM_AFTER: usize = 500;
+
+/// Whether a batch that took the cluster from `before` to `after` objects
+/// freed enough to give memory back: many objects, or a quarter of them.
+fn should_trim(before: usize, after: usize) -> bool {
+    let removed = before.saturating_sub(after);
+    removed >= TRIM_AFTER || (removed > 0 && removed * 4 >= before && before >= 100)
+}
+
+/// Returns the allocator's free memory to the system. glibc keeps freed
+/// chunks in its arenas (and the top of the heap) for reuse, so an agent
+/// whose cluster shrank would otherwise hold its peak for good.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and releases the allocator's own free
+    // lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Seconds since the Unix epoch, for the timestamp gauges.
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heap_is_trimmed_after_large_removals_only() {
+        assert!(should_trim(100_000, 99_000));
+        assert!(should_trim(400, 300));
+        assert!(!should_trim(400, 399));
+        assert!(!should_trim(10, 0), "a small cluster frees little");
+        assert!(!should_trim(1_000, 1_200), "growth");
+        assert!(!should_trim(0, 0));
+    }
 }

@@ -157,6 +157,10 @@ enum BenchSuite {
     /// Pinned RR/CRR at 0 to 10,000 non-matching rules: sluice vs iptables
     /// vs ipset.
     PolicyScale,
+    /// CNI ADD/DEL vs bridge, policy propagation, ingest, agent memory.
+    ControlPlane,
+    /// One agent fed a simulated large cluster: memory, first sync, churn.
+    Scale,
 }
 
 #[derive(clap::Args, Debug)]
@@ -538,6 +542,12 @@ fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
     }
     if wanted(BenchSuite::PolicyScale) {
         add(bench::policy_scale::section(&options)?);
+    }
+    if wanted(BenchSuite::ControlPlane) {
+        add(bench::control_plane::section(&options)?);
+    }
+    if wanted(BenchSuite::Scale) {
+        add(bench::scale::section(&options)?);
     }
     let written = report
         .write(&args.out)

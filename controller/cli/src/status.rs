@@ -128,6 +128,8 @@ mod tests {
                 last_sync_ms_ago: Some(400),
                 last_event_ms_ago: None,
                 problems: vec!["NetworkPolicy x/bad: ...".into()],
+                in_sync: true,
+                changes: 42,
             },
         };
         let text = text(&status);

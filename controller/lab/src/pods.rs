@@ -73,7 +73,12 @@ impl PodSpec {
 }
 
 impl Lab {
-    fn cni(&self, node: &NodeState, command: &str, pod: &PodState) -> Result<CniCall, LabError> {
+    pub(crate) fn cni(
+        &self,
+        node: &NodeState,
+        command: &str,
+        pod: &PodState,
+    ) -> Result<CniCall, LabError> {
         let netconf = sluice_netconf(
             &self.config.name,
             CNI_VERSION,

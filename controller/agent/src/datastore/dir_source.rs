@@ -39,6 +39,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -118,7 +119,10 @@ pub struct DirSource {
     metrics: Metrics,
     files: BTreeMap<PathBuf, FileState>,
     /// What the previous scan handed out; `None` until the first scan.
-    published: Option<BTreeMap<ObjectKey, Resource>>,
+    /// Shared with `files` (an unchanged file's objects are the same
+    /// allocations), so a scan after a change costs no deep copy of the
+    /// cluster and holding it costs no second copy.
+    published: Option<BTreeMap<ObjectKey, Arc<Resource>>>,
     /// Reported problems still present, so each is logged and counted once
     /// rather than on every poll.
     read_errors: BTreeMap<PathBuf, String>,
@@ -141,10 +145,12 @@ struct Stamp {
 struct FileState {
     stamp: Stamp,
     read_at: SystemTime,
-    content: Vec<u8>,
+    /// SHA-256 of the content taken: whether a re-read brings anything
+    /// new, without keeping a copy of every file's bytes.
+    digest: [u8; 32],
     /// What the file contributes: its good objects, plus, while it has
     /// malformed documents, those it had before that are not among them.
-    objects: Vec<Resource>,
+    objects: Vec<Arc<Resource>>,
 }
 
 /// A version of a file read while it may still have been written: taken
@@ -289,7 +295,9 @@ impl DirSource {
                     files = self.files.len(),
                     "loaded manifest directory"
                 );
-                vec![Event::Resync(objects.values().cloned().collect())]
+                vec![Event::Resync(
+                    objects.values().map(|o| Resource::clone(o)).collect(),
+                )]
             }
             Some(published) => diff(published, &objects),
         };
@@ -363,7 +371,12 @@ impl DirSource {
         if !changing && (old || previous.as_ref().is_some_and(same)) {
             return Some(content);
         }
-        if !changing && self.files.get(path).is_some_and(|f| f.content == content) {
+        if !changing
+            && self
+                .files
+                .get(path)
+                .is_some_and(|f| f.digest == digest(&content))
+        {
             return Some(content); // touched: nothing new to wait for
         }
         if let Some(previous) = previous {
@@ -384,7 +397,7 @@ impl DirSource {
     /// changed.
     fn load(&mut self, path: &Path, stamp: Stamp, read_at: SystemTime, content: Vec<u8>) -> bool {
         if let Some(state) = self.files.get_mut(path) {
-            if state.content == content {
+            if state.digest == digest(&content) {
                 // Touched, or rewritten with the same bytes.
                 state.stamp = stamp;
                 state.read_at = read_at;
@@ -392,10 +405,11 @@ impl DirSource {
             }
         }
 
-        let (mut objects, malformed) = self.parse(path, &content);
+        let (objects, malformed) = self.parse(path, &content);
+        let mut objects: Vec<Arc<Resource>> = objects.into_iter().map(Arc::new).collect();
         if let (true, Some(state)) = (malformed, self.files.get(path)) {
-            let fresh: BTreeSet<ObjectKey> = objects.iter().map(Resource::key).collect();
-            let kept: Vec<Resource> = state
+            let fresh: BTreeSet<ObjectKey> = objects.iter().map(|o| o.key()).collect();
+            let kept: Vec<Arc<Resource>> = state
                 .objects
                 .iter()
                 .filter(|o| !fresh.contains(&o.key()))
@@ -415,7 +429,7 @@ impl DirSource {
             FileState {
                 stamp,
                 read_at,
-                content,
+                digest: digest(&content),
                 objects,
             },
         );
@@ -553,8 +567,16 @@ struct Conflict {
 /// All files' objects in one map. A key defined more than once is a
 /// conflict: identical copies are taken as one; different ones are
 /// neither, whatever their order, but a [`Rejected`] of all versions.
-fn merge(files: &BTreeMap<PathBuf, FileState>) -> (BTreeMap<ObjectKey, Resource>, Vec<Conflict>) {
-    let mut defined: BTreeMap<ObjectKey, Vec<(&Path, &Resource)>> = BTreeMap::new();
+fn digest(content: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(content).into()
+}
+
+#[allow(clippy::type_complexity)]
+fn merge(
+    files: &BTreeMap<PathBuf, FileState>,
+) -> (BTreeMap<ObjectKey, Arc<Resource>>, Vec<Conflict>) {
+    let mut defined: BTreeMap<ObjectKey, Vec<(&Path, &Arc<Resource>)>> = BTreeMap::new();
     for (path, file) in files {
         for object in &file.objects {
             defined
@@ -570,24 +592,26 @@ fn merge(files: &BTreeMap<PathBuf, FileState>) -> (BTreeMap<ObjectKey, Resource>
             continue;
         };
         if rest.is_empty() {
-            objects.insert(key, (*first).clone());
+            objects.insert(key, Arc::clone(first));
             continue;
         }
         let identical = rest.iter().all(|(_, o)| o == first);
         let paths: Vec<PathBuf> = definitions.iter().map(|(p, _)| p.to_path_buf()).collect();
         let object = if identical {
-            (*first).clone()
+            Arc::clone(first)
         } else {
             let versions = definitions
                 .iter()
-                .flat_map(|(_, o)| match o {
+                .flat_map(|(_, o)| match o.as_ref() {
                     Resource::Rejected(r) => r.versions.clone(),
                     good => vec![good.to_value()],
                 })
                 .collect();
             let places: Vec<_> = paths.iter().map(|p| p.display().to_string()).collect();
             let reason = format!("defined more than once: {}", places.join(", "));
-            Resource::Rejected(Box::new(Rejected::new(&key, versions, reason)))
+            Arc::new(Resource::Rejected(Box::new(Rejected::new(
+                &key, versions, reason,
+            ))))
         };
         objects.insert(key.clone(), object);
         conflicts.push(Conflict {
@@ -601,15 +625,23 @@ fn merge(files: &BTreeMap<PathBuf, FileState>) -> (BTreeMap<ObjectKey, Resource>
 
 /// The events that turn `old` into `new`: deletions first, as a watcher
 /// would see them when an object is replaced by another.
-fn diff(old: &BTreeMap<ObjectKey, Resource>, new: &BTreeMap<ObjectKey, Resource>) -> Vec<Event> {
+fn diff(
+    old: &BTreeMap<ObjectKey, Arc<Resource>>,
+    new: &BTreeMap<ObjectKey, Arc<Resource>>,
+) -> Vec<Event> {
     let deleted = old
         .keys()
         .filter(|key| !new.contains_key(*key))
         .map(|key| Event::Delete(key.clone()));
     let applied = new
         .iter()
-        .filter(|(key, object)| old.get(*key) != Some(*object))
-        .map(|(_, object)| Event::Apply(object.clone()));
+        // The same allocation is the same object (its file was not
+        // re-read): no deep comparison.
+        .filter(|(key, object)| {
+            !old.get(*key)
+                .is_some_and(|o| Arc::ptr_eq(o, object) || o == *object)
+        })
+        .map(|(_, object)| Event::Apply(Resource::clone(object)));
     deleted.chain(applied).collect()
 }
 
@@ -912,7 +944,7 @@ mod tests {
     }
 
     fn published_object(lab: &Lab, key: &ObjectKey) -> Resource {
-        lab.source.published.as_ref().unwrap()[key].clone()
+        Resource::clone(&lab.source.published.as_ref().unwrap()[key])
     }
 
     #[test]

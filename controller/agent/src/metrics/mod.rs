@@ -147,6 +147,9 @@ pub struct Metrics {
     /// `sluice_datastore_last_event_timestamp_seconds`: when the last
     /// cluster object change arrived.
     pub last_event: Gauge,
+    /// `sluice_datastore_changes_total`: cluster object changes taken in
+    /// (added, changed, removed; a full list counts each object).
+    pub datastore_changes: IntCounter,
     /// `sluice_last_sync_timestamp_seconds`: when the maps last matched the
     /// cluster state the agent knows (checked every 2 s); `time()` minus
     /// it is how stale the datapath may be.
@@ -393,6 +396,13 @@ impl Metrics {
                 "Unix time the last cluster object change reached the agent (0: none yet).",
             ),
         );
+        let datastore_changes = register(
+            &registry,
+            IntCounter::new(
+                "sluice_datastore_changes_total",
+                "Cluster object changes the agent took in: objects added, changed or removed (a full list counts each of its objects).",
+            ),
+        );
         let last_sync = register(
             &registry,
             Gauge::new(
@@ -427,6 +437,7 @@ impl Metrics {
             leftovers_removed,
             identities,
             last_event,
+            datastore_changes,
             last_sync,
         }
     }

@@ -1,7 +1,9 @@
 //! Benchmarks, each next to its baseline measured in the same run
 //! (`cargo xtask bench`).
 
+pub mod agent_probe;
 pub mod bridge_cni;
+pub mod control_plane;
 pub mod frame;
 pub mod machine;
 mod plot;
@@ -11,8 +13,11 @@ pub mod prefilter;
 pub mod report;
 pub mod rr;
 pub mod same_node;
+pub mod scale;
 pub mod services;
 pub mod setups;
+pub mod sim_cluster;
+pub mod solo;
 pub mod stats;
 pub mod test_run;
 pub mod throughput;
