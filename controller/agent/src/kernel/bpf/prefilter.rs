@@ -99,6 +99,7 @@ impl Dataplane {
         // underlay changed), of a device gone or of the other mode go,
         // detaching their links (a device runs one mode at a time).
         let mut kept = None;
+        let mut released = false;
         for entry in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             match pin_mode(&name, ifname) {
@@ -109,7 +110,10 @@ impl Dataplane {
                 {
                     kept = Some(mode)
                 }
-                _ => remove_pin(&entry.path())?,
+                _ => {
+                    released |= pinned_ifindex(&entry.path()).ok() == Some(ifindex);
+                    remove_pin(&entry.path())?
+                }
             }
         }
         if let Some(mode) = kept {
@@ -117,17 +121,30 @@ impl Dataplane {
         }
         let name = programs::PREFILTER;
         let prog = self.xdp()?;
-        let native = (wanted == AttachMode::Native)
-            .then(|| prog.attach_to_if_index(ifindex, XdpMode::Driver));
+        // An unpinned link leaves its device from a kernel work item, a
+        // moment after the unlink; until then the device refuses a link
+        // of the other mode. Only then is a refusal worth waiting out.
+        let patience = if released { 50 } else { 1 };
+        let mut attach = |mode| {
+            let mut tries = 0;
+            loop {
+                match prog.attach_to_if_index(ifindex, mode) {
+                    Err(_) if tries + 1 < patience => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    result => return result,
+                }
+            }
+        };
+        let native = (wanted == AttachMode::Native).then(|| attach(XdpMode::Driver));
         let (id, mode) = match native {
             Some(Ok(id)) => (id, AttachMode::Native),
             generic => {
                 if let Some(Err(native)) = generic {
                     warn!(device = ifname, error = %native, "native XDP refused; the prefilter falls back to generic mode");
                 }
-                let id = prog
-                    .attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map_err(program_error(name))?;
+                let id = attach(XdpMode::Skb).map_err(program_error(name))?;
                 (id, AttachMode::Generic)
             }
         };
