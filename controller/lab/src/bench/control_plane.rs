@@ -290,21 +290,24 @@ fn cni_latency(options: &BenchOptions) -> Result<Vec<Table>, BenchError> {
 
 // -------------------------------------------------------- propagation
 
-/// New TCP connections from a client, started back to back on several
-/// threads (staggered, so a connection attempt starts every few
-/// milliseconds even while they time out), each recorded with when it
-/// started and whether it connected.
+/// New TCP connections from a client on several threads, each recorded
+/// with when it started and whether it connected. Each thread starts its
+/// attempts on a grid of its own (every [`PROBE_TIMEOUT`] +
+/// [`PROBE_PAUSE`], offset by its share of that period), so an attempt
+/// starts every few milliseconds also while they time out: threads that
+/// simply went again after each attempt fell into step when a change made
+/// them all time out at once, and saw an allow only a whole timeout late.
 struct Prober {
     stop: Arc<AtomicBool>,
     records: Arc<Mutex<Vec<(Instant, bool)>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-const PROBERS: usize = 8;
+const PROBERS: usize = 16;
 /// A connection attempt not answered within this counts as refused
 /// (denied SYNs are dropped, not answered).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
-/// Between one thread's attempts, to keep the machine for the agent.
+/// Added to a thread's period, to keep the machine for the agent.
 const PROBE_PAUSE: Duration = Duration::from_millis(5);
 
 impl Prober {
@@ -312,6 +315,7 @@ impl Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let records = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
+        let epoch = Instant::now();
         for i in 0..PROBERS {
             let (stop, records) = (stop.clone(), records.clone());
             let file =
@@ -320,8 +324,16 @@ impl Prober {
                 if nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
                     return;
                 }
-                std::thread::sleep(PROBE_TIMEOUT / PROBERS as u32 * i as u32);
+                let period = PROBE_TIMEOUT + PROBE_PAUSE;
+                let mut next = epoch + period / PROBERS as u32 * i as u32;
                 while !stop.load(Ordering::Relaxed) {
+                    // The next slot of this thread's grid (slots missed
+                    // while an attempt waited are skipped).
+                    let now = Instant::now();
+                    while next < now {
+                        next += period;
+                    }
+                    std::thread::sleep(next - now);
                     let start = Instant::now();
                     let ok = match TcpStream::connect_timeout(&dst, PROBE_TIMEOUT) {
                         Ok(conn) => {
@@ -339,7 +351,6 @@ impl Prober {
                         Err(_) => false,
                     };
                     records.lock().expect("probe records").push((start, ok));
-                    std::thread::sleep(PROBE_PAUSE);
                 }
             }));
         }
@@ -452,8 +463,8 @@ fn propagation(options: &BenchOptions) -> Result<Vec<Table>, BenchError> {
             .row("deny → allow", vec![percentile(&to_allow, p)])
             .note(format!(
                 "2-node lab, tunnel routing; client on node2, server on node1. Probes: new TCP \
-                 connections on {PROBERS} threads, {} ms timeout, each timed from its start \
-                 (one starts at least every ~{} ms while they time out).",
+                 connections on {PROBERS} threads, {} ms timeout, each timed from its start; \
+                 one starts every ~{} ms.",
                 PROBE_TIMEOUT.as_millis(),
                 (PROBE_TIMEOUT + PROBE_PAUSE).as_millis() / PROBERS as u128
             )),
