@@ -3,7 +3,10 @@
 //! host stack delivers to the pod; redirected packets skip this hook).
 use aya_ebpf::programs::TcContext;
 use sluice_common::{
-    config::routing, ipcache::flags, reason::Reason, services::HAIRPIN_SOURCE,
+    config::{routing, ROUTED_MARK},
+    ipcache::flags,
+    reason::Reason,
+    services::HAIRPIN_SOURCE,
 };
 
 use super::by_datagram;
@@ -120,7 +123,13 @@ fn to_other_node(ctx: &TcContext, hdr: &parse::Ipv4Hdr) -> Verdict {
         routing::TUNNEL => {
             forward::encapsulate(ctx, hdr, remote.tunnel_endpoint, config.tunnel_ifindex)
         }
-        routing::NATIVE => forward::route_native(ctx, hdr),
+        routing::NATIVE => {
+            // Not the stack's forwarding: `to_netdev` leaves the flow be.
+            // SAFETY: the context's skb pointer is valid for this program run.
+            let mark = unsafe { (*ctx.skb.skb).mark };
+            ctx.set_mark(mark | ROUTED_MARK);
+            forward::route_native(ctx, hdr)
+        }
         _ => pass(Reason::ToStack),
     }
 }
