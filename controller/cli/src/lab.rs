@@ -151,6 +151,9 @@ enum BenchSuite {
     Services,
     /// Drops/s of a denied CIDR: XDP prefilter vs TC vs iptables raw.
     Prefilter,
+    /// The pod programs' run time per packet under real traffic (kernel
+    /// BPF stats), established and new flows, isolated or not.
+    RuntimeCost,
 }
 
 #[derive(clap::Args, Debug)]
@@ -514,6 +517,9 @@ fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
     }
     if wanted(BenchSuite::Prefilter) {
         add(bench::prefilter::section(&options)?);
+    }
+    if wanted(BenchSuite::RuntimeCost) {
+        add(bench::runtime_cost::section(&options)?);
     }
     let written = report
         .write(&args.out)

@@ -7,6 +7,7 @@ mod plot;
 pub mod policy_cost;
 pub mod prefilter;
 pub mod report;
+pub mod runtime_cost;
 pub mod services;
 pub mod stats;
 pub mod test_run;

@@ -44,7 +44,7 @@ use crate::{
 const CPU: usize = 0;
 /// The bench's own server's port (the lab's pod servers poll for new
 /// connections, which a connection-rate benchmark would measure).
-const PORT: u16 = 8080;
+pub(super) const PORT: u16 = 8080;
 /// Bytes per request and per answer.
 pub const MESSAGE: usize = 32;
 /// How long a newly applied Service may take to answer.
@@ -126,14 +126,14 @@ struct BenchLab {
 /// An echo server in the server pod that serves one connection at a time
 /// (the client makes one at a time) on a thread pinned to [`CPU`], with
 /// blocking accepts.
-struct EchoServer {
+pub(super) struct EchoServer {
     stop: Arc<AtomicBool>,
     ns: Netns,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EchoServer {
-    fn start(ns: Netns) -> Result<Self, BenchError> {
+    pub(super) fn start(ns: Netns) -> Result<Self, BenchError> {
         let listener = ns
             .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))
             .and_then(|bound| bound)
@@ -322,13 +322,18 @@ pub fn run(options: &BenchOptions, counts: &[usize]) -> Result<Vec<Rates>, Bench
 }
 
 #[derive(Clone, Copy)]
-enum Mode {
+pub(super) enum Mode {
     Rr,
     Crr,
 }
 
 /// Transactions per second from a thread in `client`, pinned to [`CPU`].
-fn rate(client: &Netns, dst: SocketAddr, period: Duration, mode: Mode) -> Result<f64, BenchError> {
+pub(super) fn rate(
+    client: &Netns,
+    dst: SocketAddr,
+    period: Duration,
+    mode: Mode,
+) -> Result<f64, BenchError> {
     let result = client
         .run(move || -> std::io::Result<f64> {
             pin(Pid::from_raw(0))?;
