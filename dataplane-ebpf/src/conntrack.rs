@@ -100,12 +100,13 @@ pub fn lookup(flow: &FlowKey, now: u64) -> Option<Entry> {
 
 /// Whether a local pod's flows must go through conntrack though no policy
 /// isolates it: a flow of it needs its entry, until the time kept in its
-/// slot. A missing slot (cannot happen: an array) counts as needing it.
+/// slot (zero, never: no clock read). A missing slot (cannot happen: an
+/// array) counts as needing it.
 #[inline(always)]
-pub fn stateful(endpoint: u32, now: u64) -> bool {
+pub fn stateful(endpoint: u32) -> bool {
     STATEFUL_ENDPOINTS
         .get(stateful_slot(endpoint))
-        .is_none_or(|until| *until > now)
+        .is_none_or(|until| *until != 0 && *until > now())
 }
 
 /// Keeps a local pod's flows in conntrack until `until` at least.

@@ -134,10 +134,10 @@ fn keep_stateful(src: Option<&EndpointInfo>, dst: Option<&EndpointInfo>, until: 
 /// flows needs its entry to be forwarded right. A pod that is not local
 /// (`None`) is decided where it is.
 #[inline(always)]
-fn untracked(endpoint: Option<&EndpointInfo>, now: u64) -> bool {
+fn untracked(endpoint: Option<&EndpointInfo>) -> bool {
     match endpoint {
         None => true,
-        Some(e) => BpfPolicy.isolation(e.id).is_none() && !conntrack::stateful(e.id, now),
+        Some(e) => BpfPolicy.isolation(e.id).is_none() && !conntrack::stateful(e.id),
     }
 }
 
@@ -240,8 +240,7 @@ pub fn enforce(
     arrival: Arrival,
     translated: bool,
 ) -> Result<Passed, Reason> {
-    let now = conntrack::now();
-    if arrival == Arrival::Direct && !translated && untracked(src, now) && untracked(dst, now) {
+    if arrival == Arrival::Direct && !translated && untracked(src) && untracked(dst) {
         return Ok(PASSED);
     }
     tracked(pkt, src, dst, arrival, translated)
