@@ -52,7 +52,8 @@ impl CtKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    /// bpf_ktime_get_ns() after which the entry is void.
+    /// `bpf_ktime_get_coarse_ns()` after which the entry is void (the same
+    /// clock as `bpf_ktime_get_ns()`, at a tick's resolution).
     pub expires: u64,
     /// Policy revision the flow was last checked at.
     pub revision: u32,
