@@ -21,6 +21,16 @@ pub const TUNNEL_VNI: u32 = 0;
 /// packets to it from addresses that are not nodes.
 pub const VXLAN_PORT: u16 = 4789;
 
+/// The packet mark (`skb->mark` bit) `from_container` sets on a pod's
+/// packet it routes to another node itself in native routing
+/// (`bpf_redirect_neigh`), and `to_netdev` clears: such a packet was not
+/// forwarded (nor translated) by the host stack, so it is not noted as a
+/// stack-forwarded flow, which would send its replies through the stack.
+/// (In tunnel mode the tunnel key tells the same.) Beside
+/// [`crate::services::MASQUERADE_MARK`] (0x200); kube-proxy's are 0x4000
+/// and 0x8000.
+pub const ROUTED_MARK: u32 = 0x0400;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DataplaneConfig {

@@ -63,6 +63,11 @@ map_table! { $
     CIDR_IDENTITY = "SLUICE_CIDR_IDENTITY", 16384;
     /// Tracked flows (LRU hash).
     CONNTRACK = "SLUICE_CONNTRACK", 262144;
+    /// Per local pod (by endpoint id, modulo the capacity): until when its
+    /// flows go through conntrack because one of them needs its entry to
+    /// be forwarded right (array of coarse-clock ns, written by the
+    /// dataplane only).
+    STATEFUL_ENDPOINTS = "SLUICE_STATEFUL_ENDPOINTS", 65536;
     /// Service frontends (hash).
     SERVICES = "SLUICE_SERVICES", 65536;
     /// Their backends, by (service, slot) (hash).

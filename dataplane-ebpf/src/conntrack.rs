@@ -1,12 +1,14 @@
-//! Connection tracking: one entry per flow, keyed by the tuple of its first
-//! packet, so later packets and replies (the reversed tuple) find it.
-//! Entries carry the policy revision they were checked at and, when the
-//! policy of that revision refuses the flow, which direction refused it (a
-//! tombstone). What to do with an entry is policy's business
-//! (`policy::enforce`); this module keeps the entries.
-use aya_ebpf::bindings::BPF_NOEXIST;
+//! Connection tracking: one entry per flow, keyed by its tuple in a
+//! direction-independent order, so a packet and its reply find it in one
+//! lookup. Entries carry the policy revision they were checked at and,
+//! when the policy of that revision refuses the flow, which direction
+//! refused it (a tombstone). What to do with an entry is policy's business
+//! (`policy::enforce`), and so is which flows get one; this module keeps
+//! the entries, and per local pod until when its flows need them
+//! (`STATEFUL_ENDPOINTS`).
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use sluice_common::{
-    conntrack::{ct_flags, timeout, CtEntry, CtKey},
+    conntrack::{ct_flags, stateful_slot, timeout, CtEntry, CtKey},
     counters::inserts,
     direction::Direction,
     identity,
@@ -14,7 +16,7 @@ use sluice_common::{
 
 use crate::{
     lookup::peer_identity,
-    maps::CONNTRACK,
+    maps::{CONNTRACK, STATEFUL_ENDPOINTS},
     metrics,
     parse::{
         Ipv4Packet, Quoted, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
@@ -59,16 +61,67 @@ pub fn packet_key(pkt: &Ipv4Packet) -> CtKey {
     )
 }
 
+/// Conntrack's clock: the coarse monotonic clock (a tick's resolution is
+/// plenty for lifetimes of seconds, and reading it costs a load, not a
+/// clock source read).
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a helper without arguments or side effects.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// A tracked flow: a pointer into the map, valid for this program run.
 #[derive(Clone, Copy)]
 pub struct Entry(*mut CtEntry);
 
-/// The unexpired entry of `key`.
+/// A packet's flow as conntrack keys it: the normalized key, and whether
+/// the packet runs from the key's `daddr` end (see [`CtKey::normalized`]).
+#[derive(Clone, Copy)]
+pub struct FlowKey {
+    pub key: CtKey,
+    pub reversed: bool,
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub fn of(tuple: &CtKey) -> Self {
+        let (key, reversed) = tuple.normalized();
+        Self { key, reversed }
+    }
+}
+
+/// The unexpired entry of a flow, whichever way `flow`'s packet runs.
 #[inline(always)]
-pub fn lookup(key: &CtKey, now: u64) -> Option<Entry> {
-    let entry = CONNTRACK.get_ptr_mut(key)?;
+pub fn lookup(flow: &FlowKey, now: u64) -> Option<Entry> {
+    let entry = CONNTRACK.get_ptr_mut(&flow.key)?;
     // SAFETY: a map value pointer, valid for this program run.
     (unsafe { (*entry).expires } > now).then_some(Entry(entry))
+}
+
+/// Whether a local pod's flows must go through conntrack though no policy
+/// isolates it: a flow of it needs its entry, until the time kept in its
+/// slot (zero, never: no clock read). A missing slot (cannot happen: an
+/// array) counts as needing it.
+#[inline(always)]
+pub fn stateful(endpoint: u32) -> bool {
+    STATEFUL_ENDPOINTS
+        .get(stateful_slot(endpoint))
+        .is_none_or(|until| *until != 0 && *until > now())
+}
+
+/// Keeps a local pod's flows in conntrack until `until` at least.
+#[inline(always)]
+pub fn keep_stateful(endpoint: u32, until: u64) {
+    if let Some(slot) = STATEFUL_ENDPOINTS.get_ptr_mut(stateful_slot(endpoint)) {
+        // SAFETY: an array slot, valid for this program run; a lost update
+        // between CPUs is redone by the flow's next refresh (a second
+        // later at most), well before the older time runs out.
+        unsafe {
+            if *slot < until {
+                *slot = until;
+            }
+        }
+    }
 }
 
 /// What the entry's last check said, if it was at `revision`: `Ok` for an
@@ -97,7 +150,13 @@ impl Entry {
     /// entry alive as a tombstone: renewed by the flow's own attempts, so
     /// a retransmission long after the change still finds it.
     #[inline(always)]
-    pub fn set_checked(&self, pkt: &Ipv4Packet, verdict: Result<(), Direction>, revision: u32, now: u64) {
+    pub fn set_checked(
+        &self,
+        pkt: &Ipv4Packet,
+        verdict: Result<(), Direction>,
+        revision: u32,
+        now: u64,
+    ) {
         let denied = match verdict {
             Ok(()) => 0,
             Err(Direction::Egress) => ct_flags::DENIED_EGRESS,
@@ -115,19 +174,51 @@ impl Entry {
         }
     }
 
-    /// A packet of an allowed flow passed: renew the entry's lifetime.
+    /// A packet of an allowed flow passed: renew the entry's lifetime, if
+    /// it moves by more than [`timeout::REFRESH`] or the flags or revision
+    /// change (so a busy flow writes its entry once a second, not once a
+    /// packet). `Some(expires)`: the entry was written.
     #[inline(always)]
-    pub fn refresh(&self, pkt: &Ipv4Packet, revision: u32, now: u64) {
+    pub fn refresh(&self, pkt: &Ipv4Packet, revision: u32, now: u64) -> Option<u64> {
         // SAFETY: as in `set_checked`.
         unsafe {
-            let mut flags = (*self.0).flags;
+            let old = (*self.0).flags;
+            let mut flags = old;
             if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 flags |= ct_flags::CLOSING;
             }
+            let expires = now + lifetime(pkt, flags);
+            if flags == old
+                && (*self.0).revision == revision
+                && expires <= (*self.0).expires + timeout::REFRESH
+            {
+                return None;
+            }
             (*self.0).flags = flags;
             (*self.0).revision = revision;
-            (*self.0).expires = now + lifetime(pkt, flags);
+            (*self.0).expires = expires;
+            Some(expires)
         }
+    }
+
+    /// Whether `flow`'s packet runs the way the flow's first packet did
+    /// (else it is a reply).
+    #[inline(always)]
+    pub fn forward(&self, flow: &FlowKey) -> bool {
+        self.has(ct_flags::REVERSED) == flow.reversed
+    }
+
+    /// Which end opened the flow is a guess, and policy must allow it both
+    /// ways.
+    #[inline(always)]
+    pub fn adopted(&self) -> bool {
+        self.has(ct_flags::ADOPTED)
+    }
+
+    /// Its local pods need the entry (see [`ct_flags::STEERS`]).
+    #[inline(always)]
+    pub fn steers(&self) -> bool {
+        self.has(ct_flags::STEERS)
     }
 
     /// Allowed by the policy of `revision`, not a tombstone.
@@ -148,7 +239,8 @@ impl Entry {
         self.has(ct_flags::SERVICE)
     }
 
-    /// Whether `pkt` opens a new TCP connection on this entry's tuple (a
+    /// Whether `pkt` (running the way the flow's first packet did) opens a
+    /// new TCP connection on this entry's tuple (a
     /// client reusing its port) rather than belonging to the entry's: a
     /// bare SYN after the old connection closed, or one that reaches the
     /// tuple another way than the old one did (`flags`, what a new flow
@@ -174,23 +266,34 @@ impl Entry {
     }
 }
 
-/// Tracks a new flow that passed policy (`flags`: [`ct_flags::VIA_STACK`]
-/// or nothing). A full table evicts the least recently used flow (LRU
+/// Tracks a new flow that passed policy, `flow` keyed from its first
+/// packet (`flags`: how it was reached, [`ct_flags`]); returns when the
+/// entry expires. A full table evicts the least recently used flow (LRU
 /// map); the packet is allowed either way. New keys are counted, so the
 /// agent can tell evictions from what the table still holds; a key held
 /// already (an expired or revoked flow's) is overwritten uncounted.
 #[inline(always)]
-pub fn track(key: &CtKey, pkt: &Ipv4Packet, flags: u32, revision: u32, now: u64) {
+pub fn track(flow: &FlowKey, pkt: &Ipv4Packet, flags: u32, revision: u32, now: u64) -> u64 {
+    let flags = if flow.reversed {
+        flags | ct_flags::REVERSED
+    } else {
+        flags
+    };
+    let expires = now + lifetime(pkt, flags);
     let entry = CtEntry {
-        expires: now + lifetime(pkt, flags),
+        expires,
         revision,
         flags,
     };
-    if CONNTRACK.insert(key, &entry, BPF_NOEXIST as u64).is_ok() {
+    if CONNTRACK
+        .insert(&flow.key, &entry, BPF_NOEXIST as u64)
+        .is_ok()
+    {
         metrics::count_insert(inserts::CONNTRACK);
     } else {
-        let _ = CONNTRACK.insert(key, &entry, 0);
+        let _ = CONNTRACK.insert(&flow.key, &entry, 0);
     }
+    expires
 }
 
 /// How long a flow lives without packets, from its last packet (and the
@@ -248,19 +351,19 @@ pub fn related(
     } else {
         (quoted.l4[0], quoted.l4[1])
     };
-    let key = key(quoted.saddr, quoted.daddr, quoted.protocol, sport, dport);
-    let live = |key: &CtKey| lookup(key, now).filter(|e| e.live(revision));
-    if let Some(entry) = live(&key) {
-        return Some(Related {
-            via_stack: entry.via_stack(),
-            // About the flow's own direction: for a translated one, the
-            // quote names the backend the client never addressed.
-            service: entry.service(),
-        });
-    }
-    live(&key.reversed()).map(|entry| Related {
+    let flow = FlowKey::of(&key(
+        quoted.saddr,
+        quoted.daddr,
+        quoted.protocol,
+        sport,
+        dport,
+    ));
+    let entry = lookup(&flow, now).filter(|e| e.live(revision))?;
+    Some(Related {
         via_stack: entry.via_stack(),
-        service: false,
+        // About the flow's own direction: for a translated one, the quote
+        // names the backend the client never addressed.
+        service: entry.service() && entry.forward(&flow),
     })
 }
 

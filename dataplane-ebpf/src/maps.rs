@@ -32,6 +32,7 @@ bpf_map!(POLICY_RANGES: LpmTrie<PolicyKey, PolicyEntry>);
 bpf_map!(ISOLATION: HashMap<u32, Isolation>);
 bpf_map!(CIDR_IDENTITY: LpmTrie<Ipv4Prefix, u32>);
 bpf_map!(CONNTRACK: LruHashMap<CtKey, CtEntry>);
+bpf_map!(STATEFUL_ENDPOINTS: Array<u64>);
 bpf_map!(SERVICES: HashMap<ServiceKey, ServiceInfo>);
 bpf_map!(SERVICE_BACKENDS: HashMap<BackendSlot, Backend>);
 bpf_map!(SERVICE_FLOWS: LruHashMap<CtKey, ServiceFlow>);

@@ -1,24 +1,26 @@
-//! NetworkPolicy enforcement with connection tracking. A new flow is
-//! decided by the shared decision (`sluice_common::policy::decide_flow`:
-//! egress of a local source, ingress of a local destination); later
-//! packets and replies pass through conntrack, checked again once whenever
-//! the policy revision moved. A refused flow becomes a tombstone for that
-//! revision, so neither end can revive it as a new flow of its own.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+//! NetworkPolicy enforcement with connection tracking. Packets between
+//! pods no policy isolates pass without conntrack (see [`enforce`]). A new
+//! flow of an isolated pod is decided by the shared decision
+//! (`sluice_common::policy::decide_flow`: egress of a local source,
+//! ingress of a local destination); later packets and replies pass through
+//! conntrack, checked again once whenever the policy revision moved. A
+//! refused flow becomes a tombstone for that revision, so neither end can
+//! revive it as a new flow of its own.
 use sluice_common::{
     conntrack::{ct_flags, CtKey},
     counters::verdict::Verdict,
     direction::Direction,
     endpoint::EndpointInfo,
-    policy::{decide_flow, Decision},
+    ipcache::flags as ipcache_flags,
+    policy::{decide_flow, Decision, PolicyLookup},
     reason::Reason,
 };
 
 use crate::{
-    conntrack::{self, Checked, Entry},
+    conntrack::{self, Checked, Entry, FlowKey},
     lookup::{self, BpfPolicy},
     metrics::count_verdict,
-    parse::{Frag, Ipv4Packet},
+    parse::{Frag, Ipv4Packet, IPPROTO_TCP, TCP_ACK, TCP_SYN},
 };
 
 /// Policy for a flow's first packet (or a re-check), `flow` being its
@@ -26,7 +28,11 @@ use crate::{
 /// Verdicts are counted where a policy decided: a denial for the direction
 /// that denied, allowances only when the flow passes as a whole.
 #[inline(always)]
-fn check(flow: &CtKey, src: Option<&EndpointInfo>, dst: Option<&EndpointInfo>) -> Result<(), Direction> {
+fn check(
+    flow: &CtKey,
+    src: Option<&EndpointInfo>,
+    dst: Option<&EndpointInfo>,
+) -> Result<(), Direction> {
     let decision = decide_flow(
         &BpfPolicy,
         src.map(|e| e.id),
@@ -53,9 +59,10 @@ fn check(flow: &CtKey, src: Option<&EndpointInfo>, dst: Option<&EndpointInfo>) -
 
 /// A tracked flow against the current policy (`flow`: its first packet's
 /// tuple, `src`/`dst` the local endpoints at its ends): checked again once
-/// per policy revision; a tombstone of this revision refuses every packet,
-/// from either end, with the direction that refused it. Inlined: BPF calls
-/// take at most five arguments.
+/// per policy revision (both ways for an adopted flow, whose opener is a
+/// guess); a tombstone of this revision refuses every packet, from either
+/// end, with the direction that refused it. Inlined: BPF calls take at
+/// most five arguments.
 #[inline(always)]
 fn revalidate(
     entry: Entry,
@@ -68,20 +75,116 @@ fn revalidate(
 ) -> Result<(), Direction> {
     let verdict = match entry.checked(revision) {
         Checked::AtRevision(Ok(())) => {
-            entry.refresh(pkt, revision, now);
+            renew(entry, pkt, src, dst, now, revision);
             return Ok(());
         }
         Checked::AtRevision(Err(direction)) => {
             count_verdict(Verdict::Denied, direction);
             Err(direction)
         }
+        Checked::Outdated if entry.adopted() => both_ways(flow, src, dst),
         Checked::Outdated => check(flow, src, dst),
     };
     entry.set_checked(pkt, verdict, revision, now);
     if verdict.is_ok() {
-        entry.refresh(pkt, revision, now);
+        renew(entry, pkt, src, dst, now, revision);
     }
     verdict
+}
+
+/// A flow whose opener is not known: policy must allow it both ways.
+#[inline(always)]
+fn both_ways(
+    flow: &CtKey,
+    src: Option<&EndpointInfo>,
+    dst: Option<&EndpointInfo>,
+) -> Result<(), Direction> {
+    check(flow, src, dst)?;
+    check(&flow.reversed(), dst, src)
+}
+
+/// Renews an allowed flow's entry (coarsely, see `Entry::refresh`); a flow
+/// whose local pods need its entry keeps them in conntrack as long.
+#[inline(always)]
+fn renew(
+    entry: Entry,
+    pkt: &Ipv4Packet,
+    src: Option<&EndpointInfo>,
+    dst: Option<&EndpointInfo>,
+    now: u64,
+    revision: u32,
+) {
+    if let Some(expires) = entry.refresh(pkt, revision, now) {
+        if entry.steers() {
+            keep_stateful(src, dst, expires);
+        }
+    }
+}
+
+/// Keeps the local pods at a flow's ends in conntrack until `until`.
+#[inline(always)]
+fn keep_stateful(src: Option<&EndpointInfo>, dst: Option<&EndpointInfo>, until: u64) {
+    for endpoint in [src, dst].into_iter().flatten() {
+        conntrack::keep_stateful(endpoint.id, until);
+    }
+}
+
+/// Whether a local pod's packets may skip conntrack: no policy isolates it
+/// (it has no isolation entry at all: if in doubt, track) and none of its
+/// flows needs its entry to be forwarded right. A pod that is not local
+/// (`None`) is decided where it is.
+#[inline(always)]
+fn untracked(endpoint: Option<&EndpointInfo>) -> bool {
+    match endpoint {
+        None => true,
+        Some(e) => BpfPolicy.isolation(e.id).is_none() && !conntrack::stateful(e.id),
+    }
+}
+
+/// Which end opened a flow conntrack does not know.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Opener {
+    /// The packet's sender: the flow starts with this packet.
+    Sender,
+    /// The packet's receiver: the packet answers a connection under way.
+    Receiver,
+    /// A connection under way, opened by either end.
+    Unknown,
+}
+
+/// The first port of Linux's default ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768-60999): clients' ports.
+const EPHEMERAL_FIRST: u16 = 32768;
+const EPHEMERAL_LAST: u16 = 60999;
+
+/// Who opened the flow of a packet conntrack does not know. Anything but
+/// TCP, and a bare SYN, starts a flow of its own (as with every flow
+/// before pods were tracked only when isolated). A TCP segment without an
+/// entry belongs to a connection already under way, which was not tracked
+/// while no policy isolated its pods (or whose entry was evicted): its
+/// opener is the end with a client's port, when exactly one end has one
+/// (a server listens below the ephemeral range), else unknown.
+#[inline(always)]
+fn opener(pkt: &Ipv4Packet) -> Opener {
+    if pkt.hdr.protocol != IPPROTO_TCP || pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        return Opener::Sender;
+    }
+    let ephemeral = |port: u16| (EPHEMERAL_FIRST..=EPHEMERAL_LAST).contains(&port);
+    match (ephemeral(pkt.sport), ephemeral(pkt.dport)) {
+        (true, false) => Opener::Sender,
+        (false, true) => Opener::Receiver,
+        _ => Opener::Unknown,
+    }
+}
+
+/// A source address whose replies the programs forward straight to it (a
+/// pod here or on another node, or another node's gateway, which is
+/// routed as part of its pod range): a flow from it that the stack handed
+/// in must have its entry found by every reply.
+#[inline(always)]
+fn forwarded_directly(addr: [u8; 4]) -> bool {
+    lookup::local_endpoint(addr).is_some()
+        || lookup::ipcache(addr).is_some_and(|e| e.flags & ipcache_flags::REMOTE_POD_CIDR != 0)
 }
 
 /// How a packet reached the program deciding it.
@@ -109,13 +212,27 @@ pub struct Passed {
     pub service_error: bool,
 }
 
+const PASSED: Passed = Passed {
+    via_stack: false,
+    service_reply: false,
+    service_error: false,
+};
+
 /// Decides a packet between `src` and `dst` (each given when it is a pod
 /// on this node): `Err(reason)` to drop. A later fragment is decided by
 /// its first fragment's ports; without them the caller has dropped it
-/// (`fragment::decidable`).
+/// (`fragment::decidable`). `translated`: the packet is a client's,
+/// translated to a Service backend (a new flow is tracked as such).
+///
+/// Conntrack is for flows where it decides something: between pods no
+/// policy isolates, straight from one to the other, a packet passes
+/// without it (no policy would refuse it, no reply needs an entry to
+/// pass); so a flow is tracked from its first packet whenever one of its
+/// local pods is isolated in either direction (the other node tracks it
+/// for its own pod). Translated flows and those the stack handed in are
+/// always tracked, and a pod with such a flow whose replies need the
+/// entry stays tracked while it lives (`STATEFUL_ENDPOINTS`).
 #[inline(always)]
-/// `translated`: the packet is a client's, translated to a Service backend
-/// (a new flow is tracked as such).
 pub fn enforce(
     pkt: &Ipv4Packet,
     src: Option<&EndpointInfo>,
@@ -123,8 +240,24 @@ pub fn enforce(
     arrival: Arrival,
     translated: bool,
 ) -> Result<Passed, Reason> {
-    // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    if arrival == Arrival::Direct && !translated && untracked(src) && untracked(dst) {
+        return Ok(PASSED);
+    }
+    tracked(pkt, src, dst, arrival, translated)
+}
+
+/// [`enforce`] through conntrack. A function of its own (not inlined): its
+/// locals would otherwise push the caller's stack frame, beside the
+/// Service translation's, past what the verifier allows.
+#[inline(never)]
+fn tracked(
+    pkt: &Ipv4Packet,
+    src: Option<&EndpointInfo>,
+    dst: Option<&EndpointInfo>,
+    arrival: Arrival,
+    translated: bool,
+) -> Result<Passed, Reason> {
+    let now = conntrack::now();
     let revision = lookup::policy_revision();
     if let Some(quoted) = pkt.quoted() {
         if let Some(related) = conntrack::related(quoted, pkt, src.is_some(), now, revision) {
@@ -136,28 +269,20 @@ pub fn enforce(
         }
     }
     let via_stack = arrival == Arrival::FromStack;
-    let mut new_flags = if via_stack { ct_flags::VIA_STACK } else { 0 };
-    if translated {
-        new_flags |= ct_flags::SERVICE;
+    let mut new_flags = 0;
+    if via_stack {
+        new_flags |= ct_flags::VIA_STACK;
+        if forwarded_directly(pkt.hdr.saddr) {
+            new_flags |= ct_flags::STEERS;
+        }
     }
-    let key = conntrack::packet_key(pkt);
-    let forward = conntrack::lookup(&key, now);
-    let superseded = forward.is_some_and(|entry| entry.superseded_by(pkt, new_flags));
-    let (verdict, passed) = if let Some(entry) = forward.filter(|_| !superseded) {
-        let passed = Passed {
-            via_stack: entry.via_stack(),
-            service_reply: false,
-            service_error: false,
-        };
-        (revalidate(entry, pkt, &key, src, dst, now, revision), passed)
-    } else {
-        let reverse = key.reversed();
-        let reply = if superseded {
-            None
-        } else {
-            conntrack::lookup(&reverse, now)
-        };
-        if let Some(entry) = reply {
+    if translated {
+        new_flags |= ct_flags::SERVICE | ct_flags::STEERS;
+    }
+    let tuple = conntrack::packet_key(pkt);
+    let flow = FlowKey::of(&tuple);
+    let (verdict, passed) = match conntrack::lookup(&flow, now) {
+        Some(entry) if !entry.forward(&flow) => {
             // A reply: what counts is whether the original direction is
             // still allowed.
             let passed = Passed {
@@ -165,14 +290,50 @@ pub fn enforce(
                 service_reply: entry.service(),
                 service_error: false,
             };
+            let reverse = tuple.reversed();
             (
                 revalidate(entry, pkt, &reverse, dst, src, now, revision),
                 passed,
             )
-        } else {
-            let verdict = check(&key, src, dst);
+        }
+        Some(entry) if !entry.superseded_by(pkt, new_flags) => {
+            let passed = Passed {
+                via_stack: entry.via_stack(),
+                service_reply: false,
+                service_error: false,
+            };
+            (
+                revalidate(entry, pkt, &tuple, src, dst, now, revision),
+                passed,
+            )
+        }
+        _ => {
+            // Only a pod's own flows can be under way untracked; what was
+            // translated or came through the stack starts here.
+            let opener = if arrival == Arrival::Direct && !translated {
+                opener(pkt)
+            } else {
+                Opener::Sender
+            };
+            let (verdict, first) = match opener {
+                Opener::Sender => (check(&tuple, src, dst), flow),
+                Opener::Receiver => (
+                    check(&tuple.reversed(), dst, src),
+                    FlowKey {
+                        key: flow.key,
+                        reversed: !flow.reversed,
+                    },
+                ),
+                Opener::Unknown => {
+                    new_flags |= ct_flags::ADOPTED;
+                    (both_ways(&tuple, src, dst), flow)
+                }
+            };
             if verdict.is_ok() {
-                conntrack::track(&key, pkt, new_flags, revision, now);
+                let expires = conntrack::track(&first, pkt, new_flags, revision, now);
+                if new_flags & ct_flags::STEERS != 0 {
+                    keep_stateful(src, dst, expires);
+                }
             }
             let passed = Passed {
                 via_stack,
@@ -189,20 +350,22 @@ pub fn enforce(
 /// translating it, typically: kube-proxy's DNAT of a Service address to a
 /// backend elsewhere). The flow as translated is new to conntrack: track
 /// it as having come through the stack, so its replies, arriving from the
-/// other node, go back through the stack to be translated back. Flows
-/// conntrack knows (pods' own, forwarded directly) are left as they are;
-/// their own enforcement points keep them.
+/// other node, go back through the stack to be translated back, and keep
+/// the pod (`src`) tracked while it lives, so those replies find it. Flows
+/// conntrack knows are left as they are; the pods' own packets that
+/// `from_container` routed itself never get here (the callers skip them:
+/// the tunnel key, [`sluice_common::config::ROUTED_MARK`]).
 #[inline(always)]
-pub fn note_stack_forwarded(pkt: &Ipv4Packet) {
+pub fn note_stack_forwarded(pkt: &Ipv4Packet, src: &EndpointInfo) {
     if pkt.frag == Frag::Untracked {
         return;
     }
-    // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let key = conntrack::packet_key(pkt);
-    if conntrack::lookup(&key, now).is_some() || conntrack::lookup(&key.reversed(), now).is_some()
-    {
+    let now = conntrack::now();
+    let flow = FlowKey::of(&conntrack::packet_key(pkt));
+    if conntrack::lookup(&flow, now).is_some() {
         return;
     }
-    conntrack::track(&key, pkt, ct_flags::VIA_STACK, lookup::policy_revision(), now);
+    let flags = ct_flags::VIA_STACK | ct_flags::STEERS;
+    let expires = conntrack::track(&flow, pkt, flags, lookup::policy_revision(), now);
+    conntrack::keep_stateful(src.id, expires);
 }

@@ -15,8 +15,8 @@ use sluice_agent::{
     services::{self, ServiceIds},
 };
 use sluice_common::{
-    config::{routing, DataplaneConfig},
-    conntrack::{CtEntry, CtKey},
+    config::{routing, DataplaneConfig, ROUTED_MARK},
+    conntrack::{ct_flags, CtEntry, CtKey},
     counters::verdict::Verdict,
     direction::Direction,
     endpoint::EndpointInfo,
@@ -176,6 +176,20 @@ impl Unit {
         self.run_on(programs::FROM_CONTAINER, pkt, a, a).0
     }
 
+    /// `from_container` on pod B's veth: a packet pod B sent.
+    fn sent_by_b(&mut self, pkt: &[u8]) -> u32 {
+        let b = self.b_if;
+        self.run_on(programs::FROM_CONTAINER, pkt, b, b).0
+    }
+
+    /// Entries conntrack added so far.
+    fn ct_inserts(&mut self) -> u64 {
+        self.bpf
+            .dataplane()
+            .inserted(sluice_common::counters::inserts::CONNTRACK)
+            .expect("insert count")
+    }
+
     fn counter(&self, reason: Reason) -> u64 {
         let rows = counters::read(self.bpf.pin_dir()).expect("counters");
         counters::packets(&rows, reason)
@@ -231,19 +245,32 @@ impl Unit {
         self.apply();
     }
 
-    /// A conntrack entry for `key`, live and checked at revision 0, as a
-    /// flow that passed before any policy change.
-    fn track(&mut self, key: CtKey) {
+    /// The conntrack map as the dataplane keeps it.
+    fn conntrack(&self) -> HashMap<MapData, CtKey, CtEntry> {
         let path = self.bpf.pin_dir().join(maps::CONNTRACK.name);
         let data = MapData::from_pin(&path).expect("conntrack map");
-        let mut ct: HashMap<_, CtKey, CtEntry> =
-            HashMap::try_from(Map::LruHashMap(data)).expect("conntrack map type");
+        HashMap::try_from(Map::LruHashMap(data)).expect("conntrack map type")
+    }
+
+    /// The conntrack entry of the flow whose first packet had tuple `key`
+    /// (looked up either way round, as the dataplane does), if any.
+    fn tracked(&self, key: CtKey) -> Option<CtEntry> {
+        self.conntrack().get(&key.normalized().0, 0).ok()
+    }
+
+    /// A conntrack entry for the flow whose first packet had tuple `key`,
+    /// live and checked at revision 0, as a flow that passed before any
+    /// policy change.
+    fn track(&mut self, key: CtKey) {
+        let (normalized, reversed) = key.normalized();
         let entry = CtEntry {
             expires: u64::MAX,
             revision: 0,
-            flags: 0,
+            flags: if reversed { ct_flags::REVERSED } else { 0 },
         };
-        ct.insert(key, entry, 0).expect("conntrack insert");
+        self.conntrack()
+            .insert(normalized, entry, 0)
+            .expect("conntrack insert");
     }
 
     fn set_routing(&mut self, mode: u32) {
@@ -674,6 +701,161 @@ fn revoked_flows_stay_revoked_from_both_ends() {
     unit.open_everything();
     unit.bpf.bump_revision().expect("revision");
     assert_eq!(unit.sent_by_a(&syn_ack), TC_ACT_REDIRECT, "allowed again");
+}
+
+fn skb(ifindex: u32, ingress_ifindex: u32) -> SkbContext {
+    SkbContext {
+        ifindex,
+        ingress_ifindex,
+    }
+}
+
+fn tcp_key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> CtKey {
+    CtKey {
+        protocol: 6,
+        ..udp_key(src, dst, sport, dport)
+    }
+}
+
+/// Between pods no policy isolates, nothing is tracked: a connection's
+/// segments both ways, and UDP, are forwarded without a conntrack entry.
+#[test]
+fn flows_between_pods_no_policy_isolates_are_not_tracked() {
+    require_root!();
+    let mut unit = Unit::new();
+    let syn = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40000, 80));
+    let syn_ack = ipv4(POD_B, POD_A, 6, 64, 0, &tcp(80, 40000, 0x12));
+    let ack = ipv4(POD_A, POD_B, 6, 64, 0, &tcp(40000, 80, 0x10));
+    assert_eq!(unit.sent_by_a(&syn), TC_ACT_REDIRECT);
+    assert_eq!(unit.sent_by_b(&syn_ack), TC_ACT_REDIRECT);
+    assert_eq!(unit.sent_by_a(&ack), TC_ACT_REDIRECT);
+    let dns = ipv4(POD_A, POD_B, 17, 64, 0, &udp(40001, 53));
+    assert_eq!(unit.sent_by_a(&dns), TC_ACT_REDIRECT);
+    assert_eq!(unit.tracked(tcp_key(POD_A, POD_B, 40000, 80)), None);
+    assert_eq!(unit.tracked(udp_key(POD_A, POD_B, 40001, 53)), None);
+    assert_eq!(unit.ct_inserts(), 0);
+    assert_eq!(unit.counter(Reason::ForwardLocal), 4);
+
+    // A policy of a third pod changes nothing for them.
+    unit.isolate(7, Direction::Ingress);
+    assert_eq!(unit.sent_by_a(&ack), TC_ACT_REDIRECT);
+    assert_eq!(unit.ct_inserts(), 0);
+}
+
+/// A flow touching an isolated pod is tracked from its first packet, in
+/// whichever direction the pod is isolated, and its replies pass as
+/// replies (not as new flows the isolated pod's policy would refuse). The
+/// entry is rewritten only when its lifetime moves by more than a second.
+#[test]
+fn flows_of_isolated_pods_are_tracked_and_their_replies_pass() {
+    require_root!();
+    let mut unit = Unit::new();
+    // B accepts TCP 80 only; A's connection to it and B's answer.
+    unit.allow_b_ingress(6, 80);
+    let syn = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40000, 80));
+    let syn_ack = ipv4(POD_B, POD_A, 6, 64, 0, &tcp(80, 40000, 0x12));
+    let ack = ipv4(POD_A, POD_B, 6, 64, 0, &tcp(40000, 80, 0x10));
+    assert_eq!(unit.sent_by_a(&syn), TC_ACT_REDIRECT);
+    let key = tcp_key(POD_A, POD_B, 40000, 80);
+    let opened = unit.tracked(key).expect("tracked from the SYN");
+    assert_eq!(unit.sent_by_b(&syn_ack), TC_ACT_REDIRECT);
+    assert_eq!(unit.sent_by_a(&ack), TC_ACT_REDIRECT);
+    let established = unit.tracked(key).expect("still tracked");
+    assert!(
+        established.expires > opened.expires,
+        "established: the SYN's lifetime gave way to the connection's"
+    );
+    for _ in 0..3 {
+        assert_eq!(unit.sent_by_a(&ack), TC_ACT_REDIRECT);
+        assert_eq!(unit.sent_by_b(&syn_ack), TC_ACT_REDIRECT);
+    }
+    assert_eq!(
+        unit.tracked(key),
+        Some(established),
+        "not rewritten by packets within the refresh granularity"
+    );
+    assert_eq!(unit.ct_inserts(), 1, "one entry for both directions");
+    // B's own new connection to A: B's ingress isolation does not refuse
+    // A's answers.
+    let b_syn = ipv4(POD_B, POD_A, 6, 64, 0, &tcp_syn(40001, 9000));
+    let a_syn_ack = ipv4(POD_A, POD_B, 6, 64, 0, &tcp(9000, 40001, 0x12));
+    assert_eq!(unit.sent_by_b(&b_syn), TC_ACT_REDIRECT);
+    assert_eq!(unit.sent_by_a(&a_syn_ack), TC_ACT_REDIRECT);
+    // Anything else to B is refused.
+    let other = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40002, 81));
+    assert_eq!(unit.sent_by_a(&other), TC_ACT_SHOT);
+    assert_eq!(unit.tracked(tcp_key(POD_A, POD_B, 40002, 81)), None);
+
+    // An egress-isolated pod's reply to a connection it accepted: tracked
+    // from the SYN too, so the answer passes although B may send nothing.
+    unit.open_everything();
+    unit.isolate(B_ENDPOINT_ID, Direction::Egress);
+    let syn = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40003, 80));
+    let syn_ack = ipv4(POD_B, POD_A, 6, 64, 0, &tcp(80, 40003, 0x12));
+    assert_eq!(unit.sent_by_a(&syn), TC_ACT_REDIRECT);
+    assert_eq!(unit.sent_by_b(&syn_ack), TC_ACT_REDIRECT);
+    assert!(unit.tracked(tcp_key(POD_A, POD_B, 40003, 80)).is_some());
+    let b_new = ipv4(POD_B, POD_A, 6, 64, 0, &tcp_syn(40004, 80));
+    assert_eq!(unit.sent_by_b(&b_new), TC_ACT_SHOT, "B's own may not");
+}
+
+/// Connections opened while no policy isolated their pods are untracked;
+/// when a policy first isolates one, its next segment is judged as policy
+/// says of the connection: opened by the end with a client's (ephemeral)
+/// port, or, when the ports do not tell, only if allowed both ways.
+#[test]
+fn a_newly_isolated_pods_untracked_connections_are_judged_by_policy() {
+    require_root!();
+    let mut unit = Unit::new();
+    // A (port 40000) connected to B's port 80; B (port 40010) to A's 80;
+    // and one between ports that do not say who opened it.
+    let a_to_b = ipv4(POD_A, POD_B, 6, 64, 0, &tcp(40000, 80, 0x10));
+    let b_answers_a = ipv4(POD_B, POD_A, 6, 64, 0, &tcp(80, 40000, 0x10));
+    let b_to_a = ipv4(POD_B, POD_A, 6, 64, 0, &tcp(40010, 80, 0x10));
+    let a_answers_b = ipv4(POD_A, POD_B, 6, 64, 0, &tcp(80, 40010, 0x10));
+    let unclear_ab = ipv4(POD_A, POD_B, 6, 64, 0, &tcp(1000, 2000, 0x10));
+    let unclear_ba = ipv4(POD_B, POD_A, 6, 64, 0, &tcp(2000, 1000, 0x10));
+    for pkt in [&a_to_b, &a_answers_b, &unclear_ab] {
+        assert_eq!(unit.sent_by_a(pkt), TC_ACT_REDIRECT);
+    }
+    for pkt in [&b_answers_a, &b_to_a, &unclear_ba] {
+        assert_eq!(unit.sent_by_b(pkt), TC_ACT_REDIRECT);
+    }
+    assert_eq!(unit.ct_inserts(), 0, "untracked while nothing isolates");
+
+    // B now admits nobody: A's connection to B stops, whichever end speaks
+    // first (here B); B's own connection to A goes on.
+    unit.isolate(B_ENDPOINT_ID, Direction::Ingress);
+    unit.bpf.bump_revision().expect("revision");
+    assert_eq!(unit.sent_by_b(&b_answers_a), TC_ACT_SHOT);
+    assert_eq!(unit.sent_by_a(&a_to_b), TC_ACT_SHOT);
+    assert_eq!(unit.sent_by_a(&a_answers_b), TC_ACT_REDIRECT);
+    assert_eq!(unit.sent_by_b(&b_to_a), TC_ACT_REDIRECT);
+    assert!(
+        unit.tracked(tcp_key(POD_B, POD_A, 40010, 80)).is_some(),
+        "tracked from now on"
+    );
+    assert_eq!(unit.sent_by_a(&unclear_ab), TC_ACT_SHOT);
+    assert_eq!(unit.sent_by_b(&unclear_ba), TC_ACT_SHOT);
+    assert_eq!(unit.counter(Reason::DropPolicyIngress), 4);
+
+    // Allowed both ways, an unclear connection is adopted, and checked
+    // both ways again at the next policy change.
+    unit.allow_b_ingress(6, 2000);
+    unit.bpf.bump_revision().expect("revision");
+    assert_eq!(unit.sent_by_a(&unclear_ab), TC_ACT_REDIRECT);
+    assert_eq!(unit.sent_by_b(&unclear_ba), TC_ACT_REDIRECT);
+    let adopted = unit
+        .tracked(tcp_key(POD_A, POD_B, 1000, 2000))
+        .expect("adopted");
+    assert_ne!(adopted.flags & ct_flags::ADOPTED, 0);
+    unit.isolate(A_ENDPOINT_ID, Direction::Ingress);
+    unit.bpf.bump_revision().expect("revision");
+    assert_eq!(
+        unit.sent_by_a(&unclear_ab),
+        TC_ACT_SHOT,
+        "A's ingress now refuses B's side of it"
+    );
 }
 
 /// SCTP ports are policy ports like TCP's and UDP's: enforced from the
@@ -1174,13 +1356,24 @@ fn replies_to_flows_the_stack_forwarded_to_another_node_go_back_through_it() {
     assert_eq!(out, reply);
     assert_eq!(unit.counter(Reason::ToStack), 1);
 
-    // A's own connection, routed by from_container: the reply goes
-    // straight in even though the packet passed the underlay's egress.
+    // A's own connection, routed by from_container (which marks it as
+    // not the stack's): the reply goes straight in even though the packet
+    // passed the underlay's egress, which clears the mark.
     unit.set_routing(routing::NATIVE);
     let own = ipv4(POD_A, REMOTE_POD, 6, 64, 0, &tcp_syn(40001, 80));
-    assert_eq!(unit.sent_by_a(&own), TC_ACT_REDIRECT);
+    let a = unit.a_if;
+    let (verdict, _, mark) = unit
+        .bpf
+        .run_marked(programs::FROM_CONTAINER, &own, skb(a, a), 0)
+        .expect("from_container");
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(mark, ROUTED_MARK, "marked as routed by the program");
     let own_out = ipv4(POD_A, REMOTE_POD, 6, 63, 0, &tcp_syn(40001, 80));
-    unit.run_on(programs::TO_NETDEV, &own_out, ul, 0);
+    let (_, _, mark) = unit
+        .bpf
+        .run_marked(programs::TO_NETDEV, &own_out, skb(ul, 0), mark)
+        .expect("to_netdev");
+    assert_eq!(mark, 0, "the mark does not leave the node");
     let reply = ipv4(REMOTE_POD, POD_A, 6, 63, 0, &tcp(80, 40001, 0x12));
     let (verdict, out) = unit.run_on(programs::FROM_NETDEV, &reply, ul, ul);
     assert_eq!(verdict, TC_ACT_REDIRECT);

@@ -161,6 +161,9 @@ enum BenchSuite {
     ControlPlane,
     /// One agent fed a simulated large cluster: memory, first sync, churn.
     Scale,
+    /// The pod programs' run time per packet under real traffic (kernel
+    /// BPF stats), established and new flows, isolated or not.
+    RuntimeCost,
 }
 
 #[derive(clap::Args, Debug)]
@@ -548,6 +551,9 @@ fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
     }
     if wanted(BenchSuite::Scale) {
         add(bench::scale::section(&options)?);
+    }
+    if wanted(BenchSuite::RuntimeCost) {
+        add(bench::runtime_cost::section(&options)?);
     }
     let written = report
         .write(&args.out)

@@ -2,7 +2,10 @@
 //! its TCX egress.
 use aya_ebpf::programs::TcContext;
 
-use sluice_common::{config::routing, reason::Reason};
+use sluice_common::{
+    config::{routing, ROUTED_MARK},
+    reason::Reason,
+};
 
 use super::{by_datagram, to_local_pod, FromNode};
 use crate::{
@@ -55,8 +58,8 @@ fn from_underlay(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
 /// Everything leaving through the underlay passes, uncounted; a local
 /// pod's packet that the stack forwarded here (after a Service DNAT, say)
 /// is noted, so the reply from the other node goes back through the stack.
-/// Packets `from_container` routed here itself belong to flows conntrack
-/// already knows and are left as they are. A backend's reply to a client
+/// Packets `from_container` routed here itself carry
+/// [`ROUTED_MARK`] (cleared here) and are not noted. A backend's reply to a client
 /// outside (or an ICMP error about it), in a connection `from_netdev`
 /// translated, gets the external frontend back.
 pub fn to_netdev(ctx: &TcContext) -> Verdict {
@@ -75,8 +78,12 @@ pub fn to_netdev(ctx: &TcContext) -> Verdict {
 /// An IPv4 packet leaving through the underlay.
 #[inline(always)]
 fn to_underlay(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
-    if lookup::local_endpoint(pkt.hdr.saddr).is_some() {
-        policy::note_stack_forwarded(pkt);
+    // SAFETY: the context's skb pointer is valid for this program run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark & ROUTED_MARK != 0 {
+        ctx.set_mark(mark & !ROUTED_MARK);
+    } else if let Some(src) = lookup::local_endpoint(pkt.hdr.saddr) {
+        policy::note_stack_forwarded(pkt, &src);
     }
     if let Err(reason) = service::leaving_node(ctx, pkt) {
         return drop(reason);

@@ -79,10 +79,10 @@ pub fn to_overlay(ctx: &TcContext) -> Verdict {
 fn to_node(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
     match lookup::ipcache(pkt.hdr.daddr) {
         Some(dst) if dst.flags & flags::REMOTE_POD_CIDR != 0 => {
-            if lookup::local_endpoint(pkt.hdr.saddr).is_some() {
+            if let Some(src) = lookup::local_endpoint(pkt.hdr.saddr) {
                 // A pod's packet the stack forwarded here (after a
                 // Service DNAT, say): the reply must come back through it.
-                policy::note_stack_forwarded(pkt);
+                policy::note_stack_forwarded(pkt, &src);
             }
             if let Err(reason) = service::leaving_node(ctx, pkt) {
                 return drop(reason);

@@ -3,7 +3,10 @@
 //! host stack delivers to the pod; redirected packets skip this hook).
 use aya_ebpf::programs::TcContext;
 use sluice_common::{
-    config::routing, ipcache::flags, reason::Reason, services::HAIRPIN_SOURCE,
+    config::{routing, ROUTED_MARK},
+    ipcache::flags,
+    reason::Reason,
+    services::HAIRPIN_SOURCE,
 };
 
 use super::by_datagram;
@@ -62,16 +65,26 @@ fn from_pod(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
         }
     }
     // A Service frontend: to a backend, before policy and forwarding
-    // judge the packet, so both see the backend.
-    let translated = match service::to_backend(ctx, pkt) {
-        Ok(Toward::NotAService) => false,
-        Ok(Toward::Backend) => true,
-        // The host stack refuses it (RST, port unreachable), as kube-proxy
-        // does; nothing is blackholed.
-        Ok(Toward::NoBackend) => return pass(Reason::ToStack),
-        Err(reason) => return drop(reason),
+    // judge the packet, so both see the backend. A local pod's address is
+    // no frontend (frontends are ClusterIPs, node addresses, external
+    // addresses), so traffic between local pods skips the lookup.
+    let mut dst = lookup::local_endpoint(pkt.hdr.daddr);
+    let translated = if dst.is_some() {
+        false
+    } else {
+        match service::to_backend(ctx, pkt) {
+            Ok(Toward::NotAService) => false,
+            Ok(Toward::Backend) => true,
+            // The host stack refuses it (RST, port unreachable), as
+            // kube-proxy does; nothing is blackholed.
+            Ok(Toward::NoBackend) => return pass(Reason::ToStack),
+            Err(reason) => return drop(reason),
+        }
     };
-    let dst = lookup::local_endpoint(pkt.hdr.daddr);
+    if translated {
+        // The backend, which may be a pod here.
+        dst = lookup::local_endpoint(pkt.hdr.daddr);
+    }
     let arrival = Arrival::Direct;
     let passed = match policy::enforce(pkt, Some(&src), dst.as_ref(), arrival, translated) {
         Ok(passed) => passed,
@@ -120,7 +133,13 @@ fn to_other_node(ctx: &TcContext, hdr: &parse::Ipv4Hdr) -> Verdict {
         routing::TUNNEL => {
             forward::encapsulate(ctx, hdr, remote.tunnel_endpoint, config.tunnel_ifindex)
         }
-        routing::NATIVE => forward::route_native(ctx, hdr),
+        routing::NATIVE => {
+            // Not the stack's forwarding: `to_netdev` leaves the flow be.
+            // SAFETY: the context's skb pointer is valid for this program run.
+            let mark = unsafe { (*ctx.skb.skb).mark };
+            ctx.set_mark(mark | ROUTED_MARK);
+            forward::route_native(ctx, hdr)
+        }
         _ => pass(Reason::ToStack),
     }
 }

@@ -12,6 +12,7 @@ pub mod policy_scale;
 pub mod prefilter;
 pub mod report;
 pub mod rr;
+pub mod runtime_cost;
 pub mod same_node;
 pub mod scale;
 pub mod services;

@@ -9,7 +9,9 @@
 //! - a TCP SYN that B's policy denies: never enters conntrack, so every
 //!   run does the full evaluation (all identity × protocol lookups miss);
 //!   A's policy denies it;
-//! - a TCP packet of an allowed, established flow: a conntrack hit.
+//! - a TCP packet of an allowed, established flow: a conntrack hit;
+//! - the same packet with no policy at all (no pod isolated): forwarded
+//!   without conntrack, the path most pod-to-pod traffic takes.
 //! - the same flow's packet as a datagram's first fragment (conntrack hit,
 //!   then its ports and verdict kept for the later fragments) and as a
 //!   later fragment (its first fragment's ports looked up, then the
@@ -52,6 +54,8 @@ pub struct Cost {
     pub rules: usize,
     pub denied_new_flow: Duration,
     pub established: Duration,
+    /// The established flow's packet when no policy isolates either pod.
+    pub established_open: Duration,
     pub first_fragment: Duration,
     pub later_fragment: Duration,
 }
@@ -100,6 +104,33 @@ fn populate(bpf: &mut TestDataplane, rules: usize) -> Result<(), CostError> {
         policy.allow(ENDPOINT_A, Direction::Egress, identity, TCP, one_port(port));
     }
     bpf.apply_policy(&policy)?;
+    Ok(())
+}
+
+/// A only, known as local, and B by identity: no policy at all.
+fn populate_open(bpf: &mut TestDataplane) -> Result<(), CostError> {
+    bpf.add_endpoint(
+        POD_A,
+        EndpointInfo {
+            id: ENDPOINT_A,
+            ifindex: 1,
+            pod_mac: [2, 0, 0, 0, 0, 1],
+            host_mac: [2, 0, 0, 0, 1, 1],
+        },
+    )?;
+    let ipcache: BTreeMap<Ipv4Net, RemoteInfo> = [(POD_A, ID_A), (POD_B, ID_B)]
+        .into_iter()
+        .map(|(ip, identity)| {
+            let info = RemoteInfo {
+                identity,
+                tunnel_endpoint: [0; 4],
+                flags: 0,
+                _pad: 0,
+            };
+            (Ipv4Net::from(ip), info)
+        })
+        .collect();
+    bpf.set_ipcache(&ipcache)?;
     Ok(())
 }
 
@@ -158,10 +189,22 @@ pub fn measure(rules: usize, repeat: u32) -> Result<Cost, CostError> {
             "the later fragment got verdict {verdict}, not pass"
         )));
     }
+    // The same flow with no policy anywhere (the rules do not apply).
+    drop(bpf);
+    let mut open = TestDataplane::load("bench")?;
+    populate_open(&mut open)?;
+    open.time(program, &tcp(8080, 0x02), 1)?;
+    let (verdict, established_open) = open.time(program, &tcp(8080, 0x10), repeat)?;
+    if verdict != TC_ACT_OK {
+        return Err(CostError::Setup(format!(
+            "the unisolated established packet got verdict {verdict}, not pass"
+        )));
+    }
     Ok(Cost {
         rules,
         denied_new_flow: denied,
         established,
+        established_open,
         first_fragment,
         later_fragment,
     })
@@ -193,7 +236,7 @@ pub fn section(rule_counts: &[usize], runs: u32, repeat: u32) -> Result<Section,
         ),
     ];
     let floor = format!("{} rules", rule_counts.first().copied().unwrap_or(0));
-    let tables = kinds
+    let mut tables: Vec<Table> = kinds
         .iter()
         .map(|(id, title, of)| {
             let mut t = Table::new(id, &format!("Per packet, {title}"), "ns", Better::Lower)
@@ -206,6 +249,27 @@ pub fn section(rule_counts: &[usize], runs: u32, repeat: u32) -> Result<Section,
             t
         })
         .collect();
+    // Conntrack only where policy needs it: at the first rule count, the
+    // unisolated flow next to the isolated one.
+    if let Some(first) = costs.first() {
+        let ns = |of: Of| first.iter().map(|c| of(c).as_nanos() as f64).collect();
+        let open = "no policy isolates either pod (no conntrack)";
+        tables.push(
+            Table::new(
+                "policy-cost-established-open",
+                "Per packet, established flow: unisolated pods next to an isolated source",
+                "ns",
+                Better::Lower,
+            )
+            .floor(open)
+            .target("below the isolated (conntrack) path")
+            .row(open, ns(|c| c.established_open))
+            .row(
+                "source isolated for egress (conntrack hit)",
+                ns(|c| c.established),
+            ),
+        );
+    }
     Ok(Section {
         heading: "Per-packet cost (BPF_PROG_TEST_RUN)".into(),
         text: format!(

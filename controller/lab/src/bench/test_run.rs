@@ -53,12 +53,16 @@ pub struct SkbContext {
     pub ingress_ifindex: u32,
 }
 
+/// Offset of `mark` in a `struct __sk_buff`.
+const MARK_OFFSET: usize = 8;
+
 impl SkbContext {
     /// The leading part of a `struct __sk_buff` (uapi/linux/bpf.h) up to
-    /// `tc_index`; the kernel zero-fills the rest. Offsets: `priority` 32,
-    /// `ingress_ifindex` 36, `ifindex` 40.
-    fn bytes(&self) -> [u8; 48] {
+    /// `tc_index`, with this `mark`; the kernel zero-fills the rest.
+    /// Offsets: `mark` 8, `priority` 32, `ingress_ifindex` 36, `ifindex` 40.
+    fn bytes(&self, mark: u32) -> [u8; 48] {
         let mut ctx = [0u8; 48];
+        ctx[MARK_OFFSET..MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
         ctx[36..40].copy_from_slice(&self.ingress_ifindex.to_ne_bytes());
         ctx[40..44].copy_from_slice(&self.ifindex.to_ne_bytes());
         ctx
@@ -182,8 +186,21 @@ impl TestDataplane {
         pkt: &[u8],
         skb: SkbContext,
     ) -> Result<(u32, Vec<u8>), TestRunError> {
-        let (verdict, out, _) = self.test_run(program, pkt, Some(skb), 1)?;
+        let (verdict, out, _, _) = self.test_run(program, pkt, Some((skb, 0)), 1)?;
         Ok((verdict, out))
+    }
+
+    /// [`Self::run`] on a packet carrying `mark` (`skb->mark`): (verdict,
+    /// output packet, the mark as the program left it).
+    pub fn run_marked(
+        &mut self,
+        program: &'static str,
+        pkt: &[u8],
+        skb: SkbContext,
+        mark: u32,
+    ) -> Result<(u32, Vec<u8>, u32), TestRunError> {
+        let (verdict, out, _, mark) = self.test_run(program, pkt, Some((skb, mark)), 1)?;
+        Ok((verdict, out, mark))
     }
 
     /// Runs `program` `repeat` times on `pkt` (the kernel reruns the
@@ -195,7 +212,7 @@ impl TestDataplane {
         pkt: &[u8],
         repeat: u32,
     ) -> Result<(u32, Duration), TestRunError> {
-        let (verdict, _, duration) = self.test_run(program, pkt, None, repeat)?;
+        let (verdict, _, duration, _) = self.test_run(program, pkt, None, repeat)?;
         Ok((verdict, duration))
     }
 
@@ -203,11 +220,14 @@ impl TestDataplane {
         &mut self,
         program: &'static str,
         pkt: &[u8],
-        skb: Option<SkbContext>,
+        skb: Option<(SkbContext, u32)>,
         repeat: u32,
-    ) -> Result<(u32, Vec<u8>, Duration), TestRunError> {
+    ) -> Result<(u32, Vec<u8>, Duration, u32), TestRunError> {
         let mut out = vec![0u8; pkt.len() + 256];
-        let ctx = skb.map(|s| s.bytes());
+        let ctx = skb.map(|(s, mark)| s.bytes(mark));
+        // The kernel writes back a whole `struct __sk_buff` (ENOSPC into
+        // less): 192 bytes today, room for it to grow.
+        let mut ctx_out = [0u8; 512];
         let res = self
             .dataplane
             .program(program)?
@@ -215,12 +235,18 @@ impl TestDataplane {
                 data_in: Some(pkt),
                 data_out: Some(&mut out),
                 ctx_in: ctx.as_ref().map(|c| c.as_slice()),
+                ctx_out: ctx.is_some().then_some(&mut ctx_out[..]),
                 repeat,
                 ..TestRunOptions::default()
             })
             .map_err(|source| TestRunError::Run { program, source })?;
         out.truncate(res.data_size_out as usize);
-        Ok((res.return_value, out, res.duration))
+        let mark = u32::from_ne_bytes(
+            ctx_out[MARK_OFFSET..MARK_OFFSET + 4]
+                .try_into()
+                .expect("four bytes"),
+        );
+        Ok((res.return_value, out, res.duration, mark))
     }
 }
 
