@@ -25,19 +25,19 @@ use tracing::warn;
 use super::{
     agent_probe::{self, MIB},
     report::{Better, Section, Table},
+    setups::{self, LabDown},
     solo::SoloNode,
     stats::percentile,
     throughput::{BenchError, BenchOptions},
     turns,
 };
 use crate::{
-    cluster::{write_manifest, Lab, LabConfig, UpOptions},
+    cluster::{write_manifest, Lab, UpOptions},
     cni::CniCall,
     inventory::{NodeState, PodState},
     manifests,
     netns::Netns,
     pods::PodSpec,
-    teardown,
     topology::{self, PodName},
 };
 
@@ -76,22 +76,20 @@ pub fn section(options: &BenchOptions) -> Result<Section, BenchError> {
     })
 }
 
-/// A lab of the bench's own, removed on drop.
-struct LabGuard(Lab);
+/// A lab of the bench's own, removed on drop (by the guard it holds).
+struct LabGuard(Lab, #[allow(dead_code)] LabDown);
 
 impl LabGuard {
     fn up(options: &BenchOptions, tag: &str, nodes: usize) -> Result<Self, BenchError> {
-        let name = format!("{}-{tag}", options.name);
-        let config = LabConfig::new(options.dir.join(&name), &name, &options.bin_dir)?;
-        let _ = teardown::down(&config);
-        let lab = Lab::up(
-            config,
+        let (lab, down) = setups::fresh_lab(
+            options,
+            tag,
             &UpOptions {
                 nodes,
                 ..UpOptions::default()
             },
         )?;
-        Ok(LabGuard(lab))
+        Ok(LabGuard(lab, down))
     }
 
     fn node(&self, i: usize) -> NodeState {
@@ -120,14 +118,6 @@ impl LabGuard {
         let path = self.0.config().dir.join(file);
         self.0.delete(std::slice::from_ref(&path))?;
         Ok(())
-    }
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        if let Err(e) = teardown::down(self.0.config()) {
-            warn!(error = %e, lab = %self.0.config().name, "removing the bench's lab");
-        }
     }
 }
 

@@ -29,13 +29,13 @@ use sluice_common::{maps, programs};
 use super::{
     report::{Better, Section, Table},
     rr::{self, EchoServers, Pinning, Proto, PORT},
+    setups::{fresh_lab, LabDown},
     throughput::{BenchError, BenchOptions},
 };
 use crate::{
-    cluster::{Lab, LabConfig, UpOptions},
+    cluster::{Lab, UpOptions},
     netns::Netns,
     pods::PodSpec,
-    teardown,
     topology::PodName,
 };
 
@@ -233,26 +233,14 @@ struct RuntimeLab {
     /// Stopped before the lab goes (they need the pods' namespaces).
     _servers: Vec<EchoServers>,
     // Last: fields drop in order.
-    _down: Down,
-}
-
-/// Removes the lab on every exit path, panics included.
-struct Down(LabConfig);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = teardown::down(&self.0);
-    }
+    _down: LabDown,
 }
 
 impl RuntimeLab {
     fn up(options: &BenchOptions) -> Result<Self, BenchError> {
-        let name = format!("{}-rt", options.name);
-        let config = LabConfig::new(options.dir.join(&name), &name, &options.bin_dir)?;
-        let _ = teardown::down(&config);
-        let down = Down(config.clone());
-        let mut lab = Lab::up(
-            config,
+        let (mut lab, down) = fresh_lab(
+            options,
+            "rt",
             &UpOptions {
                 nodes: 1,
                 ..UpOptions::default()

@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use tracing::warn;
+
 use super::throughput::{BenchError, BenchOptions};
 use crate::{
     cluster::{Lab, LabConfig, UpOptions},
@@ -15,26 +17,51 @@ use crate::{
 /// The pods' Kubernetes namespace in the bench's labs.
 pub const NAMESPACE: &str = "bench";
 
+/// Takes a bench's lab down when dropped: on every exit path, panics
+/// included.
+pub struct LabDown(pub LabConfig);
+
+impl Drop for LabDown {
+    fn drop(&mut self) {
+        if let Err(e) = teardown::down(&self.0) {
+            warn!(error = %e, lab = %self.0.name, "removing the bench's lab");
+        }
+    }
+}
+
+/// Lab `<options.name>-<tag>` in `<options.dir>/<that name>`, after taking
+/// down whatever a killed run left under that name; the guard takes it
+/// down again (also when bringing it up fails half-way).
+pub fn fresh_lab(
+    options: &BenchOptions,
+    tag: &str,
+    up: &UpOptions,
+) -> Result<(Lab, LabDown), BenchError> {
+    let name = format!("{}-{tag}", options.name);
+    let config = LabConfig::new(options.dir.join(&name), &name, &options.bin_dir)?;
+    let _ = teardown::down(&config);
+    let down = LabDown(config.clone());
+    let lab = Lab::up(config, up)?;
+    Ok((lab, down))
+}
+
 /// A one-node sluice lab; taken down on drop, on every exit path.
 pub struct SluiceNode {
     lab: Lab,
+    _down: LabDown,
 }
 
 impl SluiceNode {
-    /// Lab `<options.name>-<tag>` in `<options.dir>/<that name>`, first
-    /// taking down whatever a killed run left under that name.
     pub fn up(options: &BenchOptions, tag: &str) -> Result<Self, BenchError> {
-        let name = format!("{}-{tag}", options.name);
-        let config = LabConfig::new(options.dir.join(&name), &name, &options.bin_dir)?;
-        let _ = teardown::down(&config);
-        let lab = Lab::up(
-            config,
+        let (lab, down) = fresh_lab(
+            options,
+            tag,
             &UpOptions {
                 nodes: 1,
                 ..UpOptions::default()
             },
         )?;
-        Ok(Self { lab })
+        Ok(Self { lab, _down: down })
     }
 
     /// Adds pod `bench/<name>` with `labels`; its namespace and address.
@@ -58,12 +85,6 @@ impl SluiceNode {
 
     pub fn lab(&mut self) -> &mut Lab {
         &mut self.lab
-    }
-}
-
-impl Drop for SluiceNode {
-    fn drop(&mut self) {
-        let _ = teardown::down(self.lab.config());
     }
 }
 

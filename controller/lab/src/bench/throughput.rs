@@ -21,14 +21,11 @@ use std::{
 
 use sluice_agent::config::Routing;
 
-use super::report::{Better, Section, Table};
-use crate::{
-    cluster::{Lab, LabConfig, UpOptions},
-    netns::Netns,
-    pods::PodSpec,
-    teardown,
-    topology::PodName,
+use super::{
+    report::{Better, Section, Table},
+    setups::{fresh_lab, LabDown},
 };
+use crate::{cluster::UpOptions, netns::Netns, pods::PodSpec, topology::PodName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -175,27 +172,14 @@ struct PodPair {
     server: Netns,
     server_ip: String,
     // Last: the pods' namespaces are closed before the lab goes.
-    _down: Down,
-}
-
-struct Down(LabConfig);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = teardown::down(&self.0);
-    }
+    _down: LabDown,
 }
 
 impl PodPair {
     fn up(options: &BenchOptions, routing: Routing) -> Result<Self, BenchError> {
-        let config = LabConfig::new(
-            options.dir.join(format!("{}-{routing}", options.name)),
-            &format!("{}-{routing}", options.name),
-            &options.bin_dir,
-        )?;
-        let down = Down(config.clone());
-        let mut lab = Lab::up(
-            config,
+        let (mut lab, down) = fresh_lab(
+            options,
+            &routing.to_string(),
             &UpOptions {
                 nodes: 2,
                 routing,
