@@ -64,33 +64,11 @@ fn one_port(port: u16) -> Option<PortPrefix> {
     Some(PortPrefix { port, bits: 16 })
 }
 
-/// Fills the maps through the agent's writers: A local (test runs see
-/// ifindex 1, A's veth) and isolated for egress, B known by identity only,
-/// A allowed to B on port 8080 only, plus `rules` rules for other
-/// identities.
+/// Fills the maps through the agent's writers: [`populate_open`], then A
+/// isolated for egress, allowed to B on port 8080 only, plus `rules` rules
+/// for other identities.
 fn populate(bpf: &mut TestDataplane, rules: usize) -> Result<(), CostError> {
-    bpf.add_endpoint(
-        POD_A,
-        EndpointInfo {
-            id: ENDPOINT_A,
-            ifindex: 1,
-            pod_mac: [2, 0, 0, 0, 0, 1],
-            host_mac: [2, 0, 0, 0, 1, 1],
-        },
-    )?;
-    let ipcache: BTreeMap<Ipv4Net, RemoteInfo> = [(POD_A, ID_A), (POD_B, ID_B)]
-        .into_iter()
-        .map(|(ip, identity)| {
-            let info = RemoteInfo {
-                identity,
-                tunnel_endpoint: [0; 4],
-                flags: 0,
-                _pad: 0,
-            };
-            (Ipv4Net::from(ip), info)
-        })
-        .collect();
-    bpf.set_ipcache(&ipcache)?;
+    populate_open(bpf)?;
     let mut policy = PlacedPolicy::default();
     policy.isolate(ENDPOINT_A, Direction::Egress);
     // B is named by a rule (the 8080 one), so the denied SYN to port 80
@@ -107,7 +85,8 @@ fn populate(bpf: &mut TestDataplane, rules: usize) -> Result<(), CostError> {
     Ok(())
 }
 
-/// A only, known as local, and B by identity: no policy at all.
+/// A local (test runs see ifindex 1, A's veth) and B known by identity
+/// only: no policy at all.
 fn populate_open(bpf: &mut TestDataplane) -> Result<(), CostError> {
     bpf.add_endpoint(
         POD_A,
