@@ -90,18 +90,26 @@ impl Netlink {
         }))
     }
 
-    /// Whether the link is one end of a veth pair (a lab's or a kind-style
-    /// node's underlay).
-    pub async fn is_veth(&self, index: u32) -> Result<bool, NetlinkError> {
+    /// The link's attributes; `None` when the kernel answers with none.
+    async fn link_attributes(
+        &self,
+        index: u32,
+    ) -> Result<Option<Vec<LinkAttribute>>, NetlinkError> {
         let mut links = self.handle().link().get().match_index(index).execute();
-        let Some(msg) = links
+        Ok(links
             .try_next()
             .await
             .map_err(Self::req(format!("looking up link {index}")))?
-        else {
+            .map(|msg| msg.attributes))
+    }
+
+    /// Whether the link is one end of a veth pair (a lab's or a kind-style
+    /// node's underlay).
+    pub async fn is_veth(&self, index: u32) -> Result<bool, NetlinkError> {
+        let Some(attributes) = self.link_attributes(index).await? else {
             return Ok(false);
         };
-        Ok(msg.attributes.iter().any(|attr| {
+        Ok(attributes.iter().any(|attr| {
             matches!(attr, LinkAttribute::LinkInfo(infos)
                 if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
         }))
@@ -109,18 +117,13 @@ impl Netlink {
 
     /// Whether the link is a collect-metadata VXLAN device on our port.
     async fn is_our_vxlan(&self, index: u32) -> Result<bool, NetlinkError> {
-        let mut links = self.handle().link().get().match_index(index).execute();
-        let Some(msg) = links
-            .try_next()
-            .await
-            .map_err(Self::req(format!("looking up link {index}")))?
-        else {
+        let Some(attributes) = self.link_attributes(index).await? else {
             return Ok(false);
         };
         let mut kind_ok = false;
         let mut external = false;
         let mut port = None;
-        for attr in msg.attributes {
+        for attr in attributes {
             if let LinkAttribute::LinkInfo(infos) = attr {
                 for info in infos {
                     match info {
