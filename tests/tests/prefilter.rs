@@ -30,6 +30,15 @@ fn agent_pid(lab: &TestLab, node: &str) -> Option<u32> {
         .and_then(|n| n.agent_pid)
 }
 
+/// `ip -d link show eth0` in a node: its underlay with the XDP mode.
+fn underlay_link(lab: &TestLab, node: &str) -> String {
+    let out = lab
+        .node_netns(node)
+        .command("ip")
+        .and_then(|mut c| c.args(["-d", "link", "show", "eth0"]).output());
+    String::from_utf8_lossy(&out.expect("ip link").stdout).into_owned()
+}
+
 fn ip(ns: &Netns, args: &str) {
     ns.ip(args).unwrap_or_else(|e| panic!("{e}"));
 }
@@ -42,11 +51,7 @@ fn the_default_prefilter_is_generic_on_a_veth_underlay() {
     let lab = TestLab::up("pfa", 1, "tunnel");
     let list = lab.sluice_ok(&["prefilter", "node1", "list"]);
     assert!(list.contains("attached  eth0 (generic XDP)"), "{list}");
-    let link = lab
-        .node_netns("node1")
-        .command("ip")
-        .and_then(|mut c| c.args(["-d", "link", "show", "eth0"]).output());
-    let link = String::from_utf8_lossy(&link.expect("ip link").stdout).into_owned();
+    let link = underlay_link(&lab, "node1");
     assert!(
         link.contains("xdpgeneric"),
         "eth0 of node1 carries generic XDP:\n{link}"
@@ -90,11 +95,7 @@ fn prefilter_deny_list_applies_live_and_survives_restarts() {
         list.contains("attached  eth0 (native XDP)") && list.contains("denied    nothing"),
         "{list}"
     );
-    let link = lab
-        .node_netns("node1")
-        .command("ip")
-        .and_then(|mut c| c.args(["-d", "link", "show", "eth0"]).output());
-    let link = String::from_utf8_lossy(&link.expect("ip link").stdout).into_owned();
+    let link = underlay_link(&lab, "node1");
     assert!(
         link.contains("xdp") && !link.contains("xdpgeneric"),
         "eth0 of node1 carries native XDP:\n{link}"
