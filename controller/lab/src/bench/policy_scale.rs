@@ -461,15 +461,12 @@ fn apply_policies(
         .iter()
         .map(|i| policy(*i, rules, marker).to_string())
         .collect();
-    let path = dir.join(format!("{}-policies.yaml", sluice.lab().config().name));
-    std::fs::write(&path, documents.join("\n---\n")).map_err(|source| BenchError::Io {
-        what: format!("writing {}", path.display()),
-        source,
-    })?;
-    let applied = sluice.lab().apply(std::slice::from_ref(&path));
-    let _ = std::fs::remove_file(&path);
-    applied?;
-    Ok(())
+    setups::apply_yaml(
+        sluice.lab(),
+        dir,
+        "policies.yaml",
+        &documents.join("\n---\n"),
+    )
 }
 
 /// Runs `program args` in `ns` with `input` on stdin (`ipset restore`,

@@ -16,7 +16,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -29,7 +29,7 @@ use sluice_common::{maps, programs};
 use super::{
     report::{Better, Section, Table},
     rr::{self, EchoServers, Pinning, Proto, PORT},
-    setups::{fresh_lab, LabDown},
+    setups::{apply_yaml, fresh_lab, LabDown},
     throughput::{BenchError, BenchOptions},
 };
 use crate::{
@@ -280,18 +280,7 @@ impl RuntimeLab {
         let yaml = format!(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: isolated, namespace: {NAMESPACE}}}\nspec:\n  podSelector: {{matchLabels: {{app: isolated}}}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]\n    ports: [{{protocol: TCP, port: {PORT}}}]\n"
         );
-        std::fs::create_dir_all(dir).map_err(|source| BenchError::Io {
-            what: format!("creating {}", dir.display()),
-            source,
-        })?;
-        let path: PathBuf = dir.join(format!("{}-policy.yaml", self.lab.config().name));
-        std::fs::write(&path, yaml).map_err(|source| BenchError::Io {
-            what: format!("writing {}", path.display()),
-            source,
-        })?;
-        let applied = self.lab.apply(std::slice::from_ref(&path));
-        let _ = std::fs::remove_file(&path);
-        applied?;
+        apply_yaml(&mut self.lab, dir, "policy.yaml", &yaml)?;
         let target = SocketAddr::from((self.isolated_ip, PORT));
         let reaches = |ns: &Netns| {
             ns.run(move || TcpStream::connect_timeout(&target, Duration::from_millis(200)))

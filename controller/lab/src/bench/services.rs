@@ -19,6 +19,7 @@ use std::{
 use super::{
     report::{Better, Section, Table},
     rr::{self, EchoServers, Pinning, Proto, CPU, MESSAGE, PORT},
+    setups,
     throughput::{BenchError, BenchOptions},
 };
 use crate::{
@@ -155,14 +156,7 @@ impl BenchLab {
                     )
                 })
                 .collect();
-            let path = dir.join(format!("{}-services.yaml", self.lab.config().name));
-            std::fs::write(&path, yaml).map_err(|source| BenchError::Io {
-                what: format!("writing {}", path.display()),
-                source,
-            })?;
-            let applied = self.lab.apply(std::slice::from_ref(&path));
-            let _ = std::fs::remove_file(&path);
-            applied?;
+            setups::apply_yaml(&mut self.lab, dir, "services.yaml", &yaml)?;
             self.applied = count;
         }
         let last = format!("bench/svc-{:05}", count - 1);

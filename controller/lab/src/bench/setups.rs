@@ -1,7 +1,10 @@
 //! Setups the same-node suites share: a one-node sluice lab, a plain veth
 //! pair, and what removes a crashed run's leftovers before a new one.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use tracing::warn;
 
@@ -43,6 +46,22 @@ pub fn fresh_lab(
     let down = LabDown(config.clone());
     let lab = Lab::up(config, up)?;
     Ok((lab, down))
+}
+
+/// Applies `yaml` to `lab` as `lab apply -f` would, through a file
+/// `<dir>/<lab name>-<file>` that goes again once applied.
+pub fn apply_yaml(lab: &mut Lab, dir: &Path, file: &str, yaml: &str) -> Result<(), BenchError> {
+    let io = |path: &Path| {
+        let what = format!("writing {}", path.display());
+        move |source| BenchError::Io { what, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join(format!("{}-{file}", lab.config().name));
+    std::fs::write(&path, yaml).map_err(io(&path))?;
+    let applied = lab.apply(std::slice::from_ref(&path));
+    let _ = std::fs::remove_file(&path);
+    applied?;
+    Ok(())
 }
 
 /// A one-node sluice lab; taken down on drop, on every exit path.
