@@ -24,5 +24,4 @@ pub mod test_run;
 pub mod throughput;
 pub mod turns;
 
-pub use stats::median;
 pub use throughput::{BenchError, BenchOptions};

@@ -78,12 +78,6 @@ pub struct DropRate {
     pub sent: Vec<f64>,
 }
 
-impl DropRate {
-    pub fn median(&self) -> f64 {
-        super::median(&self.drops)
-    }
-}
-
 /// The report's section: drops per second at each drop point.
 pub fn section(options: &BenchOptions) -> Result<Section, BenchError> {
     let rates = run(options)?;
@@ -94,8 +88,17 @@ pub fn section(options: &BenchOptions) -> Result<Section, BenchError> {
         Better::Higher,
     )
     .floor(DropAt::IptablesRaw.name());
+    // What the sender got out: a drop point it could not keep up with
+    // shows as drops below the sends.
+    let mut sent = Table::new(
+        "prefilter-sent",
+        "Frames the sender got out meanwhile",
+        "Mpps",
+        Better::Higher,
+    );
     for r in &rates {
         drops.push(r.at.name(), r.drops.iter().map(|d| d / 1e6).collect());
+        sent.push(r.at.name(), r.sent.iter().map(|s| s / 1e6).collect());
     }
     Ok(Section {
         heading: "XDP prefilter".into(),
@@ -106,7 +109,7 @@ pub fn section(options: &BenchOptions) -> Result<Section, BenchError> {
              gains nothing here; the skb-free win needs a NIC driver.",
             options.seconds, options.runs
         ),
-        tables: vec![drops],
+        tables: vec![drops, sent],
     })
 }
 

@@ -66,15 +66,7 @@ pub struct BenchOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measurement {
     pub path: &'static str,
-    /// The baseline this path is compared with, if any.
-    pub baseline: Option<&'static str>,
     pub gbits: Vec<f64>,
-}
-
-impl Measurement {
-    pub fn median(&self) -> f64 {
-        super::median(&self.gbits)
-    }
 }
 
 pub const VETH: &str = "kernel: node to node, routed";
@@ -133,35 +125,19 @@ fn run_paths(options: &BenchOptions) -> Result<Vec<Measurement>, BenchError> {
     let fabric = BaselineFabric::create(&options.name)?;
     let native = PodPair::up(options, Routing::Native)?;
     let tunnel = PodPair::up(options, Routing::Tunnel)?;
-    let paths: [(&'static str, Option<&'static str>, &Netns, &Netns, &str); 4] = [
-        (VETH, None, &fabric.n1, &fabric.n2, "172.31.255.2"),
-        (
-            NATIVE,
-            Some(VETH),
-            &native.client,
-            &native.server,
-            &native.server_ip,
-        ),
-        (VXLAN, None, &fabric.n1, &fabric.n2, "10.255.0.2"),
-        (
-            TUNNEL,
-            Some(VXLAN),
-            &tunnel.client,
-            &tunnel.server,
-            &tunnel.server_ip,
-        ),
+    let paths: [(&'static str, &Netns, &Netns, &str); 4] = [
+        (VETH, &fabric.n1, &fabric.n2, "172.31.255.2"),
+        (NATIVE, &native.client, &native.server, &native.server_ip),
+        (VXLAN, &fabric.n1, &fabric.n2, "10.255.0.2"),
+        (TUNNEL, &tunnel.client, &tunnel.server, &tunnel.server_ip),
     ];
-    let gbits = super::turns::in_turns(options.runs, &paths, |(_, _, client, server, ip)| {
+    let gbits = super::turns::in_turns(options.runs, &paths, |(_, client, server, ip)| {
         iperf(client, server, ip, options.seconds)
     })?;
     Ok(paths
         .iter()
         .zip(gbits)
-        .map(|((path, baseline, ..), gbits)| Measurement {
-            path,
-            baseline: *baseline,
-            gbits,
-        })
+        .map(|((path, ..), gbits)| Measurement { path, gbits })
         .collect())
 }
 
@@ -330,23 +306,5 @@ mod tests {
             Err("unable to connect to server: Connection refused".into())
         );
         assert_eq!(received_gbits(b""), Err("no result".into()));
-    }
-
-    #[test]
-    fn the_median_of_runs() {
-        let results = [
-            Measurement {
-                path: VXLAN,
-                baseline: None,
-                gbits: vec![10.0, 8.0, 9.0],
-            },
-            Measurement {
-                path: TUNNEL,
-                baseline: Some(VXLAN),
-                gbits: vec![9.0, 7.0],
-            },
-        ];
-        assert_eq!(results[0].median(), 9.0);
-        assert_eq!(results[1].median(), 8.0);
     }
 }
