@@ -222,6 +222,9 @@ impl Report {
     /// Writes `report.md`, `report.json` and `plots/<table>.png` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<PathBuf, ReportError> {
         let plots = dir.join("plots");
+        // A plot of an earlier run's table (another --only) is not this
+        // report's, and --publish copies the whole directory.
+        let _ = std::fs::remove_dir_all(&plots);
         std::fs::create_dir_all(&plots).map_err(|e| ReportError::Io(plots.clone(), e))?;
         for table in self.sections.iter().flat_map(|s| &s.tables) {
             let path = plots.join(format!("{}.png", table.id));
