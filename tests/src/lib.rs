@@ -253,6 +253,44 @@ impl Node {
             })
             .unwrap_or_default()
     }
+
+    /// The pod veths recorded as carrying the pod programs' filters.
+    pub fn pod_filter_records(&self) -> Vec<String> {
+        std::fs::read_dir(self.pin_dir().join("pod-filters"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The BPF filters on the node's links, as `<link> <ingress|egress>
+    /// <program>`, sorted.
+    pub fn bpf_filters(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for link in self.links() {
+            for hook in ["ingress", "egress"] {
+                let out = self
+                    .ns
+                    .command("tc")
+                    .and_then(|mut c| {
+                        c.args(["-j", "filter", "show", "dev", &link, hook])
+                            .output()
+                    })
+                    .expect("tc filter show");
+                // A link without clsact has no filters and tc says so on
+                // stderr.
+                let filters: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                found.extend(filters.iter().filter_map(|f| {
+                    let program = f["options"]["bpf_name"].as_str()?;
+                    Some(format!("{link} {hook} {program}"))
+                }));
+            }
+        }
+        found.sort();
+        found
+    }
 }
 
 impl Drop for Node {

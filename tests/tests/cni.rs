@@ -21,6 +21,12 @@ fn assert_clean(node: &Node, capacity: u64) {
     assert_eq!(status.free_addresses, capacity, "addresses left allocated");
     assert_eq!(node.endpoint_entries(), 0, "endpoint map entries left");
     assert_eq!(node.link_pins(), Vec::<String>::new(), "link pins left");
+    assert_eq!(node.bpf_filters(), Vec::<String>::new(), "filters left");
+    assert_eq!(
+        node.pod_filter_records(),
+        Vec::<String>::new(),
+        "filter records left"
+    );
 }
 
 #[test]
@@ -168,11 +174,17 @@ fn del_is_idempotent_and_leaves_nothing() {
     let capacity = node.status().free_addresses;
     let pod = node.add_pod("p");
     assert_eq!(node.status().endpoints, 1);
-    // One link each way: from_container (ingress) and to_container (egress).
-    let mut pins = node.link_pins();
-    pins.sort();
-    assert_eq!(pins.len(), 2, "{pins:?}");
-    assert_eq!(pins[1], format!("to_container@{}", pins[0]));
+    // One filter each way on the host veth: from_container (ingress) and
+    // to_container (egress), and no TCX links.
+    assert_eq!(
+        node.bpf_filters(),
+        vec![
+            format!("{} egress to_container", pod.host_if),
+            format!("{} ingress from_container", pod.host_if),
+        ]
+    );
+    assert_eq!(node.pod_filter_records(), vec![pod.host_if.clone()]);
+    assert_eq!(node.link_pins(), Vec::<String>::new());
     assert_eq!(node.endpoint_entries(), 1);
     let del = pod.del_call();
     for round in 0..2 {
@@ -441,7 +453,7 @@ fn retried_add_rewires_with_the_same_address() {
     let again = out.json().expect("result");
     assert_eq!(again["ips"][0]["address"], pod.result["ips"][0]["address"]);
     assert_eq!(node.status().endpoints, 2);
-    assert_eq!(node.link_pins().len(), 4, "two links per pod");
+    assert_eq!(node.bpf_filters().len(), 4, "two filters per pod");
     assert!(sluice_tests::probe::icmp(
         &pod.ns,
         peer.ip,

@@ -14,6 +14,7 @@ use sluice_common::{
     direction::Direction,
     identity, maps,
     policy::{Isolation, PolicyEntry, PolicyKey, PEER_MARK},
+    programs,
 };
 use sluice_lab::netns::Netns;
 use sluice_tests::{require_root, unique};
@@ -232,19 +233,28 @@ fn ipblock_rules_are_withheld_while_their_regions_do_not_fit() {
     assert_eq!(pins.isolation(), vec![7]);
 }
 
-/// The program a pinned TCX link runs.
-fn link_program(pin: &std::path::Path) -> u32 {
-    use aya::programs::links::{FdLink, PinnedLink};
-    let link = FdLink::from(PinnedLink::from_pin(pin).expect("link pin"));
-    link.info().expect("link info").program_id()
+/// The program the pod filter on `ifname`'s ingress runs (in the current
+/// netns).
+fn filter_program(ifname: &str) -> u64 {
+    let out = std::process::Command::new("tc")
+        .args(["-j", "filter", "show", "dev", ifname, "ingress"])
+        .output()
+        .expect("tc filter show");
+    let filters: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("tc's JSON");
+    filters
+        .iter()
+        .find_map(|f| f["options"]["prog"]["id"].as_u64())
+        .unwrap_or_else(|| panic!("no BPF filter on {ifname}: {filters:?}"))
 }
 
 /// A reload with replaced (empty) maps must not put new programs on them
 /// while the agent has not filled them: that would open every isolated
-/// pod. The links keep the previous programs until `complete_upgrade`; a
-/// reload with the same shapes upgrades them at once.
+/// pod. The pod filters keep the previous programs until
+/// `complete_upgrade`; a reload with the same shapes upgrades them at
+/// once. A TCX link an agent before pod filters pinned goes once the
+/// filters are in place.
 #[test]
-fn links_keep_the_old_maps_until_the_new_ones_are_filled() {
+fn pod_filters_keep_the_old_maps_until_the_new_ones_are_filled() {
     require_root!();
     let pins = Pins::new();
     let ns = Netns::create(&unique("slmap")).expect("netns");
@@ -254,12 +264,19 @@ fn links_keep_the_old_maps_until_the_new_ones_are_filled() {
     let dir = pins.0.clone();
     let programs = ns
         .run(move || {
-            let pin = dir.join("links/sl0");
+            let old_pin = dir.join("links/sl0");
             let ifindex = nix::net::if_::if_nametoindex("sl0").expect("ifindex");
             let mut dataplane = Dataplane::load(&dir, small()).expect("load");
-            dataplane.attach("sl0", ifindex).expect("attach");
-            let first = link_program(&pin);
+            dataplane
+                .attach_program(programs::FROM_CONTAINER, "sl0", ifindex)
+                .expect("a TCX link as earlier agents pinned");
+            assert!(old_pin.exists());
+            dataplane.attach("sl0").expect("attach");
+            assert!(!old_pin.exists(), "the earlier agent's link is left");
+            dataplane.attach("sl0").expect("attach again (idempotent)");
+            let first = filter_program("sl0");
             drop(dataplane);
+            assert_eq!(filter_program("sl0"), first, "filter gone with the agent");
 
             let resized = MapSizes {
                 policy: 128,
@@ -277,17 +294,24 @@ fn links_keep_the_old_maps_until_the_new_ones_are_filled() {
             drop(dataplane);
             let mut dataplane = Dataplane::load(&dir, resized).expect("reload after a crash");
             assert!(dataplane.upgrade_pending(), "pending across restarts");
-            let pending = link_program(&pin);
+            let pending = filter_program("sl0");
             assert!(dir.join("SLUICE_POLICY").exists());
             dataplane.complete_upgrade().expect("complete the upgrade");
             assert!(!dataplane.upgrade_pending());
             assert!(!dir.join("SLUICE_POLICY").exists(), "old map left behind");
-            let upgraded = link_program(&pin);
+            let upgraded = filter_program("sl0");
             drop(dataplane);
 
-            let dataplane = Dataplane::load(&dir, resized).expect("reload, same shapes");
+            let mut dataplane = Dataplane::load(&dir, resized).expect("reload, same shapes");
             assert!(!dataplane.upgrade_pending());
-            [first, pending, upgraded, link_program(&pin)]
+            let same_shape = filter_program("sl0");
+            dataplane.detach("sl0").expect("detach");
+            let left = std::process::Command::new("tc")
+                .args(["filter", "show", "dev", "sl0", "ingress"])
+                .output()
+                .expect("tc filter show");
+            assert!(left.stdout.is_empty(), "filter left after detach");
+            [first, pending, upgraded, same_shape]
         })
         .expect("entering the netns");
     let [first, pending, upgraded, same_shape] = programs;

@@ -160,6 +160,10 @@ async fn uninstall(mut flags: FlagConfig, file: Option<PathBuf>) -> anyhow::Resu
         .pod_cidr
         .get_or_insert_with(|| "0.0.0.0/24".parse().expect("literal CIDR"));
     let config = Config::resolve(flags, file.as_deref())?;
+    // Filters are no pins: they go first, while their records are there.
+    if let Err(e) = bpf::pod_filters::remove_pod_filters(&config.pin_dir()) {
+        warn!(error = %e, "removing the pod programs from pod veths");
+    }
     bpf::remove_pins(&config.pin_dir())
         .with_context(|| format!("removing {}", config.pin_dir().display()))?;
     let netlink = Netlink::new()?;

@@ -350,6 +350,7 @@ impl Dataplane {
     /// earlier programs used.
     fn switch_links(&mut self) -> Result<(), DataplaneError> {
         self.upgrade_links();
+        self.upgrade_pod_filters()?;
         self.upgrade_prefilter_links();
         remove_foreign_pins(&self.pin_dir, &self.map_names)
     }
@@ -400,21 +401,11 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches the pod programs to the host side of a pod's veth:
-    /// `from_container` on TCX ingress, `to_container` on TCX egress, and
-    /// pins the links. Idempotent: a live link already pinned for this
-    /// interface is kept (after a restart it already runs this agent's
-    /// program, see `upgrade_links`); a pin left from an earlier veth of the
-    /// same name is replaced.
-    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), DataplaneError> {
-        // Ingress policy first: nothing reaches the pod unchecked once it
-        // can send.
-        self.attach_program(programs::TO_CONTAINER, ifname, ifindex)?;
-        self.attach_program(programs::FROM_CONTAINER, ifname, ifindex)
-    }
-
     /// Attaches one of the programs (TCX, the direction it is written
-    /// for) to a device and pins the link; idempotent as [`Self::attach`].
+    /// for) to one of the node's devices and pins the link. Idempotent: a
+    /// live link already pinned for this device is kept (after a restart
+    /// it already runs this agent's program, see `upgrade_links`); a pin
+    /// left from an earlier device of the same name is replaced.
     pub fn attach_program(
         &mut self,
         program: &'static str,
@@ -451,9 +442,8 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Detaches the pod programs by dropping their pins (the last
-    /// references to the links).
-    pub fn detach(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+    /// Removes the TCX links an earlier agent pinned for a pod's veth.
+    pub(super) fn remove_tcx_pins(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         self.detach_program(programs::FROM_CONTAINER, ifname)?;
         self.detach_program(programs::TO_CONTAINER, ifname)
     }
@@ -527,8 +517,8 @@ impl Dataplane {
             .map_err(map_error(maps::ENDPOINTS.name))
     }
 
-    /// The interfaces that have pod programs pinned (see [`Self::attach`]).
-    pub fn pod_links(&self) -> Result<BTreeSet<String>, DataplaneError> {
+    /// The pod veths an earlier agent pinned TCX links for.
+    pub(super) fn pod_tcx_pins(&self) -> Result<BTreeSet<String>, DataplaneError> {
         let dir = self.pin_dir.join("links");
         let entries = std::fs::read_dir(&dir).map_err(|source| DataplaneError::Io {
             path: dir.clone(),

@@ -6,16 +6,18 @@
 //! all through one diff-writer ([`diff`]).
 //!
 //! Layout under the node's pin directory (`<bpf-root>/<node-name>/`): the
-//! maps by name (`sluice_common::maps`), `links/` with one pin per
-//! attached TC program, and `sock/` with the socket hooks' links
-//! ([`socket_hooks`]), `xdp/` with the underlay prefilter's
-//! ([`prefilter`]). Pins outlive the agent, so traffic keeps flowing
-//! across agent restarts.
+//! maps by name (`sluice_common::maps`), `links/` with one pin per TCX
+//! program on the node's devices, `pod-filters/` with a record per pod
+//! veth carrying the pod programs as clsact filters ([`pod_filters`]),
+//! `sock/` with the socket hooks' links ([`socket_hooks`]), `xdp/` with
+//! the underlay prefilter's ([`prefilter`]). Pins and filters outlive the
+//! agent, so traffic keeps flowing across agent restarts.
 
 pub mod diff;
 pub mod loader;
 pub mod map_sizes;
 pub mod node_maps;
+pub mod pod_filters;
 pub mod policy_maps;
 pub mod prefilter;
 pub mod revision;
