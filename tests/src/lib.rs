@@ -92,6 +92,11 @@ pub struct Node {
 
 impl Node {
     pub fn start(tag: &str, pod_cidr: &str) -> Self {
+        Self::start_with(tag, pod_cidr, &[])
+    }
+
+    /// [`Self::start`] with more agent flags.
+    pub fn start_with(tag: &str, pod_cidr: &str, agent_args: &[&str]) -> Self {
         let name = unique(tag);
         let ns = Netns::create(&format!("{name}-node"))
             .unwrap_or_else(|e| panic!("creating netns for {name}: {e}"));
@@ -105,7 +110,7 @@ impl Node {
             socket: dir.join("agent.sock"),
             netns: Some(ns.path().to_owned()),
             log: dir.join("agent.log"),
-            extra_args: Vec::new(),
+            extra_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
         let agent =
             AgentProcess::spawn(options).unwrap_or_else(|e| panic!("spawning sluice-agent: {e}"));

@@ -174,17 +174,12 @@ fn del_is_idempotent_and_leaves_nothing() {
     let capacity = node.status().free_addresses;
     let pod = node.add_pod("p");
     assert_eq!(node.status().endpoints, 1);
-    // One filter each way on the host veth: from_container (ingress) and
-    // to_container (egress), and no TCX links.
-    assert_eq!(
-        node.bpf_filters(),
-        vec![
-            format!("{} egress to_container", pod.host_if),
-            format!("{} ingress from_container", pod.host_if),
-        ]
-    );
-    assert_eq!(node.pod_filter_records(), vec![pod.host_if.clone()]);
-    assert_eq!(node.link_pins(), Vec::<String>::new());
+    // One link each way: from_container (ingress) and to_container (egress).
+    let mut pins = node.link_pins();
+    pins.sort();
+    assert_eq!(pins.len(), 2, "{pins:?}");
+    assert_eq!(pins[1], format!("to_container@{}", pins[0]));
+    assert_eq!(node.bpf_filters(), Vec::<String>::new());
     assert_eq!(node.endpoint_entries(), 1);
     let del = pod.del_call();
     for round in 0..2 {
@@ -453,7 +448,7 @@ fn retried_add_rewires_with_the_same_address() {
     let again = out.json().expect("result");
     assert_eq!(again["ips"][0]["address"], pod.result["ips"][0]["address"]);
     assert_eq!(node.status().endpoints, 2);
-    assert_eq!(node.bpf_filters().len(), 4, "two filters per pod");
+    assert_eq!(node.link_pins().len(), 4, "two links per pod");
     assert!(sluice_tests::probe::icmp(
         &pod.ns,
         peer.ip,
@@ -464,4 +459,46 @@ fn retried_add_rewires_with_the_same_address() {
         pod.ip,
         sluice_tests::TIMEOUT
     ));
+}
+
+/// `--pod-attachment tc`: the pod programs are clsact filters on the host
+/// veth, recorded in the pin directory, upgraded by a restarted agent,
+/// and gone with DEL.
+#[test]
+fn pods_on_clsact_filters_work_survive_a_restart_and_leave_nothing() {
+    require_root!();
+    let mut node = Node::start_with("tc", "10.103.0.0/24", &["--pod-attachment", "tc"]);
+    let capacity = node.status().free_addresses;
+    let a = node.add_pod("a");
+    let b = node.add_pod("b");
+    let mut want = Vec::new();
+    for pod in [&a, &b] {
+        want.push(format!("{} egress to_container", pod.host_if));
+        want.push(format!("{} ingress from_container", pod.host_if));
+    }
+    want.sort();
+    assert_eq!(node.bpf_filters(), want);
+    let mut records = node.pod_filter_records();
+    records.sort();
+    let mut veths = vec![a.host_if.clone(), b.host_if.clone()];
+    veths.sort();
+    assert_eq!(records, veths);
+    assert_eq!(node.link_pins(), Vec::<String>::new(), "no TCX links");
+    assert!(sluice_tests::probe::icmp(
+        &a.ns,
+        b.ip,
+        sluice_tests::TIMEOUT
+    ));
+
+    node.restart_agent();
+    assert_eq!(node.bpf_filters(), want, "filters after a restart");
+    assert!(sluice_tests::probe::icmp(
+        &b.ns,
+        a.ip,
+        sluice_tests::TIMEOUT
+    ));
+
+    a.delete();
+    b.delete();
+    assert_clean(&node, capacity);
 }

@@ -7,14 +7,13 @@ use std::{collections::BTreeMap, path::PathBuf};
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 use ipnet::Ipv4Net;
 use sluice_agent::{
-    kernel::bpf::{Dataplane, MapSizes, PolicyMaps},
+    kernel::bpf::{Dataplane, MapSizes, PodAttachment, PolicyMaps},
     policy::{ports::PortPrefix, PlacedPolicy},
 };
 use sluice_common::{
     direction::Direction,
     identity, maps,
     policy::{Isolation, PolicyEntry, PolicyKey, PEER_MARK},
-    programs,
 };
 use sluice_lab::netns::Netns;
 use sluice_tests::{require_root, unique};
@@ -251,8 +250,8 @@ fn filter_program(ifname: &str) -> u64 {
 /// while the agent has not filled them: that would open every isolated
 /// pod. The pod filters keep the previous programs until
 /// `complete_upgrade`; a reload with the same shapes upgrades them at
-/// once. A TCX link an agent before pod filters pinned goes once the
-/// filters are in place.
+/// once. Switching `podAttachment` moves a veth over at its next attach:
+/// TCX links go once the filters are in place, and back.
 #[test]
 fn pod_filters_keep_the_old_maps_until_the_new_ones_are_filled() {
     require_root!();
@@ -267,13 +266,14 @@ fn pod_filters_keep_the_old_maps_until_the_new_ones_are_filled() {
             let old_pin = dir.join("links/sl0");
             let ifindex = nix::net::if_::if_nametoindex("sl0").expect("ifindex");
             let mut dataplane = Dataplane::load(&dir, small()).expect("load");
-            dataplane
-                .attach_program(programs::FROM_CONTAINER, "sl0", ifindex)
-                .expect("a TCX link as earlier agents pinned");
+            dataplane.attach("sl0", ifindex).expect("attach, TCX");
             assert!(old_pin.exists());
-            dataplane.attach("sl0").expect("attach");
-            assert!(!old_pin.exists(), "the earlier agent's link is left");
-            dataplane.attach("sl0").expect("attach again (idempotent)");
+            dataplane.set_pod_attachment(PodAttachment::Tc);
+            dataplane.attach("sl0", ifindex).expect("attach, tc");
+            assert!(!old_pin.exists(), "the TCX link is left");
+            dataplane
+                .attach("sl0", ifindex)
+                .expect("attach again (idempotent)");
             let first = filter_program("sl0");
             drop(dataplane);
             assert_eq!(filter_program("sl0"), first, "filter gone with the agent");
@@ -305,12 +305,22 @@ fn pod_filters_keep_the_old_maps_until_the_new_ones_are_filled() {
             let mut dataplane = Dataplane::load(&dir, resized).expect("reload, same shapes");
             assert!(!dataplane.upgrade_pending());
             let same_shape = filter_program("sl0");
+            let filters_left = || {
+                let out = std::process::Command::new("tc")
+                    .args(["filter", "show", "dev", "sl0", "ingress"])
+                    .output()
+                    .expect("tc filter show");
+                !out.stdout.is_empty()
+            };
+            // Back to TCX (the default of a new load).
+            dataplane.attach("sl0", ifindex).expect("attach, TCX again");
+            assert!(old_pin.exists());
+            assert!(!filters_left(), "filter left after the move to TCX");
+            dataplane.set_pod_attachment(PodAttachment::Tc);
+            dataplane.attach("sl0", ifindex).expect("attach, tc again");
             dataplane.detach("sl0").expect("detach");
-            let left = std::process::Command::new("tc")
-                .args(["filter", "show", "dev", "sl0", "ingress"])
-                .output()
-                .expect("tc filter show");
-            assert!(left.stdout.is_empty(), "filter left after detach");
+            assert!(!filters_left(), "filter left after detach");
+            assert!(!old_pin.exists(), "link left after detach");
             [first, pending, upgraded, same_shape]
         })
         .expect("entering the netns");

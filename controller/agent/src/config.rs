@@ -9,6 +9,7 @@ use std::{
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
+pub use crate::kernel::bpf::PodAttachment;
 use crate::kernel::bpf::{AttachMode, MapSizes};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
@@ -117,6 +118,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub cgroup_root: Option<PathBuf>,
     pub prefilter: Option<PrefilterConfig>,
+    pub pod_attachment: Option<PodAttachment>,
 }
 
 /// The config file's `prefilter` key: the underlay prefilter's initial
@@ -176,6 +178,7 @@ pub struct FlagConfig {
     pub kube_proxy_replacement: Option<bool>,
     pub log_level: Option<String>,
     pub prefilter_mode: Option<PrefilterMode>,
+    pub pod_attachment: Option<PodAttachment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +215,8 @@ pub struct Config {
     pub prefilter_deny: Vec<Ipv4Net>,
     /// The config file's `prefilter.mode`.
     pub prefilter_mode: PrefilterMode,
+    /// How the pod programs attach to pods' veths (`podAttachment`).
+    pub pod_attachment: PodAttachment,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -359,6 +364,10 @@ impl Config {
             cgroup_root: file.cgroup_root,
             prefilter_deny,
             prefilter_mode,
+            pod_attachment: flags
+                .pod_attachment
+                .or(file.pod_attachment)
+                .unwrap_or_default(),
         })
     }
 

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use ipnet::Ipv4Net;
-use sluice_agent::config::{PrefilterMode, Routing};
+use sluice_agent::config::{PodAttachment, PrefilterMode, Routing};
 use sluice_lab::{
     bench::{self, BenchOptions},
     cluster::{self, Lab, LabConfig, LabStatus, PodSpec, UpOptions},
@@ -186,6 +186,10 @@ struct UpArgs {
     /// `auto` (generic on veth), `native` or `generic`.
     #[arg(long, value_enum, default_value_t = PrefilterMode::Auto)]
     prefilter_mode: PrefilterMode,
+    /// How the agents attach the pod programs: `tcx` (pinned links) or
+    /// `tc` (clsact filters; faster CNI ADD).
+    #[arg(long, value_enum, default_value_t = PodAttachment::Tcx)]
+    pod_attachment: PodAttachment,
 }
 
 #[derive(clap::Args, Debug)]
@@ -260,6 +264,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 pod_cidr: up.pod_cidr,
                 kube_proxy: up.kube_proxy,
                 prefilter_mode: up.prefilter_mode,
+                pod_attachment: up.pod_attachment,
             };
             let lab = Lab::up(config, &options)?;
             print_status(&lab.status());
@@ -520,41 +525,54 @@ fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
             format!(" --only {}", names.join(","))
         }
     ));
-    let mut add = |section: bench::report::Section| {
+    // One suite: its section printed and added, its wall time noted.
+    let mut add = |suite: BenchSuite,
+                   run: &dyn Fn() -> anyhow::Result<bench::report::Section>|
+     -> anyhow::Result<()> {
+        if !wanted(suite) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let section = run()?;
         for table in &section.tables {
             println!("{}", table.markdown());
         }
         report.sections.push(section);
+        let name = clap::ValueEnum::to_possible_value(&suite)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default();
+        report
+            .suite_seconds
+            .push((name, started.elapsed().as_secs_f64()));
+        Ok(())
     };
-    if wanted(BenchSuite::Policy) {
+    add(BenchSuite::Policy, &|| {
         let rules: &[usize] = if quick { &[0, 1_000] } else { &[0, 10_000] };
         let repeat = if quick { 200_000 } else { 1_000_000 };
-        add(bench::policy_cost::section(rules, runs, repeat)?);
-    }
-    if wanted(BenchSuite::Throughput) {
-        add(bench::throughput::section(&options)?);
-    }
-    if wanted(BenchSuite::Services) {
-        add(bench::services::section(&options, &services)?);
-    }
-    if wanted(BenchSuite::Prefilter) {
-        add(bench::prefilter::section(&options)?);
-    }
-    if wanted(BenchSuite::SameNode) {
-        add(bench::same_node::section(&options)?);
-    }
-    if wanted(BenchSuite::PolicyScale) {
-        add(bench::policy_scale::section(&options)?);
-    }
-    if wanted(BenchSuite::ControlPlane) {
-        add(bench::control_plane::section(&options)?);
-    }
-    if wanted(BenchSuite::Scale) {
-        add(bench::scale::section(&options)?);
-    }
-    if wanted(BenchSuite::RuntimeCost) {
-        add(bench::runtime_cost::section(&options)?);
-    }
+        Ok(bench::policy_cost::section(rules, runs, repeat)?)
+    })?;
+    add(BenchSuite::Throughput, &|| {
+        Ok(bench::throughput::section(&options)?)
+    })?;
+    add(BenchSuite::Services, &|| {
+        Ok(bench::services::section(&options, &services)?)
+    })?;
+    add(BenchSuite::Prefilter, &|| {
+        Ok(bench::prefilter::section(&options)?)
+    })?;
+    add(BenchSuite::SameNode, &|| {
+        Ok(bench::same_node::section(&options)?)
+    })?;
+    add(BenchSuite::PolicyScale, &|| {
+        Ok(bench::policy_scale::section(&options)?)
+    })?;
+    add(BenchSuite::ControlPlane, &|| {
+        Ok(bench::control_plane::section(&options)?)
+    })?;
+    add(BenchSuite::Scale, &|| Ok(bench::scale::section(&options)?))?;
+    add(BenchSuite::RuntimeCost, &|| {
+        Ok(bench::runtime_cost::section(&options)?)
+    })?;
     let written = report
         .write(&args.out)
         .with_context(|| format!("writing the report to {}", args.out.display()))?;

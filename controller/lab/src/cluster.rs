@@ -37,7 +37,7 @@ use super::{
 };
 pub use super::{error::LabError, pods::PodSpec};
 use sluice_agent::{
-    config::{PrefilterMode, Routing},
+    config::{PodAttachment, PrefilterMode, Routing},
     kernel::bpffs,
 };
 
@@ -166,6 +166,9 @@ pub struct UpOptions {
     /// Where the agents run the XDP prefilter on their veth underlay
     /// (`auto`: generic there).
     pub prefilter_mode: PrefilterMode,
+    /// How the agents attach the pod programs (TCX links or clsact
+    /// filters).
+    pub pod_attachment: PodAttachment,
 }
 
 impl Default for UpOptions {
@@ -176,6 +179,7 @@ impl Default for UpOptions {
             pod_cidr: DEFAULT_POD_CIDR.parse().expect("literal CIDR"),
             kube_proxy: false,
             prefilter_mode: PrefilterMode::Auto,
+            pod_attachment: PodAttachment::Tcx,
         }
     }
 }
@@ -268,6 +272,7 @@ impl Lab {
                 pod_cidr: state.pod_cidr,
                 kube_proxy: state.kube_proxy,
                 prefilter_mode: state.prefilter_mode,
+                pod_attachment: state.pod_attachment,
             };
             if running != *options {
                 return Err(LabError::Mismatch {
@@ -368,6 +373,7 @@ impl Lab {
             pods: Vec::new(),
             kube_proxy: options.kube_proxy,
             prefilter_mode: options.prefilter_mode,
+            pod_attachment: options.pod_attachment,
             kubeconfig: None,
         };
         inventory::save(&config.dir, &state)?;
@@ -664,6 +670,8 @@ fn agent_options(
             (!state.kube_proxy).to_string(),
             "--prefilter-mode".into(),
             state.prefilter_mode.to_string(),
+            "--pod-attachment".into(),
+            state.pod_attachment.to_string(),
         ],
     })
 }
@@ -747,6 +755,7 @@ mod tests {
             pods: vec![],
             kube_proxy: true,
             prefilter_mode: PrefilterMode::Native,
+            pod_attachment: PodAttachment::Tc,
             kubeconfig: None,
         };
         let node = NodeState {
@@ -777,7 +786,9 @@ mod tests {
                 "--kube-proxy-replacement",
                 "false",
                 "--prefilter-mode",
-                "native"
+                "native",
+                "--pod-attachment",
+                "tc"
             ]
         );
         assert!(matches!(

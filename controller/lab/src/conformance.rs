@@ -600,6 +600,7 @@ mod tests {
             pods: vec![pod],
             kube_proxy: false,
             prefilter_mode: Default::default(),
+            pod_attachment: Default::default(),
             kubeconfig: None,
         };
         inventory::save(tmp.path(), &lab_state).expect("save");

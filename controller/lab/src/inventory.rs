@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::topology::PodName;
-use sluice_agent::config::{PrefilterMode, Routing};
+use sluice_agent::config::{PodAttachment, PrefilterMode, Routing};
 
 pub const STATE_FILE: &str = "lab.json";
 
@@ -34,6 +34,9 @@ pub struct LabState {
     /// The agents' `--prefilter-mode`.
     #[serde(default)]
     pub prefilter_mode: PrefilterMode,
+    /// The agents' `--pod-attachment`.
+    #[serde(default)]
+    pub pod_attachment: PodAttachment,
     /// The agents read the cluster from the API server of this kubeconfig
     /// instead of the lab's manifest directory (the lab still writes its
     /// objects there: something must serve them, as tests' fake API
@@ -183,6 +186,7 @@ mod tests {
             }],
             kube_proxy: false,
             prefilter_mode: PrefilterMode::Auto,
+            pod_attachment: PodAttachment::Tcx,
             kubeconfig: None,
         }
     }

@@ -48,6 +48,7 @@ checksum on the pod template.
   "kubeProxyReplacement" .Values.kubeProxyReplacement
   "metricsAddress" (printf "0.0.0.0:%d" (int .Values.metrics.port))
   "logLevel" .Values.logLevel
+  "podAttachment" .Values.podAttachment
   "stateDir" (include "sluice.stateDir" .)
   "socket" (include "sluice.socket" .)
   "bpffs" (include "sluice.bpffs" .)

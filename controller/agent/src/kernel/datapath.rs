@@ -56,7 +56,7 @@ impl Datapath for KernelDatapath {
             _ => return Err(DatapathError::NoSuchLink(ep.host_ifname.clone())),
         }
         self.dataplane.set_endpoint(IpKey::from(ep.ip), *info)?;
-        self.dataplane.attach(&ep.host_ifname)?;
+        self.dataplane.attach(&ep.host_ifname, ep.host_ifindex)?;
         self.netlink
             .add_pod_route(ep.host_ifindex, ip, ep.pod_mac, self.gateway)
             .await?;

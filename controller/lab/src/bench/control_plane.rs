@@ -18,6 +18,7 @@ use std::{
 
 use nix::sys::socket::{setsockopt, sockopt};
 use serde_json::json;
+use sluice_agent::config::PodAttachment;
 use sluice_common::api::AgentStatus;
 use sluice_common::maps;
 use tracing::warn;
@@ -81,14 +82,18 @@ struct LabGuard(Lab, #[allow(dead_code)] LabDown);
 
 impl LabGuard {
     fn up(options: &BenchOptions, tag: &str, nodes: usize) -> Result<Self, BenchError> {
-        let (lab, down) = setups::fresh_lab(
+        Self::up_with(
             options,
             tag,
             &UpOptions {
                 nodes,
                 ..UpOptions::default()
             },
-        )?;
+        )
+    }
+
+    fn up_with(options: &BenchOptions, tag: &str, up: &UpOptions) -> Result<Self, BenchError> {
+        let (lab, down) = setups::fresh_lab(options, tag, up)?;
         Ok(LabGuard(lab, down))
     }
 
@@ -125,8 +130,83 @@ impl LabGuard {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Plugin {
-    Sluice,
+    /// sluice, with the pod programs attached this way.
+    Sluice(PodAttachment),
     Bridge,
+}
+
+/// A one-node sluice lab of the CNI measurement.
+struct CniNode {
+    lab: LabGuard,
+    node: NodeState,
+    socket: PathBuf,
+    manifests: manifests::ManifestDir,
+    pods: usize,
+}
+
+impl CniNode {
+    fn up(options: &BenchOptions, pod_attachment: PodAttachment) -> Result<Self, BenchError> {
+        let lab = LabGuard::up_with(
+            options,
+            &format!("cni-{pod_attachment}"),
+            &UpOptions {
+                nodes: 1,
+                pod_attachment,
+                ..UpOptions::default()
+            },
+        )?;
+        let node = lab.node(0);
+        let socket = lab.socket(&node.name);
+        let manifests = lab.0.config().manifests();
+        write_manifest(
+            &manifests,
+            &manifests.namespace_path("cni"),
+            &manifests::namespace_object("cni", &BTreeMap::new()),
+        )?;
+        Ok(Self {
+            lab,
+            node,
+            socket,
+            manifests,
+            pods: 0,
+        })
+    }
+
+    /// The next pod's namespace and its ADD and DEL, its Pod object known
+    /// to the agent first, as a kubelet's pod is.
+    fn next_pod(&mut self) -> Result<(Netns, (CniCall, CniCall)), BenchError> {
+        let lab_name = self.lab.0.config().name.clone();
+        let pod = name(&format!("s{}", self.pods), "cni")?;
+        self.pods += 1;
+        let state = PodState {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            node: self.node.name.clone(),
+            netns: topology::pod_netns(&lab_name, &pod),
+            ip: std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            container_id: pod.container_id(),
+            server_pid: None,
+            labels: [("app".to_owned(), pod.name.clone())].into(),
+            ports: vec![80],
+        };
+        write_manifest(
+            &self.manifests,
+            &self.manifests.pod_path(&pod),
+            &manifests::pod_object(&state, Some(self.node.ip)),
+        )?;
+        let pods = self.pods;
+        agent_probe::wait_until(
+            &self.socket,
+            Instant::now(),
+            CONVERGE,
+            "the Pod known",
+            |s| agent_probe::objects(s, "pod") >= pods,
+        )?;
+        let ns = Netns::create(&state.netns).map_err(io("creating a pod netns"))?;
+        let add = self.lab.0.cni(&self.node, "ADD", &state)?;
+        let del = self.lab.0.cni(&self.node, "DEL", &state)?;
+        Ok((ns, (add, del)))
+    }
 }
 
 /// A pod wired for the CNI measurement: its namespace and its DEL.
@@ -137,19 +217,18 @@ struct Wired {
 
 fn cni_latency(options: &BenchOptions) -> Result<Vec<Table>, BenchError> {
     let pods = if options.quick { 20 } else { 100 };
-    let lab = LabGuard::up(options, "cni", 1)?;
-    let node = lab.node(0);
-    let socket = lab.socket(&node.name);
-    let lab_name = lab.0.config().name.clone();
+    let mut tcx = CniNode::up(options, PodAttachment::Tcx)?;
+    let mut tc = CniNode::up(options, PodAttachment::Tc)?;
+    let lab_name = tcx.lab.0.config().name.clone();
     // bridge's "node": the bridge device and host-local's leases live in
-    // a namespace and a directory of the bench's (named as the lab's
-    // second node, so `down` removes it too).
+    // a namespace and a directory of the bench's (named as the first
+    // lab's second node, so `down` removes it too).
     let bridge_host = Netns::create(&topology::node_netns(&lab_name, 2))
         .map_err(io("creating the bridge plugin's node namespace"))?;
     bridge_host
         .ip("link set lo up")
         .map_err(io("bridge node"))?;
-    let ipam_dir = lab.0.config().dir.join("bridge-ipam");
+    let ipam_dir = tcx.lab.0.config().dir.join("bridge-ipam");
     let bridge_conf = json!({
         "cniVersion": "1.0.0",
         "name": "bench-bridge",
@@ -170,47 +249,18 @@ fn cni_latency(options: &BenchOptions) -> Result<Vec<Table>, BenchError> {
             bridge_plugin.display()
         )));
     }
-    let manifests = lab.0.config().manifests();
-    write_manifest(
-        &manifests,
-        &manifests.namespace_path("cni"),
-        &manifests::namespace_object("cni", &BTreeMap::new()),
-    )?;
 
     let mut wired: Vec<Wired> = Vec::new();
-    let mut sluice_pods = 0usize;
     let mut bridge_pods = 0usize;
-    let add = turns::in_turns(pods, &[Plugin::Sluice, Plugin::Bridge], |plugin| {
+    let plugins = [
+        Plugin::Sluice(PodAttachment::Tcx),
+        Plugin::Sluice(PodAttachment::Tc),
+        Plugin::Bridge,
+    ];
+    let add = turns::in_turns(pods, &plugins, |plugin| {
         let (pod, call) = match plugin {
-            Plugin::Sluice => {
-                let pod = name(&format!("s{sluice_pods}"), "cni")?;
-                sluice_pods += 1;
-                let state = PodState {
-                    namespace: pod.namespace.clone(),
-                    name: pod.name.clone(),
-                    node: node.name.clone(),
-                    netns: topology::pod_netns(&lab_name, &pod),
-                    ip: std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    container_id: pod.container_id(),
-                    server_pid: None,
-                    labels: [("app".to_owned(), pod.name.clone())].into(),
-                    ports: vec![80],
-                };
-                // The Pod object exists, and the agent knows it, before
-                // kubelet asks for its network.
-                write_manifest(
-                    &manifests,
-                    &manifests.pod_path(&pod),
-                    &manifests::pod_object(&state, Some(node.ip)),
-                )?;
-                agent_probe::wait_until(&socket, Instant::now(), CONVERGE, "the Pod known", |s| {
-                    agent_probe::objects(s, "pod") >= sluice_pods
-                })?;
-                let ns = Netns::create(&state.netns).map_err(io("creating a pod netns"))?;
-                let add = lab.0.cni(&node, "ADD", &state)?;
-                let del = lab.0.cni(&node, "DEL", &state)?;
-                (ns, (add, del))
-            }
+            Plugin::Sluice(PodAttachment::Tcx) => tcx.next_pod()?,
+            Plugin::Sluice(PodAttachment::Tc) => tc.next_pod()?,
             Plugin::Bridge => {
                 let pod = name(&format!("b{bridge_pods}"), "bridge")?;
                 bridge_pods += 1;
@@ -239,18 +289,23 @@ fn cni_latency(options: &BenchOptions) -> Result<Vec<Table>, BenchError> {
         }
     })?;
     // DEL in the order of the ADDs, so the plugins still take turns.
-    let mut dels: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut dels: Vec<Vec<f64>> = vec![Vec::new(); plugins.len()];
     for (i, pod) in wired.drain(..).enumerate() {
         let start = Instant::now();
         let out = pod.del.invoke().map_err(io("running a CNI DEL"))?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
-        dels[i % 2].push(if out.success { ms } else { f64::NAN });
+        dels[i % plugins.len()].push(if out.success { ms } else { f64::NAN });
         drop(pod.netns);
     }
     drop(bridge_host);
-    drop(lab);
+    drop(tc);
+    drop(tcx);
 
-    let names = ["sluice", "bridge + host-local"];
+    let names = [
+        "sluice (podAttachment tcx, default)",
+        "sluice (podAttachment tc)",
+        "bridge + host-local",
+    ];
     let mut tables = Vec::new();
     for (what, samples) in [("ADD", &add[..]), ("DEL", &dels[..])] {
         for (p, label) in [(50.0, "p50"), (99.0, "p99")] {
@@ -260,7 +315,7 @@ fn cni_latency(options: &BenchOptions) -> Result<Vec<Table>, BenchError> {
                 "ms",
                 Better::Lower,
             )
-            .floor(names[1]);
+            .floor(names[2]);
             if what == "ADD" {
                 t = t.target("ADD p50 ≤ bridge in the same run, p99 < 30 ms");
             }

@@ -195,6 +195,9 @@ pub struct Report {
     /// The machine, the build, the command: what makes numbers comparable.
     pub header: Vec<String>,
     pub sections: Vec<Section>,
+    /// Wall time of each suite, in seconds, in the order they ran: what to
+    /// cut when the run grows too long.
+    pub suite_seconds: Vec<(String, f64)>,
 }
 
 impl Report {
@@ -215,6 +218,14 @@ impl Report {
                 }
                 out.push('\n');
             }
+        }
+        if !self.suite_seconds.is_empty() {
+            out.push_str("\n## Time per suite\n\n| suite | wall time (s) |\n|---|---:|\n");
+            for (suite, seconds) in &self.suite_seconds {
+                let _ = writeln!(out, "| {suite} | {seconds:.0} |");
+            }
+            let total: f64 = self.suite_seconds.iter().map(|(_, s)| s).sum();
+            let _ = writeln!(out, "| all | {total:.0} |");
         }
         out
     }

@@ -216,6 +216,7 @@ pub struct Dataplane {
     /// Maps were created or replaced at load: the links keep the previous
     /// programs, with the previous maps, until the new maps are filled.
     upgrade_pending: bool,
+    pub(super) pod_attachment: super::PodAttachment,
 }
 
 /// The maps the agent keeps in line with the cluster, each for one
@@ -283,6 +284,7 @@ impl Dataplane {
             sync_maps: Some(sync_maps),
             map_names: shapes.into_keys().collect(),
             upgrade_pending,
+            pod_attachment: Default::default(),
         };
         for (name, _) in PROGRAMS {
             dataplane
@@ -442,7 +444,7 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Removes the TCX links an earlier agent pinned for a pod's veth.
+    /// Removes the TCX links pinned for a pod's veth.
     pub(super) fn remove_tcx_pins(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         self.detach_program(programs::FROM_CONTAINER, ifname)?;
         self.detach_program(programs::TO_CONTAINER, ifname)
@@ -517,7 +519,7 @@ impl Dataplane {
             .map_err(map_error(maps::ENDPOINTS.name))
     }
 
-    /// The pod veths an earlier agent pinned TCX links for.
+    /// The pod veths with pinned TCX links.
     pub(super) fn pod_tcx_pins(&self) -> Result<BTreeSet<String>, DataplaneError> {
         let dir = self.pin_dir.join("links");
         let entries = std::fs::read_dir(&dir).map_err(|source| DataplaneError::Io {

@@ -1,20 +1,24 @@
-//! The pod programs on a pod's host veth: `from_container` on ingress and
-//! `to_container` on egress, as clsact filters (cls_bpf, direct action),
-//! not TCX links like the node's own devices.
+//! The pod programs on a pod's host veth, `from_container` on ingress and
+//! `to_container` on egress, attached one of two ways ([`PodAttachment`]):
+//! as TCX links pinned in `links/` like the node's own devices, or as
+//! clsact filters (cls_bpf, direct action).
 //!
-//! Why: a TCX attach publishes a new program array and then waits a full
-//! RCU grace period (`synchronize_rcu`, not the expedited kind) while
-//! holding RTNL. Two of those per pod were about 26 ms of a 39 ms CNI ADD
-//! on the lab's VMs, and they stall every other netlink user on the node
-//! meanwhile. A filter on a fresh clsact qdisc needs no such wait (about
-//! 80 µs for both). The filters outlive the agent as the links' pins did;
-//! `docs/benchmarks.md` compares the per-packet cost.
+//! Why two: a TCX attach publishes a new program array and then waits a
+//! full RCU grace period (`synchronize_rcu`, not the expedited kind) while
+//! holding RTNL. Two of those per pod are about 26 ms of a CNI ADD on the
+//! lab's VMs, and stall every other netlink user of the node meanwhile. A
+//! filter on a fresh clsact qdisc needs no such wait (about 80 µs for
+//! both). But the clsact qdisc takes the slot the bandwidth plugin's
+//! `ingress` qdisc needs, so that plugin cannot chain after sluice, and
+//! any `tc qdisc del` removes the filters where TCX links are the agent's
+//! own. TCX stays the default; `docs/benchmarks.md` compares both.
 //!
 //! A filter is no bpffs object, so a directory `pod-filters/<ifname>` in
 //! the pin directory records each veth that carries them: an upgrade swaps
-//! the new programs into those, an uninstall removes them. Agents before
-//! this one pinned TCX links in `links/`; a veth's old links go once its
-//! filters are in place (see [`Dataplane::attach`]).
+//! the new programs into those, an uninstall removes them. Switching the
+//! mode moves a veth over when the agent next attaches it: the new kind
+//! first, then the old kind goes (TCX runs before clsact and gives every
+//! packet a verdict, so the overlap changes nothing).
 
 use std::{
     collections::BTreeSet,
@@ -30,6 +34,40 @@ use sluice_common::programs;
 use tracing::{info, warn};
 
 use super::{program_error, Dataplane, DataplaneError};
+
+/// The config's `podAttachment` (`--pod-attachment`): how the pod
+/// programs attach to a pod's host veth.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PodAttachment {
+    /// TCX links pinned by the agent: no `tc` command removes them, the
+    /// veth's qdiscs stay free (the bandwidth plugin chains), but each of
+    /// the two attaches waits an RCU grace period holding RTNL.
+    #[default]
+    Tcx,
+    /// clsact filters: a CNI ADD some 26 ms faster here; the bandwidth
+    /// plugin cannot chain (its `ingress` qdisc needs clsact's slot).
+    Tc,
+}
+
+impl std::fmt::Display for PodAttachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PodAttachment::Tcx => "tcx",
+            PodAttachment::Tc => "tc",
+        })
+    }
+}
 
 /// Where the pod programs sit in their clsact hooks: first, and at a fixed
 /// handle so that a restarted or upgraded agent finds them again.
@@ -118,10 +156,32 @@ pub fn remove_pod_filters(pin_dir: &Path) -> Result<(), DataplaneError> {
 }
 
 impl Dataplane {
-    /// Puts the pod programs on the host side of a pod's veth. Idempotent:
-    /// filters already there are kept (after a restart they run this
-    /// agent's programs, see [`Self::upgrade_pod_filters`]).
-    pub fn attach(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+    /// How [`Self::attach`] attaches from now on (TCX unless set).
+    pub fn set_pod_attachment(&mut self, mode: PodAttachment) {
+        self.pod_attachment = mode;
+    }
+
+    /// Puts the pod programs on the host side of a pod's veth, the way
+    /// [`Self::set_pod_attachment`] chose, and removes the other kind.
+    /// Idempotent: programs already attached are kept (after a restart they
+    /// run this agent's programs, see `switch_links`).
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), DataplaneError> {
+        match self.pod_attachment {
+            PodAttachment::Tcx => {
+                for (program, _) in POD_PROGRAMS {
+                    self.attach_program(program, ifname, ifindex)?;
+                }
+                remove_filters(ifname)?;
+                remove_marker(&self.pin_dir, ifname)
+            }
+            PodAttachment::Tc => {
+                self.attach_filters(ifname)?;
+                self.remove_tcx_pins(ifname)
+            }
+        }
+    }
+
+    fn attach_filters(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         match tc::qdisc_add_clsact(ifname) {
             Ok(()) => {}
             Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -146,21 +206,18 @@ impl Dataplane {
             }
         }
         let marker = markers(&self.pin_dir).join(ifname);
-        std::fs::create_dir_all(&marker).map_err(io_error(&marker))?;
-        // An earlier agent's TCX links on this veth would run before the
-        // filters; they go now that the filters are in place.
-        self.remove_tcx_pins(ifname)
+        std::fs::create_dir_all(&marker).map_err(io_error(&marker))
     }
 
-    /// Removes the pod programs from a pod's veth.
+    /// Removes the pod programs, of either kind, from a pod's veth.
     pub fn detach(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         remove_filters(ifname)?;
         remove_marker(&self.pin_dir, ifname)?;
         self.remove_tcx_pins(ifname)
     }
 
-    /// The veths that carry pod programs: recorded filters, and links an
-    /// earlier agent pinned.
+    /// The veths that carry pod programs: recorded filters and pinned
+    /// links.
     pub fn pod_links(&self) -> Result<BTreeSet<String>, DataplaneError> {
         let mut links = marked(&self.pin_dir)?;
         links.extend(self.pod_tcx_pins()?);
