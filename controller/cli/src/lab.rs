@@ -117,7 +117,7 @@ enum LabCommand {
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// Seconds per iperf3 run and per request/response run [default: 5,
+    /// Seconds per iperf3 run and per request/response run [default: 3,
     /// 2 with --quick].
     #[arg(long)]
     seconds: Option<u32>,
@@ -486,7 +486,7 @@ fn demo_in(config: LabConfig, options: &UpOptions) -> anyhow::Result<ExitCode> {
 /// the report with its plots.
 fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
     let quick = args.quick;
-    let seconds = args.seconds.unwrap_or(if quick { 2 } else { 5 });
+    let seconds = args.seconds.unwrap_or(if quick { 2 } else { 3 });
     let runs = args.runs.unwrap_or(if quick { 2 } else { 3 });
     let services = if !args.services.is_empty() {
         args.services.clone()

@@ -20,10 +20,12 @@ use super::{
     turns::{in_turns_noting as in_turns, values},
 };
 use crate::netns::Netns;
+use sluice_agent::config::PodAttachment;
 
 pub const RAW_VETH: &str = "raw veth";
 pub const BRIDGE: &str = "bridge CNI";
 pub const SLUICE: &str = "sluice";
+pub const SLUICE_TC: &str = "sluice, podAttachment tc";
 const TARGET: &str = "≥ 0.95 of raw veth and ≥ bridge CNI";
 const TARGET_LATENCY: &str = "≤ raw veth's / 0.95 and ≤ bridge CNI's";
 /// The bridge setup's pod addresses (inside its node namespace only).
@@ -90,6 +92,9 @@ fn measure(
     let mut sluice = SluiceNode::up(options, lab_tag)?;
     let (sluice_client, _) = sluice.pod("client", &[])?;
     let (sluice_server, sluice_server_ip) = sluice.pod("server", &[])?;
+    let mut sluice_tc = SluiceNode::up_with(options, &format!("{lab_tag}-tc"), PodAttachment::Tc)?;
+    let (tc_client, _) = sluice_tc.pod("client", &[])?;
+    let (tc_server, tc_server_ip) = sluice_tc.pod("server", &[])?;
     let paths = [
         Path::new(RAW_VETH, &veth.client, &veth.server, VETH_SERVER_IP)?,
         Path::new(
@@ -99,6 +104,7 @@ fn measure(
             bridge_server_ip,
         )?,
         Path::new(SLUICE, &sluice_client, &sluice_server, sluice_server_ip)?,
+        Path::new(SLUICE_TC, &tc_client, &tc_server, tc_server_ip)?,
     ];
     for path in &paths {
         rr::probe(
@@ -223,12 +229,13 @@ fn measure(
     Ok(Section {
         heading: "Same node".into(),
         text: format!(
-            "Pod to pod on one node, three setups up at once, each a client and a server \
+            "Pod to pod on one node, four setups up at once, each a client and a server \
              namespace: **{RAW_VETH}** (two namespaces on one veth pair, nothing else: the \
              floor), **{BRIDGE}** (Debian's `bridge` plugin with `host-local`, invoked as a \
              runtime does, both pods on one Linux bridge in a node namespace with \
-             `bridge-nf-call-iptables=1` as Kubernetes nodes have it, no iptables rules) and \
-             **{SLUICE}** (a one-node lab, two pods). Figures in turns ({} runs each): TCP \
+             `bridge-nf-call-iptables=1` as Kubernetes nodes have it, no iptables rules), \
+             **{SLUICE}** (a one-node lab, two pods, the pod programs on TCX, the default) and \
+             **{SLUICE_TC}** (the same with them as clsact filters). Figures in turns ({} runs each): TCP \
              throughput by iperf3 ({} s a run, 1 and 4 streams), and {MESSAGE} B \
              request/response ({:.1} s a run): RR on one connection or UDP socket, pinned \
              (client and server on CPU {CPU}) and unpinned, its per-transaction latency \

@@ -6,6 +6,7 @@ use std::{
     path::Path,
 };
 
+use sluice_agent::config::PodAttachment;
 use tracing::warn;
 
 use super::throughput::{BenchError, BenchOptions};
@@ -72,11 +73,21 @@ pub struct SluiceNode {
 
 impl SluiceNode {
     pub fn up(options: &BenchOptions, tag: &str) -> Result<Self, BenchError> {
+        Self::up_with(options, tag, PodAttachment::default())
+    }
+
+    /// [`Self::up`] with the agent attaching the pod programs this way.
+    pub fn up_with(
+        options: &BenchOptions,
+        tag: &str,
+        pod_attachment: PodAttachment,
+    ) -> Result<Self, BenchError> {
         let (lab, down) = fresh_lab(
             options,
             tag,
             &UpOptions {
                 nodes: 1,
+                pod_attachment,
                 ..UpOptions::default()
             },
         )?;
