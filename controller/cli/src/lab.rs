@@ -117,8 +117,8 @@ enum LabCommand {
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// Seconds per iperf3 run and per request/response run [default: 3,
-    /// 2 with --quick].
+    /// Seconds per iperf3 run and per request/response run [default: 2,
+    /// 1 with --quick].
     #[arg(long)]
     seconds: Option<u32>,
     /// Runs per path, in turns with the path's alternatives (the median and
@@ -132,8 +132,8 @@ struct BenchArgs {
     /// Only these benchmarks [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<BenchSuite>,
-    /// Service counts for the Services benchmark [default: 1,1000; 1,100
-    /// with --quick].
+    /// Service counts for the Services benchmark [default: 1000; 100 with
+    /// --quick].
     #[arg(long, value_delimiter = ',')]
     services: Vec<usize>,
     /// Where report.md, report.json and plots/ go.
@@ -486,14 +486,14 @@ fn demo_in(config: LabConfig, options: &UpOptions) -> anyhow::Result<ExitCode> {
 /// the report with its plots.
 fn bench(config: &LabConfig, args: &BenchArgs) -> anyhow::Result<()> {
     let quick = args.quick;
-    let seconds = args.seconds.unwrap_or(if quick { 2 } else { 3 });
+    let seconds = args.seconds.unwrap_or(if quick { 1 } else { 2 });
     let runs = args.runs.unwrap_or(if quick { 2 } else { 3 });
     let services = if !args.services.is_empty() {
         args.services.clone()
     } else if quick {
-        vec![1, 100]
+        vec![100]
     } else {
-        vec![1, 1000]
+        vec![1000]
     };
     // Labs of its own, beside (not inside) the user's lab.
     let options = BenchOptions {
