@@ -73,6 +73,8 @@ pub enum Request {
     /// Read or change the underlay prefilter's deny list (`sluice
     /// prefilter`).
     Prefilter { prefilter: PrefilterOp },
+    /// Explain the policy verdict of a flow (`sluice policy explain`).
+    Explain { query: crate::explain::ExplainQuery },
 }
 
 /// What `sluice prefilter` asks of the deny list. CIDRs travel as text so
@@ -214,12 +216,28 @@ pub enum ErrorKind {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Ok,
-    Allocated { allocation: Allocation },
-    Endpoint { state: EndpointState },
-    Collected { released: Vec<Attachment> },
-    Status { status: AgentStatus },
-    Prefilter { prefilter: PrefilterStatus },
-    Error { kind: ErrorKind, message: String },
+    Allocated {
+        allocation: Allocation,
+    },
+    Endpoint {
+        state: EndpointState,
+    },
+    Collected {
+        released: Vec<Attachment>,
+    },
+    Status {
+        status: AgentStatus,
+    },
+    Prefilter {
+        prefilter: PrefilterStatus,
+    },
+    Explained {
+        explanation: Box<crate::explain::Explanation>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 impl Request {
