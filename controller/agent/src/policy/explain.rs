@@ -24,7 +24,9 @@ use sluice_common::explain::{
     DatapathCheck, DirectionExplanation, End, EndRef, ExplainQuery, Explanation, PortSpec,
     RuleMatch, Verdict,
 };
-use sluice_common::policy::{decide, Decision, Isolation, PolicyKey, PolicyLookup, PEER_MARK};
+use sluice_common::policy::{
+    decide, Decision, Isolation, PolicyKey, PolicyLookup, ANY_IDENTITY, PEER_MARK,
+};
 use sluice_common::{identity, policy::ANY_PROTOCOL};
 
 use super::compile::{self, Cluster, LivePod, LocalEndpoints, LocalPods, Peer, Policy};
@@ -528,10 +530,13 @@ impl<M: PolicyLookup> PolicyLookup for Recorder<'_, M> {
 
     fn cidr_identity(&self, addr: [u8; 4]) -> u32 {
         let answer = self.maps.cidr_identity(addr);
+        let region = match answer {
+            ANY_IDENTITY => "in no ipBlock".to_owned(),
+            id => format!("identity {}", identity_text(id)),
+        };
         self.note(format!(
-            "ipBlock regions[{}]: identity {}",
-            Ipv4Addr::from(addr),
-            identity_text(answer)
+            "ipBlock regions[{}]: {region}",
+            Ipv4Addr::from(addr)
         ));
         answer
     }
