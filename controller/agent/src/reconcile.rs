@@ -432,13 +432,16 @@ impl Reconciler {
     /// own pods.
     pub fn explain(&self, query: &ExplainQuery) -> Response {
         let local_pods = unidentified::tie_to_pods(&self.local_pods, &self.state);
+        let hosts: Vec<Ipv4Addr> = std::iter::once(self.nodes.gateway())
+            .chain(self.topology.own.as_ref().map(|n| n.ip))
+            .collect();
         let view = NodeView {
             node: &self.services.node_name,
             state: &self.state,
             local: &self.local,
             local_pods: &local_pods,
             identities: &self.pod_identities,
-            host: Some(self.nodes.gateway()),
+            hosts: &hosts,
         };
         match explain::explain(&view, query) {
             Ok(mut explanation) => {

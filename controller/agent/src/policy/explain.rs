@@ -53,9 +53,9 @@ pub struct NodeView<'a> {
     /// Every pod's label identity, as last compiled: a local endpoint
     /// without one is isolated both ways.
     pub identities: &'a BTreeMap<Ipv4Addr, u32>,
-    /// This node's own address towards its pods (the `host` identity),
-    /// which policy always lets through.
-    pub host: Option<Ipv4Addr>,
+    /// This node's own addresses (towards its pods, and on the underlay):
+    /// the `host` identity, which policy always lets through.
+    pub hosts: &'a [Ipv4Addr],
 }
 
 /// One end of the flow, resolved against the cluster.
@@ -216,7 +216,7 @@ impl Context<'_> {
                     .to_owned(),
             );
         }
-        if on_this_node && Some(self.ip(peer)) == self.view.host {
+        if on_this_node && self.view.hosts.contains(&self.ip(peer)) {
             out.verdict = Verdict::Allowed;
             out.notes
                 .push("the pod's own node always passes (kubelet probes)".to_owned());

@@ -70,7 +70,7 @@ impl World {
             local: &local,
             local_pods: &local_pods,
             identities: &self.desired.pod_identities,
-            host: Some(GATEWAY),
+            hosts: &[GATEWAY],
         };
         let query = ExplainQuery {
             from: from.parse().expect("from"),
@@ -460,7 +460,7 @@ fn the_datapath_check_says_when_the_maps_disagree() {
         local: &local,
         local_pods: &local_pods,
         identities: &world.desired.pod_identities,
-        host: Some(GATEWAY),
+        hosts: &[GATEWAY],
     };
     let query = ExplainQuery {
         from: EndRef::Pod {
