@@ -8,6 +8,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::explain::{ExplainQuery, Explanation};
+
 /// Default path of the agent socket.
 pub const DEFAULT_SOCKET: &str = "/var/run/sluice/sluice.sock";
 
@@ -74,7 +76,7 @@ pub enum Request {
     /// prefilter`).
     Prefilter { prefilter: PrefilterOp },
     /// Explain the policy verdict of a flow (`sluice policy explain`).
-    Explain { query: crate::explain::ExplainQuery },
+    Explain { query: ExplainQuery },
 }
 
 /// What `sluice prefilter` asks of the deny list. CIDRs travel as text so
@@ -216,28 +218,13 @@ pub enum ErrorKind {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Ok,
-    Allocated {
-        allocation: Allocation,
-    },
-    Endpoint {
-        state: EndpointState,
-    },
-    Collected {
-        released: Vec<Attachment>,
-    },
-    Status {
-        status: AgentStatus,
-    },
-    Prefilter {
-        prefilter: PrefilterStatus,
-    },
-    Explained {
-        explanation: Box<crate::explain::Explanation>,
-    },
-    Error {
-        kind: ErrorKind,
-        message: String,
-    },
+    Allocated { allocation: Allocation },
+    Endpoint { state: EndpointState },
+    Collected { released: Vec<Attachment> },
+    Status { status: AgentStatus },
+    Prefilter { prefilter: PrefilterStatus },
+    Explained { explanation: Box<Explanation> },
+    Error { kind: ErrorKind, message: String },
 }
 
 impl Request {
