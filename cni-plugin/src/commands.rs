@@ -353,6 +353,7 @@ pub(crate) mod fakes {
                     Request::Gc { .. } => "gc",
                     Request::Status => "status",
                     Request::Prefilter { .. } => "prefilter",
+                    Request::Explain { .. } => "explain",
                 })
                 .collect()
         }
@@ -394,8 +395,8 @@ pub(crate) mod fakes {
                         ..Default::default()
                     },
                 }),
-                // The plugin never asks it.
-                Request::Prefilter { .. } => Response::Error {
+                // The plugin never asks these.
+                Request::Prefilter { .. } | Request::Explain { .. } => Response::Error {
                     kind: ErrorKind::Invalid,
                     message: "not the plugin's".into(),
                 },

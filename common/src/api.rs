@@ -8,6 +8,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::explain::{ExplainQuery, Explanation};
+
 /// Default path of the agent socket.
 pub const DEFAULT_SOCKET: &str = "/var/run/sluice/sluice.sock";
 
@@ -73,6 +75,8 @@ pub enum Request {
     /// Read or change the underlay prefilter's deny list (`sluice
     /// prefilter`).
     Prefilter { prefilter: PrefilterOp },
+    /// Explain the policy verdict of a flow (`sluice policy explain`).
+    Explain { query: ExplainQuery },
 }
 
 /// What `sluice prefilter` asks of the deny list. CIDRs travel as text so
@@ -219,6 +223,7 @@ pub enum Response {
     Collected { released: Vec<Attachment> },
     Status { status: AgentStatus },
     Prefilter { prefilter: PrefilterStatus },
+    Explained { explanation: Box<Explanation> },
     Error { kind: ErrorKind, message: String },
 }
 

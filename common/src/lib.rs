@@ -24,6 +24,8 @@ pub mod services;
 
 #[cfg(feature = "api")]
 pub mod api;
+#[cfg(feature = "api")]
+pub mod explain;
 
 /// Names of the programs in the eBPF object, by attach point.
 pub mod programs {

@@ -381,6 +381,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     Some((Ok(Request::Prefilter { prefilter: op }), responder)) => {
                         responder.send(&prefilter.handle(&op)).await;
                     }
+                    Some((Ok(Request::Explain { query }), responder)) => {
+                        responder.send(&reconciler.explain(&query)).await;
+                    }
                     Some((Ok(request), responder)) => {
                         let mut response = agent.handle(request).await;
                         if let Response::Status { status } = &mut response {

@@ -20,13 +20,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use sluice_common::api::{MapFill, NodeReport, PodRef};
+use sluice_common::api::{ErrorKind, MapFill, NodeReport, PodRef, Response};
+use sluice_common::explain::ExplainQuery;
 use tracing::{info, warn};
 
 use crate::{
     datastore::{ClusterState, Event, Kind},
     kernel::{
-        bpf::{DataplaneError, Ipcache, PolicyMaps, PolicyRevision, ServiceMaps},
+        bpf::{DataplaneError, Ipcache, KernelPolicy, PolicyMaps, PolicyRevision, ServiceMaps},
         nft,
         node_sync::NodeSync,
         service_nft,
@@ -34,6 +35,7 @@ use crate::{
     metrics::{sync, Metrics},
     policy::{
         compile::{compile, IpConflict, LocalEndpoints, PolicyProblem},
+        explain::{self, NodeView},
         identity::IdentityAllocator,
         unidentified,
     },
@@ -422,6 +424,43 @@ impl Reconciler {
             in_sync: self.last_sync.is_some() && self.pending_since.is_none(),
             changes: self.changes,
             ..NodeReport::default()
+        }
+    }
+
+    /// `sluice policy explain`: the verdict of a flow computed from the
+    /// state this agent holds, checked against what its maps hold for its
+    /// own pods.
+    pub fn explain(&self, query: &ExplainQuery) -> Response {
+        let local_pods = unidentified::tie_to_pods(&self.local_pods, &self.state);
+        let hosts: Vec<Ipv4Addr> = std::iter::once(self.nodes.gateway())
+            .chain(self.topology.own.as_ref().map(|n| n.ip))
+            .collect();
+        let view = NodeView {
+            node: &self.services.node_name,
+            state: &self.state,
+            local: &self.local,
+            local_pods: &local_pods,
+            identities: &self.pod_identities,
+            hosts: &hosts,
+        };
+        match explain::explain(&view, query) {
+            Ok(mut explanation) => {
+                let maps = KernelPolicy {
+                    policy: &self.maps.policy,
+                    ipcache: &self.maps.ipcache,
+                };
+                explain::check_datapath(&mut explanation, &self.local, &maps);
+                for wrong in explanation.disagreements() {
+                    warn!(direction = %wrong.direction, pod = ?wrong.pod, "policy maps disagree with the cluster state");
+                }
+                Response::Explained {
+                    explanation: Box::new(explanation),
+                }
+            }
+            Err(e) => Response::Error {
+                kind: ErrorKind::NotFound,
+                message: e.to_string(),
+            },
         }
     }
 

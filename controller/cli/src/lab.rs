@@ -95,6 +95,10 @@ enum LabCommand {
         )]
         checks: Vec<Check>,
     },
+    /// Why a flow is allowed or denied, as `sluice policy explain`: asks
+    /// the source pod's node (egress) and the destination pod's node
+    /// (ingress) and prints one answer.
+    Explain(crate::explain::ExplainArgs),
     /// Bring up two nodes with the upstream NetworkPolicy model (namespaces
     /// x, y, z; pods a, b, c) and show every pod reaching every other.
     Demo(DemoArgs),
@@ -326,6 +330,10 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             if tables.iter().any(|t| !t.unreachable().is_empty()) {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        LabCommand::Explain(args) => {
+            let lab = Lab::open(config)?;
+            return args.print(&sluice_lab::explain::explain(&lab, &args.query())?);
         }
         LabCommand::Demo(demo_args) => return demo(config, &demo_args),
         LabCommand::Conformance(args) => return run_conformance(&config, &args),

@@ -1,4 +1,5 @@
 //! sluice: the user CLI.
+mod explain;
 mod install_cni;
 mod lab;
 mod prefilter;
@@ -45,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         command: prefilter::PrefilterCommand,
     },
+    /// NetworkPolicy as the node agent applies it.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Show the dataplane's packet counters (forwarded / dropped by reason).
     Counters {
         #[arg(long)]
@@ -82,6 +88,19 @@ enum Command {
     UninstallCni {
         #[arg(long, default_value = "/etc/cni/net.d")]
         conf_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Why a flow is allowed or denied: each direction's verdict, the
+    /// policies and rules that decided it, checked against the BPF maps of
+    /// this node (whose own pods' policy it holds).
+    Explain {
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[command(flatten)]
+        args: explain::ExplainArgs,
     },
 }
 
@@ -143,6 +162,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Prefilter { socket, command } => prefilter::run(&socket, command),
+        Command::Policy {
+            command: PolicyCommand::Explain { socket, args },
+        } => {
+            let request = Request::Explain {
+                query: args.query(),
+            };
+            match api::call(&socket, &request, Duration::from_secs(5))
+                .with_context(|| format!("asking the agent at {}", socket.display()))?
+            {
+                Response::Explained { explanation } => args.print(&explanation),
+                Response::Error { message, .. } => bail!("{message}"),
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }
         Command::InstallCni {
             bin_dir,
             conf_dir,

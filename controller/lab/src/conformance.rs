@@ -167,6 +167,11 @@ pub fn sctp_skip_reason() -> String {
     }
 }
 
+/// What a caller checks once a case's last step matched, with its lab
+/// still up: the step and each of its probes with the table observed.
+/// Whatever it returns fails the case, one line each.
+pub type Inspect<'a> = dyn FnMut(&Lab, &Step, &[(Check, TruthTable)]) -> Vec<String> + 'a;
+
 /// Runs the cases of `dir`, handing each finished case to `on_case`.
 /// Errors are for what stops the whole run (no cases, a lab that does not
 /// come up); everything about one case is in its report.
@@ -174,6 +179,19 @@ pub fn run(
     base: &LabConfig,
     dir: &Path,
     options: &Options,
+    on_case: impl FnMut(&CaseReport),
+) -> Result<Summary, ConformanceError> {
+    run_inspecting(base, dir, options, &mut |_, _, _| Vec::new(), on_case)
+}
+
+/// [`run`], handing each case's lab to `inspect` after its last step
+/// matched (the tests of `sluice lab explain` compare its answers with the
+/// probes there).
+pub fn run_inspecting(
+    base: &LabConfig,
+    dir: &Path,
+    options: &Options,
+    inspect: &mut Inspect,
     mut on_case: impl FnMut(&CaseReport),
 ) -> Result<Summary, ConformanceError> {
     let started = Instant::now();
@@ -184,7 +202,7 @@ pub fn run(
     teardown::down(&config)?;
     let mut summary = Summary::default();
     for entry in &entries {
-        let result = run_entry(&config, options, entry, &sctp);
+        let result = run_entry(&config, options, entry, &sctp, inspect);
         // With --keep, the next case's `down` removes the previous lab,
         // so the last case's (or a broken one's) stays up.
         if !options.keep {
@@ -203,6 +221,7 @@ fn run_entry(
     options: &Options,
     entry: &CaseEntry,
     sctp: &str,
+    inspect: &mut Inspect,
 ) -> Result<CaseReport, ConformanceError> {
     let started = Instant::now();
     let mut report = CaseReport {
@@ -221,7 +240,7 @@ fn run_entry(
             report.outcome = if all_sctp {
                 Outcome::Skip(format!("every probe is SCTP, skipped: {sctp}"))
             } else {
-                run_case(config, options, case, sctp, &mut report.notes)?
+                run_case(config, options, case, sctp, &mut report.notes, inspect)?
             };
         }
     }
@@ -244,6 +263,7 @@ fn run_case(
     case: &Case,
     sctp: &str,
     notes: &mut Vec<String>,
+    inspect: &mut Inspect,
 ) -> Result<Outcome, ConformanceError> {
     teardown::down(config)?;
     let up = UpOptions {
@@ -318,6 +338,22 @@ fn run_case(
             )];
             lines.extend(cells);
             return Ok(Outcome::Fail(lines));
+        }
+        if i + 1 == case.steps.len() {
+            let observed: Vec<(Check, TruthTable)> = targets
+                .iter()
+                .map(|t| t.check)
+                .zip(result.observed)
+                .collect();
+            let problems = inspect(&lab, step, &observed);
+            if !problems.is_empty() {
+                let mut lines = vec![format!(
+                    "{at}: {} problem(s) after it matched:",
+                    problems.len()
+                )];
+                lines.extend(problems);
+                return Ok(Outcome::Fail(lines));
+            }
         }
     }
     Ok(Outcome::Pass)
@@ -432,6 +468,8 @@ fn all_reachable(peers: &[Peer]) -> Vec<Target> {
 /// The last observation of [`converge`].
 struct Converged {
     comparisons: Vec<Comparison>,
+    /// The tables of the last round, one per target.
+    observed: Vec<TruthTable>,
     rounds: usize,
     elapsed: Duration,
 }
@@ -467,6 +505,7 @@ fn converge(peers: &[Peer], targets: &[Target], wait: Duration, timeout: Duratio
             .collect();
         let converged = Converged {
             comparisons,
+            observed: tables,
             rounds,
             elapsed: started.elapsed(),
         };

@@ -61,6 +61,11 @@ pub enum LabError {
     Service { service: String, reason: String },
     #[error("no pod {0} in the lab")]
     UnknownPod(PodName),
+    #[error("explain{}: {message}", node.as_ref().map(|n| format!(" (agent of {n})")).unwrap_or_default())]
+    Explain {
+        node: Option<String>,
+        message: String,
+    },
     #[error("pod {0} already exists")]
     PodExists(PodName),
     #[error("pod {pod} would share netns {netns} with pod {other}: choose another name")]

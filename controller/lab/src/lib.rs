@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod cni;
 pub mod conformance;
 pub mod error;
+pub mod explain;
 pub mod fabric;
 pub mod inventory;
 pub mod kube_proxy;

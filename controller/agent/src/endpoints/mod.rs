@@ -289,6 +289,10 @@ impl<D: Datapath> Agent<D> {
                 ErrorKind::Invalid,
                 "the prefilter is not the endpoint registry's",
             ),
+            // Policy is the reconciler's (the main loop answers it).
+            Request::Explain { .. } => {
+                error(ErrorKind::Invalid, "policy is not the endpoint registry's")
+            }
         }
     }
 

@@ -107,24 +107,7 @@ pub fn compile(
         }
     }
 
-    let rejected: BTreeMap<(&str, &str), &Rejected> = state.rejected_policies().collect();
-    let mut policies: Vec<Policy> = Vec::new();
-    for ((ns, name), policy) in &state.policies {
-        if !rejected.contains_key(&(ns.as_str(), name.as_str())) {
-            policies.extend(Policy::parse(ns, name, policy, &mut out.problems));
-        }
-    }
-    for (&(ns, name), rejected) in &rejected {
-        let last_good = state.policies.get(&(ns.to_owned(), name.to_owned()));
-        out.problems.push(PolicyProblem {
-            policy: format!("{ns}/{name}"),
-            reason: format!(
-                "{}; allows nothing, isolates what it could select",
-                rejected.reason
-            ),
-        });
-        policies.extend(Policy::broken(ns, &rejected.versions, last_good));
-    }
+    let policies = policies(state, &mut out.problems);
 
     let regions = regions(&policies, &cluster);
     out.identity_errors.extend(ids.sync_cidrs(&regions));
@@ -187,29 +170,63 @@ pub fn compile(
     out
 }
 
+/// Every NetworkPolicy as compiled: valid ones as they are, invalid and
+/// rejected ones as what they still isolate (each such one reported in
+/// `problems`).
+pub(super) fn policies<'a>(
+    state: &'a ClusterState,
+    problems: &mut Vec<PolicyProblem>,
+) -> Vec<Policy<'a>> {
+    let rejected: BTreeMap<(&str, &str), &Rejected> = state.rejected_policies().collect();
+    let mut policies: Vec<Policy> = Vec::new();
+    for ((ns, name), policy) in &state.policies {
+        if !rejected.contains_key(&(ns.as_str(), name.as_str())) {
+            policies.extend(Policy::parse(ns, name, policy, problems));
+        }
+    }
+    for (&(ns, name), rejected) in &rejected {
+        let last_good = state.policies.get(&(ns.to_owned(), name.to_owned()));
+        problems.push(PolicyProblem {
+            policy: format!("{ns}/{name}"),
+            reason: format!(
+                "{}; allows nothing, isolates what it could select",
+                rejected.reason
+            ),
+        });
+        policies.extend(Policy::broken(ns, name, &rejected.versions, last_good));
+    }
+    policies
+}
+
 /// A pod that takes part in policy: it has an IPv4 address and is not done.
-struct LivePod<'a> {
-    namespace: &'a str,
-    pod: &'a Pod,
-    ip: Ipv4Addr,
-    labels: &'a Labels,
+pub(super) struct LivePod<'a> {
+    pub(super) namespace: &'a str,
+    pub(super) pod: &'a Pod,
+    pub(super) ip: Ipv4Addr,
+    pub(super) labels: &'a Labels,
+}
+
+impl LivePod<'_> {
+    pub(super) fn name(&self) -> &str {
+        self.pod.metadata.name.as_deref().unwrap_or_default()
+    }
 }
 
 /// The cluster as policy sees it.
-struct Cluster<'a> {
-    namespace_labels: BTreeMap<&'a str, Labels>,
-    pods: Vec<LivePod<'a>>,
+pub(super) struct Cluster<'a> {
+    pub(super) namespace_labels: BTreeMap<&'a str, Labels>,
+    pub(super) pods: Vec<LivePod<'a>>,
     /// `pods` by namespace and label.
     index: PodIndex<'a>,
     conflicts: Vec<IpConflict>,
     /// The claimants of disputed addresses, which `pods` leaves out.
-    disputed: Vec<LivePod<'a>>,
+    pub(super) disputed: Vec<LivePod<'a>>,
 }
 
 static NO_LABELS: Labels = Labels::new();
 
 impl<'a> Cluster<'a> {
-    fn new(state: &'a ClusterState, local_pods: &LocalPods) -> Self {
+    pub(super) fn new(state: &'a ClusterState, local_pods: &LocalPods) -> Self {
         let named: BTreeMap<(&str, &str), Ipv4Addr> = local_pods
             .iter()
             .map(|(ip, (ns, name))| ((ns.as_str(), name.as_str()), *ip))
@@ -339,23 +356,35 @@ fn ipv4(pod: &Pod) -> Option<Ipv4Addr> {
 }
 
 /// A policy, validated.
-struct Policy<'a> {
-    namespace: &'a str,
-    selector: Selector,
+pub(super) struct Policy<'a> {
+    pub(super) namespace: &'a str,
+    pub(super) name: &'a str,
+    pub(super) selector: Selector,
     /// `None`: the policy does not isolate in this direction.
-    ingress: Option<Vec<Rule>>,
-    egress: Option<Vec<Rule>>,
+    pub(super) ingress: Option<Vec<Rule>>,
+    pub(super) egress: Option<Vec<Rule>>,
+}
+
+impl Policy<'_> {
+    pub(super) fn rules(&self, direction: Direction) -> Option<&[Rule]> {
+        match direction {
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
+        }
+    }
 }
 
 /// A valid rule. Invalid rules are dropped (after a problem is recorded),
 /// so they allow nothing while the policy still isolates.
-struct Rule {
-    /// `None`: any peer.
-    peers: Option<Vec<Peer>>,
-    ports: Vec<PortMatch>,
+pub(super) struct Rule {
+    /// Its position in the policy's `ingress` or `egress` list.
+    pub(super) index: usize,
+    /// `None`: any peer. Each with its position in `from` or `to`.
+    pub(super) peers: Option<Vec<(usize, Peer)>>,
+    pub(super) ports: Vec<PortMatch>,
 }
 
-enum Peer {
+pub(super) enum Peer {
     Pods {
         /// `None`: the policy's own namespace.
         namespaces: Option<Selector>,
@@ -369,7 +398,7 @@ impl<'a> Policy<'a> {
     /// else what it isolates with nothing allowed.
     fn parse(
         namespace: &'a str,
-        name: &str,
+        name: &'a str,
         policy: &NetworkPolicy,
         problems: &mut Vec<PolicyProblem>,
     ) -> Vec<Self> {
@@ -386,7 +415,7 @@ impl<'a> Policy<'a> {
                 "{rejection}; allows nothing, isolates what it could select"
             ));
             let value = serde_json::to_value(policy).unwrap_or(Value::Null);
-            return Policy::broken(namespace, &[value], None);
+            return Policy::broken(namespace, name, &[value], None);
         }
         let default_spec = Default::default();
         let spec = policy.spec.as_ref().unwrap_or(&default_spec);
@@ -400,6 +429,7 @@ impl<'a> Policy<'a> {
                 ));
                 return vec![Policy::isolating(
                     namespace,
+                    name,
                     Selector::default(),
                     true,
                     true,
@@ -448,6 +478,7 @@ impl<'a> Policy<'a> {
         });
         vec![Policy {
             namespace,
+            name,
             selector,
             ingress,
             egress,
@@ -455,9 +486,16 @@ impl<'a> Policy<'a> {
     }
 
     /// Isolation without rules.
-    fn isolating(namespace: &'a str, selector: Selector, ingress: bool, egress: bool) -> Self {
+    fn isolating(
+        namespace: &'a str,
+        name: &'a str,
+        selector: Selector,
+        ingress: bool,
+        egress: bool,
+    ) -> Self {
         Policy {
             namespace,
+            name,
             selector,
             ingress: ingress.then(Vec::new),
             egress: egress.then(Vec::new),
@@ -472,6 +510,7 @@ impl<'a> Policy<'a> {
     /// last good version, the whole namespace is.
     fn broken(
         namespace: &'a str,
+        name: &'a str,
         versions: &[Value],
         last_good: Option<&NetworkPolicy>,
     ) -> Vec<Self> {
@@ -482,6 +521,7 @@ impl<'a> Policy<'a> {
             match isolation.selector {
                 Some(selector) => out.push(Policy::isolating(
                     namespace,
+                    name,
                     selector,
                     isolation.ingress,
                     isolation.egress,
@@ -503,12 +543,14 @@ impl<'a> Policy<'a> {
                 egress: last_egress,
             }) => out.push(Policy::isolating(
                 namespace,
+                name,
                 selector,
                 ingress || last_ingress,
                 egress || last_egress,
             )),
             _ if unknown.is_some() => out.push(Policy::isolating(
                 namespace,
+                name,
                 Selector::default(),
                 ingress,
                 egress,
@@ -533,7 +575,7 @@ fn parse_rules<'a>(
 ) -> Vec<Rule> {
     let mut valid = Vec::new();
     for (i, (peers, ports)) in raw.enumerate() {
-        match parse_rule(peers.as_deref(), ports.as_deref(), peer_field) {
+        match parse_rule(i, peers.as_deref(), ports.as_deref(), peer_field) {
             Ok(rule) => valid.push(rule),
             Err(reason) => problem(format!("spec.{what}[{i}]: {reason}; rule allows nothing")),
         }
@@ -542,6 +584,7 @@ fn parse_rules<'a>(
 }
 
 fn parse_rule(
+    index: usize,
     peers: Option<&[NetworkPolicyPeer]>,
     ports: Option<&[NetworkPolicyPort]>,
     peer_field: &str,
@@ -554,12 +597,16 @@ fn parse_rule(
             for (i, peer) in peers.iter().enumerate() {
                 // `None` is an IPv6 ipBlock: it matches no IPv4 traffic.
                 let peer = parse_peer(peer).map_err(|e| format!("{peer_field}[{i}]: {e}"))?;
-                parsed.extend(peer);
+                parsed.extend(peer.map(|p| (i, p)));
             }
             Some(parsed)
         }
     };
-    Ok(Rule { peers, ports })
+    Ok(Rule {
+        index,
+        peers,
+        ports,
+    })
 }
 
 fn parse_peer(peer: &NetworkPolicyPeer) -> Result<Option<Peer>, String> {
@@ -595,7 +642,7 @@ fn regions(policies: &[Policy], cluster: &Cluster) -> BTreeSet<Ipv4Net> {
                 .ports
                 .iter()
                 .any(|p| matches!(p, PortMatch::Named { .. }));
-            for peer in rule.peers.iter().flatten() {
+            for (_, peer) in rule.peers.iter().flatten() {
                 let Peer::Block(block) = peer else { continue };
                 regions.extend(block.prefixes());
                 if egress && named {
@@ -638,7 +685,7 @@ impl Emitter<'_> {
             cidr_identities: BTreeSet::new(),
             blocks: Vec::new(),
         };
-        for peer in rule.peers.iter().flatten() {
+        for (_, peer) in rule.peers.iter().flatten() {
             match peer {
                 Peer::Pods { namespaces, pods } => {
                     let picked = match namespaces {

@@ -12,6 +12,7 @@
 
 pub mod cidr;
 pub mod compile;
+pub mod explain;
 pub mod fail_closed;
 pub mod identity;
 pub mod placed;

@@ -112,6 +112,31 @@ impl Selector {
     }
 }
 
+/// The label-selector syntax of `kubectl get -l` (`a=b,c in (d,e),!f`);
+/// `{}` for the empty selector, which matches everything.
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.requirements.is_empty() {
+            return f.write_str("{}");
+        }
+        for (i, r) in self.requirements.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match r {
+                Requirement::In(key, values) if values.len() == 1 => {
+                    write!(f, "{key}={}", values[0])?
+                }
+                Requirement::In(key, values) => write!(f, "{key} in ({})", values.join(","))?,
+                Requirement::NotIn(key, values) => write!(f, "{key} notin ({})", values.join(","))?,
+                Requirement::Exists(key) => f.write_str(key)?,
+                Requirement::DoesNotExist(key) => write!(f, "!{key}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A qualified name: `[prefix/]name`, prefix a DNS subdomain.
 fn check_key(key: &str) -> Result<(), SelectorError> {
     let invalid = || SelectorError::InvalidKey(key.to_owned());
@@ -181,6 +206,16 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn selectors_print_as_kubectl_writes_them() {
+        let s = selector(
+            "matchLabels: {ns: y}\nmatchExpressions:\n- {key: pod, operator: In, values: [a, b]}\n- {key: x, operator: NotIn, values: [c]}\n- {key: e, operator: Exists}\n- {key: d, operator: DoesNotExist}",
+        )
+        .unwrap();
+        assert_eq!(s.to_string(), "ns=y,pod in (a,b),x notin (c),e,!d");
+        assert_eq!(Selector::default().to_string(), "{}");
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub use loader::{Dataplane, MapShape, SyncMaps};
 pub use map_sizes::MapSizes;
 pub use node_maps::{ConfigMap, Ipcache};
 pub use pod_filters::PodAttachment;
-pub use policy_maps::PolicyMaps;
+pub use policy_maps::{KernelPolicy, PolicyMaps};
 pub use prefilter::{AttachMode, DenyList};
 pub use revision::PolicyRevision;
 pub use service_maps::ServiceMaps;

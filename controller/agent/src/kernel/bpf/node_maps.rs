@@ -37,6 +37,14 @@ impl Ipcache {
         diff::sync(&mut self.0, desired)
     }
 
+    /// The entry the programs find for `addr` (longest prefix match).
+    pub fn lookup(&self, addr: [u8; 4]) -> Option<RemoteInfo> {
+        self.0
+            .map
+            .get(&aya::maps::lpm_trie::Key::new(32, Ipv4Prefix { addr }), 0)
+            .ok()
+    }
+
     /// What the map holds now (a previous agent's work, at start).
     pub fn pinned(&self) -> Result<BTreeMap<Ipv4Net, RemoteInfo>, DataplaneError> {
         diff::contents(&self.0)

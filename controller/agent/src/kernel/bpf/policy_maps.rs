@@ -7,13 +7,18 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{HashMap, LpmTrie, MapData};
+use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData};
 use ipnet::Ipv4Net;
 use sluice_common::{
+    identity,
+    ipcache::Ipv4Prefix,
     maps,
-    policy::{Isolation, PolicyEntry, PolicyKey, PEER_MARK},
+    policy::{
+        Isolation, PolicyEntry, PolicyKey, PolicyLookup, ANY_IDENTITY, KEY_FULL_BITS, PEER_MARK,
+    },
 };
 
+use super::Ipcache;
 use super::{
     diff::{self, Hash, Trie},
     DataplaneError, SyncStats,
@@ -115,5 +120,47 @@ impl PolicyMaps {
             Some(e) => Err(e),
             None => Ok(stats),
         }
+    }
+}
+
+/// The shared per-packet decision's lookups answered by the kernel's maps
+/// themselves, as the programs make them (exact hash lookups, longest
+/// prefix matches in the tries): what `sluice policy explain` checks the
+/// computed verdict against. A failed lookup counts as a miss, as it does
+/// for the programs.
+pub struct KernelPolicy<'a> {
+    pub policy: &'a PolicyMaps,
+    pub ipcache: &'a Ipcache,
+}
+
+impl PolicyLookup for KernelPolicy<'_> {
+    fn isolation(&self, endpoint: u32) -> Option<Isolation> {
+        self.policy.isolation.map.get(&endpoint, 0).ok()
+    }
+
+    fn exact(&self, key: &PolicyKey) -> bool {
+        self.policy.exact.map.get(key, 0).is_ok()
+    }
+
+    fn range(&self, key: &PolicyKey) -> bool {
+        self.policy
+            .ranges
+            .map
+            .get(&Key::new(KEY_FULL_BITS, *key), 0)
+            .is_ok()
+    }
+
+    fn peer_identity(&self, addr: [u8; 4]) -> u32 {
+        self.ipcache
+            .lookup(addr)
+            .map_or(identity::WORLD, |e| e.identity)
+    }
+
+    fn cidr_identity(&self, addr: [u8; 4]) -> u32 {
+        self.policy
+            .regions
+            .map
+            .get(&Key::new(32, Ipv4Prefix { addr }), 0)
+            .unwrap_or(ANY_IDENTITY)
     }
 }

@@ -3,5 +3,6 @@
 //! tables run in `controller/policy-oracle` (`tests/upstream.rs`).
 
 mod compile_cases;
+mod explain_cases;
 mod fail_closed_cases;
 mod support;
