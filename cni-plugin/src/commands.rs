@@ -395,7 +395,7 @@ pub(crate) mod fakes {
                     },
                 }),
                 // The plugin never asks it.
-                Request::Prefilter { .. } => Response::Error {
+                Request::Prefilter { .. } | Request::Flows { .. } => Response::Error {
                     kind: ErrorKind::Invalid,
                     message: "not the plugin's".into(),
                 },

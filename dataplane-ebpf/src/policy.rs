@@ -18,6 +18,7 @@ use sluice_common::{
 
 use crate::{
     conntrack::{self, Checked, Entry, FlowKey},
+    events,
     lookup::{self, BpfPolicy},
     metrics::count_verdict,
     parse::{Frag, Ipv4Packet, IPPROTO_TCP, TCP_ACK, TCP_SYN},
@@ -42,6 +43,7 @@ fn check(
         flow.protocol,
         flow.dport,
     );
+    events::verdict(flow, &decision);
     if let Some(direction) = decision.denied_by() {
         count_verdict(Verdict::Denied, direction);
         return Err(direction);
@@ -80,6 +82,7 @@ fn revalidate(
         }
         Checked::AtRevision(Err(direction)) => {
             count_verdict(Verdict::Denied, direction);
+            events::refused(flow, direction);
             Err(direction)
         }
         Checked::Outdated if entry.adopted() => both_ways(flow, src, dst),

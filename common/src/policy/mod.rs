@@ -22,7 +22,10 @@
 
 mod decide;
 
-pub use decide::{decide, decide_flow, policy_port, Decision, FlowDecision, PolicyLookup};
+pub use decide::{
+    decide, decide_flow, decide_matched, policy_port, Decision, FlowDecision, MatchKind, Matched,
+    PolicyLookup,
+};
 
 use crate::direction::Direction;
 
