@@ -353,6 +353,7 @@ pub(crate) mod fakes {
                     Request::Gc { .. } => "gc",
                     Request::Status => "status",
                     Request::Prefilter { .. } => "prefilter",
+                    Request::Flows { .. } => "flows",
                 })
                 .collect()
         }

@@ -63,19 +63,19 @@ pub struct FlowEvent {
     pub _pad0: u8,
     /// The [`crate::reason::Reason`] number of a drop, else [`NO_REASON`].
     pub reason: u32,
-    /// [`decision`] of each direction, and the
-    /// [`crate::policy::MatchKind`] of the rule that allowed it.
+    /// [`decision`] of each direction.
     pub egress: u8,
     pub ingress: u8,
-    pub egress_match: u8,
-    pub ingress_match: u8,
-    /// The identity the allowing rule of each direction named.
-    pub egress_identity: u32,
-    pub ingress_identity: u32,
+    pub _pad1: [u8; 2],
+    /// The identities policy judged the ends by (the ipcache's label
+    /// identity of each address; `identity::WORLD` for unknown ones). Zero
+    /// in events other than verdicts.
+    pub src_identity: u32,
+    pub dst_identity: u32,
     /// Translated events: the Service frontend the client addressed.
     pub orig_daddr: [u8; 4],
     pub orig_dport: u16,
-    pub _pad1: u16,
+    pub _pad2: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 48);

@@ -65,10 +65,14 @@ pub struct FlowEnd {
     /// The node the pod runs on, or the node the address belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// The agent's identity of the address (node-local numbers): a label
-    /// set's, or a reserved one (`1` host, `2` world, `6` remote node).
+    /// The identity of the address (node-local numbers): the one policy
+    /// judged it by (verdicts), else the agent's; a label set's, or a
+    /// reserved one (`1` host, `2` world, `6` remote node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<u32>,
+    /// What the identity stands for (`ns=x pod=a`, a CIDR, `world`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_labels: Option<String>,
 }
 
 impl Default for FlowEnd {
@@ -81,6 +85,7 @@ impl Default for FlowEnd {
             labels: Default::default(),
             node: None,
             identity: None,
+            identity_labels: None,
         }
     }
 }
@@ -95,27 +100,13 @@ impl FlowEnd {
     }
 }
 
-/// The rule that allowed one direction of a flow, as the datapath found
-/// it: the kind of peer it named and that peer's identity.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MatchedRule {
-    /// `host`, `labels`, `cidr` or `any`.
-    pub peer: String,
-    pub identity: u32,
-    /// What the identity stands for: `ns=x app=a`, a CIDR, `host`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub means: Option<String>,
-}
-
 /// Policy's decision in one direction of a flow, where this node decided.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectionVerdict {
     /// `open` (no policy isolates the pod), `allowed` or `denied`.
     pub decision: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<MatchedRule>,
     /// `namespace/name` of the NetworkPolicies that select the pod in this
-    /// direction (one of them allowed it, or none did).
+    /// direction (one of them allowed the flow, or none did).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
 }

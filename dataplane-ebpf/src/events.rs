@@ -1,6 +1,6 @@
 //! Flow events into the `SLUICE_FLOW_EVENTS` ring buffer (layout and
-//! meaning in `sluice_common::flow`): new flows' policy verdicts, drops,
-//! Service translations. Each emitter first reads the agent's switch, so
+//! meaning in `sluice_common::flow`): new flows policy admitted, drops
+//! (policy's denials among them), Service translations. Each emitter first reads the agent's switch, so
 //! with nobody listening an event costs one array lookup; when on, a
 //! per-CPU token bucket bounds the rate, and what it refuses or the full
 //! ring loses is counted. Events are written straight into the reserved
@@ -10,15 +10,18 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use sluice_common::{
     conntrack::CtKey,
+    endpoint::EndpointInfo,
     direction::Direction,
     flow::{counters, decision, kind, take_token, FlowEvent, NO_REASON},
-    policy::{Decision, FlowDecision, Matched},
+    policy::PolicyLookup,
     reason::Reason,
 };
 
 use crate::{
+    conntrack,
+    lookup::{self, BpfPolicy},
     maps::{FLOW_EVENTS, FLOW_EVENT_BUCKETS, FLOW_EVENT_CONFIG, FLOW_EVENT_COUNTERS},
-    parse::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP},
+    parse::{Ipv4Packet, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 #[inline(always)]
@@ -74,77 +77,56 @@ fn emit(now: u64, fill: impl FnOnce(&mut FlowEvent)) {
     count(counters::EMITTED);
 }
 
+/// [`allowed`]'s stand-in for an end that is no local pod.
+pub const NOT_LOCAL: u32 = u32::MAX;
+
+/// How policy treated one direction of an admitted flow at `endpoint`:
+/// allowed where a policy isolates it, else open.
 #[inline(always)]
-fn decision_code(decided: Option<Decision>) -> u8 {
-    match decided {
-        None => decision::NOT_HERE,
-        Some(Decision::Open) => decision::OPEN,
-        Some(Decision::Allowed) => decision::ALLOWED,
-        Some(Decision::Denied) => decision::DENIED,
+fn admitted(endpoint: u32, direction: Direction) -> u8 {
+    if endpoint == NOT_LOCAL {
+        return decision::NOT_HERE;
+    }
+    match BpfPolicy.isolation(endpoint) {
+        Some(isolation) if isolation.isolates(direction) => decision::ALLOWED,
+        _ => decision::OPEN,
     }
 }
 
-#[inline(always)]
-fn matched(m: Option<Matched>) -> (u8, u32) {
-    match m {
-        Some(m) => (m.kind as u8, m.identity),
-        None => (0, 0),
-    }
-}
-
-/// A new flow's policy verdict (`flow`: its first packet's tuple).
-#[inline(always)]
-pub fn verdict(flow: &CtKey, decided: &FlowDecision) {
+/// A new flow policy admitted, with this packet (its first, or the first
+/// seen of a connection under way), between its local ends `src`/`dst`;
+/// with the identities policy judged the ends by. Not inlined: a frame of
+/// its own, nothing in the callers' registers.
+#[inline(never)]
+pub fn allowed(pkt: &Ipv4Packet, src: Option<&EndpointInfo>, dst: Option<&EndpointInfo>) {
     let Some(now) = admit() else {
         return;
     };
-    let (event_kind, direction, reason) = match decided.denied_by() {
-        Some(direction) => (
-            kind::DENIED,
-            direction,
-            Reason::policy_drop(direction) as u32,
-        ),
-        // Allowed: the direction reported is the destination's, which
-        // decides last (egress when only the source is here).
-        None if decided.ingress.is_some() => (kind::ALLOWED, Direction::Ingress, NO_REASON),
-        None => (kind::ALLOWED, Direction::Egress, NO_REASON),
-    };
-    let (egress_match, egress_identity) = matched(decided.egress_match);
-    let (ingress_match, ingress_identity) = matched(decided.ingress_match);
+    let flow = conntrack::packet_key(pkt);
+    let src = src.map_or(NOT_LOCAL, |e| e.id);
+    let dst = dst.map_or(NOT_LOCAL, |e| e.id);
+    let egress = admitted(src, Direction::Egress);
+    let ingress = admitted(dst, Direction::Ingress);
+    let src_identity = lookup::peer_identity(flow.saddr);
+    let dst_identity = lookup::peer_identity(flow.daddr);
     emit(now, |e| {
         e.saddr = flow.saddr;
         e.daddr = flow.daddr;
         e.sport = flow.sport;
         e.dport = flow.dport;
         e.protocol = flow.protocol;
-        e.kind = event_kind;
-        e.direction = direction as u8;
-        e.reason = reason;
-        e.egress = decision_code(decided.egress);
-        e.ingress = decision_code(decided.ingress);
-        e.egress_match = egress_match;
-        e.ingress_match = ingress_match;
-        e.egress_identity = egress_identity;
-        e.ingress_identity = ingress_identity;
-    });
-}
-
-/// A packet of a flow refused since the last policy change (conntrack
-/// keeps its refusal): denied again, without a new decision.
-#[inline(always)]
-pub fn refused(flow: &CtKey, direction: Direction) {
-    let Some(now) = admit() else {
-        return;
-    };
-    emit(now, |e| {
-        e.saddr = flow.saddr;
-        e.daddr = flow.daddr;
-        e.sport = flow.sport;
-        e.dport = flow.dport;
-        e.protocol = flow.protocol;
-        e.kind = kind::DENIED;
-        e.direction = direction as u8;
-        e.reason = Reason::policy_drop(direction) as u32;
+        e.kind = kind::ALLOWED;
+        // The destination's, which decides last (egress when only the
+        // source is here).
+        e.direction = if dst == NOT_LOCAL {
+            Direction::Egress as u8
+        } else {
+            Direction::Ingress as u8
+        };
+        e.egress = egress;
+        e.ingress = ingress;
+        e.src_identity = src_identity;
+        e.dst_identity = dst_identity;
     });
 }
 
@@ -168,10 +150,11 @@ pub fn translated(key: &CtKey, backend_addr: [u8; 4], backend_port: u16) {
     });
 }
 
-/// A packet dropped for `reason` (other than policy, which [`verdict`]
-/// and [`refused`] report): its addresses and ports read again from the
-/// packet, as far as it has them. Not inlined: the drop path only, kept
-/// out of the callers' frames.
+/// A packet dropped for `reason`: its addresses and ports read again from
+/// the packet, as far as it has them. A policy drop is a denial, reported
+/// with the direction that refused and the identities policy judged the
+/// ends by. Not inlined: the drop path only, kept out of the callers'
+/// frames.
 #[inline(never)]
 pub fn dropped(ctx: &TcContext, reason: Reason, direction: Direction) {
     let Some(now) = admit() else {
@@ -195,14 +178,31 @@ pub fn dropped(ctx: &TcContext, reason: Reason, direction: Direction) {
             dport = ctx.load::<u16>(l4 + 2).map(u16::from_be).unwrap_or(0);
         }
     }
+    let denied = reason.is_policy_drop();
+    let (src_identity, dst_identity, refusing) = if denied {
+        (
+            lookup::peer_identity(saddr),
+            lookup::peer_identity(daddr),
+            decision::DENIED,
+        )
+    } else {
+        (0, 0, decision::NOT_HERE)
+    };
     emit(now, |e| {
         e.saddr = saddr;
         e.daddr = daddr;
         e.sport = sport;
         e.dport = dport;
         e.protocol = protocol;
-        e.kind = kind::DROPPED;
+        e.kind = if denied { kind::DENIED } else { kind::DROPPED };
         e.direction = direction as u8;
         e.reason = reason as u32;
+        if reason == Reason::DropPolicyEgress {
+            e.egress = refusing;
+        } else {
+            e.ingress = refusing;
+        }
+        e.src_identity = src_identity;
+        e.dst_identity = dst_identity;
     });
 }

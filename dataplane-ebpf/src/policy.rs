@@ -43,7 +43,6 @@ fn check(
         flow.protocol,
         flow.dport,
     );
-    events::verdict(flow, &decision);
     if let Some(direction) = decision.denied_by() {
         count_verdict(Verdict::Denied, direction);
         return Err(direction);
@@ -82,7 +81,6 @@ fn revalidate(
         }
         Checked::AtRevision(Err(direction)) => {
             count_verdict(Verdict::Denied, direction);
-            events::refused(flow, direction);
             Err(direction)
         }
         Checked::Outdated if entry.adopted() => both_ways(flow, src, dst),
@@ -213,12 +211,17 @@ pub struct Passed {
     /// An ICMP error about a client's translated packet: its quote must
     /// name the frontend again before the client sees it.
     pub service_error: bool,
+    /// A new flow policy admitted with this packet: the caller reports it
+    /// (`events::allowed`), outside this function, whose frame and
+    /// registers are at the verifier's limits.
+    pub admitted: bool,
 }
 
 const PASSED: Passed = Passed {
     via_stack: false,
     service_reply: false,
     service_error: false,
+    admitted: false,
 };
 
 /// Decides a packet between `src` and `dst` (each given when it is a pod
@@ -268,6 +271,7 @@ fn tracked(
                 via_stack: related.via_stack,
                 service_reply: false,
                 service_error: related.service,
+                admitted: false,
             });
         }
     }
@@ -292,6 +296,7 @@ fn tracked(
                 via_stack: entry.via_stack(),
                 service_reply: entry.service(),
                 service_error: false,
+                admitted: false,
             };
             let reverse = tuple.reversed();
             (
@@ -304,6 +309,7 @@ fn tracked(
                 via_stack: entry.via_stack(),
                 service_reply: false,
                 service_error: false,
+                admitted: false,
             };
             (
                 revalidate(entry, pkt, &tuple, src, dst, now, revision),
@@ -342,6 +348,7 @@ fn tracked(
                 via_stack,
                 service_reply: false,
                 service_error: false,
+                admitted: true,
             };
             (verdict, passed)
         }

@@ -78,55 +78,6 @@ struct Query {
     ranges: bool,
 }
 
-/// Which kind of peer the rule that allowed a flow named: what a flow
-/// event reports as the deciding rule (with [`Matched::identity`]).
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MatchKind {
-    /// Nothing matched (open, or denied).
-    None = 0,
-    /// The pod's own node, which always passes.
-    Host = 1,
-    /// A rule naming the peer's label identity (pod/namespace selectors).
-    Label = 2,
-    /// A rule naming the ipBlock region the peer falls in.
-    Cidr = 3,
-    /// A rule allowing any peer (no `from`/`to`, or an empty peer).
-    AnyPeer = 4,
-}
-
-impl MatchKind {
-    pub const fn from_number(n: u8) -> Self {
-        match n {
-            1 => MatchKind::Host,
-            2 => MatchKind::Label,
-            3 => MatchKind::Cidr,
-            4 => MatchKind::AnyPeer,
-            _ => MatchKind::None,
-        }
-    }
-}
-
-/// A decision and, when a rule allowed, which identity it named.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Matched {
-    pub decision: Decision,
-    pub kind: MatchKind,
-    /// The identity of the matching rule's key (label or CIDR identity,
-    /// [`ANY_IDENTITY`] for any peer, `identity::HOST`); 0 when none.
-    pub identity: u32,
-}
-
-impl Matched {
-    const fn only(decision: Decision) -> Self {
-        Matched {
-            decision,
-            kind: MatchKind::None,
-            identity: 0,
-        }
-    }
-}
-
 /// Whether `endpoint` may exchange a packet with `peer` in `direction`
 /// (`protocol`, destination port `dport` as the packet carries it): a
 /// fixed number of lookups, whatever the number of rules.
@@ -144,25 +95,11 @@ pub fn decide<M: PolicyLookup>(
     protocol: u8,
     dport: u16,
 ) -> Decision {
-    decide_matched(maps, endpoint, direction, peer, protocol, dport).decision
-}
-
-/// [`decide`], also saying which rule identity allowed (the same lookups
-/// in the same order).
-#[inline(always)]
-pub fn decide_matched<M: PolicyLookup>(
-    maps: &M,
-    endpoint: u32,
-    direction: Direction,
-    peer: [u8; 4],
-    protocol: u8,
-    dport: u16,
-) -> Matched {
     let Some(isolation) = maps.isolation(endpoint) else {
-        return Matched::only(Decision::Open);
+        return Decision::Open;
     };
     if !isolation.isolates(direction) {
-        return Matched::only(Decision::Open);
+        return Decision::Open;
     }
     let query = Query {
         endpoint,
@@ -171,26 +108,20 @@ pub fn decide_matched<M: PolicyLookup>(
         dport: policy_port(protocol, dport),
         ranges: isolation.has_ranges(direction),
     };
-    let allowed = |kind, identity| Matched {
-        decision: Decision::Allowed,
-        kind,
-        identity,
-    };
     let label = maps.peer_identity(peer);
-    if label == identity::HOST {
-        return allowed(MatchKind::Host, label);
+    let in_ip_block = || {
+        let cidr = maps.cidr_identity(peer);
+        cidr != ANY_IDENTITY && rule_hits(maps, &query, cidr)
+    };
+    if label == identity::HOST
+        || rule_hits(maps, &query, label)
+        || in_ip_block()
+        || rule_hits(maps, &query, ANY_IDENTITY)
+    {
+        Decision::Allowed
+    } else {
+        Decision::Denied
     }
-    if rule_hits(maps, &query, label) {
-        return allowed(MatchKind::Label, label);
-    }
-    let cidr = maps.cidr_identity(peer);
-    if cidr != ANY_IDENTITY && rule_hits(maps, &query, cidr) {
-        return allowed(MatchKind::Cidr, cidr);
-    }
-    if rule_hits(maps, &query, ANY_IDENTITY) {
-        return allowed(MatchKind::AnyPeer, ANY_IDENTITY);
-    }
-    Matched::only(Decision::Denied)
 }
 
 /// The decisions about a new flow: the egress policy of its source, if a
@@ -200,9 +131,6 @@ pub fn decide_matched<M: PolicyLookup>(
 pub struct FlowDecision {
     pub egress: Option<Decision>,
     pub ingress: Option<Decision>,
-    /// Which rule identity allowed each direction (for flow events).
-    pub egress_match: Option<Matched>,
-    pub ingress_match: Option<Matched>,
 }
 
 impl FlowDecision {
@@ -232,23 +160,13 @@ pub fn decide_flow<M: PolicyLookup>(
     protocol: u8,
     dport: u16,
 ) -> FlowDecision {
-    let egress_match =
-        src.map(|ep| decide_matched(maps, ep, Direction::Egress, daddr, protocol, dport));
-    let egress = egress_match.map(|m| m.decision);
+    let egress = src.map(|ep| decide(maps, ep, Direction::Egress, daddr, protocol, dport));
     if egress == Some(Decision::Denied) {
         return FlowDecision {
             egress,
             ingress: None,
-            egress_match,
-            ingress_match: None,
         };
     }
-    let ingress_match =
-        dst.map(|ep| decide_matched(maps, ep, Direction::Ingress, saddr, protocol, dport));
-    FlowDecision {
-        egress,
-        ingress: ingress_match.map(|m| m.decision),
-        egress_match,
-        ingress_match,
-    }
+    let ingress = dst.map(|ep| decide(maps, ep, Direction::Ingress, saddr, protocol, dport));
+    FlowDecision { egress, ingress }
 }

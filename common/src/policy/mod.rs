@@ -22,10 +22,7 @@
 
 mod decide;
 
-pub use decide::{
-    decide, decide_flow, decide_matched, policy_port, Decision, FlowDecision, MatchKind, Matched,
-    PolicyLookup,
-};
+pub use decide::{decide, decide_flow, policy_port, Decision, FlowDecision, PolicyLookup};
 
 use crate::direction::Direction;
 

@@ -27,8 +27,7 @@ pub fn run(ctx: &TcContext, decide: fn(&TcContext) -> Verdict, direction: Direct
     let verdict = decide(ctx);
     if let Some(reason) = verdict.reason {
         metrics::count(reason, direction, ctx.len());
-        // Policy's drops were reported where policy decided them.
-        if verdict.action == TC_ACT_SHOT && !reason.is_policy_drop() {
+        if verdict.action == TC_ACT_SHOT {
             events::dropped(ctx, reason, direction);
         }
     }
@@ -93,6 +92,9 @@ fn to_local_pod(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> FromNode {
         Ok(passed) => passed,
         Err(reason) => return FromNode::Done(drop(reason)),
     };
+    if passed.admitted {
+        events::allowed(pkt, None, Some(&dst));
+    }
     if passed.via_stack {
         return FromNode::ToStack;
     }

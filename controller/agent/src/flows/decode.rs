@@ -7,7 +7,6 @@ use sluice_common::{
     direction::Direction,
     flow::{decision, kind, FlowEvent, NO_REASON},
     observe::FlowVerdict,
-    policy::MatchKind,
     reason::Reason,
 };
 
@@ -19,15 +18,6 @@ pub enum DecodeError {
     Kind(u8),
     #[error("unknown direction {0}")]
     Direction(u8),
-}
-
-/// One direction's decision, where this node made it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decided {
-    /// `open`, `allowed` or `denied`.
-    pub decision: &'static str,
-    pub matched: MatchKind,
-    pub identity: u32,
 }
 
 /// A decoded event: what the datapath said, before naming anything.
@@ -45,22 +35,22 @@ pub struct RawFlow {
     pub daddr: Ipv4Addr,
     pub dport: u16,
     pub frontend: Option<(Ipv4Addr, u16)>,
-    pub egress: Option<Decided>,
-    pub ingress: Option<Decided>,
+    /// Each direction's decision where this node made it: `open`,
+    /// `allowed` or `denied`.
+    pub egress: Option<&'static str>,
+    pub ingress: Option<&'static str>,
+    /// The identities policy judged the ends by (verdicts only).
+    pub src_identity: Option<u32>,
+    pub dst_identity: Option<u32>,
 }
 
-fn decided(code: u8, matched: u8, identity: u32) -> Option<Decided> {
-    let decision = match code {
-        decision::OPEN => "open",
-        decision::ALLOWED => "allowed",
-        decision::DENIED => "denied",
-        _ => return None,
-    };
-    Some(Decided {
-        decision,
-        matched: MatchKind::from_number(matched),
-        identity,
-    })
+fn decided(code: u8) -> Option<&'static str> {
+    match code {
+        decision::OPEN => Some("open"),
+        decision::ALLOWED => Some("allowed"),
+        decision::DENIED => Some("denied"),
+        _ => None,
+    }
 }
 
 /// Decodes one ring buffer record.
@@ -95,8 +85,10 @@ pub fn decode(bytes: &[u8]) -> Result<RawFlow, DecodeError> {
         daddr: e.daddr.into(),
         dport: e.dport,
         frontend: (e.kind == kind::TRANSLATED).then(|| (e.orig_daddr.into(), e.orig_dport)),
-        egress: decided(e.egress, e.egress_match, e.egress_identity),
-        ingress: decided(e.ingress, e.ingress_match, e.ingress_identity),
+        egress: decided(e.egress),
+        ingress: decided(e.ingress),
+        src_identity: (e.src_identity != 0).then_some(e.src_identity),
+        dst_identity: (e.dst_identity != 0).then_some(e.dst_identity),
     })
 }
 
@@ -176,13 +168,14 @@ pub(crate) mod tests {
         assert_eq!(flow.reason, Some(Ok(Reason::DropPolicyIngress)));
         assert_eq!(flow.saddr, Ipv4Addr::new(10, 244, 1, 2));
         assert_eq!(flow.dport, 80);
-        assert_eq!(flow.egress.map(|d| d.decision), Some("open"));
-        assert_eq!(flow.ingress.map(|d| d.decision), Some("denied"));
+        assert_eq!(flow.egress, Some("open"));
+        assert_eq!(flow.ingress, Some("denied"));
+        assert_eq!(flow.src_identity, None);
         assert_eq!(flow.frontend, None);
     }
 
     #[test]
-    fn decodes_a_translation_and_an_allowance_s_rule() {
+    fn decodes_a_translation_and_an_allowance_s_identities() {
         let e = FlowEvent {
             kind: kind::TRANSLATED,
             reason: NO_REASON,
@@ -197,13 +190,16 @@ pub(crate) mod tests {
             kind: kind::ALLOWED,
             reason: NO_REASON,
             ingress: decision::ALLOWED,
-            ingress_match: MatchKind::Label as u8,
-            ingress_identity: 260,
+            src_identity: 260,
+            dst_identity: 261,
             ..denied_ingress()
         };
         let flow = decode(&bytes(&e)).expect("decode");
-        let ingress = flow.ingress.expect("ingress decided");
-        assert_eq!((ingress.matched, ingress.identity), (MatchKind::Label, 260));
+        assert_eq!(flow.ingress, Some("allowed"));
+        assert_eq!(
+            (flow.src_identity, flow.dst_identity),
+            (Some(260), Some(261))
+        );
     }
 
     #[test]

@@ -13,11 +13,10 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use sluice_common::{
     direction::Direction,
     identity,
-    observe::{protocol_name, rfc3339, DirectionVerdict, Flow, FlowEnd, MatchedRule},
-    policy::MatchKind,
+    observe::{protocol_name, rfc3339, DirectionVerdict, Flow, FlowEnd},
 };
 
-use super::decode::{Clock, Decided, RawFlow};
+use super::decode::{Clock, RawFlow};
 use crate::{
     datastore::ClusterState,
     policy::{identity::IdentityAllocator, selector::Labels, selector::Selector},
@@ -124,8 +123,25 @@ impl Directory {
         self.pods.len()
     }
 
-    fn end(&self, ip: Ipv4Addr, port: u16) -> FlowEnd {
+    /// What `identity` stands for.
+    fn identity_labels(&self, id: u32) -> Option<String> {
+        match id {
+            identity::HOST => Some("host".into()),
+            identity::WORLD => Some("world".into()),
+            identity::REMOTE_NODE => Some("remote-node".into()),
+            _ => self.identities.get(&id).cloned(),
+        }
+    }
+
+    /// One end: the pod (or node) at `ip`; `judged`, the identity policy
+    /// judged it by, when the datapath said.
+    fn end(&self, ip: Ipv4Addr, port: u16, judged: Option<u32>) -> FlowEnd {
         let pod = self.pods.get(&ip);
+        let identity = judged
+            .or_else(|| self.pod_identities.get(&ip).copied())
+            .or_else(|| {
+                (pod.is_none() && self.nodes.contains_key(&ip)).then_some(identity::REMOTE_NODE)
+            });
         FlowEnd {
             ip,
             port,
@@ -135,15 +151,8 @@ impl Directory {
             node: pod
                 .and_then(|p| p.node.clone())
                 .or_else(|| self.nodes.get(&ip).cloned()),
-            identity: self.pod_identities.get(&ip).copied().or_else(|| {
-                if pod.is_some() {
-                    None
-                } else if self.nodes.contains_key(&ip) {
-                    Some(identity::REMOTE_NODE)
-                } else {
-                    None
-                }
-            }),
+            identity,
+            identity_labels: identity.and_then(|id| self.identity_labels(id)),
         }
     }
 
@@ -167,29 +176,12 @@ impl Directory {
 
     fn direction_verdict(
         &self,
-        decided: Option<Decided>,
+        decided: Option<&'static str>,
         pod: Ipv4Addr,
         direction: Direction,
     ) -> Option<DirectionVerdict> {
-        let decided = decided?;
-        let rule = (decided.matched != MatchKind::None).then(|| MatchedRule {
-            peer: match decided.matched {
-                MatchKind::Host => "host",
-                MatchKind::Label => "labels",
-                MatchKind::Cidr => "cidr",
-                MatchKind::AnyPeer | MatchKind::None => "any",
-            }
-            .to_owned(),
-            identity: decided.identity,
-            means: match decided.matched {
-                MatchKind::Host => Some("host".to_owned()),
-                MatchKind::AnyPeer => Some("any peer".to_owned()),
-                _ => self.identities.get(&decided.identity).cloned(),
-            },
-        });
         Some(DirectionVerdict {
-            decision: decided.decision.to_owned(),
-            rule,
+            decision: decided?.to_owned(),
             policies: self.policies_of(pod, direction),
         })
     }
@@ -197,8 +189,8 @@ impl Directory {
     /// Names a decoded event's ends, rules and policies.
     pub fn enrich(&self, raw: &RawFlow, node: &str, clock: &Clock) -> Flow {
         let unix_ns = clock.unix_ns(raw.monotonic_ns);
-        let source = self.end(raw.saddr, raw.sport);
-        let destination = self.end(raw.daddr, raw.dport);
+        let source = self.end(raw.saddr, raw.sport, raw.src_identity);
+        let destination = self.end(raw.daddr, raw.dport, raw.dst_identity);
         let ports = matches!(raw.protocol, 6 | 17 | 132);
         let strip = |mut end: FlowEnd| {
             if !ports {
@@ -217,7 +209,9 @@ impl Directory {
                 Err(n) => format!("reason_{n}"),
             }),
             protocol: protocol_name(raw.protocol),
-            service: raw.frontend.map(|(ip, port)| strip(self.end(ip, port))),
+            service: raw
+                .frontend
+                .map(|(ip, port)| strip(self.end(ip, port, None))),
             egress: self.direction_verdict(raw.egress, raw.saddr, Direction::Egress),
             ingress: self.direction_verdict(raw.ingress, raw.daddr, Direction::Ingress),
             source: strip(source),
@@ -326,6 +320,10 @@ spec: {podSelector: {matchLabels: {pod: c}}}
         assert_eq!(flow.destination.port, 80);
         let ingress = flow.ingress.expect("ingress decided here");
         assert_eq!(ingress.decision, "denied");
+        assert_eq!(
+            flow.source.identity_labels, None,
+            "no label set allocated here"
+        );
         assert_eq!(ingress.policies, ["y/deny-b"]);
         assert_eq!(flow.egress.expect("egress decided").decision, "open");
     }
