@@ -1,6 +1,7 @@
 //! sluice: the user CLI.
 mod install_cni;
 mod lab;
+mod observe;
 mod prefilter;
 mod status;
 
@@ -45,6 +46,14 @@ enum Command {
         #[command(subcommand)]
         command: prefilter::PrefilterCommand,
     },
+    /// Show flows the node agent recorded (and, with --follow, live ones):
+    /// new flows' verdicts, drops with their reason, Service translations.
+    Observe {
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[command(flatten)]
+        args: observe::ObserveArgs,
+    },
     /// Show the dataplane's packet counters (forwarded / dropped by reason).
     Counters {
         #[arg(long)]
@@ -85,7 +94,7 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Output {
     Text,
     Json,
@@ -143,6 +152,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Prefilter { socket, command } => prefilter::run(&socket, command),
+        Command::Observe { socket, args } => Ok(if observe::observe_node(&socket, &args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Command::InstallCni {
             bin_dir,
             conf_dir,

@@ -664,6 +664,10 @@ fn agent_options(
             (!state.kube_proxy).to_string(),
             "--prefilter-mode".into(),
             state.prefilter_mode.to_string(),
+            // `sluice lab observe` shows what was recorded, so the lab
+            // records always (a cluster's default is on demand).
+            "--flows-record".into(),
+            "always".into(),
         ],
     })
 }
