@@ -75,7 +75,7 @@ pub enum Request {
     Prefilter { prefilter: PrefilterOp },
     /// Flow events (`sluice observe`): the recorded ones that match, each
     /// a [`Response::Flow`] line, then [`Response::FlowsEnd`]; with
-    /// `follow`, no end: live ones as they come, until the client goes.
+    /// `follow`, live ones after it as they come, until the client goes.
     Flows {
         #[serde(default)]
         filter: crate::observe::FlowFilter,
@@ -242,7 +242,7 @@ pub enum Response {
     Flow {
         flow: Box<crate::observe::Flow>,
     },
-    /// The end of the recorded flows (without `follow`). `recorded`: how
+    /// The end of the recorded flows. `recorded`: how
     /// many the agent holds (the newest, up to its history size); what
     /// the datapath could not send is counted in the agent's metrics.
     FlowsEnd {

@@ -177,6 +177,43 @@ fn flows_show_denied_and_allowed_connections_with_pods_port_and_reason() {
             "source.{field}: {value}"
         );
     }
+    // Following: a live denial arrives on the stream.
+    let mut follow = std::process::Command::new(sluice_tests::bin("sluice"))
+        .args(["lab", "--dir"])
+        .arg(&lab.config.dir)
+        .args(["--name", &lab.config.name, "--bin-dir"])
+        .arg(&lab.config.bin_dir)
+        .args(["observe", "--follow", "-o", "json", "--verdict", "denied"])
+        .args(["--port", "81", "--pod", "y/a"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sluice lab observe --follow");
+    let stdout = follow.stdout.take().expect("piped stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let dst81 = SocketAddr::new(server.ip, 81);
+    assert!(!probe::tcp(&stranger, dst81, Duration::from_millis(500)));
+    let live = lines_rx.recv_timeout(Duration::from_secs(3));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let live: Flow =
+        serde_json::from_str(&live.expect("a live flow within 3 s")).expect("a JSON flow");
+    assert_eq!(
+        (live.source.name(), live.destination.port),
+        ("y/a".to_owned(), 81)
+    );
+
     // And people get a line naming both pods.
     let text = lab.sluice_ok(&[
         "observe",
@@ -184,6 +221,8 @@ fn flows_show_denied_and_allowed_connections_with_pods_port_and_reason() {
         "denied",
         "--pod",
         "y/a",
+        "--port",
+        "80",
         "--last",
         "1",
     ]);

@@ -113,8 +113,8 @@ enum Message {
     Failed(String),
 }
 
-/// Streams `socket`'s flows into `tx` (recorded ones, then `End`, then live
-/// ones when following).
+/// Streams `socket`'s flows into `tx`: recorded ones, then `End`, then
+/// (following) live ones.
 fn stream_node(
     node: String,
     socket: PathBuf,
@@ -139,7 +139,7 @@ fn stream_node(
                 Response::Error { message, .. } => Message::Failed(format!("{node}: {message}")),
                 other => Message::Failed(format!("{node}: unexpected answer {other:?}")),
             };
-            tx.send(message).is_ok() && !ended
+            tx.send(message).is_ok() && (follow || !ended)
         },
     );
     if let Err(e) = result {
@@ -221,7 +221,10 @@ fn header() -> String {
 }
 
 fn endpoint(end: &sluice_common::observe::FlowEnd) -> String {
-    if end.port == 0 {
+    if end.ip.is_unspecified() {
+        // A frame the datapath could not read as IPv4.
+        "-".into()
+    } else if end.port == 0 {
         end.name()
     } else {
         format!("{}:{}", end.name(), end.port)

@@ -40,8 +40,15 @@ pub fn spawn(hub: &FlowHub, filter: FlowFilter, follow: bool, responder: Respond
                 return;
             }
         }
+        // The end of the recorded ones, also when live ones follow: the
+        // client knows the history is complete (to merge nodes' in order).
+        if send(&mut out, &Response::FlowsEnd { recorded: total })
+            .await
+            .is_err()
+        {
+            return;
+        }
         let Some(mut follower) = follower else {
-            let _ = send(&mut out, &Response::FlowsEnd { recorded: total }).await;
             return;
         };
         loop {
