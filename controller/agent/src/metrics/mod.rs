@@ -454,6 +454,11 @@ impl Metrics {
                 &["source_namespace", "destination_namespace", "verdict"],
             ),
         );
+        // The family exists from the start, as every other: flows between
+        // ends that are no pods.
+        for verdict in sluice_common::observe::FlowVerdict::ALL {
+            flow_verdicts.with_label_values(&["", "", verdict.name()]);
+        }
 
         Metrics {
             registry,
