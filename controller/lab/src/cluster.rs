@@ -781,7 +781,9 @@ mod tests {
                 "--kube-proxy-replacement",
                 "false",
                 "--prefilter-mode",
-                "native"
+                "native",
+                "--flows-record",
+                "always"
             ]
         );
         assert!(matches!(
