@@ -354,6 +354,7 @@ pub(crate) mod fakes {
                     Request::Status => "status",
                     Request::Prefilter { .. } => "prefilter",
                     Request::Explain { .. } => "explain",
+                    Request::Flows { .. } => "flows",
                 })
                 .collect()
         }
@@ -396,10 +397,12 @@ pub(crate) mod fakes {
                     },
                 }),
                 // The plugin never asks these.
-                Request::Prefilter { .. } | Request::Explain { .. } => Response::Error {
-                    kind: ErrorKind::Invalid,
-                    message: "not the plugin's".into(),
-                },
+                Request::Prefilter { .. } | Request::Explain { .. } | Request::Flows { .. } => {
+                    Response::Error {
+                        kind: ErrorKind::Invalid,
+                        message: "not the plugin's".into(),
+                    }
+                }
             })
         }
     }

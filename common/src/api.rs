@@ -77,6 +77,15 @@ pub enum Request {
     Prefilter { prefilter: PrefilterOp },
     /// Explain the policy verdict of a flow (`sluice policy explain`).
     Explain { query: ExplainQuery },
+    /// Flow events (`sluice observe`): the recorded ones that match, each
+    /// a [`Response::Flow`] line, then [`Response::FlowsEnd`]; with
+    /// `follow`, live ones after it as they come, until the client goes.
+    Flows {
+        #[serde(default)]
+        filter: crate::observe::FlowFilter,
+        #[serde(default)]
+        follow: bool,
+    },
 }
 
 /// What `sluice prefilter` asks of the deny list. CIDRs travel as text so
@@ -218,13 +227,38 @@ pub enum ErrorKind {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Ok,
-    Allocated { allocation: Allocation },
-    Endpoint { state: EndpointState },
-    Collected { released: Vec<Attachment> },
-    Status { status: AgentStatus },
-    Prefilter { prefilter: PrefilterStatus },
-    Explained { explanation: Box<Explanation> },
-    Error { kind: ErrorKind, message: String },
+    Allocated {
+        allocation: Allocation,
+    },
+    Endpoint {
+        state: EndpointState,
+    },
+    Collected {
+        released: Vec<Attachment>,
+    },
+    Status {
+        status: AgentStatus,
+    },
+    Prefilter {
+        prefilter: PrefilterStatus,
+    },
+    /// One flow of a [`Request::Flows`] answer.
+    Flow {
+        flow: Box<crate::observe::Flow>,
+    },
+    /// The end of the recorded flows. `recorded`: how
+    /// many the agent holds (the newest, up to its history size); what
+    /// the datapath could not send is counted in the agent's metrics.
+    FlowsEnd {
+        recorded: usize,
+    },
+    Explained {
+        explanation: Box<Explanation>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 impl Request {
@@ -318,6 +352,51 @@ pub fn call(
         )));
     }
     serde_json::from_str(line.trim_end()).map_err(CallError::Decode)
+}
+
+/// A streaming exchange: sends `request`, then hands each response line
+/// to `each` until it returns `false`, the agent closes the connection, or
+/// (with `idle`) nothing arrives for that long. Connecting and the first
+/// write are bounded by `timeout`.
+pub fn stream(
+    socket: &std::path::Path,
+    request: &Request,
+    timeout: std::time::Duration,
+    idle: Option<std::time::Duration>,
+    mut each: impl FnMut(Response) -> bool,
+) -> Result<(), CallError> {
+    use std::io::{BufRead as _, ErrorKind, Write as _};
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(CallError::Unreachable)?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .and_then(|()| stream.set_read_timeout(idle))
+        .map_err(CallError::Io)?;
+    (&stream)
+        .write_all(request.to_line().as_bytes())
+        .map_err(CallError::Io)?;
+    let mut reader = std::io::BufReader::new(&stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Ok(())
+            }
+            Err(e) => return Err(CallError::Io(e)),
+        }
+        if line.len() as u64 > MAX_RESPONSE {
+            return Err(CallError::Io(std::io::Error::new(
+                ErrorKind::InvalidData,
+                "response line too long",
+            )));
+        }
+        let response = serde_json::from_str(line.trim_end()).map_err(CallError::Decode)?;
+        if !each(response) {
+            return Ok(());
+        }
+    }
 }
 
 #[cfg(test)]

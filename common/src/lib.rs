@@ -14,6 +14,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod direction;
 pub mod endpoint;
+pub mod flow;
 pub mod fragment;
 pub mod identity;
 pub mod ipcache;
@@ -26,6 +27,8 @@ pub mod services;
 pub mod api;
 #[cfg(feature = "api")]
 pub mod explain;
+#[cfg(feature = "api")]
+pub mod observe;
 
 /// Names of the programs in the eBPF object, by attach point.
 pub mod programs {

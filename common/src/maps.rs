@@ -94,6 +94,18 @@ map_table! { $
     /// The prefilter's deny list: source CIDRs XDP drops on the underlay
     /// (LPM trie; the value is unused).
     PREFILTER_DENY = "SLUICE_PREFILTER_DENY", 16384;
+    /// Flow events for `sluice observe` (ring buffer; the capacity is its
+    /// size in bytes, a power of two of pages: 4096 events of 48 bytes
+    /// with their 8-byte headers fit 256 KiB).
+    FLOW_EVENTS = "SLUICE_FLOW_EVENTS", 256 * 1024;
+    /// Whether and how fast to emit flow events (one-entry array),
+    /// written by the agent ([`crate::flow::EventConfig`]).
+    FLOW_EVENT_CONFIG = "SLUICE_FLOW_EVENT_CONFIG", 1;
+    /// Each CPU's token bucket for flow events (per-CPU array).
+    FLOW_EVENT_BUCKETS = "SLUICE_FLOW_EVENT_BUCKETS", 1;
+    /// Flow events emitted, lost, rate-limited
+    /// ([`crate::flow::counters`]; per-CPU array).
+    FLOW_EVENT_COUNTERS = "SLUICE_FLOW_EVENT_COUNTERS", 4;
 }
 
 /// The map called `name`, if the object has one.

@@ -189,6 +189,12 @@ impl Reason {
         None
     }
 
+    /// Whether policy refused the packet (flow events report these where
+    /// policy decided, with the flow's verdict).
+    pub const fn is_policy_drop(self) -> bool {
+        matches!(self, Reason::DropPolicyIngress | Reason::DropPolicyEgress)
+    }
+
     /// The drop reason of a policy denial in `direction`.
     pub const fn policy_drop(direction: crate::direction::Direction) -> Self {
         match direction {

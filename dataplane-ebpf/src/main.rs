@@ -13,6 +13,7 @@
 //!   ├─ parse       bounds-checked header parsing
 //!   ├─ lookup      typed access to the maps (endpoints, ipcache, config)
 //!   ├─ metrics     per-CPU counters
+//!   ├─ events      flow events for `sluice observe` (ring buffer)
 //!   └─ verdict     what a program returns, and the reason it is counted under
 //! maps            the map statics, from the table in sluice_common::maps
 //! ```
@@ -20,6 +21,7 @@
 #![no_main]
 
 mod conntrack;
+mod events;
 mod forward;
 mod fragment;
 mod lookup;

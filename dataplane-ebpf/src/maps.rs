@@ -4,7 +4,7 @@
 //! load time from its configuration.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sluice_common::{
     bpf_map,
@@ -12,6 +12,7 @@ use sluice_common::{
     conntrack::{CtEntry, CtKey},
     counters::Counter,
     endpoint::{EndpointInfo, IpKey},
+    flow::{EventConfig, TokenBucket},
     fragment::{FragEntry, FragKey},
     ipcache::{Ipv4Prefix, RemoteInfo},
     policy::{Isolation, PolicyEntry, PolicyKey},
@@ -43,3 +44,7 @@ bpf_map!(SOCK_REVERSE: LruHashMap<SockKey, SockFrontend>);
 bpf_map!(FRAGMENTS: LruHashMap<FragKey, FragEntry>);
 bpf_map!(TABLE_INSERTS: PerCpuArray<u64>);
 bpf_map!(PREFILTER_DENY: LpmTrie<Ipv4Prefix, u32>);
+bpf_map!(FLOW_EVENTS: RingBuf);
+bpf_map!(FLOW_EVENT_CONFIG: Array<EventConfig>);
+bpf_map!(FLOW_EVENT_BUCKETS: PerCpuArray<TokenBucket>);
+bpf_map!(FLOW_EVENT_COUNTERS: PerCpuArray<u64>);

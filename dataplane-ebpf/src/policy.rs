@@ -18,6 +18,7 @@ use sluice_common::{
 
 use crate::{
     conntrack::{self, Checked, Entry, FlowKey},
+    events,
     lookup::{self, BpfPolicy},
     metrics::count_verdict,
     parse::{Frag, Ipv4Packet, IPPROTO_TCP, TCP_ACK, TCP_SYN},
@@ -210,12 +211,17 @@ pub struct Passed {
     /// An ICMP error about a client's translated packet: its quote must
     /// name the frontend again before the client sees it.
     pub service_error: bool,
+    /// A new flow policy admitted with this packet: the caller reports it
+    /// (`events::allowed`), outside this function, whose frame and
+    /// registers are at the verifier's limits.
+    pub admitted: bool,
 }
 
 const PASSED: Passed = Passed {
     via_stack: false,
     service_reply: false,
     service_error: false,
+    admitted: false,
 };
 
 /// Decides a packet between `src` and `dst` (each given when it is a pod
@@ -265,6 +271,7 @@ fn tracked(
                 via_stack: related.via_stack,
                 service_reply: false,
                 service_error: related.service,
+                admitted: false,
             });
         }
     }
@@ -289,6 +296,7 @@ fn tracked(
                 via_stack: entry.via_stack(),
                 service_reply: entry.service(),
                 service_error: false,
+                admitted: false,
             };
             let reverse = tuple.reversed();
             (
@@ -301,6 +309,7 @@ fn tracked(
                 via_stack: entry.via_stack(),
                 service_reply: false,
                 service_error: false,
+                admitted: false,
             };
             (
                 revalidate(entry, pkt, &tuple, src, dst, now, revision),
@@ -339,6 +348,7 @@ fn tracked(
                 via_stack,
                 service_reply: false,
                 service_error: false,
+                admitted: true,
             };
             (verdict, passed)
         }

@@ -31,7 +31,7 @@ use sluice_common::{
 };
 
 use crate::{
-    conntrack, lookup, metrics,
+    conntrack, events, lookup, metrics,
     maps::{SERVICES, SERVICE_AFFINITY, SERVICE_BACKENDS, SERVICE_FLOWS, SERVICE_REVERSE},
     parse::{
         Ipv4Packet, ETH_HLEN, ICMP_CSUM_OFF, ICMP_ERROR_HLEN, IPPROTO_SCTP, IPPROTO_TCP,
@@ -168,6 +168,7 @@ fn translate(
             };
             metrics::count_service(service.id, false);
             remember(&key, &backend, frontend, pkt, now);
+            events::translated(&key, backend.addr, u16::from_be_bytes(backend.port));
             backend
         }
     };

@@ -10,6 +10,7 @@ use aya::maps::{HashMap, Map, MapData};
 use ipnet::Ipv4Net;
 use sluice_agent::{
     datastore::{parse_documents, ClusterState, Event},
+    flows::RawFlow,
     kernel::{bpf::MapSizes, counters},
     policy::{ports::PortPrefix, PlacedPolicy},
     services::{self, ServiceIds},
@@ -23,6 +24,7 @@ use sluice_common::{
     identity,
     ipcache::{flags, RemoteInfo},
     maps,
+    observe::FlowVerdict,
     policy::ANY_IDENTITY,
     programs,
 };
@@ -2044,4 +2046,144 @@ fn the_prefilter_attaches_native_or_falls_back_to_generic() {
     dataplane.detach_prefilter().expect("detach");
     assert!(pinned().is_empty());
     assert!(released("br9"), "{}", link("br9"));
+}
+
+impl Unit {
+    /// The flow events emitted since the last call, decoded.
+    fn flow_events(&mut self) -> Vec<RawFlow> {
+        self.bpf
+            .take_flow_events()
+            .into_iter()
+            .map(|e| e.expect("a decodable flow event"))
+            .collect()
+    }
+
+    fn flow_event_counts(&self) -> BTreeMap<&'static str, u64> {
+        counters::read_flow_events(self.bpf.pin_dir())
+            .expect("flow event counters")
+            .into_iter()
+            .collect()
+    }
+}
+
+/// New flows' verdicts (with the rule that allowed them), drops with their
+/// reason and Service translations become flow events, once each; the
+/// established flow's packets emit nothing; with the switch off nothing is
+/// emitted at all.
+#[test]
+fn flow_events_report_verdicts_drops_and_translations() {
+    require_root!();
+    let mut unit = Unit::new();
+    unit.allow_a_egress(6, 80);
+    let refused = ipv4(POD_A, POD_B, 17, 64, 0, &udp(40001, 53));
+    assert_eq!(unit.sent_by_a(&refused), TC_ACT_SHOT);
+    assert!(unit.flow_events().is_empty(), "the switch is off");
+
+    unit.bpf.set_flow_events(true, 1000).expect("switch on");
+    let syn = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40000, 80));
+    assert_eq!(unit.sent_by_a(&syn), TC_ACT_REDIRECT);
+    let ack = ipv4(POD_A, POD_B, 6, 64, 0, &tcp(40000, 80, 0x10));
+    assert_eq!(unit.sent_by_a(&ack), TC_ACT_REDIRECT);
+    let events = unit.flow_events();
+    assert_eq!(events.len(), 1, "the new flow only: {events:?}");
+    let allowed = &events[0];
+    assert_eq!(allowed.verdict, FlowVerdict::Allowed);
+    assert_eq!((allowed.saddr, allowed.sport), (POD_A, 40000));
+    assert_eq!(
+        (allowed.daddr, allowed.dport, allowed.protocol),
+        (POD_B, 80, 6)
+    );
+    assert_eq!(allowed.egress, Some("allowed"));
+    assert_eq!(allowed.ingress, Some("open"));
+    assert_eq!(
+        (allowed.src_identity, allowed.dst_identity),
+        (Some(ID_A), Some(ID_B)),
+        "the identities policy judged the ends by"
+    );
+
+    assert_eq!(unit.sent_by_a(&refused), TC_ACT_SHOT);
+    let events = unit.flow_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let denied = &events[0];
+    assert_eq!(denied.verdict, FlowVerdict::Denied);
+    assert_eq!(denied.direction, Direction::Egress);
+    assert_eq!(denied.reason, Some(Ok(Reason::DropPolicyEgress)));
+    assert_eq!(
+        (denied.daddr, denied.dport, denied.protocol),
+        (POD_B, 53, 17)
+    );
+    assert_eq!(denied.egress, Some("denied"));
+    assert_eq!(denied.ingress, None, "not looked at once egress denied");
+
+    // Not from pod A's address: dropped as spoofed, with the packet's
+    // tuple read again.
+    let spoofed = ipv4(OUTSIDE, POD_B, 6, 64, 0, &tcp_syn(1234, 80));
+    assert_eq!(unit.sent_by_a(&spoofed), TC_ACT_SHOT);
+    let events = unit.flow_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].verdict, FlowVerdict::Dropped);
+    assert_eq!(events[0].reason, Some(Ok(Reason::DropSpoofedSource)));
+    assert_eq!((events[0].saddr, events[0].sport), (OUTSIDE, 1234));
+    assert_eq!((events[0].daddr, events[0].dport), (POD_B, 80));
+
+    unit.open_everything();
+    web_service(&mut unit, &mut ServiceIds::new(), &[POD_B]);
+    let to_vip = with_l4_checksum(ipv4(POD_A, VIP, 6, 64, 0, &tcp_syn(40010, 80)));
+    assert_eq!(unit.sent_by_a(&to_vip), TC_ACT_REDIRECT);
+    let events = unit.flow_events();
+    let translated: Vec<_> = events
+        .iter()
+        .filter(|e| e.verdict == FlowVerdict::Translated)
+        .collect();
+    assert_eq!(translated.len(), 1, "{events:?}");
+    assert_eq!(translated[0].frontend, Some((VIP, 80)));
+    assert_eq!((translated[0].daddr, translated[0].dport), (POD_B, 8080));
+
+    let counts = unit.flow_event_counts();
+    // Allowed, denied, spoofed, and this last packet's.
+    assert_eq!(counts["emitted"], 3 + events.len() as u64);
+    assert_eq!((counts["lost"], counts["rate_limited"]), (0, 0));
+}
+
+/// A flood is bounded: past its burst, a CPU's token bucket refuses
+/// events (counted); a ring nobody drains loses the rest (counted); the
+/// packets' verdicts are the same either way.
+#[test]
+fn flow_events_under_a_flood_are_rate_limited_and_losses_counted() {
+    require_root!();
+    let mut unit = Unit::new();
+    // Run on loopback: not pod A's veth, so every packet is a spoofed
+    // drop, one event each.
+    let pkt = ipv4(POD_A, POD_B, 17, 64, 0, &udp(40001, 53));
+    unit.bpf.set_flow_events(true, 5).expect("switch on");
+    let (verdict, _) = unit
+        .bpf
+        .time(programs::FROM_CONTAINER, &pkt, 200)
+        .expect("test run");
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let emitted = unit.flow_events().len() as u64;
+    let counts = unit.flow_event_counts();
+    assert!((5..=6).contains(&emitted), "the burst of 5: {emitted}");
+    assert_eq!(counts["emitted"], emitted);
+    assert_eq!(counts["rate_limited"], 200 - emitted);
+
+    unit.bpf.set_flow_events(true, 10_000_000).expect("rate up");
+    let (verdict, _) = unit
+        .bpf
+        .time(programs::FROM_CONTAINER, &pkt, 20_000)
+        .expect("test run");
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let counts = unit.flow_event_counts();
+    let waiting = unit.flow_events().len() as u64;
+    assert!(counts["lost"] > 0, "the ring filled: {counts:?}");
+    assert_eq!(
+        counts["emitted"] + counts["lost"] + counts["rate_limited"],
+        20_200,
+        "every packet's event emitted, lost or refused: {counts:?}"
+    );
+    assert_eq!(
+        counts["emitted"] - emitted,
+        waiting,
+        "what was emitted waits in the ring"
+    );
 }

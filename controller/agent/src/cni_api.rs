@@ -76,6 +76,13 @@ impl Responder {
     }
 }
 
+impl Responder {
+    /// The connection's write half, for an answer of many lines (flows).
+    pub fn into_writer(self) -> OwnedWriteHalf {
+        self.write
+    }
+}
+
 /// Reads one request from an API connection, within the per-connection
 /// deadline: the request, or the error answer to send when it is not one;
 /// `None` when the client went without asking.

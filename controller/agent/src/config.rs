@@ -119,6 +119,32 @@ pub struct FileConfig {
     pub cgroup_root: Option<PathBuf>,
     pub prefilter: Option<PrefilterConfig>,
     pub pod_attachment: Option<PodAttachment>,
+    pub flows: Option<FlowsFileConfig>,
+}
+
+/// When the datapath emits flow events (`flows.record`, `--flows-record`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "camelCase")]
+pub enum FlowRecord {
+    /// Only while a client follows them (`sluice observe --follow`):
+    /// nothing is recorded otherwise, and new flows cost one map lookup
+    /// more.
+    #[default]
+    OnDemand,
+    /// Always, into the agent's history (the lab's choice).
+    Always,
+}
+
+/// The config file's `flows` key.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlowsFileConfig {
+    pub record: Option<FlowRecord>,
+    /// Flows the agent keeps for `sluice observe` [default: 4096].
+    pub history: Option<usize>,
+    /// Flow events per second each CPU may emit, sustained and in a burst
+    /// [default: 1000].
+    pub rate: Option<u32>,
 }
 
 /// The config file's `prefilter` key: the underlay prefilter's initial
@@ -179,6 +205,9 @@ pub struct FlagConfig {
     pub log_level: Option<String>,
     pub prefilter_mode: Option<PrefilterMode>,
     pub pod_attachment: Option<PodAttachment>,
+    pub flows_record: Option<FlowRecord>,
+    pub flows_history: Option<usize>,
+    pub flows_rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +246,8 @@ pub struct Config {
     pub prefilter_mode: PrefilterMode,
     /// How the pod programs attach to pods' veths (`podAttachment`).
     pub pod_attachment: PodAttachment,
+    /// Flow events: when they are recorded, how many are kept, how fast.
+    pub flows: crate::flows::FlowsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +284,10 @@ pub enum ConfigError {
     PodCidr,
     #[error("prefilter.denyCIDRs: {cidr} has host bits set; the network is {network}")]
     PrefilterCidr { cidr: Ipv4Net, network: Ipv4Net },
+    #[error("flows.history {0} out of range 1..=1000000")]
+    FlowsHistory(usize),
+    #[error("flows.rate {0} out of range 1..=10000000")]
+    FlowsRate(u32),
     #[error("invalid logLevel {level:?}: {reason}")]
     LogLevel { level: String, reason: String },
 }
@@ -332,6 +367,29 @@ impl Config {
                 network: cidr.trunc(),
             });
         }
+        let flows_file = file.flows.unwrap_or_default();
+        let defaults = crate::flows::FlowsConfig::default();
+        let history = flags
+            .flows_history
+            .or(flows_file.history)
+            .unwrap_or(defaults.history);
+        if !(1..=1_000_000).contains(&history) {
+            return Err(ConfigError::FlowsHistory(history));
+        }
+        let rate = flags
+            .flows_rate
+            .or(flows_file.rate)
+            .unwrap_or(defaults.rate);
+        if !(1..=10_000_000).contains(&rate) {
+            return Err(ConfigError::FlowsRate(rate));
+        }
+        let flows = crate::flows::FlowsConfig {
+            always: flags.flows_record.or(flows_file.record).unwrap_or_default()
+                == FlowRecord::Always,
+            history,
+            rate,
+            burst: rate,
+        };
         Ok(Self {
             node_name,
             pod_cidr,
@@ -368,6 +426,7 @@ impl Config {
                 .pod_attachment
                 .or(file.pod_attachment)
                 .unwrap_or_default(),
+            flows,
         })
     }
 
@@ -470,6 +529,29 @@ mod tests {
         assert!("dir:".parse::<Datastore>().is_err());
         assert!("kubernetes:".parse::<Datastore>().is_err());
         assert!("kube".parse::<Datastore>().is_err());
+    }
+
+    #[test]
+    fn flows_default_on_demand_and_flags_win() {
+        let config = Config::merge(flags(), FileConfig::default()).expect("config");
+        assert_eq!(config.flows, crate::flows::FlowsConfig::default());
+        assert!(!config.flows.always);
+        let file: FileConfig =
+            serde_yaml::from_str("flows: {record: always, history: 100, rate: 50}\n")
+                .expect("yaml");
+        let config = Config::merge(flags(), file).expect("config");
+        assert!(config.flows.always);
+        assert_eq!((config.flows.history, config.flows.rate), (100, 50));
+        let file: FileConfig = serde_yaml::from_str("flows: {record: always}\n").expect("yaml");
+        let mut flags = flags();
+        flags.flows_record = Some(FlowRecord::OnDemand);
+        assert!(!Config::merge(flags, file).expect("config").flows.always);
+        let file: FileConfig = serde_yaml::from_str("flows: {history: 0}\n").expect("yaml");
+        assert!(matches!(
+            Config::merge(self::flags(), file),
+            Err(ConfigError::FlowsHistory(0))
+        ));
+        assert!(serde_yaml::from_str::<FileConfig>("flows: {record: sometimes}\n").is_err());
     }
 
     #[test]

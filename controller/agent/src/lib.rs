@@ -10,7 +10,8 @@
 //!   EndpointSlices → frontends and backends), [`topology`] (Node objects →
 //!   routes and ipcache), [`endpoints`] (IPAM and the endpoint registry
 //!   behind the CNI API), [`config`], [`prefilter`] (the underlay deny
-//!   list, with its one map writer);
+//!   list, with its one map writer), [`flows`] (flow events: decoding,
+//!   naming, history, filters);
 //! - kernel I/O: everything under [`kernel`] (BPF objects and maps,
 //!   netlink, nftables, bpffs), exercised by the namespace tests in
 //!   `tests/`;
@@ -23,6 +24,7 @@ pub mod cni_api;
 pub mod config;
 pub mod datastore;
 pub mod endpoints;
+pub mod flows;
 pub mod kernel;
 pub mod metrics;
 pub mod policy;

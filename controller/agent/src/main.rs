@@ -11,9 +11,11 @@ use sluice_agent::{
     datastore::{kube_source, ClusterState, DirSource, DirTiming, Event, Kind, KubeSource},
     endpoints::state_file::StateFile,
     endpoints::{Agent, AgentConfig},
+    flows::{self, FlowHub},
     kernel::bpf::{self, socket_hooks, Dataplane, SyncMaps},
     kernel::bpffs,
     kernel::datapath::KernelDatapath,
+    kernel::flow_events,
     kernel::netlink::{Netlink, HOST_DEVICE},
     kernel::node_sync::{self, NodeSync, NodeSyncConfig},
     kernel::underlay::{self, VXLAN_DEVICE},
@@ -100,6 +102,16 @@ struct Args {
     /// `RUST_LOG` wins].
     #[arg(long)]
     log_level: Option<String>,
+    /// When the datapath emits flow events for `sluice observe`:
+    /// `on-demand` (while a client follows) or `always` [default: on-demand].
+    #[arg(long, value_enum)]
+    flows_record: Option<sluice_agent::config::FlowRecord>,
+    /// Flows kept for `sluice observe` [default: 4096].
+    #[arg(long)]
+    flows_history: Option<usize>,
+    /// Flow events per second each CPU may emit [default: 1000].
+    #[arg(long)]
+    flows_rate: Option<u32>,
     /// YAML config file; flags override its keys.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -142,6 +154,9 @@ fn main() -> anyhow::Result<()> {
         log_level: args.log_level,
         prefilter_mode: args.prefilter_mode,
         pod_attachment: args.pod_attachment,
+        flows_record: args.flows_record,
+        flows_history: args.flows_history,
+        flows_rate: args.flows_rate,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -210,6 +225,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } = dataplane
         .take_sync_maps()
         .context("eBPF maps to sync missing")?;
+    let flows = FlowHub::new(&config.node_name, config.flows, metrics.clone());
+    let flow_reader = tokio::spawn(flow_events::run(
+        dataplane
+            .take_flow_maps()
+            .context("flow event maps missing")?,
+        flows.clone(),
+    ));
     // Filled before the prefilter is attached, so nothing denied slips in.
     let mut prefilter = Prefilter::start(
         dataplane.take_deny_list()?,
@@ -384,6 +406,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     Some((Ok(Request::Explain { query }), responder)) => {
                         responder.send(&reconciler.explain(&query)).await;
                     }
+                    Some((Ok(Request::Flows { filter, follow }), responder)) => {
+                        flows::serve::spawn(&flows, filter, follow, responder);
+                        // A follower starts emission: name what it will see.
+                        refresh_directory(&flows, &reconciler);
+                    }
                     Some((Ok(request), responder)) => {
                         let mut response = agent.handle(request).await;
                         if let Response::Status { status } = &mut response {
@@ -415,6 +442,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     batch.push(event);
                 }
                 reconciler.handle(batch).await;
+                flows.mark_stale();
             }
             _ = retry.tick() => reconciler.sync().await,
             _ = reclaim.tick() => {
@@ -428,10 +456,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         registrations
             .answer_ready(&mut agent, &mut reconciler)
             .await;
+        refresh_directory(&flows, &reconciler);
         // Maps created or replaced at load (resized, new layout) are filled.
         readiness.set(complete_upgrade(&mut agent, &reconciler));
     }
     readiness.set(false);
+    // Emission off before the agent goes: nobody reads the ring then.
+    flows.stop();
+    if tokio::time::timeout(Duration::from_secs(1), flow_reader)
+        .await
+        .is_err()
+    {
+        warn!("the flow event reader did not stop; emission may stay on");
+    }
     let _ = std::fs::remove_file(&config.socket);
     info!("agent stopped; dataplane stays pinned");
     Ok(())
@@ -463,6 +500,19 @@ fn count_occupancy(metrics: &Metrics, agent: &Agent<KernelDatapath>) {
         if let (true, Some(inserted)) = (map == maps::CONNTRACK.name, inserted) {
             metrics.count_evictions(inserted, entries as u64);
         }
+    }
+}
+
+/// Rebuilds the names flows are given from the cluster state, when it
+/// changed and flows are being recorded: at most once per pass of the
+/// main loop, and never while nobody records.
+fn refresh_directory(hub: &FlowHub, reconciler: &Reconciler) {
+    if hub.needs_directory() {
+        hub.set_directory(flows::Directory::build(
+            reconciler.state(),
+            reconciler.pod_identities(),
+            reconciler.identities(),
+        ));
     }
 }
 

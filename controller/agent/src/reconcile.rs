@@ -179,6 +179,16 @@ impl Reconciler {
         &self.state
     }
 
+    /// Pod addresses → their label identities, as last compiled.
+    pub fn pod_identities(&self) -> &BTreeMap<Ipv4Addr, u32> {
+        &self.pod_identities
+    }
+
+    /// The identities allocated (what each stands for).
+    pub fn identities(&self) -> &IdentityAllocator {
+        &self.identities
+    }
+
     /// Applies `events` to the cluster state, then syncs once: a burst of
     /// changes (a list, many objects applied at once) costs one sync, not
     /// one per object.

@@ -85,6 +85,9 @@ enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Flows every node's agent recorded, merged in time order (and, with
+    /// --follow, live ones from all nodes): as `sluice observe`.
+    Observe(crate::observe::ObserveArgs),
     /// Probe every pair of pods and print who reaches whom.
     Matrix {
         /// Checks to run: tcp/PORT, udp/PORT, icmp.
@@ -319,6 +322,20 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         }
         LabCommand::Prefilter { node, command } => {
             return crate::prefilter::run(&config.agent_socket(&node), command)
+        }
+        LabCommand::Observe(args) => {
+            let status = Lab::open(config.clone())?.status();
+            let sockets: Vec<(String, PathBuf)> = status
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), config.agent_socket(&n.name)))
+                .collect();
+            if sockets.is_empty() {
+                bail!("the lab has no nodes");
+            }
+            if !crate::observe::observe(&sockets, &args)? {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         LabCommand::Exec { target, command } => {
             return exec(&Lab::open(config)?, &target, &command)

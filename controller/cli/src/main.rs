@@ -2,6 +2,7 @@
 mod explain;
 mod install_cni;
 mod lab;
+mod observe;
 mod prefilter;
 mod status;
 
@@ -50,6 +51,14 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Show flows the node agent recorded (and, with --follow, live ones):
+    /// new flows' verdicts, drops with their reason, Service translations.
+    Observe {
+        #[arg(long, default_value = api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[command(flatten)]
+        args: observe::ObserveArgs,
     },
     /// Show the dataplane's packet counters (forwarded / dropped by reason).
     Counters {
@@ -104,7 +113,7 @@ enum PolicyCommand {
     },
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Output {
     Text,
     Json,
@@ -176,6 +185,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 other => bail!("unexpected answer: {other:?}"),
             }
         }
+        Command::Observe { socket, args } => Ok(if observe::observe_node(&socket, &args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Command::InstallCni {
             bin_dir,
             conf_dir,

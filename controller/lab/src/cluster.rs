@@ -672,6 +672,10 @@ fn agent_options(
             state.prefilter_mode.to_string(),
             "--pod-attachment".into(),
             state.pod_attachment.to_string(),
+            // `sluice lab observe` shows what was recorded, so the lab
+            // records always (a cluster's default is on demand).
+            "--flows-record".into(),
+            "always".into(),
         ],
     })
 }
@@ -788,7 +792,9 @@ mod tests {
                 "--prefilter-mode",
                 "native",
                 "--pod-attachment",
-                "tc"
+                "tc",
+                "--flows-record",
+                "always"
             ]
         );
         assert!(matches!(

@@ -10,11 +10,11 @@ pub mod pod;
 pub mod prefilter;
 pub mod sock;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use sluice_common::{direction::Direction, reason::Reason};
 
 use crate::{
-    forward, fragment, lookup, metrics,
+    events, forward, fragment, lookup, metrics,
     parse::{self, Frag},
     policy::{self, Arrival},
     service,
@@ -27,6 +27,9 @@ pub fn run(ctx: &TcContext, decide: fn(&TcContext) -> Verdict, direction: Direct
     let verdict = decide(ctx);
     if let Some(reason) = verdict.reason {
         metrics::count(reason, direction, ctx.len());
+        if verdict.action == TC_ACT_SHOT {
+            events::dropped(ctx, reason, direction);
+        }
     }
     verdict.action
 }
@@ -89,6 +92,9 @@ fn to_local_pod(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> FromNode {
         Ok(passed) => passed,
         Err(reason) => return FromNode::Done(drop(reason)),
     };
+    if passed.admitted {
+        events::allowed(pkt, None, Some(&dst));
+    }
     if passed.via_stack {
         return FromNode::ToStack;
     }

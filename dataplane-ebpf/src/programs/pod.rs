@@ -11,7 +11,7 @@ use sluice_common::{
 
 use super::by_datagram;
 use crate::{
-    forward, fragment, lookup,
+    events, forward, fragment, lookup,
     parse::{self, ETH_P_ARP, ETH_P_IP},
     policy::{self, Arrival},
     service::{self, Toward},
@@ -90,6 +90,9 @@ fn from_pod(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
         Ok(passed) => passed,
         Err(reason) => return drop(reason),
     };
+    if passed.admitted {
+        events::allowed(pkt, Some(&src), dst.as_ref());
+    }
     // A reply in a flow the stack handed in (perhaps translated: a Service
     // backend answering, a hostPort): back through the stack, which
     // translates it back, not straight to the peer.
@@ -178,7 +181,12 @@ fn from_stack(_ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
         return drop(reason);
     }
     match policy::enforce(pkt, None, Some(&dst), Arrival::FromStack, false) {
-        Ok(_) => pass(Reason::FromStack),
+        Ok(passed) => {
+            if passed.admitted {
+                events::allowed(pkt, None, Some(&dst));
+            }
+            pass(Reason::FromStack)
+        }
         Err(reason) => drop(reason),
     }
 }

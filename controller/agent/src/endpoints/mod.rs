@@ -293,6 +293,10 @@ impl<D: Datapath> Agent<D> {
             Request::Explain { .. } => {
                 error(ErrorKind::Invalid, "policy is not the endpoint registry's")
             }
+            // Flows are the flow hub's (the main loop hands them over).
+            Request::Flows { .. } => {
+                error(ErrorKind::Invalid, "flows are not the endpoint registry's")
+            }
         }
     }
 

@@ -105,6 +105,21 @@ pub fn read_verdicts(pin_dir: &Path) -> Result<Vec<VerdictRow>, CountersError> {
     Ok(rows)
 }
 
+/// The datapath's flow event counts, summed over CPUs, by result
+/// (`emitted`, `lost`, `rate_limited`).
+pub fn read_flow_events(pin_dir: &Path) -> Result<Vec<(&'static str, u64)>, CountersError> {
+    let array = open::<u64>(pin_dir, maps::FLOW_EVENT_COUNTERS)?;
+    sluice_common::flow::counters::ALL
+        .iter()
+        .map(|&(i, name)| {
+            let per_cpu = array
+                .get(&i, 0)
+                .map_err(|source| CountersError::Read { index: i, source })?;
+            Ok((name, per_cpu.iter().sum()))
+        })
+        .collect()
+}
+
 /// The count of one (direction, verdict) pair.
 pub fn verdicts(rows: &[VerdictRow], direction: Direction, verdict: Verdict) -> u64 {
     rows.iter()
@@ -134,17 +149,19 @@ pub struct Collector {
     packets: prometheus::IntCounterVec,
     bytes: prometheus::IntCounterVec,
     verdicts: prometheus::IntCounterVec,
+    flow_events: prometheus::IntCounterVec,
     /// Scrapes may overlap; each fills the vectors from zero.
     scrape: std::sync::Mutex<()>,
 }
 
 impl Collector {
     /// Every family it exports, in one place for `desc` and `collect`.
-    fn families(&self) -> [&prometheus::IntCounterVec; 5] {
+    fn families(&self) -> [&prometheus::IntCounterVec; 6] {
         [
             &self.packets,
             &self.bytes,
             &self.verdicts,
+            &self.flow_events,
             &self.service_connections,
             &self.service_refused,
         ]
@@ -193,6 +210,13 @@ impl Collector {
                 ),
                 &["direction", "verdict"],
             )?,
+            flow_events: IntCounterVec::new(
+                Opts::new(
+                    "sluice_flow_events_total",
+                    "Flow events of the datapath by result: emitted into the ring buffer, lost (the ring was full), rate_limited (over the per-CPU rate).",
+                ),
+                &["result"],
+            )?,
             scrape: std::sync::Mutex::new(()),
         })
     }
@@ -207,6 +231,10 @@ impl Collector {
             let labels = [row.reason.name(), row.direction.name()];
             self.packets.with_label_values(&labels).inc_by(row.packets);
             self.bytes.with_label_values(&labels).inc_by(row.bytes);
+        }
+        self.flow_events.reset();
+        for (result, count) in read_flow_events(&self.pin_dir)? {
+            self.flow_events.with_label_values(&[result]).inc_by(count);
         }
         for row in verdicts {
             self.verdicts

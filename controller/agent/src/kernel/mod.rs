@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod bpffs;
 pub mod counters;
 pub mod datapath;
+pub mod flow_events;
 pub mod masquerade;
 pub mod netlink;
 pub mod nft;

@@ -154,6 +154,18 @@ pub struct Metrics {
     /// cluster state the agent knows (checked every 2 s); `time()` minus
     /// it is how stale the datapath may be.
     pub last_sync: Gauge,
+    /// `sluice_flow_events_received_total`: flow events the agent read
+    /// from the datapath and recorded.
+    pub flow_events_received: IntCounter,
+    /// `sluice_flow_events_undecodable_total`: ring buffer records that
+    /// were no flow event (skipped).
+    pub flow_events_undecodable: IntCounter,
+    /// `sluice_flow_followers`: clients following live flows now.
+    pub flow_followers: IntGauge,
+    /// `sluice_flow_verdicts_total{source_namespace,
+    /// destination_namespace, verdict}`: recorded flows by namespace pair
+    /// (bounded, see `flows::verdict_metrics`).
+    pub flow_verdicts: IntCounterVec,
 }
 
 impl Metrics {
@@ -411,6 +423,43 @@ impl Metrics {
             ),
         );
 
+        let flow_events_received = register(
+            &registry,
+            IntCounter::new(
+                "sluice_flow_events_received_total",
+                "Flow events the agent read from the datapath and recorded.",
+            ),
+        );
+        let flow_events_undecodable = register(
+            &registry,
+            IntCounter::new(
+                "sluice_flow_events_undecodable_total",
+                "Ring buffer records that were no flow event (skipped).",
+            ),
+        );
+        let flow_followers = register(
+            &registry,
+            IntGauge::new(
+                "sluice_flow_followers",
+                "Clients following live flows now (the datapath emits flow events while there are any, or always if so configured).",
+            ),
+        );
+        let flow_verdicts = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_flow_verdicts_total",
+                    "Recorded flows by source and destination namespace (\"\": not a pod) and verdict (allowed, denied, dropped, translated); pairs beyond the first 1000 count as other/other.",
+                ),
+                &["source_namespace", "destination_namespace", "verdict"],
+            ),
+        );
+        // The family exists from the start, as every other: flows between
+        // ends that are no pods.
+        for verdict in sluice_common::observe::FlowVerdict::ALL {
+            flow_verdicts.with_label_values(&["", "", verdict.name()]);
+        }
+
         Metrics {
             registry,
             datastore_errors,
@@ -439,6 +488,10 @@ impl Metrics {
             last_event,
             datastore_changes,
             last_sync,
+            flow_events_received,
+            flow_events_undecodable,
+            flow_followers,
+            flow_verdicts,
         }
     }
 

@@ -189,6 +189,116 @@ pub fn measure(rules: usize, repeat: u32) -> Result<Cost, CostError> {
     })
 }
 
+/// Runs of the program between drains of the flow event ring: fewer than
+/// it holds (4096+ events), so every event of a run is written, none lost.
+const EVENT_CHUNK: u32 = 2_000;
+
+/// The denied new flow's cost with flow events off and on (a listener:
+/// the switch on, a rate no bucket refuses, the ring drained between
+/// chunks of runs, as the agent drains it), the two in turns on one
+/// loaded object: (off, on) per run.
+pub fn measure_emission(runs: u32, repeat: u32) -> Result<Vec<(Duration, Duration)>, CostError> {
+    let mut bpf = TestDataplane::load("bench")?;
+    populate(&mut bpf, 0)?;
+    let program = programs::FROM_CONTAINER;
+    let syn = tcp(80, 0x02);
+    let mut out = Vec::new();
+    for _ in 0..runs.max(1) {
+        bpf.set_flow_events(false, 1)?;
+        let (_, off) = bpf.time(program, &syn, repeat)?;
+        bpf.set_flow_events(true, 10_000_000)?;
+        let (mut total, mut done, mut events) = (Duration::ZERO, 0u32, 0usize);
+        while done < repeat {
+            let n = EVENT_CHUNK.min(repeat - done);
+            let (_, each) = bpf.time(program, &syn, n)?;
+            total += each * n;
+            done += n;
+            events += bpf.take_flow_events().len();
+        }
+        if events != repeat as usize {
+            return Err(CostError::Setup(format!(
+                "{events} flow events for {repeat} denied packets"
+            )));
+        }
+        out.push((off, total / repeat));
+    }
+    bpf.set_flow_events(false, 1)?;
+    Ok(out)
+}
+
+/// Flow events the agent's reading path takes per second: events written
+/// by the program into the ring (a chunk it holds), then read, decoded,
+/// named after the pods and recorded by the agent's own code (the
+/// reader's epoll wake-ups aside), one rate per run.
+pub fn measure_agent_rate(runs: u32) -> Result<Vec<f64>, CostError> {
+    use sluice_agent::{
+        datastore::{parse_documents, ClusterState, Event},
+        flows::{Directory, FlowHub, FlowsConfig},
+        metrics::Metrics,
+        policy::IdentityAllocator,
+    };
+    let mut bpf = TestDataplane::load("bench")?;
+    populate(&mut bpf, 0)?;
+    let mut state = ClusterState::default();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: x, labels: {{app: a}}}}\nspec: {{nodeName: node1, containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: {POD_A}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: b, namespace: y, labels: {{app: b}}}}\nspec: {{nodeName: node2, containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: {POD_B}}}\n"
+    );
+    for resource in parse_documents(&yaml) {
+        let resource = resource.map_err(|e| CostError::Setup(e.to_string()))?;
+        state.apply(Event::Apply(resource));
+    }
+    let hub = FlowHub::new("node1", FlowsConfig::default(), Metrics::new());
+    hub.set_directory(Directory::build(
+        &state,
+        &BTreeMap::new(),
+        &IdentityAllocator::new(),
+    ));
+    bpf.set_flow_events(true, 10_000_000)?;
+    let syn = tcp(80, 0x02);
+    let mut rates = Vec::new();
+    for _ in 0..runs.max(1) {
+        let (mut events, mut took) = (0usize, Duration::ZERO);
+        for _ in 0..25 {
+            bpf.time(programs::FROM_CONTAINER, &syn, EVENT_CHUNK)?;
+            let started = std::time::Instant::now();
+            for raw in bpf.take_flow_events() {
+                let raw = raw.map_err(|e| CostError::Setup(e.to_string()))?;
+                hub.ingest(&raw);
+                events += 1;
+            }
+            took += started.elapsed();
+        }
+        rates.push(events as f64 / took.as_secs_f64());
+    }
+    bpf.set_flow_events(false, 1)?;
+    Ok(rates)
+}
+
+/// The table of [`measure_emission`].
+fn emission_table(runs: u32, repeat: u32) -> Result<Table, CostError> {
+    let measured = measure_emission(runs, repeat)?;
+    let ns = |on: bool| {
+        measured
+            .iter()
+            .map(|(off, with)| if on { with } else { off }.as_nanos() as f64)
+            .collect()
+    };
+    let off = "flow events off (nobody listens)";
+    Ok(Table::new(
+        "policy-cost-flow-events",
+        "Per packet, new flow denied: flow event emission off and on",
+        "ns",
+        Better::Lower,
+    )
+    .floor(off)
+    .target("off: one array lookup more than before events existed")
+    .row(off, ns(false))
+    .row(
+        "flow events on (a listener; every packet's event written)",
+        ns(true),
+    ))
+}
+
 /// The report's section: each packet kind's cost at every rule count, the
 /// rule counts measured in turns, `repeat` runs of the program a measure.
 pub fn section(rule_counts: &[usize], runs: u32, repeat: u32) -> Result<Section, CostError> {
@@ -249,6 +359,17 @@ pub fn section(rule_counts: &[usize], runs: u32, repeat: u32) -> Result<Section,
             ),
         );
     }
+    tables.push(emission_table(runs, repeat)?);
+    let rates = measure_agent_rate(runs)?;
+    tables.push(
+        Table::new(
+            "flow-events-agent-rate",
+            "Flow events the agent reads, decodes, names and records (one thread)",
+            "events/s",
+            Better::Higher,
+        )
+        .row("from the ring into the history", rates),
+    );
     Ok(Section {
         heading: "Per-packet cost (BPF_PROG_TEST_RUN)".into(),
         text: format!(

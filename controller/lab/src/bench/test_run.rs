@@ -16,8 +16,9 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use ipnet::Ipv4Net;
 use sluice_agent::{
     config::DEFAULT_BPFFS,
+    flows::{decode, DecodeError, RawFlow},
     kernel::{
-        bpf::{self, Dataplane, DataplaneError, DenyList, MapSizes, SyncMaps},
+        bpf::{self, Dataplane, DataplaneError, DenyList, FlowMaps, MapSizes, SyncMaps},
         bpffs,
     },
     policy::PlacedPolicy,
@@ -26,6 +27,7 @@ use sluice_agent::{
 use sluice_common::{
     config::DataplaneConfig,
     endpoint::{EndpointInfo, IpKey},
+    flow::EventConfig,
     ipcache::RemoteInfo,
 };
 
@@ -75,6 +77,7 @@ pub struct TestDataplane {
     dataplane: Dataplane,
     maps: SyncMaps,
     deny: DenyList,
+    flows: FlowMaps,
     pin_dir: PathBuf,
 }
 
@@ -103,10 +106,12 @@ impl TestDataplane {
             .take_sync_maps()
             .ok_or_else(|| TestRunError::Setup("sync maps taken".into()))?;
         let deny = dataplane.take_deny_list()?;
+        let flows = dataplane.take_flow_maps()?;
         Ok(Self {
             dataplane,
             maps,
             deny,
+            flows,
             pin_dir,
         })
     }
@@ -168,6 +173,27 @@ impl TestDataplane {
             .map_err(|source| TestRunError::Run { program, source })?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out))
+    }
+
+    /// Switches flow events on (`rate` per second per CPU, and as many at
+    /// once) or off, as the agent does.
+    pub fn set_flow_events(&mut self, on: bool, rate: u32) -> Result<(), TestRunError> {
+        let config = EventConfig {
+            enabled: on.into(),
+            rate,
+            burst: rate,
+            _pad: 0,
+        };
+        Ok(self.flows.switch.set(config)?)
+    }
+
+    /// Takes every flow event waiting in the ring buffer, decoded.
+    pub fn take_flow_events(&mut self) -> Vec<Result<RawFlow, DecodeError>> {
+        let mut out = Vec::new();
+        while let Some(item) = self.flows.ring.next() {
+            out.push(decode(&item));
+        }
+        out
     }
 
     pub fn set_config(&mut self, config: DataplaneConfig) -> Result<(), TestRunError> {

@@ -14,6 +14,7 @@
 //! agent, so traffic keeps flowing across agent restarts.
 
 pub mod diff;
+pub mod flow_maps;
 pub mod loader;
 pub mod map_sizes;
 pub mod node_maps;
@@ -31,6 +32,7 @@ use std::{
 
 use aya::programs::links::LinkError;
 
+pub use flow_maps::{FlowMaps, FlowSwitch};
 pub use loader::{Dataplane, MapShape, SyncMaps};
 pub use map_sizes::MapSizes;
 pub use node_maps::{ConfigMap, Ipcache};
