@@ -173,14 +173,21 @@ fn lab_explain_cli_names_the_rule_and_checks_the_maps() {
     );
     let wanted =
         "allowed by: y/allow-from-x ingress[0] from[0] (namespaceSelector ns=x) port 80/TCP";
-    // The agent takes the policy in asynchronously.
+    // The agents take the pods' addresses and the policy in
+    // asynchronously: until then explain fails ("no IPv4 address yet") or
+    // names no rule.
+    let args = [
+        "explain", "--from", "x/a", "--to", "y/b", "--port", "80/TCP",
+    ];
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     let text = loop {
-        let text = lab.sluice_ok(&[
-            "explain", "--from", "x/a", "--to", "y/b", "--port", "80/TCP",
-        ]);
-        if text.contains(wanted) || Instant::now() > deadline {
+        let out = lab.sluice(&args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains(wanted) {
             break text;
+        }
+        if Instant::now() > deadline {
+            break lab.sluice_ok(&args);
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
