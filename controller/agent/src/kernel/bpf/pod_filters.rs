@@ -171,8 +171,12 @@ impl Dataplane {
                 for (program, _) in POD_PROGRAMS {
                     self.attach_program(program, ifname, ifindex)?;
                 }
-                remove_filters(ifname)?;
-                remove_marker(&self.pin_dir, ifname)
+                // Only a recorded veth has filters of ours to move off.
+                if markers(&self.pin_dir).join(ifname).exists() {
+                    remove_filters(ifname)?;
+                    remove_marker(&self.pin_dir, ifname)?;
+                }
+                Ok(())
             }
             PodAttachment::Tc => {
                 self.attach_filters(ifname)?;
