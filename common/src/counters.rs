@@ -39,16 +39,21 @@ pub mod verdict {
     pub enum Verdict {
         Allowed = 0,
         Denied = 1,
+        /// Audit mode let through a flow policy would deny: counted as
+        /// allowances are (when the flow is admitted, and again after a
+        /// policy change), for the direction that would deny.
+        WouldDeny = 2,
     }
 
     impl Verdict {
-        pub const ALL: [Verdict; 2] = [Verdict::Allowed, Verdict::Denied];
+        pub const ALL: [Verdict; 3] = [Verdict::Allowed, Verdict::Denied, Verdict::WouldDeny];
 
         /// Label in metrics and output.
         pub const fn name(self) -> &'static str {
             match self {
                 Verdict::Allowed => "allowed",
                 Verdict::Denied => "denied",
+                Verdict::WouldDeny => "would-deny",
             }
         }
     }
@@ -61,7 +66,7 @@ pub mod verdict {
         verdict as u32 * Direction::COUNT + direction as u32
     }
 
-    const _: () = assert!(index(Verdict::Denied, Direction::Egress) < MAX_ENTRIES);
+    const _: () = assert!(index(Verdict::WouldDeny, Direction::Egress) < MAX_ENTRIES);
 }
 
 /// Slots of the insert counters ([`maps::TABLE_INSERTS`]): entries added

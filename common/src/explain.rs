@@ -167,6 +167,8 @@ pub enum Verdict {
     NotIsolated,
     Allowed,
     Denied,
+    /// Denied, but the pod is in policy audit mode: it passes.
+    WouldDeny,
 }
 
 impl Verdict {
@@ -181,6 +183,7 @@ impl Verdict {
             Verdict::NotIsolated => "allowed (not isolated)",
             Verdict::Allowed => "allowed",
             Verdict::Denied => "denied",
+            Verdict::WouldDeny => "would deny (audit mode: passes)",
         }
     }
 }

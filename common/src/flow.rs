@@ -1,7 +1,7 @@
 //! Flow events: what the programs tell `sluice observe` through the
 //! `SLUICE_FLOW_EVENTS` ring buffer. One fixed-size record per event: a new
-//! flow's policy verdict (allowed or denied), a dropped packet with its
-//! reason, a connection given a Service backend. Established flows emit
+//! flow's policy verdict (allowed, denied, or would-deny in audit mode), a
+//! dropped packet with its reason, a connection given a Service backend. Established flows emit
 //! nothing (their path is the per-packet cost that matters).
 //!
 //! Emission is off unless the agent switches it on in
@@ -25,6 +25,9 @@ pub mod kind {
     /// A connection to a Service frontend was given a backend:
     /// `orig_daddr:orig_dport` is the frontend, `daddr:dport` the backend.
     pub const TRANSLATED: u8 = 4;
+    /// Policy would have refused a new flow, but audit mode let it pass
+    /// (`direction`: the one that would deny).
+    pub const WOULD_DENY: u8 = 5;
 }
 
 /// One direction's policy decision in an event ([`FlowEvent::egress`],
@@ -37,6 +40,8 @@ pub mod decision {
     pub const OPEN: u8 = 1;
     pub const ALLOWED: u8 = 2;
     pub const DENIED: u8 = 3;
+    /// Denied, but passed: the pod is in audit mode for this direction.
+    pub const WOULD_DENY: u8 = 4;
 }
 
 /// [`FlowEvent::reason`] of events that carry none (allowed, translated).

@@ -44,7 +44,7 @@ map_table! { $
     /// Packets and bytes by (reason, direction) (per-CPU array).
     PACKET_COUNTERS = "SLUICE_PACKET_COUNTERS", 256;
     /// Policy decisions by (verdict, direction) (per-CPU array).
-    POLICY_VERDICTS = "SLUICE_POLICY_VERDICTS", 4;
+    POLICY_VERDICTS = "SLUICE_POLICY_VERDICTS", 6;
     /// Addresses that are not local pods: other nodes, their pod CIDRs,
     /// every pod's identity (LPM trie).
     IPCACHE = "SLUICE_IPCACHE", 65536;

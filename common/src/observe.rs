@@ -7,8 +7,9 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-/// What became of a flow: `allowed`, `denied` (by policy), `dropped` (for
-/// another reason), `translated` (given a Service backend).
+/// What became of a flow: `allowed`, `denied` (by policy), `would-deny`
+/// (passed: policy would deny, but the pod is in audit mode), `dropped`
+/// (for another reason), `translated` (given a Service backend).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FlowVerdict {
@@ -16,14 +17,17 @@ pub enum FlowVerdict {
     Denied,
     Dropped,
     Translated,
+    #[serde(rename = "would-deny")]
+    WouldDeny,
 }
 
 impl FlowVerdict {
-    pub const ALL: [FlowVerdict; 4] = [
+    pub const ALL: [FlowVerdict; 5] = [
         FlowVerdict::Allowed,
         FlowVerdict::Denied,
         FlowVerdict::Dropped,
         FlowVerdict::Translated,
+        FlowVerdict::WouldDeny,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -32,6 +36,7 @@ impl FlowVerdict {
             FlowVerdict::Denied => "denied",
             FlowVerdict::Dropped => "dropped",
             FlowVerdict::Translated => "translated",
+            FlowVerdict::WouldDeny => "would-deny",
         }
     }
 }
@@ -44,7 +49,7 @@ impl std::str::FromStr for FlowVerdict {
             .into_iter()
             .find(|v| v.name() == s)
             .ok_or_else(|| {
-                format!("unknown verdict {s:?}: want allowed, denied, dropped or translated")
+                format!("unknown verdict {s:?}: want allowed, denied, would-deny, dropped or translated")
             })
     }
 }
@@ -103,7 +108,8 @@ impl FlowEnd {
 /// Policy's decision in one direction of a flow, where this node decided.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectionVerdict {
-    /// `open` (no policy isolates the pod), `allowed` or `denied`.
+    /// `open` (no policy isolates the pod), `allowed`, `denied` or
+    /// `would-deny` (audit mode let it pass).
     pub decision: String,
     /// `namespace/name` of the NetworkPolicies that select the pod in this
     /// direction (one of them allowed the flow, or none did).

@@ -1,7 +1,8 @@
 //! Flow events into the `SLUICE_FLOW_EVENTS` ring buffer (layout and
-//! meaning in `sluice_common::flow`): new flows policy admitted, drops
-//! (policy's denials among them), Service translations. Each emitter first reads the agent's switch, so
-//! with nobody listening an event costs one array lookup; when on, a
+//! meaning in `sluice_common::flow`): new flows policy admitted (or audit
+//! mode let through, as `policy::admitted` found), drops (policy's denials among them), Service
+//! translations. Each emitter first reads the agent's switch, so with
+//! nobody listening an event costs one array lookup; when on, a
 //! per-CPU token bucket bounds the rate, and what it refuses or the full
 //! ring loses is counted. Events are written straight into the reserved
 //! ring slot, never built on the stack (the callers' frames are near the
@@ -10,10 +11,8 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use sluice_common::{
     conntrack::CtKey,
-    endpoint::EndpointInfo,
     direction::Direction,
     flow::{counters, decision, kind, take_token, FlowEvent, NO_REASON},
-    policy::PolicyLookup,
     reason::Reason,
 };
 
@@ -77,36 +76,14 @@ fn emit(now: u64, fill: impl FnOnce(&mut FlowEvent)) {
     count(counters::EMITTED);
 }
 
-/// [`allowed`]'s stand-in for an end that is no local pod.
-pub const NOT_LOCAL: u32 = u32::MAX;
-
-/// How policy treated one direction of an admitted flow at `endpoint`:
-/// allowed where a policy isolates it, else open.
+/// A new flow policy admitted (`flow`: its packet's tuple), with how
+/// each direction was decided (`sluice_common::flow::decision`, from
+/// `policy::admitted`) and the identities policy judged the ends by.
 #[inline(always)]
-fn admitted(endpoint: u32, direction: Direction) -> u8 {
-    if endpoint == NOT_LOCAL {
-        return decision::NOT_HERE;
-    }
-    match BpfPolicy.isolation(endpoint) {
-        Some(isolation) if isolation.isolates(direction) => decision::ALLOWED,
-        _ => decision::OPEN,
-    }
-}
-
-/// A new flow policy admitted, with this packet (its first, or the first
-/// seen of a connection under way), between its local ends `src`/`dst`;
-/// with the identities policy judged the ends by. Not inlined: a frame of
-/// its own, nothing in the callers' registers.
-#[inline(never)]
-pub fn allowed(pkt: &Ipv4Packet, src: Option<&EndpointInfo>, dst: Option<&EndpointInfo>) {
+pub fn allowed(flow: &CtKey, egress: u8, ingress: u8) {
     let Some(now) = admit() else {
         return;
     };
-    let flow = conntrack::packet_key(pkt);
-    let src = src.map_or(NOT_LOCAL, |e| e.id);
-    let dst = dst.map_or(NOT_LOCAL, |e| e.id);
-    let egress = admitted(src, Direction::Egress);
-    let ingress = admitted(dst, Direction::Ingress);
     let src_identity = lookup::peer_identity(flow.saddr);
     let dst_identity = lookup::peer_identity(flow.daddr);
     emit(now, |e| {
@@ -115,13 +92,17 @@ pub fn allowed(pkt: &Ipv4Packet, src: Option<&EndpointInfo>, dst: Option<&Endpoi
         e.sport = flow.sport;
         e.dport = flow.dport;
         e.protocol = flow.protocol;
-        e.kind = kind::ALLOWED;
-        // The destination's, which decides last (egress when only the
-        // source is here).
-        e.direction = if dst == NOT_LOCAL {
-            Direction::Egress as u8
+        // The direction audit mode let through (egress first, as policy
+        // decides), else the destination's, which decides last (egress
+        // when only the source is here).
+        (e.kind, e.direction) = if egress == decision::WOULD_DENY {
+            (kind::WOULD_DENY, Direction::Egress as u8)
+        } else if ingress == decision::WOULD_DENY {
+            (kind::WOULD_DENY, Direction::Ingress as u8)
+        } else if ingress == decision::NOT_HERE {
+            (kind::ALLOWED, Direction::Egress as u8)
         } else {
-            Direction::Ingress as u8
+            (kind::ALLOWED, Direction::Ingress as u8)
         };
         e.egress = egress;
         e.ingress = ingress;

@@ -12,7 +12,8 @@ use sluice_common::{
     direction::Direction,
     endpoint::EndpointInfo,
     ipcache::flags as ipcache_flags,
-    policy::{decide_flow, Decision, PolicyLookup},
+    flow::decision as flow_decision,
+    policy::{decide, decide_flow, Decision, PolicyLookup},
     reason::Reason,
 };
 
@@ -27,7 +28,8 @@ use crate::{
 /// Policy for a flow's first packet (or a re-check), `flow` being its
 /// first packet's tuple and `src`/`dst` the local endpoints at its ends.
 /// Verdicts are counted where a policy decided: a denial for the direction
-/// that denied, allowances only when the flow passes as a whole.
+/// that denied, allowances only when the flow passes as a whole. A
+/// direction in audit mode is left undecided (see [`admitted`]).
 #[inline(always)]
 fn check(
     flow: &CtKey,
@@ -212,8 +214,8 @@ pub struct Passed {
     /// name the frontend again before the client sees it.
     pub service_error: bool,
     /// A new flow policy admitted with this packet: the caller reports it
-    /// (`events::allowed`), outside this function, whose frame and
-    /// registers are at the verifier's limits.
+    /// ([`admitted`]), outside this function, whose frame and registers
+    /// are at the verifier's limits.
     pub admitted: bool,
 }
 
@@ -354,6 +356,53 @@ fn tracked(
         }
     };
     verdict.map(|()| passed).map_err(Reason::policy_drop)
+}
+
+/// How policy treated one direction of a new flow it admitted, at the
+/// local `endpoint` (`None`: not decided here), `peer` being the other
+/// end's address: a `sluice_common::flow::decision`. A direction in audit
+/// mode, which enforcement left undecided (`decide_flow`), is decided
+/// here and counted, allowed or would-deny: only audited pods pay for it.
+#[inline(always)]
+fn admitted_at(
+    endpoint: Option<&EndpointInfo>,
+    direction: Direction,
+    peer: [u8; 4],
+    flow: &CtKey,
+) -> u8 {
+    let Some(endpoint) = endpoint else {
+        return flow_decision::NOT_HERE;
+    };
+    match BpfPolicy.isolation(endpoint.id) {
+        Some(isolation) if isolation.audits(direction) => {
+            match decide(&BpfPolicy, endpoint.id, direction, peer, flow.protocol, flow.dport) {
+                Decision::WouldDeny => {
+                    count_verdict(Verdict::WouldDeny, direction);
+                    flow_decision::WOULD_DENY
+                }
+                Decision::Open => flow_decision::OPEN,
+                _ => {
+                    count_verdict(Verdict::Allowed, direction);
+                    flow_decision::ALLOWED
+                }
+            }
+        }
+        Some(isolation) if isolation.isolates(direction) => flow_decision::ALLOWED,
+        _ => flow_decision::OPEN,
+    }
+}
+
+/// A new flow policy admitted ([`Passed::admitted`]) with this packet
+/// (its first, or the first seen of a connection under way) between its
+/// local ends `src`/`dst`: counts what audit mode let through and reports
+/// the flow. Not inlined: a frame of its own, nothing in the callers'
+/// registers.
+#[inline(never)]
+pub fn admitted(pkt: &Ipv4Packet, src: Option<&EndpointInfo>, dst: Option<&EndpointInfo>) {
+    let flow = conntrack::packet_key(pkt);
+    let egress = admitted_at(src, Direction::Egress, flow.daddr, &flow);
+    let ingress = admitted_at(dst, Direction::Ingress, flow.saddr, &flow);
+    events::allowed(&flow, egress, ingress);
 }
 
 /// A local pod's packet the host stack forwards to another node (after

@@ -2145,6 +2145,69 @@ fn flow_events_report_verdicts_drops_and_translations() {
     assert_eq!((counts["lost"], counts["rate_limited"]), (0, 0));
 }
 
+/// Audit mode: what the policy would deny passes, counted and reported as
+/// would-deny; what it allows is allowed as before; enforcing again, the
+/// same flow is denied.
+#[test]
+fn audit_mode_lets_what_policy_would_deny_pass_and_reports_it() {
+    require_root!();
+    let mut unit = Unit::new();
+    unit.bpf.set_flow_events(true, 1000).expect("switch on");
+    unit.policy.isolate(A_ENDPOINT_ID, Direction::Egress);
+    let http = PortPrefix { port: 80, bits: 16 };
+    unit.policy.allow(
+        A_ENDPOINT_ID,
+        Direction::Egress,
+        ANY_IDENTITY,
+        6,
+        Some(http),
+    );
+    unit.policy.audit(A_ENDPOINT_ID);
+    unit.apply();
+
+    let dns = ipv4(POD_A, POD_B, 17, 64, 0, &udp(40001, 53));
+    assert_eq!(
+        unit.sent_by_a(&dns),
+        TC_ACT_REDIRECT,
+        "audit mode passes it"
+    );
+    let events = unit.flow_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let audited = &events[0];
+    assert_eq!(audited.verdict, FlowVerdict::WouldDeny);
+    assert_eq!(audited.direction, Direction::Egress);
+    assert_eq!((audited.daddr, audited.dport), (POD_B, 53));
+    assert_eq!(audited.egress, Some("would-deny"));
+    assert_eq!(audited.ingress, Some("open"));
+    assert_eq!(audited.reason, None);
+    assert_eq!(unit.verdicts(Direction::Egress, Verdict::WouldDeny), 1);
+    assert_eq!(unit.verdicts(Direction::Egress, Verdict::Denied), 0);
+    // Its later packets are the established flow's: nothing new.
+    assert_eq!(unit.sent_by_a(&dns), TC_ACT_REDIRECT);
+    assert!(unit.flow_events().is_empty());
+
+    let syn = ipv4(POD_A, POD_B, 6, 64, 0, &tcp_syn(40000, 80));
+    assert_eq!(unit.sent_by_a(&syn), TC_ACT_REDIRECT);
+    let events = unit.flow_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].verdict, FlowVerdict::Allowed);
+    assert_eq!(events[0].egress, Some("allowed"));
+    assert_eq!(unit.verdicts(Direction::Egress, Verdict::Allowed), 1);
+    assert_eq!(unit.verdicts(Direction::Egress, Verdict::WouldDeny), 1);
+
+    // Enforcing: the flow audit mode let through is refused from its next
+    // packet (the policy revision moves, as the agent moves it), and so is
+    // a new one.
+    unit.open_everything();
+    unit.allow_a_egress(6, 80);
+    unit.bpf.bump_revision().expect("revision");
+    assert_eq!(unit.sent_by_a(&dns), TC_ACT_SHOT);
+    let other = ipv4(POD_A, POD_B, 17, 64, 0, &udp(40002, 53));
+    assert_eq!(unit.sent_by_a(&other), TC_ACT_SHOT);
+    assert_eq!(unit.verdicts(Direction::Egress, Verdict::Denied), 2);
+    assert_eq!(unit.verdicts(Direction::Egress, Verdict::WouldDeny), 1);
+}
+
 /// A flood is bounded: past its burst, a CPU's token bucket refuses
 /// events (counted); a ring nobody drains loses the rest (counted); the
 /// packets' verdicts are the same either way.

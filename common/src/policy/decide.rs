@@ -33,6 +33,9 @@ pub enum Decision {
     Open,
     Allowed,
     Denied,
+    /// Denied, but the endpoint is in audit mode for this direction: the
+    /// packet passes and is reported as one policy would deny.
+    WouldDeny,
 }
 
 /// The port policy sees: ports mean something only to TCP, UDP and SCTP
@@ -80,7 +83,8 @@ struct Query {
 
 /// Whether `endpoint` may exchange a packet with `peer` in `direction`
 /// (`protocol`, destination port `dport` as the packet carries it): a
-/// fixed number of lookups, whatever the number of rules.
+/// fixed number of lookups, whatever the number of rules. What policy
+/// would deny an endpoint in audit mode is [`Decision::WouldDeny`].
 ///
 /// The pod's own node (kubelet probes, and the replies to them) always
 /// passes. A peer passes when a rule names its label identity, the ipBlock
@@ -95,10 +99,43 @@ pub fn decide<M: PolicyLookup>(
     protocol: u8,
     dport: u16,
 ) -> Decision {
+    decide_as(
+        maps,
+        endpoint,
+        direction,
+        peer,
+        protocol,
+        dport,
+        Audit::Decide,
+    )
+}
+
+/// What [`decide_as`] does with a direction in audit mode.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Audit {
+    /// Decides it, what would be denied as [`Decision::WouldDeny`].
+    Decide,
+    /// Leaves it undecided ([`Decision::Open`]): nothing is enforced there.
+    Skip,
+}
+
+#[inline(always)]
+fn decide_as<M: PolicyLookup>(
+    maps: &M,
+    endpoint: u32,
+    direction: Direction,
+    peer: [u8; 4],
+    protocol: u8,
+    dport: u16,
+    audit: Audit,
+) -> Decision {
     let Some(isolation) = maps.isolation(endpoint) else {
         return Decision::Open;
     };
-    if !isolation.isolates(direction) {
+    // Audit mode leaves the isolation byte clear, so enforcement (`Skip`)
+    // reads what it read before audit mode existed.
+    let audited = audit == Audit::Decide && isolation.audits(direction);
+    if !isolation.isolates(direction) && !audited {
         return Decision::Open;
     }
     let query = Query {
@@ -119,6 +156,8 @@ pub fn decide<M: PolicyLookup>(
         || rule_hits(maps, &query, ANY_IDENTITY)
     {
         Decision::Allowed
+    } else if audited {
+        Decision::WouldDeny
     } else {
         Decision::Denied
     }
@@ -147,9 +186,12 @@ impl FlowDecision {
 }
 
 /// Decides a new flow from `saddr` to `daddr` (`src`/`dst`: the endpoint
-/// ids of the ends that are local pods). Both ends' policies must allow
-/// it; egress is decided first, and ingress is not looked at once egress
-/// refused.
+/// ids of the ends that are local pods), as the datapath enforces it. Both
+/// ends' policies must allow it; egress is decided first, and ingress is
+/// not looked at once egress refused. A direction in audit mode is not
+/// enforced: [`Decision::Open`] here, decided with [`decide`] where the
+/// flow is reported (so the per-packet path never carries a would-deny,
+/// nor pays for the lookups twice).
 #[inline(always)]
 pub fn decide_flow<M: PolicyLookup>(
     maps: &M,
@@ -160,13 +202,33 @@ pub fn decide_flow<M: PolicyLookup>(
     protocol: u8,
     dport: u16,
 ) -> FlowDecision {
-    let egress = src.map(|ep| decide(maps, ep, Direction::Egress, daddr, protocol, dport));
+    let egress = src.map(|ep| {
+        decide_as(
+            maps,
+            ep,
+            Direction::Egress,
+            daddr,
+            protocol,
+            dport,
+            Audit::Skip,
+        )
+    });
     if egress == Some(Decision::Denied) {
         return FlowDecision {
             egress,
             ingress: None,
         };
     }
-    let ingress = dst.map(|ep| decide(maps, ep, Direction::Ingress, saddr, protocol, dport));
+    let ingress = dst.map(|ep| {
+        decide_as(
+            maps,
+            ep,
+            Direction::Ingress,
+            saddr,
+            protocol,
+            dport,
+            Audit::Skip,
+        )
+    });
     FlowDecision { egress, ingress }
 }

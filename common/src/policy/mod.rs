@@ -95,18 +95,25 @@ pub mod entry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Isolation {
-    /// Some policy selects the endpoint for ingress: only allowed peers in.
+    /// Some policy selects the endpoint for ingress and it is enforced:
+    /// only allowed peers in.
     pub ingress: u8,
     /// ... for egress.
     pub egress: u8,
     /// Bit `1 << direction as u8`: the port-range trie holds rules of this
     /// endpoint for that direction, so lookups there are worth making.
     pub ranges: u8,
-    pub _pad: u8,
+    /// Bit `1 << direction as u8`: audit mode. Some policy selects the
+    /// endpoint for that direction and its rules are in the maps, but it
+    /// is not enforced (its `ingress`/`egress` byte is zero, so the
+    /// enforcing path needs no second look): what it would deny passes,
+    /// reported as would-deny. (This byte was padding before audit mode:
+    /// zero, enforcing.)
+    pub audit: u8,
 }
 
 impl Isolation {
-    /// Whether some policy isolates the endpoint in `direction`.
+    /// Whether some policy isolates the endpoint in `direction`, enforced.
     pub const fn isolates(&self, direction: Direction) -> bool {
         match direction {
             Direction::Ingress => self.ingress != 0,
@@ -127,6 +134,22 @@ impl Isolation {
 
     pub fn set_ranges(&mut self, direction: Direction) {
         self.ranges |= 1 << direction as u8;
+    }
+
+    pub const fn audits(&self, direction: Direction) -> bool {
+        self.audit & (1 << direction as u8) != 0
+    }
+
+    /// Puts `direction`, if isolated, in audit mode: still decided, no
+    /// longer enforced.
+    pub fn audit(&mut self, direction: Direction) {
+        if self.isolates(direction) {
+            match direction {
+                Direction::Ingress => self.ingress = 0,
+                Direction::Egress => self.egress = 0,
+            }
+            self.audit |= 1 << direction as u8;
+        }
     }
 }
 

@@ -92,7 +92,7 @@ fn run(shape: Shape, n: usize) {
 
     let (local, local_pods) = local_endpoints(&state);
     let mut ids = IdentityAllocator::new();
-    let (desired, compiled) = timed(|| compile(&state, &local, &local_pods, &mut ids));
+    let (desired, compiled) = timed(|| compile(&state, &local, &local_pods, &mut ids, false));
     let entries = desired.placed.exact.len()
         + desired.placed.ranges.len()
         + desired.placed.isolation.len()

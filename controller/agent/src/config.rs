@@ -119,6 +119,7 @@ pub struct FileConfig {
     pub cgroup_root: Option<PathBuf>,
     pub prefilter: Option<PrefilterConfig>,
     pub pod_attachment: Option<PodAttachment>,
+    pub policy_audit_mode: Option<bool>,
     pub flows: Option<FlowsFileConfig>,
 }
 
@@ -205,6 +206,7 @@ pub struct FlagConfig {
     pub log_level: Option<String>,
     pub prefilter_mode: Option<PrefilterMode>,
     pub pod_attachment: Option<PodAttachment>,
+    pub policy_audit_mode: Option<bool>,
     pub flows_record: Option<FlowRecord>,
     pub flows_history: Option<usize>,
     pub flows_rate: Option<u32>,
@@ -246,6 +248,9 @@ pub struct Config {
     pub prefilter_mode: PrefilterMode,
     /// How the pod programs attach to pods' veths (`podAttachment`).
     pub pod_attachment: PodAttachment,
+    /// Policy audit mode for this node's pods that no annotation decides
+    /// (`policyAuditMode`; see `policy::audit`).
+    pub policy_audit_mode: bool,
     /// Flow events: when they are recorded, how many are kept, how fast.
     pub flows: crate::flows::FlowsConfig,
 }
@@ -426,6 +431,10 @@ impl Config {
                 .pod_attachment
                 .or(file.pod_attachment)
                 .unwrap_or_default(),
+            policy_audit_mode: flags
+                .policy_audit_mode
+                .or(file.policy_audit_mode)
+                .unwrap_or(false),
             flows,
         })
     }

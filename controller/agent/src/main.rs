@@ -95,6 +95,11 @@ struct Args {
     /// CNI ADD some 26 ms faster) [default: tcx].
     #[arg(long, value_enum)]
     pod_attachment: Option<sluice_agent::config::PodAttachment>,
+    /// Policy audit mode for every pod of this node that no
+    /// `policy.sluice.io/audit-mode` annotation decides: what policy would
+    /// deny passes, reported as would-deny [default: false].
+    #[arg(long)]
+    policy_audit_mode: Option<bool>,
     /// Where to serve Prometheus `/metrics` and `/healthz` [default: 0.0.0.0:9965].
     #[arg(long)]
     metrics_address: Option<std::net::SocketAddr>,
@@ -154,6 +159,7 @@ fn main() -> anyhow::Result<()> {
         log_level: args.log_level,
         prefilter_mode: args.prefilter_mode,
         pod_attachment: args.pod_attachment,
+        policy_audit_mode: args.policy_audit_mode,
         flows_record: args.flows_record,
         flows_history: args.flows_history,
         flows_rate: args.flows_rate,
@@ -347,7 +353,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         node_name: config.node_name.clone(),
     };
     let mut reconciler = Reconciler::new(state, node_sync, maps, services, metrics.clone(), listed)
-        .identifying_endpoints(has_source);
+        .identifying_endpoints(has_source)
+        .auditing_policy(config.policy_audit_mode);
     socket_hooks(
         &mut dataplane,
         config.kube_proxy_replacement,

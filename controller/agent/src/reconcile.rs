@@ -34,6 +34,7 @@ use crate::{
     },
     metrics::{sync, Metrics},
     policy::{
+        audit::AuditProblem,
         compile::{compile, IpConflict, LocalEndpoints, PolicyProblem},
         explain::{self, NodeView},
         identity::IdentityAllocator,
@@ -94,11 +95,15 @@ pub struct Reconciler {
     /// Local endpoints whose Pod is unknown are isolated (there is a
     /// datastore to learn it from).
     identify_endpoints: bool,
+    /// The node-wide policy audit mode (`policyAuditMode`).
+    audit_default: bool,
     /// The identity allocator has taken over the pinned maps' numbers.
     identities_seeded: bool,
     topology: Topology,
     pod_identities: BTreeMap<Ipv4Addr, u32>,
     problems: Vec<PolicyProblem>,
+    /// Unreadable audit mode annotations, as last logged.
+    audit_problems: Vec<AuditProblem>,
     /// The address conflicts last reported, so each is logged once.
     ip_conflicts: Vec<IpConflict>,
     node_problems: Vec<NodeProblem>,
@@ -152,10 +157,12 @@ impl Reconciler {
             local: LocalEndpoints::new(),
             local_pods: BTreeMap::new(),
             identify_endpoints: false,
+            audit_default: false,
             identities_seeded: false,
             topology: Topology::default(),
             pod_identities: BTreeMap::new(),
             problems: Vec::new(),
+            audit_problems: Vec::new(),
             ip_conflicts: Vec::new(),
             node_problems: Vec::new(),
             metrics,
@@ -265,6 +272,13 @@ impl Reconciler {
 
     pub fn identifies_endpoints(&self) -> bool {
         self.identify_endpoints
+    }
+
+    /// Puts this node's pods that no annotation decides in policy audit
+    /// mode (see [`crate::policy::audit`]).
+    pub fn auditing_policy(mut self, on: bool) -> Self {
+        self.audit_default = on;
+        self
     }
 
     /// Whether the policy maps hold what the known state and the local
@@ -415,6 +429,7 @@ impl Reconciler {
             .iter()
             .map(|p| format!("Node {}: {}", p.node, p.reason))
             .chain(self.problems.iter().map(ToString::to_string))
+            .chain(self.audit_problems.iter().map(ToString::to_string))
             .chain(self.service_problems.iter().map(ToString::to_string))
             .collect();
         NodeReport {
@@ -452,6 +467,7 @@ impl Reconciler {
             local_pods: &local_pods,
             identities: &self.pod_identities,
             hosts: &hosts,
+            audit_default: self.audit_default,
         };
         match explain::explain(&view, query) {
             Ok(mut explanation) => {
@@ -637,7 +653,13 @@ impl Reconciler {
     fn sync_policy(&mut self) -> Result<bool, DataplaneError> {
         let local_pods = unidentified::tie_to_pods(&self.local_pods, &self.state);
         self.seed_identities(&local_pods);
-        let mut desired = compile(&self.state, &self.local, &local_pods, &mut self.identities);
+        let mut desired = compile(
+            &self.state,
+            &self.local,
+            &local_pods,
+            &mut self.identities,
+            self.audit_default,
+        );
         if self.identify_endpoints {
             let waiting = unidentified::isolate_unidentified(
                 &mut desired.placed,
@@ -661,6 +683,15 @@ impl Reconciler {
         self.metrics
             .policy_problems
             .set(desired.problems.len() as i64);
+        if desired.audit_problems != self.audit_problems {
+            for p in &desired.audit_problems {
+                warn!(object = %p.object, value = %p.value, "unreadable policy audit mode annotation; policy is enforced");
+            }
+            self.audit_problems = desired.audit_problems.clone();
+        }
+        self.metrics
+            .policy_audit_problems
+            .set(desired.audit_problems.len() as i64);
         if desired.ip_conflicts != self.ip_conflicts {
             for c in &desired.ip_conflicts {
                 warn!(ip = %c.ip, pods = ?c.pods, "Pod IP claimed by more than one Pod; it belongs to none of them");

@@ -110,6 +110,7 @@ fn node(generated: &GeneratedCluster, state: &ClusterState, node: u8) -> Node {
         &local,
         &LocalPods::new(),
         &mut IdentityAllocator::new(),
+        false,
     );
     let ipcache = Topology::default().ipcache_with_pods(&desired.pod_identities, GATEWAY);
     Node {
@@ -262,6 +263,7 @@ fn side(decision: Option<Decision>) -> &'static str {
         Some(Decision::Open) => "open (not isolated)",
         Some(Decision::Allowed) => "allowed by a rule",
         Some(Decision::Denied) => "DENIED",
+        Some(Decision::WouldDeny) => "would deny (audit mode)",
     }
 }
 

@@ -82,6 +82,7 @@ fn check_cluster(generated: &GeneratedCluster) -> Result<u64, TestCaseError> {
         &local,
         &LocalPods::new(),
         &mut IdentityAllocator::new(),
+        false,
     );
     let ipcache = Topology::default().ipcache_with_pods(&desired.pod_identities, GATEWAY);
     let maps = InMemory {
@@ -96,6 +97,7 @@ fn check_cluster(generated: &GeneratedCluster) -> Result<u64, TestCaseError> {
         local_pods: &local_pods,
         identities: &desired.pod_identities,
         hosts: &[GATEWAY],
+        audit_default: false,
     };
     let peers = generated.peers();
     let mut flows = 0;

@@ -299,7 +299,7 @@ fn run_case(file: &str, case: &Case, judge: Judge, outcome: &mut Outcome) {
 
         // Only what the judge needs.
         let cluster = oracle_cluster(&state);
-        let desired = compile(&state, &local, &LocalPods::new(), &mut ids);
+        let desired = compile(&state, &local, &LocalPods::new(), &mut ids, false);
         assert!(
             desired.problems.is_empty() && desired.identity_errors.is_empty(),
             "{at}: compile problems {:?}, identity errors {:?}",

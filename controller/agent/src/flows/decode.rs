@@ -36,7 +36,7 @@ pub struct RawFlow {
     pub dport: u16,
     pub frontend: Option<(Ipv4Addr, u16)>,
     /// Each direction's decision where this node made it: `open`,
-    /// `allowed` or `denied`.
+    /// `allowed`, `denied` or `would-deny`.
     pub egress: Option<&'static str>,
     pub ingress: Option<&'static str>,
     /// The identities policy judged the ends by (verdicts only).
@@ -49,6 +49,7 @@ fn decided(code: u8) -> Option<&'static str> {
         decision::OPEN => Some("open"),
         decision::ALLOWED => Some("allowed"),
         decision::DENIED => Some("denied"),
+        decision::WOULD_DENY => Some("would-deny"),
         _ => None,
     }
 }
@@ -66,6 +67,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawFlow, DecodeError> {
         kind::DENIED => FlowVerdict::Denied,
         kind::DROPPED => FlowVerdict::Dropped,
         kind::TRANSLATED => FlowVerdict::Translated,
+        kind::WOULD_DENY => FlowVerdict::WouldDeny,
         other => return Err(DecodeError::Kind(other)),
     };
     let direction = match e.direction {

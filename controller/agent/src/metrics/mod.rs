@@ -89,6 +89,9 @@ pub struct Metrics {
     /// `sluice_policy_problems`: NetworkPolicy rules that could not be
     /// compiled and allow nothing.
     pub policy_problems: IntGauge,
+    /// `sluice_policy_audit_problems`: audit mode annotations of this
+    /// node's pods (or their namespaces) that could not be read.
+    pub policy_audit_problems: IntGauge,
     /// `sluice_pod_ip_conflicts`: pod addresses claimed by more than one
     /// live Pod, which belong to none of them.
     pub pod_ip_conflicts: IntGauge,
@@ -223,6 +226,13 @@ impl Metrics {
             IntGauge::new(
                 "sluice_policy_problems",
                 "NetworkPolicies, or rules of them, that could not be taken; each allows nothing and a rejected policy keeps isolating (fails closed).",
+            ),
+        );
+        let policy_audit_problems = register(
+            &registry,
+            IntGauge::new(
+                "sluice_policy_audit_problems",
+                "policy.sluice.io/audit-mode annotations of this node's pods or their namespaces that could not be read; those pods are enforced (fail closed).",
             ),
         );
         let pod_ip_conflicts = register(
@@ -449,7 +459,7 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "sluice_flow_verdicts_total",
-                    "Recorded flows by source and destination namespace (\"\": not a pod) and verdict (allowed, denied, dropped, translated); pairs beyond the first 1000 count as other/other.",
+                    "Recorded flows by source and destination namespace (\"\": not a pod) and verdict (allowed, denied, would-deny, dropped, translated); pairs beyond the first 1000 count as other/other.",
                 ),
                 &["source_namespace", "destination_namespace", "verdict"],
             ),
@@ -467,6 +477,7 @@ impl Metrics {
             sync_errors,
             node_problems,
             policy_problems,
+            policy_audit_problems,
             pod_ip_conflicts,
             kube_watch_errors,
             map_capacity,

@@ -17,6 +17,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use serde_json::Value;
 use sluice_common::{direction::Direction, policy::ANY_IDENTITY};
 
+use super::audit::{self, AuditProblem};
 use super::cidr::{parse_block, Block};
 use super::fail_closed::Isolation;
 use super::identity::{IdentityAllocator, IdentityError, LabelKey};
@@ -56,6 +57,9 @@ pub struct DesiredPolicy {
     /// Addresses claimed by more than one live Pod: they belong to none of
     /// them (no identity, so no podSelector matches them).
     pub ip_conflicts: Vec<IpConflict>,
+    /// Audit mode annotations of this node's pods that could not be read
+    /// (those pods are enforced).
+    pub audit_problems: Vec<AuditProblem>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,11 +88,14 @@ impl fmt::Display for PolicyProblem {
     }
 }
 
+/// `audit_default`: the node-wide audit mode, for this node's pods that no
+/// annotation decides (see [`audit`](super::audit)).
 pub fn compile(
     state: &ClusterState,
     local: &LocalEndpoints,
     local_pods: &LocalPods,
     ids: &mut IdentityAllocator,
+    audit_default: bool,
 ) -> DesiredPolicy {
     let mut out = DesiredPolicy::default();
     let cluster = Cluster::new(state, local_pods);
@@ -167,6 +174,27 @@ pub fn compile(
             }
         }
     }
+    // Audit mode belongs to a known pod: a disputed address (which pod
+    // sends from it?) stays enforced.
+    let mut audit_problems = BTreeSet::new();
+    for pod in &cluster.pods {
+        let Some(endpoint) = local.get(&pod.ip) else {
+            continue;
+        };
+        let namespace = state.namespaces.get(pod.namespace);
+        if audit::audited(
+            pod.pod,
+            pod.namespace,
+            namespace,
+            audit_default,
+            &mut audit_problems,
+        )
+        .is_some()
+        {
+            out.placed.audit(*endpoint);
+        }
+    }
+    out.audit_problems = audit_problems.into_iter().collect();
     out
 }
 

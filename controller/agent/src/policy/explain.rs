@@ -16,7 +16,7 @@
 //! not hold what the state asks for.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use sluice_common::direction::Direction;
@@ -29,6 +29,7 @@ use sluice_common::policy::{
 };
 use sluice_common::{identity, policy::ANY_PROTOCOL};
 
+use super::audit;
 use super::compile::{self, Cluster, LivePod, LocalEndpoints, LocalPods, Peer, Policy};
 use super::ports::{resolve_named, PortMatch};
 use crate::datastore::ClusterState;
@@ -56,6 +57,8 @@ pub struct NodeView<'a> {
     /// This node's own addresses (towards its pods, and on the underlay):
     /// the `host` identity, which policy always lets through.
     pub hosts: &'a [Ipv4Addr],
+    /// The node-wide policy audit mode, for this node's pods.
+    pub audit_default: bool,
 }
 
 /// One end of the flow, resolved against the cluster.
@@ -254,6 +257,25 @@ impl Context<'_> {
                 },
                 self.end(peer)
             ));
+            let mut unreadable = BTreeSet::new();
+            let namespace = self.view.state.namespaces.get(pod.namespace);
+            // Another node's own default is not known here.
+            let node_default = on_this_node && self.view.audit_default;
+            let audited = audit::audited(
+                pod.pod,
+                pod.namespace,
+                namespace,
+                node_default,
+                &mut unreadable,
+            );
+            if let Some(by) = audited {
+                out.verdict = Verdict::WouldDeny;
+                out.notes.push(format!(
+                    "the pod is in policy audit mode ({}): it passes, reported as would-deny",
+                    by.describe()
+                ));
+            }
+            out.notes.extend(unreadable.iter().map(ToString::to_string));
         }
         out
     }
@@ -423,6 +445,7 @@ pub fn check_datapath<M: PolicyLookup>(
             Decision::Open => Verdict::NotIsolated,
             Decision::Allowed => Verdict::Allowed,
             Decision::Denied => Verdict::Denied,
+            Decision::WouldDeny => Verdict::WouldDeny,
         };
         explained.datapath = Some(DatapathCheck {
             node: node.clone(),

@@ -10,6 +10,7 @@
 //! [`PlacedPolicy`] into the maps, and [`placed::InMemory`] decides packets
 //! over it with the dataplane's own decision function.
 
+pub mod audit;
 pub mod cidr;
 pub mod compile;
 pub mod explain;

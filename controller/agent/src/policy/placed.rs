@@ -51,6 +51,16 @@ impl PlacedPolicy {
             .isolate(direction);
     }
 
+    /// Puts an isolated `endpoint` in audit mode, both directions: what
+    /// its policy would deny passes, reported. Nothing for an endpoint no
+    /// policy isolates (nothing would be denied).
+    pub fn audit(&mut self, endpoint: u32) {
+        if let Some(isolation) = self.isolation.get_mut(&endpoint) {
+            isolation.audit(Direction::Ingress);
+            isolation.audit(Direction::Egress);
+        }
+    }
+
     /// Lets `identity` reach (egress) or be reached by (ingress) the
     /// isolated `endpoint` on `protocol` (`ANY_PROTOCOL`: everything) and
     /// `port` (`None`: every port). The identity is marked, so lookups for
@@ -194,7 +204,7 @@ impl PolicyLookup for InMemory<'_> {
 
 #[cfg(test)]
 mod tests {
-    use sluice_common::policy::{decide, Decision, ANY_PROTOCOL};
+    use sluice_common::policy::{decide, decide_flow, Decision, ANY_PROTOCOL};
 
     use super::*;
 
@@ -271,6 +281,40 @@ mod tests {
         let other = decide(&maps, 1, Direction::Ingress, [10, 0, 0, 8], TCP, 1500);
         assert_eq!(other, Decision::Denied, "an unknown peer is the world");
         let egress = decide(&maps, 1, Direction::Egress, [10, 0, 0, 8], TCP, 1500);
+        assert_eq!(egress, Decision::Open);
+    }
+
+    #[test]
+    fn audit_mode_is_decided_and_reported_but_not_enforced() {
+        let mut placed = PlacedPolicy::default();
+        placed.isolate(1, Direction::Ingress);
+        placed.allow(1, Direction::Ingress, 300, TCP, prefix(80, 16));
+        placed.audit(1);
+        placed.audit(2); // no policy isolates endpoint 2: nothing to audit
+        assert!(!placed.isolation.contains_key(&2));
+        let isolation = placed.isolation[&1];
+        assert!(isolation.audits(Direction::Ingress) && !isolation.audits(Direction::Egress));
+        let ipcache = BTreeMap::from([(
+            Ipv4Net::from(Ipv4Addr::new(10, 0, 0, 7)),
+            RemoteInfo {
+                identity: 300,
+                tunnel_endpoint: [0; 4],
+                flags: 0,
+                _pad: 0,
+            },
+        )]);
+        let maps = InMemory {
+            policy: &placed,
+            ipcache: &ipcache,
+        };
+        let from_300 = |port| decide(&maps, 1, Direction::Ingress, [10, 0, 0, 7], TCP, port);
+        assert_eq!(from_300(80), Decision::Allowed);
+        assert_eq!(from_300(81), Decision::WouldDeny);
+        // What the datapath enforces: nothing in that direction.
+        let enforced = decide_flow(&maps, None, Some(1), [10, 0, 0, 7], [10, 0, 0, 1], TCP, 81);
+        assert_eq!(enforced.ingress, Some(Decision::Open));
+        assert_eq!(enforced.denied_by(), None);
+        let egress = decide(&maps, 1, Direction::Egress, [10, 0, 0, 7], TCP, 81);
         assert_eq!(egress, Decision::Open);
     }
 

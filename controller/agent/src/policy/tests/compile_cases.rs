@@ -44,6 +44,7 @@ fn compiled(state: &ClusterState) -> DesiredPolicy {
         &model_local(),
         &LocalPods::new(),
         &mut IdentityAllocator::new(),
+        false,
     )
 }
 
@@ -93,7 +94,7 @@ fn isolation(ingress: u8, egress: u8) -> Isolation {
         ingress,
         egress,
         ranges: 0,
-        _pad: 0,
+        audit: 0,
     }
 }
 
@@ -143,6 +144,7 @@ fn pod_identities_cover_live_ipv4_pods_only() {
         &LocalEndpoints::new(),
         &LocalPods::new(),
         &mut IdentityAllocator::new(),
+        false,
     );
     let ips: Vec<String> = d.pod_identities.keys().map(|ip| ip.to_string()).collect();
     assert_eq!(ips, ["10.0.0.1", "10.0.0.2", "10.0.0.5"]);
@@ -162,6 +164,7 @@ fn identities_are_per_namespace_and_label_set() {
         &LocalEndpoints::new(),
         &LocalPods::new(),
         &mut IdentityAllocator::new(),
+        false,
     );
     let at = |ip: &str| d.pod_identities[&ip.parse::<Ipv4Addr>().unwrap()];
     assert_eq!(at("10.0.0.1"), at("10.0.0.2"), "replicas share an identity");
@@ -203,6 +206,7 @@ fn namespaces_always_carry_their_name_label() {
         &local,
         &LocalPods::new(),
         &mut IdentityAllocator::new(),
+        false,
     );
     let dp = Dataplane {
         desired: &d,
@@ -661,6 +665,7 @@ fn only_local_endpoints_get_isolation_and_rules() {
         &local,
         &LocalPods::new(),
         &mut IdentityAllocator::new(),
+        false,
     );
     assert_eq!(d.placed.isolation.keys().collect::<Vec<_>>(), [&42]);
     assert!(d.placed.rules().all(|(k, _)| k.endpoint == 42));
@@ -693,9 +698,9 @@ fn output_is_deterministic_and_identities_stable() {
         np("y", "q", DENY_INGRESS),
     ]);
     let mut ids = IdentityAllocator::new();
-    let first = compile(&state, &model_local(), &LocalPods::new(), &mut ids);
+    let first = compile(&state, &model_local(), &LocalPods::new(), &mut ids, false);
     assert_eq!(
-        compile(&state, &model_local(), &LocalPods::new(), &mut ids),
+        compile(&state, &model_local(), &LocalPods::new(), &mut ids, false),
         first
     );
     assert_eq!(
@@ -703,7 +708,8 @@ fn output_is_deterministic_and_identities_stable() {
             &state,
             &model_local(),
             &LocalPods::new(),
-            &mut IdentityAllocator::new()
+            &mut IdentityAllocator::new(),
+            false
         ),
         first
     );
@@ -715,7 +721,7 @@ fn output_is_deterministic_and_identities_stable() {
     extra.metadata.labels = Some([("pod".to_string(), "d".to_string())].into());
     extra.status.as_mut().unwrap().pod_ip = Some("10.244.3.99".into());
     grown.pods.insert(("z".into(), "d".into()), extra);
-    let second = compile(&grown, &model_local(), &LocalPods::new(), &mut ids);
+    let second = compile(&grown, &model_local(), &LocalPods::new(), &mut ids, false);
     for (ip, id) in &first.pod_identities {
         assert_eq!(second.pod_identities[ip], *id);
     }
@@ -731,7 +737,7 @@ fn relabelled_pods_move_and_unused_identities_are_released() {
         "{podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {pod2: updated}}}]}]}",
     )]);
     let mut ids = IdentityAllocator::new();
-    let before = compile(&state, &model_local(), &LocalPods::new(), &mut ids);
+    let before = compile(&state, &model_local(), &LocalPods::new(), &mut ids, false);
     assert!(!reach(&before, "x/b", "x/a", TCP, 80));
     let old = id(&before, "x/b");
     pod_mut(&mut state, "x/b")
@@ -740,7 +746,7 @@ fn relabelled_pods_move_and_unused_identities_are_released() {
         .as_mut()
         .unwrap()
         .insert("pod2".into(), "updated".into());
-    let after = compile(&state, &model_local(), &LocalPods::new(), &mut ids);
+    let after = compile(&state, &model_local(), &LocalPods::new(), &mut ids, false);
     assert_ne!(id(&after, "x/b"), old);
     assert!(reach(&after, "x/b", "x/a", TCP, 80));
     assert!(
@@ -758,7 +764,7 @@ fn identity_exhaustion_is_reported_not_fatal() {
         "{podSelector: {}, ingress: [{from: [{namespaceSelector: {}}]}]}",
     )]);
     let mut ids = IdentityAllocator::with_ranges(256..=258, identity::FIRST_CIDR..=identity::MAX);
-    let d = compile(&state, &model_local(), &LocalPods::new(), &mut ids);
+    let d = compile(&state, &model_local(), &LocalPods::new(), &mut ids, false);
     assert_eq!(d.identity_errors.len(), 6);
     assert_eq!(d.pod_identities.len(), 3);
     // Pods without an identity are never let in as someone else.
@@ -790,7 +796,7 @@ fn local_endpoints_are_tied_to_their_pods_by_name() {
     let server: Ipv4Addr = "10.0.9.1".parse().unwrap();
     let local = LocalEndpoints::from([(server, 7)]);
     let pods = LocalPods::from([(server, ("s".to_owned(), "server".to_owned()))]);
-    let d = compile(&state, &local, &pods, &mut IdentityAllocator::new());
+    let d = compile(&state, &local, &pods, &mut IdentityAllocator::new(), false);
     let dp = Dataplane {
         desired: &d,
         local: &local,
@@ -806,6 +812,7 @@ fn local_endpoints_are_tied_to_their_pods_by_name() {
         &local,
         &LocalPods::new(),
         &mut IdentityAllocator::new(),
+        false,
     );
     let dp = Dataplane {
         desired: &d,

@@ -52,6 +52,7 @@ impl World {
             &model_local(),
             &LocalPods::new(),
             &mut IdentityAllocator::new(),
+            false,
         );
         let ipcache = Topology::default().ipcache_with_pods(&desired.pod_identities, GATEWAY);
         World {
@@ -71,6 +72,7 @@ impl World {
             local_pods: &local_pods,
             identities: &self.desired.pod_identities,
             hosts: &[GATEWAY],
+            audit_default: false,
         };
         let query = ExplainQuery {
             from: from.parse().expect("from"),
@@ -426,6 +428,7 @@ fn verdicts_are_the_compiled_maps_verdicts_for_every_pair() {
                             Decision::Open => Verdict::NotIsolated,
                             Decision::Allowed => Verdict::Allowed,
                             Decision::Denied => Verdict::Denied,
+                            Decision::WouldDeny => Verdict::WouldDeny,
                         };
                         assert_eq!(
                             explained.verdict, want,
@@ -461,6 +464,7 @@ fn the_datapath_check_says_when_the_maps_disagree() {
         local_pods: &local_pods,
         identities: &world.desired.pod_identities,
         hosts: &[GATEWAY],
+        audit_default: false,
     };
     let query = ExplainQuery {
         from: EndRef::Pod {

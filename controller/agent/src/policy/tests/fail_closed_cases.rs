@@ -15,6 +15,7 @@ fn compiled(state: &ClusterState) -> DesiredPolicy {
         &model_local(),
         &LocalPods::new(),
         &mut IdentityAllocator::new(),
+        false,
     )
 }
 
