@@ -230,6 +230,87 @@ fn flows_show_denied_and_allowed_connections_with_pods_port_and_reason() {
     assert!(text.contains("drop_policy_ingress"), "{text}");
 }
 
+/// x's namespace with the audit mode annotation set to `value`.
+fn namespace_x_audit(value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  annotations: {{policy.sluice.io/audit-mode: {value}}}\n"
+    )
+}
+
+/// Audit mode on x's namespace: what x's policy would deny gets through,
+/// reported as would-deny (flows, verdict counter, explain); switched off,
+/// the policy is enforced again.
+#[test]
+fn audit_mode_lets_traffic_through_reports_it_and_switching_off_enforces() {
+    require_root!();
+    let lab = TestLab::up("au", 2, "tunnel");
+    let server = lab.pod_add("x/a", "node1");
+    lab.pod_add("y/a", "node2");
+    lab.apply_yaml("only-from-x", ONLY_FROM_X);
+    let dst = SocketAddr::new(server.ip, 80);
+    let stranger = lab.pod_netns("y/a");
+    assert!(
+        lab.eventually(CONVERGE, || !probe::tcp(
+            &stranger,
+            dst,
+            Duration::from_millis(300)
+        )),
+        "the policy never took effect\n{}",
+        lab.agent_logs()
+    );
+
+    lab.apply_yaml("audit-x", &namespace_x_audit("enabled"));
+    assert!(
+        lab.eventually(CONVERGE, || probe::tcp(
+            &stranger,
+            dst,
+            Duration::from_secs(1)
+        )),
+        "audit mode never let y/a through\n{}",
+        lab.agent_logs()
+    );
+    let flows = observe(&lab, &["--verdict", "would-deny", "--pod", "y/a"]);
+    let flow = flows
+        .iter()
+        .find(|f| f.destination.name() == "x/a" && f.destination.port == 80)
+        .unwrap_or_else(|| panic!("no would-deny flow y/a -> x/a: {flows:?}"));
+    assert_eq!(flow.verdict, FlowVerdict::WouldDeny);
+    assert_eq!(flow.direction, "ingress");
+    assert_eq!(flow.node, "node1");
+    assert_eq!(flow.reason, None, "nothing was dropped");
+    let ingress = flow.ingress.as_ref().expect("ingress decided on node1");
+    assert_eq!(ingress.decision, "would-deny");
+    assert_eq!(ingress.policies, ["x/only-from-x"]);
+    assert!(observe(&lab, &["--verdict", "denied", "--pod", "y/a"])
+        .iter()
+        .all(|f| f.time_unix_ns < flow.time_unix_ns));
+    let page = lab.scrape("node1");
+    assert!(
+        page.lines().any(|l| l.starts_with(
+            "sluice_policy_verdicts_total{direction=\"ingress\",verdict=\"would-deny\"} "
+        ) && !l.ends_with(" 0")),
+        "no would-deny verdicts counted:\n{page}"
+    );
+    let explained = lab.sluice_ok(&[
+        "explain", "--from", "y/a", "--to", "x/a", "--port", "80/TCP",
+    ]);
+    assert!(
+        explained.contains("would deny") && explained.contains("Namespace"),
+        "{explained}"
+    );
+
+    lab.apply_yaml("audit-x", &namespace_x_audit("disabled"));
+    assert!(
+        lab.eventually(CONVERGE, || !probe::tcp(
+            &stranger,
+            dst,
+            Duration::from_millis(300)
+        )),
+        "switching audit mode off did not enforce the policy again\n{}",
+        lab.agent_logs()
+    );
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");

@@ -17,7 +17,8 @@ use super::{
 };
 
 impl Lab {
-    /// Creates a namespace, or merges `labels` into an existing one's.
+    /// Creates a namespace, or merges `labels` into an existing one's
+    /// (keeping its annotations, as `kubectl label` does).
     pub fn label_namespace(
         &self,
         namespace: &str,
@@ -30,13 +31,14 @@ impl Lab {
         let _lock = self.config.lock()?;
         let manifests = self.config.manifests();
         let path = manifests.namespace_path(namespace);
-        let mut merged = existing_labels(&path);
+        let existing = existing_metadata(&path);
+        let mut merged = existing.labels;
         merged.extend(labels.clone());
-        write_manifest(
-            &manifests,
-            &path,
-            &manifests::namespace_object(namespace, &merged),
-        )
+        let mut object = manifests::namespace_object(namespace, &merged);
+        if !existing.annotations.is_empty() {
+            object["metadata"]["annotations"] = serde_json::json!(existing.annotations);
+        }
+        write_manifest(&manifests, &path, &object)
     }
 
     /// `kubectl apply -f`: every object of every path, each into its own
@@ -145,10 +147,19 @@ fn read_all(paths: &[PathBuf]) -> Result<Vec<objects::Object>, LabError> {
     Ok(all)
 }
 
-fn existing_labels(path: &Path) -> BTreeMap<String, String> {
+#[derive(Default, serde::Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// The labels and annotations of the object stored at `path`, if any.
+fn existing_metadata(path: &Path) -> Metadata {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|text| serde_yaml::from_str::<serde_yaml::Value>(&text).ok())
-        .and_then(|v| serde_yaml::from_value(v.get("metadata")?.get("labels")?.clone()).ok())
+        .and_then(|v| serde_yaml::from_value(v.get("metadata")?.clone()).ok())
         .unwrap_or_default()
 }
