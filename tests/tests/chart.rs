@@ -127,6 +127,9 @@ fn the_chart_lints_renders_and_validates_with_default_and_other_values() {
                 "the values reach the agent's config"
             );
             assert_eq!(config.kube_proxy_replacement, Some(false));
+            assert_eq!(config.policy_audit_mode, Some(true));
+            let flows = config.flows.as_ref().expect("flows");
+            assert_eq!((flows.history, flows.rate), (Some(10000), Some(500)));
             assert!(docs.iter().any(|d| d["kind"] == "ServiceMonitor"));
         }
     }

@@ -564,6 +564,27 @@ mod tests {
     }
 
     #[test]
+    fn policy_audit_mode_is_off_unless_asked_and_flags_win() {
+        let config = Config::merge(flags(), FileConfig::default()).expect("config");
+        assert!(!config.policy_audit_mode, "enforcing by default");
+        let file: FileConfig = serde_yaml::from_str("policyAuditMode: true\n").expect("yaml");
+        assert!(
+            Config::merge(flags(), file)
+                .expect("config")
+                .policy_audit_mode
+        );
+        let file: FileConfig = serde_yaml::from_str("policyAuditMode: true\n").expect("yaml");
+        let mut flags = flags();
+        flags.policy_audit_mode = Some(false);
+        assert!(
+            !Config::merge(flags, file)
+                .expect("config")
+                .policy_audit_mode
+        );
+        assert!(serde_yaml::from_str::<FileConfig>("policyAuditMode: sometimes\n").is_err());
+    }
+
+    #[test]
     fn auto_runs_the_prefilter_generic_on_veth_only() {
         use PrefilterMode::*;
         assert_eq!(Auto.on(true), AttachMode::Generic);

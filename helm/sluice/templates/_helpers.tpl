@@ -49,6 +49,8 @@ checksum on the pod template.
   "metricsAddress" (printf "0.0.0.0:%d" (int .Values.metrics.port))
   "logLevel" .Values.logLevel
   "podAttachment" .Values.podAttachment
+  "policyAuditMode" .Values.policyAuditMode
+  "flows" (dict "record" .Values.flows.record "history" (int .Values.flows.history) "rate" (int .Values.flows.rate))
   "stateDir" (include "sluice.stateDir" .)
   "socket" (include "sluice.socket" .)
   "bpffs" (include "sluice.bpffs" .)
