@@ -520,10 +520,21 @@ impl<M: PolicyLookup> PolicyLookup for Recorder<'_, M> {
     fn isolation(&self, endpoint: u32) -> Option<Isolation> {
         let answer = self.maps.isolation(endpoint);
         self.note(match answer {
-            Some(i) => format!(
-                "isolation[{endpoint}]: ingress {} egress {}",
-                i.ingress, i.egress
-            ),
+            Some(i) => {
+                let audited: Vec<&str> = Direction::ALL
+                    .into_iter()
+                    .filter(|d| i.audits(*d))
+                    .map(|d| d.name())
+                    .collect();
+                let mut text = format!(
+                    "isolation[{endpoint}]: ingress {} egress {}",
+                    i.ingress, i.egress
+                );
+                if !audited.is_empty() {
+                    text += &format!(" (audit mode: {})", audited.join(", "));
+                }
+                text
+            }
             None => format!("isolation[{endpoint}]: miss (open both ways)"),
         });
         answer
