@@ -39,9 +39,9 @@ pub mod verdict {
     pub enum Verdict {
         Allowed = 0,
         Denied = 1,
-        /// Audit mode let through a flow policy would deny: counted as
-        /// allowances are (when the flow is admitted, and again after a
-        /// policy change), for the direction that would deny.
+        /// Audit mode let through a new flow policy would deny, counted for
+        /// the direction that would deny (once, when the flow is admitted:
+        /// audited directions are not decided again after a policy change).
         WouldDeny = 2,
     }
 

@@ -188,6 +188,19 @@ impl Verdict {
     }
 }
 
+/// What the datapath's decision says, in an explanation's terms.
+impl From<crate::policy::Decision> for Verdict {
+    fn from(decision: crate::policy::Decision) -> Self {
+        use crate::policy::Decision;
+        match decision {
+            Decision::Open => Verdict::NotIsolated,
+            Decision::Allowed => Verdict::Allowed,
+            Decision::Denied => Verdict::Denied,
+            Decision::WouldDeny => Verdict::WouldDeny,
+        }
+    }
+}
+
 /// A rule that lets the flow through, e.g. `x/allow-from-y ingress[0]
 /// from[1] (namespaceSelector ns=y) port 80/TCP`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

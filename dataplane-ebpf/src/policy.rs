@@ -394,14 +394,42 @@ fn admitted_at(
 
 /// A new flow policy admitted ([`Passed::admitted`]) with this packet
 /// (its first, or the first seen of a connection under way) between its
-/// local ends `src`/`dst`: counts what audit mode let through and reports
-/// the flow. Not inlined: a frame of its own, nothing in the callers'
-/// registers.
+/// local ends `src`/`dst`, as [`enforce`] got it: counts what audit mode
+/// let through and reports the flow. Decided the way enforcement decided
+/// it: from its opener, the packet's receiver for a reply of a
+/// connection under way; an adopted flow (opener unknown) both ways,
+/// reported the way audit mode would deny it, if one does. Not inlined: a
+/// frame of its own, nothing in the callers' registers.
 #[inline(never)]
-pub fn admitted(pkt: &Ipv4Packet, src: Option<&EndpointInfo>, dst: Option<&EndpointInfo>) {
-    let flow = conntrack::packet_key(pkt);
+pub fn admitted(
+    pkt: &Ipv4Packet,
+    src: Option<&EndpointInfo>,
+    dst: Option<&EndpointInfo>,
+    arrival: Arrival,
+    translated: bool,
+) {
+    let tuple = conntrack::packet_key(pkt);
+    let opener = if arrival == Arrival::Direct && !translated {
+        opener(pkt)
+    } else {
+        Opener::Sender
+    };
+    let (flow, src, dst) = match opener {
+        Opener::Receiver => (tuple.reversed(), dst, src),
+        _ => (tuple, src, dst),
+    };
     let egress = admitted_at(src, Direction::Egress, flow.daddr, &flow);
     let ingress = admitted_at(dst, Direction::Ingress, flow.saddr, &flow);
+    let audited = egress == flow_decision::WOULD_DENY || ingress == flow_decision::WOULD_DENY;
+    if opener == Opener::Unknown && !audited {
+        let back = flow.reversed();
+        let back_egress = admitted_at(dst, Direction::Egress, back.daddr, &back);
+        let back_ingress = admitted_at(src, Direction::Ingress, back.saddr, &back);
+        if back_egress == flow_decision::WOULD_DENY || back_ingress == flow_decision::WOULD_DENY {
+            events::allowed(&back, back_egress, back_ingress);
+            return;
+        }
+    }
     events::allowed(&flow, egress, ingress);
 }
 

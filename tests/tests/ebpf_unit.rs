@@ -2195,6 +2195,21 @@ fn audit_mode_lets_what_policy_would_deny_pass_and_reports_it() {
     assert_eq!(unit.verdicts(Direction::Egress, Verdict::Allowed), 1);
     assert_eq!(unit.verdicts(Direction::Egress, Verdict::WouldDeny), 1);
 
+    // A connection under way when the policy came, seen first from its
+    // server (B:8080, a reply to A's ephemeral port): decided, and
+    // reported, from its opener, A, whose egress would deny it.
+    let reply = ipv4(POD_B, POD_A, 6, 64, 0, &tcp(8080, 40005, 0x10));
+    assert_eq!(unit.sent_by_b(&reply), TC_ACT_REDIRECT);
+    let events = unit.flow_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let under_way = &events[0];
+    assert_eq!(under_way.verdict, FlowVerdict::WouldDeny);
+    assert_eq!(under_way.direction, Direction::Egress);
+    assert_eq!((under_way.saddr, under_way.sport), (POD_A, 40005));
+    assert_eq!((under_way.daddr, under_way.dport), (POD_B, 8080));
+    assert_eq!(under_way.egress, Some("would-deny"));
+    assert_eq!(unit.verdicts(Direction::Egress, Verdict::WouldDeny), 2);
+
     // Enforcing: the flow audit mode let through is refused from its next
     // packet (the policy revision moves, as the agent moves it), and so is
     // a new one.
@@ -2205,7 +2220,7 @@ fn audit_mode_lets_what_policy_would_deny_pass_and_reports_it() {
     let other = ipv4(POD_A, POD_B, 17, 64, 0, &udp(40002, 53));
     assert_eq!(unit.sent_by_a(&other), TC_ACT_SHOT);
     assert_eq!(unit.verdicts(Direction::Egress, Verdict::Denied), 2);
-    assert_eq!(unit.verdicts(Direction::Egress, Verdict::WouldDeny), 1);
+    assert_eq!(unit.verdicts(Direction::Egress, Verdict::WouldDeny), 2);
 }
 
 /// A flood is bounded: past its burst, a CPU's token bucket refuses

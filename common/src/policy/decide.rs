@@ -134,7 +134,8 @@ fn decide_as<M: PolicyLookup>(
     };
     // Audit mode leaves the isolation byte clear, so enforcement (`Skip`)
     // reads what it read before audit mode existed.
-    let audited = audit == Audit::Decide && isolation.audits(direction);
+    let audited =
+        audit == Audit::Decide && isolation.audits(direction) && !isolation.isolates(direction);
     if !isolation.isolates(direction) && !audited {
         return Decision::Open;
     }

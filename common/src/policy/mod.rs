@@ -9,9 +9,10 @@
 //!   every field but the port is matched in full, the port by prefix, so a
 //!   range is a handful of prefixes, not a loop. Consulted only for
 //!   endpoints that have range rules ([`Isolation::ranges`]).
-//! - `SLUICE_ISOLATION` (hash): endpoint id → [`Isolation`]: whether any
-//!   policy selects the endpoint in each direction. An endpoint absent here
-//!   is open in both directions.
+//! - `SLUICE_ISOLATION` (hash): endpoint id → [`Isolation`]: for each
+//!   direction some policy selects the endpoint in, whether that is
+//!   enforced or in audit mode. An endpoint absent here is open in both
+//!   directions.
 //! - `SLUICE_CIDR_IDENTITY` (LPM trie, key as the ipcache's): address →
 //!   identity of the ipBlock region it falls in. ipBlocks match pod
 //!   addresses too, so a packet is checked against both its peer's label
@@ -121,11 +122,14 @@ impl Isolation {
         }
     }
 
+    /// Isolates `direction`, enforced (also where it was in audit mode:
+    /// enforcement wins, e.g. for an endpoint without an identity).
     pub fn isolate(&mut self, direction: Direction) {
         match direction {
             Direction::Ingress => self.ingress = 1,
             Direction::Egress => self.egress = 1,
         }
+        self.audit &= !(1 << direction as u8);
     }
 
     pub const fn has_ranges(&self, direction: Direction) -> bool {
@@ -136,6 +140,8 @@ impl Isolation {
         self.ranges |= 1 << direction as u8;
     }
 
+    /// Whether `direction` is in audit mode: decided and reported, not
+    /// enforced.
     pub const fn audits(&self, direction: Direction) -> bool {
         self.audit & (1 << direction as u8) != 0
     }

@@ -17,8 +17,8 @@ use super::{
 };
 
 impl Lab {
-    /// Creates a namespace, or merges `labels` into an existing one's
-    /// (keeping its annotations, as `kubectl label` does).
+    /// Creates a namespace, or merges `labels` into an existing one's,
+    /// keeping its annotations.
     pub fn label_namespace(
         &self,
         namespace: &str,
@@ -35,8 +35,8 @@ impl Lab {
         let mut merged = existing.labels;
         merged.extend(labels.clone());
         let mut object = manifests::namespace_object(namespace, &merged);
-        if !existing.annotations.is_empty() {
-            object["metadata"]["annotations"] = serde_json::json!(existing.annotations);
+        if let Some(annotations) = existing.annotations {
+            object["metadata"]["annotations"] = annotations;
         }
         write_manifest(&manifests, &path, &object)
     }
@@ -147,19 +147,52 @@ fn read_all(paths: &[PathBuf]) -> Result<Vec<objects::Object>, LabError> {
     Ok(all)
 }
 
-#[derive(Default, serde::Deserialize)]
+/// What `label_namespace` keeps of a stored Namespace (its YAML `text`):
+/// its labels, and its annotations as they are (whatever their values).
+#[derive(Debug, Default, PartialEq)]
 struct Metadata {
-    #[serde(default)]
     labels: BTreeMap<String, String>,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
+    annotations: Option<serde_json::Value>,
+}
+
+fn stored_metadata(text: &str) -> Metadata {
+    let Ok(object) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return Metadata::default();
+    };
+    let metadata = object.get("metadata");
+    let field = |name: &str| metadata.and_then(|m| m.get(name)).cloned();
+    Metadata {
+        labels: field("labels")
+            .and_then(|l| serde_yaml::from_value(l).ok())
+            .unwrap_or_default(),
+        annotations: field("annotations").and_then(|a| serde_json::to_value(a).ok()),
+    }
 }
 
 /// The labels and annotations of the object stored at `path`, if any.
 fn existing_metadata(path: &Path) -> Metadata {
     std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| serde_yaml::from_str::<serde_yaml::Value>(&text).ok())
-        .and_then(|v| serde_yaml::from_value(v.get("metadata")?.clone()).ok())
+        .map(|text| stored_metadata(&text))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_namespace_keeps_its_labels_and_annotations_whatever_their_values() {
+        let kept = stored_metadata(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels: {team: blue}\n  annotations: {policy.sluice.io/audit-mode: true, other: '1'}\n",
+        );
+        assert_eq!(
+            kept.labels,
+            BTreeMap::from([("team".into(), "blue".into())])
+        );
+        assert_eq!(
+            kept.annotations,
+            Some(serde_json::json!({"policy.sluice.io/audit-mode": true, "other": "1"}))
+        );
+        assert_eq!(stored_metadata("not: [yaml"), Metadata::default());
+    }
 }

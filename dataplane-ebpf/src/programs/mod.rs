@@ -93,7 +93,7 @@ fn to_local_pod(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> FromNode {
         Err(reason) => return FromNode::Done(drop(reason)),
     };
     if passed.admitted {
-        policy::admitted(pkt, None, Some(&dst));
+        policy::admitted(pkt, None, Some(&dst), Arrival::Direct, false);
     }
     if passed.via_stack {
         return FromNode::ToStack;

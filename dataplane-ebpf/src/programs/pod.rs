@@ -91,7 +91,7 @@ fn from_pod(ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
         Err(reason) => return drop(reason),
     };
     if passed.admitted {
-        policy::admitted(pkt, Some(&src), dst.as_ref());
+        policy::admitted(pkt, Some(&src), dst.as_ref(), arrival, translated);
     }
     // A reply in a flow the stack handed in (perhaps translated: a Service
     // backend answering, a hostPort): back through the stack, which
@@ -183,7 +183,7 @@ fn from_stack(_ctx: &TcContext, pkt: &mut parse::Ipv4Packet) -> Verdict {
     match policy::enforce(pkt, None, Some(&dst), Arrival::FromStack, false) {
         Ok(passed) => {
             if passed.admitted {
-                policy::admitted(pkt, None, Some(&dst));
+                policy::admitted(pkt, None, Some(&dst), Arrival::FromStack, false);
             }
             pass(Reason::FromStack)
         }

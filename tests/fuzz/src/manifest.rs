@@ -84,6 +84,7 @@ pub fn check(data: &[u8]) -> Outcome {
                 &local,
                 &LocalPods::new(),
                 &mut IdentityAllocator::new(),
+                false,
             );
             outcome.unjudged = Some(why);
         }

@@ -73,6 +73,7 @@ pub fn compile_node(generated: &GeneratedCluster, state: &ClusterState, node: u8
         &local,
         &LocalPods::new(),
         &mut IdentityAllocator::new(),
+        false,
     );
     let ipcache = Topology::default().ipcache_with_pods(&desired.pod_identities, GATEWAY);
     Node {

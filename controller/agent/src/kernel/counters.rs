@@ -206,7 +206,7 @@ impl Collector {
             verdicts: IntCounterVec::new(
                 Opts::new(
                     "sluice_policy_verdicts_total",
-                    "Decisions of NetworkPolicies isolating a pod, by policy direction: allowed counts flows admitted (first packet, and again after a policy change), denied counts refused packets, for the direction that refused them; would-deny counts new flows that audit mode let through.",
+                    "Decisions of NetworkPolicies isolating a pod, by policy direction: allowed counts flows admitted (first packet, and again after a policy change; in audit mode, new flows only), denied counts refused packets, for the direction that refused them; would-deny counts new flows that audit mode let through.",
                 ),
                 &["direction", "verdict"],
             )?,

@@ -24,9 +24,7 @@ use sluice_common::explain::{
     DatapathCheck, DirectionExplanation, End, EndRef, ExplainQuery, Explanation, PortSpec,
     RuleMatch, Verdict,
 };
-use sluice_common::policy::{
-    decide, Decision, Isolation, PolicyKey, PolicyLookup, ANY_IDENTITY, PEER_MARK,
-};
+use sluice_common::policy::{decide, Isolation, PolicyKey, PolicyLookup, ANY_IDENTITY, PEER_MARK};
 use sluice_common::{identity, policy::ANY_PROTOCOL};
 
 use super::audit;
@@ -274,6 +272,18 @@ impl Context<'_> {
                     "the pod is in policy audit mode ({}): it passes, reported as would-deny",
                     by.describe()
                 ));
+            } else if !on_this_node
+                && audit::audited(
+                    pod.pod,
+                    pod.namespace,
+                    namespace,
+                    true,
+                    &mut BTreeSet::new(),
+                ) == Some(audit::AuditedBy::Node)
+            {
+                out.notes.push(
+                    "no annotation puts the pod in policy audit mode; whether its node's policyAuditMode does is known only to that node's agent".to_owned(),
+                );
             }
             out.notes.extend(unreadable.iter().map(ToString::to_string));
         }
@@ -441,12 +451,7 @@ pub fn check_datapath<M: PolicyLookup>(
             port.protocol.number(),
             port.port,
         );
-        let verdict = match decision {
-            Decision::Open => Verdict::NotIsolated,
-            Decision::Allowed => Verdict::Allowed,
-            Decision::Denied => Verdict::Denied,
-            Decision::WouldDeny => Verdict::WouldDeny,
-        };
+        let verdict = Verdict::from(decision);
         explained.datapath = Some(DatapathCheck {
             node: node.clone(),
             endpoint,

@@ -29,8 +29,9 @@ const ALLOW: PolicyEntry = PolicyEntry {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlacedPolicy {
-    /// Local endpoint id → isolated directions and which have port ranges;
-    /// only endpoints some policy selects.
+    /// Local endpoint id → isolated directions (enforced or in audit
+    /// mode) and which have port ranges; only endpoints some policy
+    /// selects.
     pub isolation: BTreeMap<u32, Isolation>,
     /// The exact hash: the marks of every identity a rule names, and rules
     /// on one port or on all ports (`ALL_PORTS`).
@@ -316,6 +317,20 @@ mod tests {
         assert_eq!(enforced.denied_by(), None);
         let egress = decide(&maps, 1, Direction::Egress, [10, 0, 0, 7], TCP, 81);
         assert_eq!(egress, Decision::Open);
+
+        // Isolated again (as an endpoint without an identity is, after
+        // compiling): enforcement wins over audit mode.
+        placed.isolate(1, Direction::Ingress);
+        let isolation = placed.isolation[&1];
+        assert!(isolation.isolates(Direction::Ingress) && !isolation.audits(Direction::Ingress));
+        let maps = InMemory {
+            policy: &placed,
+            ipcache: &ipcache,
+        };
+        assert_eq!(
+            decide(&maps, 1, Direction::Ingress, [10, 0, 0, 7], TCP, 81),
+            Decision::Denied
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sluice_common::direction::Direction;
 use sluice_common::explain::{EndRef, ExplainQuery, Explanation, PortSpec, Protocol, Verdict};
 use sluice_common::ipcache::RemoteInfo;
-use sluice_common::policy::{decide, Decision};
+use sluice_common::policy::decide;
 
 use super::support::*;
 use crate::datastore::ClusterState;
@@ -417,19 +417,14 @@ fn verdicts_are_the_compiled_maps_verdicts_for_every_pair() {
                             assert_eq!(explained.verdict, Verdict::NotApplicable);
                             continue;
                         };
-                        let want = match decide(
+                        let want = Verdict::from(decide(
                             &maps,
                             endpoint,
                             direction,
                             peer.octets(),
                             spec.protocol.number(),
                             spec.port,
-                        ) {
-                            Decision::Open => Verdict::NotIsolated,
-                            Decision::Allowed => Verdict::Allowed,
-                            Decision::Denied => Verdict::Denied,
-                            Decision::WouldDeny => Verdict::WouldDeny,
-                        };
+                        ));
                         assert_eq!(
                             explained.verdict, want,
                             "{from} -> {to} {port} {direction:?}: {e:#?}"
