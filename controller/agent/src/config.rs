@@ -7,7 +7,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::kernel::bpf::PodAttachment;
 use crate::kernel::bpf::{AttachMode, MapSizes};
@@ -124,7 +124,7 @@ pub struct FileConfig {
 }
 
 /// When the datapath emits flow events (`flows.record`, `--flows-record`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "camelCase")]
 pub enum FlowRecord {
     /// Only while a client follows them (`sluice observe --follow`):
@@ -134,6 +134,16 @@ pub enum FlowRecord {
     OnDemand,
     /// Always, into the agent's history (the lab's choice).
     Always,
+}
+
+impl FlowRecord {
+    /// As the agent's `--flows-record` takes it.
+    pub const fn flag(self) -> &'static str {
+        match self {
+            FlowRecord::OnDemand => "on-demand",
+            FlowRecord::Always => "always",
+        }
+    }
 }
 
 /// The config file's `flows` key.

@@ -272,6 +272,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 kube_proxy: up.kube_proxy,
                 prefilter_mode: up.prefilter_mode,
                 pod_attachment: up.pod_attachment,
+                ..UpOptions::default()
             };
             let lab = Lab::up(config, &options)?;
             print_status(&lab.status());

@@ -37,7 +37,7 @@ use super::{
 };
 pub use super::{error::LabError, pods::PodSpec};
 use sluice_agent::{
-    config::{PodAttachment, PrefilterMode, Routing},
+    config::{FlowRecord, PodAttachment, PrefilterMode, Routing},
     kernel::bpffs,
 };
 
@@ -169,6 +169,10 @@ pub struct UpOptions {
     /// How the agents attach the pod programs (TCX links or clsact
     /// filters).
     pub pod_attachment: PodAttachment,
+    /// When the agents record flows: by default always, so that `lab
+    /// observe` has history; the bench's labs record on demand, as a
+    /// cluster does, so that they measure the datapath as it runs there.
+    pub flows_record: FlowRecord,
 }
 
 impl Default for UpOptions {
@@ -180,6 +184,7 @@ impl Default for UpOptions {
             kube_proxy: false,
             prefilter_mode: PrefilterMode::Auto,
             pod_attachment: PodAttachment::Tcx,
+            flows_record: FlowRecord::Always,
         }
     }
 }
@@ -273,6 +278,7 @@ impl Lab {
                 kube_proxy: state.kube_proxy,
                 prefilter_mode: state.prefilter_mode,
                 pod_attachment: state.pod_attachment,
+                flows_record: state.flows_record,
             };
             if running != *options {
                 return Err(LabError::Mismatch {
@@ -374,6 +380,7 @@ impl Lab {
             kube_proxy: options.kube_proxy,
             prefilter_mode: options.prefilter_mode,
             pod_attachment: options.pod_attachment,
+            flows_record: options.flows_record,
             kubeconfig: None,
         };
         inventory::save(&config.dir, &state)?;
@@ -673,9 +680,10 @@ fn agent_options(
             "--pod-attachment".into(),
             state.pod_attachment.to_string(),
             // `sluice lab observe` shows what was recorded, so the lab
-            // records always (a cluster's default is on demand).
+            // records always unless asked (a cluster's default is on
+            // demand).
             "--flows-record".into(),
-            "always".into(),
+            state.flows_record.flag().into(),
         ],
     })
 }
@@ -760,6 +768,7 @@ mod tests {
             kube_proxy: true,
             prefilter_mode: PrefilterMode::Native,
             pod_attachment: PodAttachment::Tc,
+            flows_record: FlowRecord::OnDemand,
             kubeconfig: None,
         };
         let node = NodeState {
@@ -794,7 +803,7 @@ mod tests {
                 "--pod-attachment",
                 "tc",
                 "--flows-record",
-                "always"
+                "on-demand"
             ]
         );
         assert!(matches!(

@@ -640,6 +640,7 @@ mod tests {
             kube_proxy: false,
             prefilter_mode: Default::default(),
             pod_attachment: Default::default(),
+            flows_record: sluice_agent::config::FlowRecord::Always,
             kubeconfig: None,
         };
         inventory::save(tmp.path(), &lab_state).expect("save");

@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::topology::PodName;
-use sluice_agent::config::{PodAttachment, PrefilterMode, Routing};
+use sluice_agent::config::{FlowRecord, PodAttachment, PrefilterMode, Routing};
 
 pub const STATE_FILE: &str = "lab.json";
 
@@ -37,6 +37,9 @@ pub struct LabState {
     /// The agents' `--pod-attachment`.
     #[serde(default)]
     pub pod_attachment: PodAttachment,
+    /// The agents' `--flows-record` (labs from before it recorded always).
+    #[serde(default = "record_always")]
+    pub flows_record: FlowRecord,
     /// The agents read the cluster from the API server of this kubeconfig
     /// instead of the lab's manifest directory (the lab still writes its
     /// objects there: something must serve them, as tests' fake API
@@ -67,6 +70,10 @@ pub struct PodState {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub ports: Vec<u16>,
+}
+
+fn record_always() -> FlowRecord {
+    FlowRecord::Always
 }
 
 impl PodState {
@@ -187,6 +194,7 @@ mod tests {
             kube_proxy: false,
             prefilter_mode: PrefilterMode::Auto,
             pod_attachment: PodAttachment::Tcx,
+            flows_record: FlowRecord::Always,
             kubeconfig: None,
         }
     }

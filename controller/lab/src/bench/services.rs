@@ -113,11 +113,11 @@ impl BenchLab {
         let _ = teardown::down(&config);
         let mut lab = Lab::up(
             config,
-            &UpOptions {
+            &setups::bench_up(&UpOptions {
                 nodes: 1,
                 kube_proxy,
                 ..UpOptions::default()
-            },
+            }),
         )?;
         let pod =
             |name: &str| PodName::new("bench", name).map_err(|e| BenchError::Failed(e.to_string()));

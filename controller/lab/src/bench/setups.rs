@@ -6,7 +6,7 @@ use std::{
     path::Path,
 };
 
-use sluice_agent::config::PodAttachment;
+use sluice_agent::config::{FlowRecord, PodAttachment};
 use tracing::warn;
 
 use super::throughput::{BenchError, BenchOptions};
@@ -45,8 +45,18 @@ pub fn fresh_lab(
     let config = LabConfig::new(options.dir.join(&name), &name, &options.bin_dir)?;
     let _ = teardown::down(&config);
     let down = LabDown(config.clone());
-    let lab = Lab::up(config, up)?;
+    let lab = Lab::up(config, &bench_up(up))?;
     Ok((lab, down))
+}
+
+/// A bench lab's shape: `up`, its agents recording flows on demand as a
+/// cluster's do (nobody follows, so the datapath emits nothing), not
+/// always as the lab's do by default.
+pub fn bench_up(up: &UpOptions) -> UpOptions {
+    UpOptions {
+        flows_record: FlowRecord::OnDemand,
+        ..up.clone()
+    }
 }
 
 /// Applies `yaml` to `lab` as `lab apply -f` would, through a file
