@@ -1,8 +1,9 @@
 //! Flow events into the `SLUICE_FLOW_EVENTS` ring buffer (layout and
 //! meaning in `sluice_common::flow`): new flows policy admitted (or audit
-//! mode let through, as `policy::admitted` found), drops (policy's denials among them), Service
-//! translations. Each emitter first reads the agent's switch, so with
-//! nobody listening an event costs one array lookup; when on, a
+//! mode let through, as `policy::admitted` found), drops (policy's
+//! denials among them), Service translations. Each emitter first reads
+//! the agent's switch, so with nobody listening an event costs one array
+//! lookup; when on, a
 //! per-CPU token bucket bounds the rate, and what it refuses or the full
 //! ring loses is counted. Events are written straight into the reserved
 //! ring slot, never built on the stack (the callers' frames are near the
