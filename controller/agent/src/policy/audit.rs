@@ -75,16 +75,27 @@ impl AuditedBy {
     }
 }
 
-/// Whether `pod` (of `namespace`, whose object may be unknown) is in audit
-/// mode, and what says so, `node_default` being the node-wide setting; an
-/// unreadable annotation on the way is added to `problems` and enforces.
-pub fn audited(
+/// What a pod's annotations (its own, else its namespace's) say of audit
+/// mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Annotation {
+    /// In audit mode, by the Pod's or the Namespace's annotation.
+    Audits(AuditedBy),
+    /// Enforced: `disabled`, or a value that cannot be read.
+    Enforces,
+    /// Neither annotates it: the node's default decides.
+    Absent,
+}
+
+/// What the annotations of `pod` (of `namespace`, whose object may be
+/// unknown) say; an unreadable one on the way is added to `problems` and
+/// enforces.
+pub fn annotation(
     pod: &Pod,
     namespace: &str,
     namespace_object: Option<&Namespace>,
-    node_default: bool,
     problems: &mut BTreeSet<AuditProblem>,
-) -> Option<AuditedBy> {
+) -> Annotation {
     let own = annotated(pod.metadata.annotations.as_ref(), || {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         format!("Pod {namespace}/{name}")
@@ -98,12 +109,29 @@ pub fn audited(
         .map(|mode| (mode, AuditedBy::Namespace))
     };
     match own.or_else(inherited) {
-        None => node_default.then_some(AuditedBy::Node),
-        Some((Ok(audit), by)) => audit.then_some(by),
+        None => Annotation::Absent,
+        Some((Ok(true), by)) => Annotation::Audits(by),
+        Some((Ok(false), _)) => Annotation::Enforces,
         Some((Err(problem), _)) => {
             problems.insert(problem);
-            None
+            Annotation::Enforces
         }
+    }
+}
+
+/// Whether `pod` is in audit mode, and what says so: its [`annotation`],
+/// else `node_default`, the node-wide setting.
+pub fn audited(
+    pod: &Pod,
+    namespace: &str,
+    namespace_object: Option<&Namespace>,
+    node_default: bool,
+    problems: &mut BTreeSet<AuditProblem>,
+) -> Option<AuditedBy> {
+    match annotation(pod, namespace, namespace_object, problems) {
+        Annotation::Audits(by) => Some(by),
+        Annotation::Enforces => None,
+        Annotation::Absent => node_default.then_some(AuditedBy::Node),
     }
 }
 
@@ -160,6 +188,22 @@ mod tests {
             audited(&pod(None), "x", None, true, &mut problems),
             Some(Node)
         );
+        // What the annotations alone say: the node's default is left out.
+        let ns = namespace(None);
+        let said = |p: &k8s_openapi::api::core::v1::Pod, problems: &mut _| {
+            annotation(p, "x", Some(&ns), problems)
+        };
+        assert_eq!(said(&pod(None), &mut problems), Annotation::Absent);
+        assert_eq!(
+            said(&pod(Some("disabled")), &mut problems),
+            Annotation::Enforces
+        );
+        assert_eq!(said(&pod(Some("?")), &mut problems), Annotation::Enforces);
+        assert_eq!(
+            said(&pod(Some("enabled")), &mut problems),
+            Annotation::Audits(Pod)
+        );
+        assert_eq!(problems.len(), 1, "the unreadable one");
     }
 
     #[test]

@@ -257,33 +257,30 @@ impl Context<'_> {
             ));
             let mut unreadable = BTreeSet::new();
             let namespace = self.view.state.namespaces.get(pod.namespace);
-            // Another node's own default is not known here.
-            let node_default = on_this_node && self.view.audit_default;
-            let audited = audit::audited(
+            let audited = match audit::annotation(
                 pod.pod,
                 pod.namespace,
                 namespace,
-                node_default,
                 &mut unreadable,
-            );
+            ) {
+                audit::Annotation::Audits(by) => Some(by),
+                audit::Annotation::Enforces => None,
+                audit::Annotation::Absent if on_this_node => {
+                    self.view.audit_default.then_some(audit::AuditedBy::Node)
+                }
+                audit::Annotation::Absent => {
+                    out.notes.push(
+                        "no annotation puts the pod in policy audit mode; whether its node's policyAuditMode does is known only to that node's agent".to_owned(),
+                    );
+                    None
+                }
+            };
             if let Some(by) = audited {
                 out.verdict = Verdict::WouldDeny;
                 out.notes.push(format!(
                     "the pod is in policy audit mode ({}): it passes, reported as would-deny",
                     by.describe()
                 ));
-            } else if !on_this_node
-                && audit::audited(
-                    pod.pod,
-                    pod.namespace,
-                    namespace,
-                    true,
-                    &mut BTreeSet::new(),
-                ) == Some(audit::AuditedBy::Node)
-            {
-                out.notes.push(
-                    "no annotation puts the pod in policy audit mode; whether its node's policyAuditMode does is known only to that node's agent".to_owned(),
-                );
             }
             out.notes.extend(unreadable.iter().map(ToString::to_string));
         }
