@@ -166,10 +166,16 @@ const EPHEMERAL_LAST: u16 = 60999;
 /// entry belongs to a connection already under way, which was not tracked
 /// while no policy isolated its pods (or whose entry was evicted): its
 /// opener is the end with a client's port, when exactly one end has one
-/// (a server listens below the ephemeral range), else unknown.
+/// (a server listens below the ephemeral range), else unknown. Only a
+/// pod's own flows can be under way untracked: what was `translated` or
+/// came through the stack (`arrival`) starts with this packet.
 #[inline(always)]
-fn opener(pkt: &Ipv4Packet) -> Opener {
-    if pkt.hdr.protocol != IPPROTO_TCP || pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+fn opener(pkt: &Ipv4Packet, arrival: Arrival, translated: bool) -> Opener {
+    if arrival != Arrival::Direct
+        || translated
+        || pkt.hdr.protocol != IPPROTO_TCP
+        || pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    {
         return Opener::Sender;
     }
     let ephemeral = |port: u16| (EPHEMERAL_FIRST..=EPHEMERAL_LAST).contains(&port);
@@ -319,13 +325,7 @@ fn tracked(
             )
         }
         _ => {
-            // Only a pod's own flows can be under way untracked; what was
-            // translated or came through the stack starts here.
-            let opener = if arrival == Arrival::Direct && !translated {
-                opener(pkt)
-            } else {
-                Opener::Sender
-            };
+            let opener = opener(pkt, arrival, translated);
             let (verdict, first) = match opener {
                 Opener::Sender => (check(&tuple, src, dst), flow),
                 Opener::Receiver => (
@@ -409,11 +409,7 @@ pub fn admitted(
     translated: bool,
 ) {
     let tuple = conntrack::packet_key(pkt);
-    let opener = if arrival == Arrival::Direct && !translated {
-        opener(pkt)
-    } else {
-        Opener::Sender
-    };
+    let opener = opener(pkt, arrival, translated);
     let (flow, src, dst) = match opener {
         Opener::Receiver => (tuple.reversed(), dst, src),
         _ => (tuple, src, dst),
