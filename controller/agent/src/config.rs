@@ -136,13 +136,13 @@ pub enum FlowRecord {
     Always,
 }
 
-impl FlowRecord {
-    /// As the agent's `--flows-record` takes it.
-    pub const fn flag(self) -> &'static str {
-        match self {
+/// As the agent's `--flows-record` takes it.
+impl std::fmt::Display for FlowRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
             FlowRecord::OnDemand => "on-demand",
             FlowRecord::Always => "always",
-        }
+        })
     }
 }
 

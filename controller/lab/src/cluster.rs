@@ -683,7 +683,7 @@ fn agent_options(
             // records always unless asked (a cluster's default is on
             // demand).
             "--flows-record".into(),
-            state.flows_record.flag().into(),
+            state.flows_record.to_string(),
         ],
     })
 }
