@@ -9,7 +9,7 @@ use std::{
 };
 
 use sluice_common::observe::{Flow, FlowVerdict};
-use sluice_tests::{probe, require_root, TestLab};
+use sluice_tests::{probe, require_root, Netns, TestLab};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
@@ -58,6 +58,31 @@ fn unix_ns() -> u64 {
         .as_nanos() as u64
 }
 
+/// Whether `stranger`'s new connection to `dst` is refused.
+fn refused(stranger: &Netns, dst: SocketAddr) -> bool {
+    !probe::tcp(stranger, dst, Duration::from_millis(300))
+}
+
+/// x/a on `server_node` and y/a on `client_node` under `x/only-from-x`,
+/// once the policy refuses y/a: x/a's port 80, and y/a's namespace.
+fn only_from_x_refusing_y(
+    lab: &TestLab,
+    server_node: &str,
+    client_node: &str,
+) -> (SocketAddr, Netns) {
+    let server = lab.pod_add("x/a", server_node);
+    lab.pod_add("y/a", client_node);
+    lab.apply_yaml("only-from-x", ONLY_FROM_X);
+    let dst = SocketAddr::new(server.ip, 80);
+    let stranger = lab.pod_netns("y/a");
+    assert!(
+        lab.eventually(CONVERGE, || refused(&stranger, dst)),
+        "the policy never took effect\n{}",
+        lab.agent_logs()
+    );
+    (dst, stranger)
+}
+
 #[test]
 fn flows_show_denied_and_allowed_connections_with_pods_port_and_reason() {
     require_root!();
@@ -73,11 +98,7 @@ fn flows_show_denied_and_allowed_connections_with_pods_port_and_reason() {
             &friend,
             dst,
             Duration::from_secs(1)
-        ) && !probe::tcp(
-            &stranger,
-            dst,
-            Duration::from_millis(300)
-        )),
+        ) && refused(&stranger, dst)),
         "the policy never took effect\n{}",
         lab.agent_logs()
     );
@@ -244,20 +265,7 @@ fn namespace_x_audit(value: &str) -> String {
 fn audit_mode_lets_traffic_through_reports_it_and_switching_off_enforces() {
     require_root!();
     let lab = TestLab::up("au", 2, "tunnel");
-    let server = lab.pod_add("x/a", "node1");
-    lab.pod_add("y/a", "node2");
-    lab.apply_yaml("only-from-x", ONLY_FROM_X);
-    let dst = SocketAddr::new(server.ip, 80);
-    let stranger = lab.pod_netns("y/a");
-    assert!(
-        lab.eventually(CONVERGE, || !probe::tcp(
-            &stranger,
-            dst,
-            Duration::from_millis(300)
-        )),
-        "the policy never took effect\n{}",
-        lab.agent_logs()
-    );
+    let (dst, stranger) = only_from_x_refusing_y(&lab, "node1", "node2");
 
     lab.apply_yaml("audit-x", &namespace_x_audit("enabled"));
     assert!(
@@ -301,11 +309,7 @@ fn audit_mode_lets_traffic_through_reports_it_and_switching_off_enforces() {
 
     lab.apply_yaml("audit-x", &namespace_x_audit("disabled"));
     assert!(
-        lab.eventually(CONVERGE, || !probe::tcp(
-            &stranger,
-            dst,
-            Duration::from_millis(300)
-        )),
+        lab.eventually(CONVERGE, || refused(&stranger, dst)),
         "switching audit mode off did not enforce the policy again\n{}",
         lab.agent_logs()
     );
@@ -329,19 +333,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn flows_flood_of_denied_packets_is_bounded_and_counted() {
     require_root!();
     let lab = TestLab::up("ff", 1, "tunnel");
-    let server = lab.pod_add("x/a", "node1");
-    lab.pod_add("y/a", "node1");
-    lab.apply_yaml("only-from-x", ONLY_FROM_X);
-    let dst = SocketAddr::new(server.ip, 80);
-    let stranger = lab.pod_netns("y/a");
-    assert!(
-        lab.eventually(CONVERGE, || !probe::tcp(
-            &stranger,
-            dst,
-            Duration::from_millis(300)
-        )),
-        "the policy never took effect"
-    );
+    let (dst, stranger) = only_from_x_refusing_y(&lab, "node1", "node1");
     let pid = lab
         .lab()
         .status()

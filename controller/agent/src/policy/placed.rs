@@ -215,6 +215,19 @@ mod tests {
         Some(PortPrefix { port, bits })
     }
 
+    /// An ipcache where the peer 10.0.0.7 has identity 300.
+    fn peer_10_0_0_7_is_300() -> BTreeMap<Ipv4Net, RemoteInfo> {
+        BTreeMap::from([(
+            Ipv4Net::from(Ipv4Addr::new(10, 0, 0, 7)),
+            RemoteInfo {
+                identity: 300,
+                tunnel_endpoint: [0; 4],
+                flags: 0,
+                _pad: 0,
+            },
+        )])
+    }
+
     #[test]
     fn one_port_and_all_ports_go_to_the_hash_ranges_to_the_trie() {
         let mut placed = PlacedPolicy::default();
@@ -257,15 +270,7 @@ mod tests {
         let mut placed = PlacedPolicy::default();
         placed.isolate(1, Direction::Ingress);
         placed.allow(1, Direction::Ingress, 300, TCP, prefix(1024, 6));
-        let ipcache = BTreeMap::from([(
-            Ipv4Net::from(Ipv4Addr::new(10, 0, 0, 7)),
-            RemoteInfo {
-                identity: 300,
-                tunnel_endpoint: [0; 4],
-                flags: 0,
-                _pad: 0,
-            },
-        )]);
+        let ipcache = peer_10_0_0_7_is_300();
         let maps = InMemory {
             policy: &placed,
             ipcache: &ipcache,
@@ -295,15 +300,7 @@ mod tests {
         assert!(!placed.isolation.contains_key(&2));
         let isolation = placed.isolation[&1];
         assert!(isolation.audits(Direction::Ingress) && !isolation.audits(Direction::Egress));
-        let ipcache = BTreeMap::from([(
-            Ipv4Net::from(Ipv4Addr::new(10, 0, 0, 7)),
-            RemoteInfo {
-                identity: 300,
-                tunnel_endpoint: [0; 4],
-                flags: 0,
-                _pad: 0,
-            },
-        )]);
+        let ipcache = peer_10_0_0_7_is_300();
         let maps = InMemory {
             policy: &placed,
             ipcache: &ipcache,
